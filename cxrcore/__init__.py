@@ -1,0 +1,59 @@
+"""cxrcore: train, evaluate and explain chest X-ray classifiers (the library; no UI).
+
+Module map:
+    errors     user-facing error types (CXRError and subclasses)
+    config     TrainConfig: one typed run configuration, saved as config.json
+    io         image headers, decoding (PNG/JPEG/DICOM) and the one pixel-normalisation function
+    data       dataset layouts and the cached image index
+    splits     label schemes, patient-grouped splits, class weights, leakage checks
+    demo       synthetic demo dataset (clearly marked as synthetic)
+    backbones  registry of CNN backbones as data
+    model      flat backbone+head models, stage freezing, loading
+    pipeline   tf.data input pipeline and augmentation
+    train      two-stage training and its callbacks; writes a run directory
+    metrics    evaluation metrics as pure functions
+    evaluate   evaluation of a run on its test split or an external folder
+    predict    the prediction path for files and uploaded bytes
+    runs       run directories: layout, listing, loading
+    plots      plotly figure builders (data in, go.Figure out)
+    cli        ``python -m cxrcore ...``
+
+Names below are imported lazily, so ``import cxrcore`` does not load TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CXRError": "errors", "DataError": "errors", "ConfigError": "errors", "WeightsError": "errors",
+    "RunError": "errors", "ImageDecodeError": "errors",
+    "TrainConfig": "config", "AugmentConfig": "config", "HeadConfig": "config", "LabelScheme": "config",
+    "decode_image": "io", "prepare_image": "io", "read_header": "io", "is_dicom": "io",
+    "build_index": "data", "scan_layout": "data", "summarize": "data",
+    "apply_label_scheme": "splits", "assign_splits": "splits", "class_weights": "splits",
+    "leakage_report": "splits",
+    "make_demo_dataset": "demo", "is_synthetic": "demo",
+    "REGISTRY": "backbones", "get_backbone": "backbones", "list_backbones": "backbones",
+    "build_model": "model", "load_model": "model", "set_stage": "model",
+    "make_dataset": "pipeline",
+    "train": "train",
+    "classification_metrics": "metrics",
+    "evaluate_run": "evaluate",
+    "Predictor": "predict",
+    "list_runs": "runs", "RunDir": "runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cxrcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,173 @@
+"""Run configuration: one typed object, saved as ``config.json`` beside each run.
+
+``TrainConfig.from_dict(cfg.to_dict()) == cfg`` always holds, and unknown keys or
+out-of-range values raise :class:`ConfigError` naming the field, so a config file
+written by hand fails loudly instead of being half-applied.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
+POOLINGS = ("avg", "max", "flatten")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation. Off by default: X-rays are not left-right symmetric
+    (heart on the left), so flips are a choice, not a hidden default."""
+
+    flip: bool = False          # random horizontal flip
+    rotation: float = 0.0       # max rotation, degrees
+    zoom: float = 0.0           # max zoom in/out, fraction (0.1 = +-10%)
+    contrast: float = 0.0       # max contrast change, fraction
+    brightness: float = 0.0     # max brightness change, fraction of the 0..255 range
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flip or self.rotation or self.zoom or self.contrast or self.brightness)
+
+
+@dataclass
+class HeadConfig:
+    """Classification head placed on the backbone's last feature map."""
+
+    pooling: str = "avg"                       # avg | max | flatten
+    dense_units: list[int] = field(default_factory=lambda: [256])
+    dropout: float = 0.3
+    batch_norm: bool = False
+
+
+@dataclass
+class LabelScheme:
+    """How folder labels become training classes: filename rules, then rename, merge, drop.
+
+    ``filename_rules`` maps a substring of the file name to a new label, e.g.
+    ``{"_bacteria_": "Bacterial Pneumonia", "_virus_": "Viral Pneumonia"}`` splits the
+    pediatric set's PNEUMONIA folder by cause. ``merge`` maps a new class to the old
+    classes it absorbs, e.g. ``{"Abnormal": ["COVID", "Viral Pneumonia"]}``.
+    """
+
+    filename_rules: dict[str, str] = field(default_factory=dict)
+    rename: dict[str, str] = field(default_factory=dict)
+    merge: dict[str, list[str]] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.filename_rules or self.rename or self.merge or self.drop)
+
+
+LABEL_PRESETS: dict[str, LabelScheme] = {
+    "pneumonia-subtype": LabelScheme(
+        filename_rules={"_bacteria_": "Bacterial Pneumonia", "_virus_": "Viral Pneumonia"}),
+    "abnormal-vs-normal": LabelScheme(
+        merge={"Abnormal": ["COVID", "COVID-19", "Viral Pneumonia", "Pneumonia", "PNEUMONIA",
+                            "Lung_Opacity", "Lung Opacity", "Bacterial Pneumonia"]}),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    data: str = ""
+    backbone: str = "mobilenetv2_1.0"
+    weights: str = "imagenet"                  # imagenet | none | path to a weights file
+    image_size: int | None = None              # None: the backbone's default size
+    batch_size: int = 32
+    epochs: int = 10                           # stage 1: frozen backbone
+    fine_tune_epochs: int = 5                  # stage 2: top layers unfrozen
+    unfreeze: int | None = None                # backbone layers unfrozen in stage 2; -1 = all; None = backbone default
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    fine_tune_lr_factor: float = 0.1           # stage 2 learning rate = learning_rate * factor
+    patience: int = 5                          # early stopping on val_loss; 0 = off
+    reduce_lr_patience: int = 2                # reduce-on-plateau (x0.5) on val_loss; 0 = off
+    class_weights: str = "balanced"            # none | balanced
+    focal_loss: bool = False
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    labels: LabelScheme = field(default_factory=LabelScheme)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    mixed_precision: bool = False              # float16 compute; applied only on a GPU
+    cache: bool = True                         # keep decoded, resized images in memory
+    max_steps: int | None = None               # cap on batches per epoch (quick checks)
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, data, "config")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges; returns self so it can be chained. Raises ConfigError."""
+        checks = [
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.epochs >= 0 and self.fine_tune_epochs >= 0, "epochs must be 0 or more"),
+            (self.epochs + self.fine_tune_epochs > 0, "nothing to train: epochs and fine_tune_epochs are both 0"),
+            (self.unfreeze is None or self.unfreeze >= -1, "unfreeze must be -1 (all) or a number of layers"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.fine_tune_lr_factor > 0, "fine_tune_lr_factor must be positive"),
+            (self.patience >= 0 and self.reduce_lr_patience >= 0, "patience must be 0 or more"),
+            (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.head.pooling in POOLINGS, f"head.pooling must be one of {', '.join(POOLINGS)}"),
+            (0 <= self.head.dropout < 1, "head.dropout must be in [0, 1)"),
+            (all(u > 0 for u in self.head.dense_units), "head.dense_units must be positive"),
+            (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1
+             and self.val_fraction + self.test_fraction < 1,
+             "val_fraction and test_fraction must be fractions that leave images to train on"),
+            (self.image_size is None or 32 <= self.image_size <= 1024, "image_size must be between 32 and 1024"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (0 <= self.augment.zoom < 1 and 0 <= self.augment.contrast < 1
+             and 0 <= self.augment.brightness < 1 and 0 <= self.augment.rotation <= 180,
+             "augmentation: zoom, contrast, brightness in [0, 1), rotation in degrees [0, 180]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = {"augment": AugmentConfig, "head": HeadConfig, "labels": LabelScheme}.get(name)
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub and cls is TrainConfig else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

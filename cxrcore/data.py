@@ -1,0 +1,249 @@
+"""Dataset layouts and the image index.
+
+:func:`build_index` turns a folder (or a CSV manifest) into a pandas DataFrame with
+one row per image: ``path, label, split, patient_id, width, height, mode, bytes``.
+Sizes and modes come from image headers (no pixel decoding). The index is cached
+on disk per dataset and only files whose size or modification time changed are
+read again, so re-opening a 100k-image dataset is a directory walk.
+
+Supported layouts (detected in this order):
+
+``manifest``           a CSV file, or ``ROOT/manifest.csv``: ``path,label[,patient_id][,split]``
+``split-folders``      ``ROOT/{train,val,test}/<class>/*`` (e.g. the pediatric "chest_xray" set)
+``covid-radiography``  ``ROOT/<Class>/images/*.png`` with ``masks/`` ignored
+``class-folders``      ``ROOT/<class>/*.png|jpg|jpeg|dcm`` (sub-folders are searched too)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from .errors import DataError, ImageDecodeError
+from .io import IMAGE_EXTENSIONS, read_header
+
+INDEX_COLUMNS = ["path", "label", "split", "patient_id", "width", "height", "mode", "bytes"]
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+_IGNORED_DIRS = {"masks", "mask", "__macosx"}
+LAYOUTS_HELP = ("class folders (ROOT/<class>/*.png), split folders (ROOT/train|val|test/<class>/...), "
+                "COVID-19 Radiography (ROOT/<Class>/images/*.png) or a CSV manifest (path,label[,patient_id][,split])")
+
+# Patient ids encoded in well-known file names.
+PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),   # pediatric pneumonia set
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),             # its NORMAL images
+    re.compile(r"^(\d{8})_\d{3}$"),                                       # NIH ChestX-ray14
+    re.compile(r"^synthetic_(p\d+)_\d+$"),                                # cxrcore demo data
+)
+
+Progress = Optional[Callable[[int, int], None]]
+
+
+def patient_from_filename(name: str) -> str:
+    """Patient id from a known file-name pattern, or "" when none matches."""
+    stem = Path(name).stem
+    for pattern in PATIENT_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return ""
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in _IGNORED_DIRS)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _IGNORED_DIRS)
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(Path(f)))
+    return found
+
+
+def _class_folder_rows(folder: Path, root: Path, split: str) -> list[dict]:
+    classes = _subdirs(folder)
+    if not classes:
+        raise DataError(f"{folder} has no class folders; expected {LAYOUTS_HELP}")
+    rows = []
+    for class_dir in classes:
+        images = _images_under(class_dir)
+        if not images:
+            raise DataError(f"class folder {class_dir} has no images (PNG, JPEG or DICOM)")
+        rows.extend({"relpath": p.relative_to(root).as_posix(), "label": class_dir.name,
+                     "split": split, "patient_id": patient_from_filename(p.name)} for p in images)
+    return rows
+
+
+def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
+    root = csv_path.parent
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read manifest {csv_path}: {exc}") from None
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise DataError(f"manifest {csv_path} lacks column(s) {', '.join(sorted(missing))}; "
+                        "expected path,label[,patient_id][,split]")
+    if table.empty:
+        raise DataError(f"manifest {csv_path} lists no images")
+    rows = []
+    for rec in table.to_dict("records"):
+        path = Path(rec["path"])
+        full = path if path.is_absolute() else root / path
+        if not rec["label"].strip():
+            raise DataError(f"manifest {csv_path}: image {rec['path']} has an empty label")
+        split_raw = rec.get("split", "").strip().lower()
+        if split_raw and split_raw not in _SPLIT_ALIASES:
+            raise DataError(f"manifest {csv_path}: unknown split '{rec['split']}' for {rec['path']} "
+                            "(use train, val or test)")
+        patient = rec.get("patient_id", "").strip() or patient_from_filename(path.name)
+        rows.append({"relpath": os.path.relpath(full, root) if path.is_absolute() else path.as_posix(),
+                     "label": rec["label"].strip(), "split": _SPLIT_ALIASES.get(split_raw, ""),
+                     "patient_id": patient})
+    absent = [r["relpath"] for r in rows if not (root / r["relpath"]).is_file()]
+    if absent:
+        raise DataError(f"manifest {csv_path}: {len(absent)} listed file(s) do not exist, "
+                        f"first: {root / absent[0]}")
+    return root, rows
+
+
+def scan_layout(data: str | os.PathLike) -> tuple[Path, str, list[dict]]:
+    """Detect the layout of ``data`` and list its images (no image is opened).
+
+    Returns ``(root, layout, rows)`` where each row has relpath, label, split, patient_id.
+    """
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise DataError(f"dataset not found: {data}")
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise DataError(f"{data} is a file; give a dataset folder or a CSV manifest")
+        root, rows = _manifest_rows(data.resolve())
+        return root, "manifest", rows
+    root = data.resolve()
+    if (root / "manifest.csv").is_file():
+        manifest_root, rows = _manifest_rows(root / "manifest.csv")
+        return manifest_root, "manifest", rows
+    subdirs = _subdirs(root)
+    split_dirs = {d: _SPLIT_ALIASES[d.name.lower()] for d in subdirs if d.name.lower() in _SPLIT_ALIASES}
+    if "train" in split_dirs.values() and len(split_dirs) >= 2:
+        rows = []
+        for folder, split in split_dirs.items():
+            rows.extend(_class_folder_rows(folder, root, split))
+        return root, "split-folders", rows
+    if not subdirs:
+        raise DataError(f"{root} has no class folders; expected {LAYOUTS_HELP}")
+    layout = "covid-radiography" if any((d / "images").is_dir() for d in subdirs) else "class-folders"
+    if layout == "covid-radiography":
+        rows = []
+        for class_dir in subdirs:
+            folder = class_dir / "images" if (class_dir / "images").is_dir() else class_dir
+            images = _images_under(folder)
+            if not images:
+                raise DataError(f"class folder {class_dir} has no images (PNG, JPEG or DICOM)")
+            rows.extend({"relpath": p.relative_to(root).as_posix(), "label": class_dir.name, "split": "",
+                         "patient_id": patient_from_filename(p.name)} for p in images)
+        return root, layout, rows
+    return root, layout, _class_folder_rows(root, root, "")
+
+
+def cache_dir() -> Path:
+    """Where indexes are cached: ``$CXRCORE_CACHE`` or ``~/.cache/cxrcore``."""
+    return Path(os.environ.get("CXRCORE_CACHE") or Path.home() / ".cache" / "cxrcore")
+
+
+def _cache_file(root: Path) -> Path:
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return cache_dir() / "index" / f"{key}.csv"
+
+
+def _load_cache(path: Path) -> dict[str, dict]:
+    try:
+        table = pd.read_csv(path, dtype={"relpath": str, "mode": str}, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+        return {}
+    return {r["relpath"]: r for r in table.to_dict("records")}
+
+
+def _save_cache(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    pd.DataFrame(records, columns=["relpath", "bytes", "mtime_ns", "width", "height", "mode"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache: bool = True) -> pd.DataFrame:
+    """Index a dataset: one row per image with label, split, patient and header facts.
+
+    ``progress(done, total)`` is called while headers are read. Unreadable images
+    raise :class:`DataError` naming the first bad file and how many there are.
+    ``df.attrs`` holds ``root`` and ``layout``.
+    """
+    root, layout, rows = scan_layout(data)
+    cache_path = _cache_file(root)
+    cached = _load_cache(cache_path) if use_cache else {}
+    records, bad, changed = [], [], False
+    total = len(rows)
+    for i, row in enumerate(rows):
+        full = root / row["relpath"]
+        st = full.stat()
+        hit = cached.get(row["relpath"])
+        if hit and int(hit["bytes"]) == st.st_size and int(hit["mtime_ns"]) == st.st_mtime_ns:
+            header = {"width": int(hit["width"]), "height": int(hit["height"]), "mode": hit["mode"]}
+        else:
+            changed = True
+            try:
+                header = read_header(full)
+            except ImageDecodeError as exc:
+                bad.append(exc)
+                header = None
+        if header is not None:
+            records.append({"relpath": row["relpath"], "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                            "width": header["width"], "height": header["height"], "mode": header["mode"]})
+        if progress is not None and (i + 1 == total or (i + 1) % 50 == 0):
+            progress(i + 1, total)
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable image(s))" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0]}{more}")
+    if use_cache and (changed or len(cached) != len(records)):
+        try:
+            _save_cache(cache_path, records)
+        except OSError:
+            pass  # a read-only cache directory only costs speed
+    facts = {r["relpath"]: r for r in records}
+    frame = pd.DataFrame([
+        {"path": str(root / r["relpath"]), "label": r["label"], "split": r["split"],
+         "patient_id": r["patient_id"], "width": facts[r["relpath"]]["width"],
+         "height": facts[r["relpath"]]["height"], "mode": facts[r["relpath"]]["mode"],
+         "bytes": facts[r["relpath"]]["bytes"]} for r in rows], columns=INDEX_COLUMNS)
+    frame.attrs.update(root=str(root), layout=layout)
+    return frame
+
+
+def summarize(index: pd.DataFrame) -> dict:
+    """Counts per class and split, for the CLI and the dashboard."""
+    counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
+    per_class = index["label"].value_counts()
+    return {
+        "root": index.attrs.get("root", ""),
+        "layout": index.attrs.get("layout", ""),
+        "images": int(len(index)),
+        "classes": {str(k): int(v) for k, v in per_class.sort_index().items()},
+        "by_split": {str(label): {str(s or "unassigned"): int(n) for s, n in row.items() if n}
+                     for label, row in counts.iterrows()},
+        "patients": int(index.loc[index["patient_id"] != "", "patient_id"].nunique()),
+        "imbalance_ratio": float(per_class.max() / per_class.min()) if len(per_class) else 0.0,
+        "modes": {str(k): int(v) for k, v in index["mode"].value_counts().items()},
+    }
