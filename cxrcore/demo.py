@@ -87,16 +87,16 @@ def _sample_lesions(rng: np.random.Generator, label: str, lung_dx: float) -> lis
         for _ in range(int(rng.integers(1, 3))):
             lower = rng.random() < 0.75
             y = rng.uniform(0.05, 0.32) if lower else rng.uniform(-0.45, -0.05)
-            x = side * (lung_dx + rng.uniform(-0.02, 0.12))
-            lesions.append((x, y, rng.uniform(0.09, 0.15), rng.uniform(0.08, 0.13),
-                            rng.uniform(0.40, 0.55)))
+            x = side * (lung_dx + rng.uniform(0.0, 0.12))
+            lesions.append((x, y, rng.uniform(0.10, 0.16), rng.uniform(0.09, 0.14),
+                            rng.uniform(0.45, 0.60)))
     elif label == "COVID":
         for side in (-1.0, 1.0):
-            for _ in range(int(rng.integers(3, 6))):
+            for _ in range(int(rng.integers(3, 5))):
                 y = -0.35 + 0.85 * np.sqrt(rng.random())  # biased to lower zones
                 x = side * (lung_dx + rng.uniform(0.08, 0.20))  # peripheral
                 lesions.append((x, y, rng.uniform(0.07, 0.12), rng.uniform(0.08, 0.13),
-                                rng.uniform(0.12, 0.20)))
+                                rng.uniform(0.16, 0.24)))
     return lesions
 
 

@@ -30,7 +30,7 @@ def keras_models_dir() -> Path:
         return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
 
 
-def _resolve_weights(spec: Backbone, weights: str):
+def resolve_weights(spec: Backbone, weights: str):
     if weights in ("none", "", None):
         return None
     if weights == "imagenet":
@@ -58,7 +58,7 @@ def build_model(backbone: str, num_classes: int, *, image_size: int | None = Non
     spec = get_backbone(backbone)
     head = head or HeadConfig()
     size = image_size or spec.input_size
-    source = _resolve_weights(spec, weights)
+    source = resolve_weights(spec, weights)
     inputs = keras.Input((size, size, 3), name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(inputs)
     if spec.builder == "simple_cnn":

@@ -1,0 +1,260 @@
+"""``python -m cxrcore``: index, train, evaluate, predict, demo-data, backbones.
+
+Machine-readable results go to stdout (the run directory, JSON lines); progress and
+logs go to stderr. A bad input exits with status 2 and one line ``error: ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+
+from .errors import CXRError
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise CXRError(f"{flag} expects KEY=VALUE, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_augment(text: str):
+    """``"flip,rotation=10,zoom=0.1"`` -> AugmentConfig."""
+    from .config import AugmentConfig
+
+    fields = {"flip", "rotation", "zoom", "contrast", "brightness"}
+    values: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in fields:
+            raise CXRError(f"--augment: unknown augmentation '{name}' (use {', '.join(sorted(fields))})")
+        try:
+            values[name] = True if name == "flip" else float(value)
+        except ValueError:
+            raise CXRError(f"--augment: {name} needs a number, e.g. {name}=0.1") from None
+    return AugmentConfig(**values)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset folder or CSV manifest")
+    p.add_argument("--config", help="start from this config.json (flags override it)")
+    p.add_argument("--backbone", help="registry name (see `backbones`)")
+    p.add_argument("--weights", help="imagenet | none | path to a weights file")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="stage 1 epochs (frozen backbone); 0 skips it")
+    p.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top layers unfrozen); 0 skips it")
+    p.add_argument("--unfreeze", type=int, help="backbone layers unfrozen in stage 2 (-1 = all)")
+    p.add_argument("--optimizer", choices=["adam", "rmsprop", "adamax", "sgd"])
+    p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float)
+    p.add_argument("--fine-tune-lr-factor", type=float, help="stage 2 learning rate = lr x factor")
+    p.add_argument("--patience", type=int, help="early-stopping patience (0 = off)")
+    p.add_argument("--reduce-lr-patience", type=int, help="reduce-on-plateau patience (0 = off)")
+    p.add_argument("--class-weights", choices=["none", "balanced"])
+    p.add_argument("--focal-loss", action="store_true", default=None)
+    p.add_argument("--focal-gamma", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", help="e.g. flip,rotation=10,zoom=0.1,contrast=0.1,brightness=0.1")
+    p.add_argument("--pooling", choices=["avg", "max", "flatten"])
+    p.add_argument("--dense-units", help="head dense layers, e.g. 256,128 ('' for none)")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--head-batch-norm", action="store_true", default=None)
+    p.add_argument("--label-preset", choices=["pneumonia-subtype", "abnormal-vs-normal"])
+    p.add_argument("--rename", action="append", metavar="OLD=NEW")
+    p.add_argument("--merge", action="append", metavar="NEW=OLD1,OLD2")
+    p.add_argument("--drop", action="append", metavar="CLASS")
+    p.add_argument("--filename-rule", action="append", metavar="SUBSTRING=LABEL")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--test-fraction", type=float)
+    p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 on a GPU")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None)
+    p.add_argument("--max-steps", type=int, help="cap batches per epoch (smoke tests)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="parent folder of the run directory (default: models/)")
+
+
+def config_from_args(args: argparse.Namespace):
+    """A TrainConfig from ``--config`` (or defaults) with the given flags applied."""
+    from dataclasses import replace
+
+    from .config import LABEL_PRESETS, LabelScheme, TrainConfig
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    simple = ["data", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
+              "unfreeze", "optimizer", "learning_rate", "fine_tune_lr_factor", "patience",
+              "reduce_lr_patience", "class_weights", "focal_loss", "focal_gamma", "label_smoothing",
+              "val_fraction", "test_fraction", "mixed_precision", "cache", "max_steps", "seed"]
+    config = replace(config, **{k: getattr(args, k) for k in simple if getattr(args, k) is not None})
+    if args.augment is not None:
+        config.augment = parse_augment(args.augment)
+    head = {k: getattr(args, a) for k, a in (("pooling", "pooling"), ("dropout", "dropout"),
+                                             ("batch_norm", "head_batch_norm")) if getattr(args, a) is not None}
+    if args.dense_units is not None:
+        try:
+            head["dense_units"] = [int(u) for u in args.dense_units.split(",") if u.strip()]
+        except ValueError:
+            raise CXRError(f"--dense-units expects numbers like 256,128, got '{args.dense_units}'") from None
+    config.head = replace(config.head, **head)
+    if args.label_preset:
+        config.labels = LABEL_PRESETS[args.label_preset]
+    if args.rename or args.merge or args.drop or args.filename_rule:
+        merge = {k: [s.strip() for s in v.split(",") if s.strip()] for k, v in _pairs(args.merge, "--merge").items()}
+        config.labels = LabelScheme(
+            filename_rules={**config.labels.filename_rules, **_pairs(args.filename_rule, "--filename-rule")},
+            rename={**config.labels.rename, **_pairs(args.rename, "--rename")},
+            merge={**config.labels.merge, **merge}, drop=[*config.labels.drop, *(args.drop or [])])
+    if not config.data:
+        raise CXRError("--data is required (a dataset folder or CSV manifest)")
+    from .backbones import get_backbone
+    get_backbone(config.backbone)
+    return config.validate()
+
+
+def _print_epoch(event: dict) -> None:
+    if event["event"] != "epoch":
+        return
+    logs = event["logs"]
+    shown = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc")
+                      if k in logs)
+    print(f"[{event['stage']}] epoch {event['epoch']}/{event['epochs']}  {shown}", file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    config = config_from_args(args)
+    run = train(config, out_dir=args.out, progress=_print_epoch)
+    print(run.path)
+    return 0
+
+
+def cmd_index(args) -> int:
+    from .data import build_index, summarize
+
+    index = build_index(args.data)
+    if args.verify:
+        from .io import decode_image
+        for path in index["path"]:
+            decode_image(path)
+    if args.csv:
+        index.to_csv(args.csv, index=False)
+    info = summarize(index)
+    print(f"{info['images']} images, {len(info['classes'])} classes, layout {info['layout']}: {info['root']}",
+          file=sys.stderr)
+    for label, by_split in info["by_split"].items():
+        print(f"  {label:<24} {info['classes'][label]:>7}  {by_split}", file=sys.stderr)
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+    from .metrics import summary
+
+    result = evaluate_run(args.run_dir, args.data, drop_unknown=args.drop_unknown)
+    for name, row in result["per_class"].items():
+        auc = "n/a" if row["auc"] is None else f"{row['auc']:.4f}"
+        print(f"  {name:<24} precision {row['precision']:.4f}  recall {row['recall']:.4f}  "
+              f"f1 {row['f1']:.4f}  auc {auc}  n {row['support']}", file=sys.stderr)
+    print(f"results written to {result['out_dir']}", file=sys.stderr)
+    print(json.dumps(summary(result)))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor(args.run_dir)
+    failed = 0
+    for result in predictor.predict_each(args.images):
+        if "error" in result:
+            failed += 1
+            print(f"error: {result['error']}", file=sys.stderr)
+        print(json.dumps(result))
+    return 2 if failed else 0
+
+
+def cmd_demo_data(args) -> int:
+    from .demo import make_demo_dataset
+
+    path = make_demo_dataset(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
+    print(f"synthetic demo dataset (not real radiographs) written to:", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from .backbones import list_backbones
+
+    rows = list_backbones()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<18}{'size':>5}  {'preprocess':<11}{'grad-cam layer':<18}{'unfreeze':>8}  imagenet  description")
+    for r in rows:
+        print(f"{r['name']:<18}{r['input_size']:>5}  {r['preprocess']:<11}{r['gradcam_layer']:<18}"
+              f"{r['unfreeze']:>8}  {'yes' if r['pretrained'] else 'no ':<8}  {r['description']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxrcore", description="Train, evaluate and explain chest X-ray classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("index", help="index a dataset and print its summary")
+    p.add_argument("data")
+    p.add_argument("--verify", action="store_true", help="also decode every image")
+    p.add_argument("--csv", help="write the index to this CSV file")
+    p.set_defaults(func=cmd_index)
+    p = sub.add_parser("train", help="train a model; prints the run directory last")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="evaluate a run; prints a JSON summary last")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="another labelled folder (external validation)")
+    p.add_argument("--drop-unknown", action="store_true", help="skip images of classes the model does not know")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="predict images; one JSON line each")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("demo-data", help="write the synthetic demo dataset")
+    p.add_argument("out_dir")
+    p.add_argument("--n-per-class", type=int, default=60)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+    p = sub.add_parser("backbones", help="list the backbone registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except CXRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileExistsError, ValueError) as exc:  # raised with a clear message by the demo generator
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, traceback on request
+        if os.environ.get("CXRCORE_DEBUG"):
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(set CXRCORE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,109 @@
+"""Evaluation of a trained model: on its own test split, or on any other labelled folder.
+
+Results of an external folder are kept apart from the test split's, in
+``<run>/external/<folder name>/``, because a model that scores well inside one
+dataset can fall to chance on another hospital's images and the two must not mix.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from . import runs as R
+from .errors import DataError
+
+
+def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int,
+                  batch_size: int = 32) -> np.ndarray:
+    """Probabilities (n, k) for every image of ``frame``, in row order."""
+    from .pipeline import decode_error_from, make_dataset
+    import tensorflow as tf
+
+    ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False)
+    try:
+        return np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), dtype=float)
+    except tf.errors.OpError as exc:
+        raise (decode_error_from(exc) or exc) from None
+
+
+def predictions_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """``path, true_label, pred_label, confidence, correct, prob_<class>...`` per image."""
+    pred = probs.argmax(axis=1)
+    table = pd.DataFrame({"path": frame["path"].to_numpy(), "true_label": frame["label"].to_numpy(),
+                          "pred_label": [classes[i] for i in pred], "confidence": probs.max(axis=1)})
+    table["correct"] = table["true_label"] == table["pred_label"]
+    for i, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, i]
+    return table
+
+
+def evaluate_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int, out_dir: Path,
+                   batch_size: int = 32) -> dict:
+    """Predict, compute metrics and write metrics.json, per_class.csv and predictions.csv."""
+    probs = predict_frame(model, frame, classes, image_size, batch_size)
+    y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    result = M.classification_metrics(y, probs, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    R.write_json(out_dir / R.METRICS, result)
+    R.write_csv(out_dir / "per_class.csv", pd.DataFrame(M.per_class_table(result)))
+    R.write_csv(out_dir / R.PREDICTIONS, predictions_table(frame, probs, classes))
+    return result
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_unknown: bool = False,
+                 progress=None) -> dict:
+    """Evaluate a run's best model on its test split (``data=None``) or on a labelled folder.
+
+    The folder is read with the same layouts and the run's own label scheme. Labels the
+    model does not know raise :class:`DataError` unless ``drop_unknown``. Returns the
+    metrics dict, with ``out_dir`` added.
+    """
+    from .data import build_index
+    from .model import load_model
+    from .splits import apply_label_scheme
+
+    run = R.RunDir(run_dir)
+    model_path = run.require_model()
+    classes, config = run.labels(), run.config()
+    image_size = int(model_input_size(run))
+    if data is None:
+        frame = run.split()
+        frame = frame[frame["split"] == "test"].reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"{run.path} has no test split to evaluate; pass --data FOLDER")
+        out_dir = run.path
+    else:
+        frame = apply_label_scheme(build_index(data, progress=progress), config.labels, strict=False)
+        unknown = sorted(set(frame["label"]) - set(classes))
+        if unknown and not drop_unknown:
+            raise DataError(f"{data} has label(s) the model was not trained on: {', '.join(unknown)} "
+                            f"(model classes: {', '.join(classes)}); drop them with --drop-unknown")
+        frame = frame[frame["label"].isin(classes)].reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"{data} has no images of the model's classes ({', '.join(classes)})")
+        out_dir = run.external_dir(data)
+    model = load_model(model_path)
+    started = time.time()
+    result = evaluate_frame(model, frame, classes, image_size, out_dir, batch_size=config.batch_size)
+    if data is not None:
+        R.write_json(out_dir / "source.json", {"data": str(Path(data).resolve()), "n": result["n"],
+                                               "dropped_unknown": bool(drop_unknown),
+                                               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "seconds": round(time.time() - started, 2)})
+    return {**result, "out_dir": str(out_dir)}
+
+
+def model_input_size(run: R.RunDir) -> int:
+    """The square input size the run's model was trained at."""
+    info = run.info()
+    if info.get("image_size"):
+        return int(info["image_size"])
+    config = run.config()
+    if config.image_size:
+        return int(config.image_size)
+    from .backbones import get_backbone
+    return get_backbone(config.backbone).input_size

@@ -1,0 +1,106 @@
+"""The tf.data input pipeline: decode, resize, cache, shuffle, batch, augment, prefetch.
+
+Decoding goes through :func:`cxrcore.io.prepare_image` (inside ``tf.numpy_function``),
+the same function the prediction path uses. Decoded, resized images are cached as
+``uint8`` (224 px: ~150 kB per image), so epochs after the first skip decoding.
+Augmentation uses Keras preprocessing layers on whole batches, after the cache, in a
+sequential map, so a given seed gives the same batches on every run.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import keras
+
+from .config import AugmentConfig
+from .errors import DataError
+from .io import prepare_image
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def max_steps_from_env(default: int | None = None) -> int | None:
+    """``CXRCORE_MAX_STEPS`` caps batches per epoch (keeps tests and smoke runs short)."""
+    value = os.environ.get("CXRCORE_MAX_STEPS")
+    return int(value) if value else default
+
+
+def build_augmenter(augment: AugmentConfig, seed: int) -> keras.Sequential | None:
+    """Keras preprocessing layers for the enabled augmentations (None when none are)."""
+    if not augment.enabled:
+        return None
+    layers = []
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if augment.rotation:
+        layers.append(keras.layers.RandomRotation(augment.rotation / 360.0, fill_mode="constant", seed=seed + 1))
+    if augment.zoom:
+        layers.append(keras.layers.RandomZoom((-augment.zoom, augment.zoom), fill_mode="constant", seed=seed + 2))
+    if augment.contrast:
+        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 3))
+    if augment.brightness:
+        layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 4))
+    return keras.Sequential(layers, name="augment")
+
+
+def _loader(image_size: int):
+    def load(path):
+        return prepare_image(path.decode() if isinstance(path, bytes) else str(path), image_size)
+
+    def tf_load(path):
+        image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+        image.set_shape((image_size, image_size, 3))
+        return image
+
+    return tf_load
+
+
+def make_dataset(frame: pd.DataFrame, classes: list[str], image_size: int, *, batch_size: int = 32,
+                 training: bool = False, augment: AugmentConfig | None = None, seed: int = 42,
+                 cache: bool = True, max_steps: int | None = None) -> tf.data.Dataset:
+    """Batches of ``(float32 images in 0..255, one-hot labels)`` in the order of ``classes``.
+
+    ``training`` shuffles (reshuffled each epoch, seeded) and applies ``augment``.
+    Rows whose label is not in ``classes`` raise :class:`DataError`.
+    """
+    if frame.empty:
+        raise DataError("no images to load")
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(frame["label"]) - set(lookup))
+    if unknown:
+        raise DataError(f"label(s) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})")
+    labels = frame["label"].map(lookup).to_numpy(np.int32)
+    paths = frame["path"].astype(str).to_numpy()
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    ds = ds.map(_loader(image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(tf.one_hot(labels, len(classes))))
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(frame), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if max_steps:
+        ds = ds.take(max_steps)
+    augmenter = build_augmenter(augment, seed) if (training and augment) else None
+
+    def to_float(images, y):
+        images = tf.cast(images, tf.float32)
+        if augmenter is not None:
+            images = tf.clip_by_value(augmenter(images, training=True), 0.0, 255.0)
+        return images, y
+
+    ds = ds.map(to_float, num_parallel_calls=None if augmenter is not None else AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+_DECODE_MESSAGE = re.compile(r"(cannot read image .*?)(?:\n|\s+\[\[|$)")
+
+
+def decode_error_from(exc: Exception) -> DataError | None:
+    """The :class:`DataError` hidden in a TensorFlow error raised by a failed image decode."""
+    match = _DECODE_MESSAGE.search(str(exc))
+    return DataError(match.group(1).strip()) if match else None
