@@ -121,7 +121,7 @@ def simple_cnn(x):
     """The custom CNN's feature extractor: four conv blocks; returns the last feature map."""
     for i, filters in enumerate((32, 64, 128, 128), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn_conv{i}_pre")(x)
-        x = keras.layers.BatchNormalization(name=f"cnn_bn{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"cnn_bn{i}")(x)
         x = keras.layers.Activation("relu", name=f"cnn_conv{i}")(x)
         if i < 4:
             x = keras.layers.MaxPooling2D(2, name=f"cnn_pool{i}")(x)

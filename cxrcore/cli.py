@@ -113,7 +113,8 @@ def config_from_args(args: argparse.Namespace):
     if not config.data:
         raise CXRError("--data is required (a dataset folder or CSV manifest)")
     from .backbones import get_backbone
-    get_backbone(config.backbone)
+    if args.weights is None and not get_backbone(config.backbone).pretrained:
+        config.weights = "none"  # a custom CNN has no ImageNet weights: default to training from scratch
     return config.validate()
 
 

@@ -174,7 +174,16 @@ def _load_cache(path: Path) -> dict[str, dict]:
         table = pd.read_csv(path, dtype={"relpath": str, "mode": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
         return {}
-    return {r["relpath"]: r for r in table.to_dict("records")}
+    if not {"relpath", "bytes", "mtime_ns", "width", "height", "mode"} <= set(table.columns):
+        return {}  # foreign or damaged cache file: read every header again
+    cache = {}
+    for r in table.to_dict("records"):
+        try:
+            cache[r["relpath"]] = {"bytes": int(r["bytes"]), "mtime_ns": int(r["mtime_ns"]),
+                                   "width": int(r["width"]), "height": int(r["height"]), "mode": r["mode"]}
+        except (TypeError, ValueError):
+            continue  # a damaged row: that file's header is read again
+    return cache
 
 
 def _save_cache(path: Path, records: list[dict]) -> None:

@@ -67,9 +67,10 @@ def build_model(backbone: str, num_classes: int, *, image_size: int | None = Non
         constructor = getattr(keras.applications, spec.builder)
         try:
             base = constructor(include_top=False, weights=source, input_tensor=x, **spec.kwargs)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             if source not in (None, "imagenet"):
-                raise WeightsError(f"weights file {source} does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
+                raise WeightsError(f"weights file {source} cannot be loaded into {spec.name}: "
+                                   f"{str(exc).splitlines()[0]}") from None
             raise
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
             if source == "imagenet" and "fetch failure" in str(exc):

@@ -1,0 +1,102 @@
+"""plotly figure builders: pure functions, data in, ``go.Figure`` out (no I/O, no Streamlit).
+
+Inputs are the structures cxrcore already produces: an index DataFrame, a metrics
+dict from :func:`cxrcore.metrics.classification_metrics`, a ``history.csv`` frame.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=50))
+SPLIT_ORDER = ("train", "val", "test", "")
+
+
+def class_distribution(index: pd.DataFrame, title: str = "Images per class") -> go.Figure:
+    """Grouped bars: images per class, one bar per split (unsplit data: one bar)."""
+    counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
+    fig = go.Figure()
+    for split in [s for s in SPLIT_ORDER if s in counts.columns]:
+        fig.add_bar(x=list(counts.index), y=counts[split].tolist(), name=split or "all",
+                    text=counts[split].tolist(), textposition="auto")
+    fig.update_layout(title=title, barmode="group", xaxis_title="class", yaxis_title="images", **_LAYOUT)
+    return fig
+
+
+def confusion_matrix(metrics: Mapping, normalized: bool = False, title: str | None = None) -> go.Figure:
+    """Heatmap of true (rows) vs predicted (columns); counts or row-normalised fractions."""
+    classes = list(metrics["classes"])
+    z = metrics["confusion_matrix_normalized" if normalized else "confusion_matrix"]
+    text = [[f"{v:.2f}" if normalized else str(int(v)) for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}",
+                               colorscale="Blues", zmin=0, zmax=1 if normalized else None,
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_layout(title=title or ("Confusion matrix (row-normalised)" if normalized else "Confusion matrix"),
+                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", **_LAYOUT)
+    return fig
+
+
+def roc_curves(metrics: Mapping, title: str = "ROC (one-vs-rest)", name_prefix: str = "") -> go.Figure:
+    """One ROC curve per class with its AUC in the legend, plus the chance diagonal."""
+    fig = go.Figure()
+    add_roc_traces(fig, metrics, name_prefix)
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
+    fig.update_layout(title=title, xaxis_title="false positive rate (1 - specificity)",
+                      yaxis_title="true positive rate (sensitivity)", **_LAYOUT)
+    return fig
+
+
+def add_roc_traces(fig: go.Figure, metrics: Mapping, name_prefix: str = "") -> go.Figure:
+    """Add a run's per-class ROC curves to ``fig`` (used to overlay several runs)."""
+    for name, curve in metrics["roc"].items():
+        if curve is None:
+            continue
+        fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines",
+                        name=f"{name_prefix}{name} (AUC {curve['auc']:.3f})")
+    return fig
+
+
+def pr_curves(metrics: Mapping, title: str = "Precision-recall (one-vs-rest)") -> go.Figure:
+    """One precision-recall curve per class with its average precision in the legend."""
+    fig = go.Figure()
+    for name, curve in metrics["pr"].items():
+        if curve is None:
+            continue
+        fig.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines",
+                        name=f"{name} (AP {curve['ap']:.3f})")
+    fig.update_layout(title=title, xaxis_title="recall", yaxis_title="precision",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1.02], **_LAYOUT)
+    return fig
+
+
+def training_curves(history: pd.DataFrame, metrics: Sequence[str] = ("loss", "accuracy"),
+                    title: str = "Training curves") -> go.Figure:
+    """Train and validation curves per epoch, with the stage change marked."""
+    fig = go.Figure()
+    if history.empty:
+        fig.update_layout(title=f"{title} (no epochs yet)", **_LAYOUT)
+        return fig
+    for metric in metrics:
+        for prefix, dash in (("", "solid"), ("val_", "dot")):
+            column = prefix + metric
+            if column in history:
+                fig.add_scatter(x=history["epoch"], y=history[column], mode="lines+markers",
+                                name=column, line=dict(dash=dash))
+    if "stage" in history and history["stage"].nunique() > 1:
+        first_finetune = history.loc[history["stage"] == "finetune", "epoch"]
+        if len(first_finetune):
+            fig.add_vline(x=float(first_finetune.iloc[0]) - 0.5, line_dash="dash", line_color="gray",
+                          annotation_text="fine-tuning starts")
+    fig.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
+    return fig
+
+
+def probability_bars(probabilities: Mapping[str, float], title: str = "Class probabilities") -> go.Figure:
+    """Horizontal bars of one image's class probabilities, highest on top."""
+    items = sorted(probabilities.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
+                           text=[f"{v:.1%}" for _, v in items], textposition="auto"))
+    fig.update_layout(title=title, xaxis_range=[0, 1], xaxis_title="probability", **_LAYOUT)
+    return fig

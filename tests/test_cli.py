@@ -1,0 +1,133 @@
+"""`python -m cxrcore` as a user runs it: outputs, exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_class_folders
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, env=None, check=True):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_MAX_STEPS": "3", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "cxrcore", *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = cli("demo-data", out, "--n-per-class", 20, "--image-size", 64)
+    assert Path(last_line(proc.stdout)) == out.resolve() or Path(last_line(proc.stdout)) == out
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    proc = cli("train", "--data", demo, "--backbone", "simple_cnn", "--weights", "none", "--image-size", 48,
+               "--epochs", 2, "--fine-tune-epochs", 1, "--batch-size", 8, "--out", out, "--seed", 3)
+    path = Path(last_line(proc.stdout))
+    assert path.parent == out and path.is_dir()
+    assert "[frozen] epoch 1/3" in proc.stderr and "[finetune] epoch 3/3" in proc.stderr
+    return path
+
+
+def test_index_prints_a_json_summary(demo):
+    summary = json.loads(last_line(cli("index", demo).stdout))
+    assert summary["images"] == 60 and summary["layout"] == "manifest"
+    assert summary["classes"] == {"COVID": 20, "Normal": 20, "Pneumonia": 20}
+    assert summary["patients"] > 0
+
+
+def test_train_writes_a_complete_run(run_dir):
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "succeeded" and info["image_size"] == 48
+    assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def test_evaluate_prints_the_summary_last(run_dir, demo):
+    summary = json.loads(last_line(cli("evaluate", run_dir).stdout))
+    assert set(summary) == {"accuracy", "macro_f1", "macro_auc", "n"}
+    stored = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["n"] == stored["n"] and summary["accuracy"] == pytest.approx(stored["accuracy"])
+    external = json.loads(last_line(cli("evaluate", run_dir, "--data", demo).stdout))
+    assert external["n"] == 60
+    assert (run_dir / "external" / "demo" / "metrics.json").is_file()
+
+
+def test_predict_prints_one_json_line_per_image(run_dir, demo):
+    images = sorted((demo / "COVID").glob("*.png"))[:2]
+    lines = cli("predict", run_dir, *images).stdout.strip().splitlines()
+    results = [json.loads(line) for line in lines]
+    assert [r["image"] for r in results] == [str(p) for p in images]
+    for r in results:
+        assert set(r["probabilities"]) == {"COVID", "Normal", "Pneumonia"}
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+
+
+def test_predict_reports_a_bad_image_and_still_predicts_the_rest(run_dir, demo, tmp_path):
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"this is not an image")
+    good = next((demo / "Normal").glob("*.png"))
+    proc = cli("predict", run_dir, good, bad, check=False)
+    assert proc.returncode == 2
+    results = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert "probabilities" in results[0]
+    assert str(bad) in results[1]["error"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_backbones_lists_the_registry():
+    rows = json.loads(cli("backbones", "--json").stdout)
+    names = [r["name"] for r in rows]
+    assert names == ["resnet50", "resnet152v2", "densenet121", "densenet169", "vgg16", "efficientnetb0",
+                     "mobilenetv2_0.35", "mobilenetv2_0.5", "mobilenetv2_1.0", "mobilenet_0.25", "simple_cnn"]
+
+
+def _empty_class(tmp: Path) -> Path:
+    root = make_class_folders(tmp / "empty_class", per_class=3)
+    (root / "C").mkdir()
+    return root
+
+
+def _bad_image(tmp: Path) -> Path:
+    root = make_class_folders(tmp / "bad_image", per_class=3)
+    (root / "A" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["train", "--data", t / "nowhere", "--backbone", "simple_cnn"], "dataset not found: .*nowhere"),
+    (lambda t: ["train", "--data", t, "--backbone", "simple_cnn", "--weights", "imagenet"],
+     "simple_cnn has no ImageNet weights"),
+    (lambda t: ["train", "--data", _empty_class(t), "--backbone", "simple_cnn", "--weights", "none"],
+     "class folder .*C has no images"),
+    (lambda t: ["train", "--data", _bad_image(t), "--backbone", "simple_cnn", "--weights", "none"],
+     "cannot read image .*corrupt.png"),
+    (lambda t: ["train", "--data", t, "--backbone", "resnet51"], "unknown backbone 'resnet51'"),
+    (lambda t: ["index", t / "nowhere"], "dataset not found"),
+    (lambda t: ["evaluate", t / "no_run"], "run directory not found"),
+    (lambda t: ["train", "--data", t, "--augment", "flip,twirl=3"], "unknown augmentation 'twirl'"),
+])
+def test_bad_input_exits_non_zero_with_one_line(tmp_path, make_args, message):
+    proc = cli(*make_args(tmp_path), check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert __import__("re").search(message, errors[0]), errors[0]
+    assert "Traceback" not in proc.stderr
