@@ -38,9 +38,7 @@ MANIFEST_COLUMNS = ("path", "label", "patient_id", "source")
 Progress = Callable[[int, int], None]
 
 
-# --------------------------------------------------------------------------
 # Drawing primitives (vectorised over a normalised [-1, 1] coordinate grid)
-# --------------------------------------------------------------------------
 def _soft_ellipse(X, Y, cx, cy, ax, ay, edge=0.06):
     """~1 inside the ellipse, ~0 outside, with a smooth edge."""
     r = np.sqrt(((X - cx) / ax) ** 2 + ((Y - cy) / ay) ** 2)
@@ -51,20 +49,13 @@ def _gaussian(X, Y, cx, cy, sx, sy):
     return np.exp(-0.5 * (((X - cx) / sx) ** 2 + ((Y - cy) / sy) ** 2))
 
 
-def _interp_matrix(size: int, k: int) -> np.ndarray:
-    """(size, k) matrix that linearly upsamples k control points to size."""
+def _mottle(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
+    """Smooth random field: k x k normal noise, bilinearly upsampled to size."""
     pos = np.linspace(0.0, k - 1.0, size)
     i0 = np.minimum(np.floor(pos).astype(int), k - 2)
-    frac = pos - i0
     w = np.zeros((size, k))
-    w[np.arange(size), i0] = 1.0 - frac
-    w[np.arange(size), i0 + 1] = frac
-    return w
-
-
-def _mottle(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
-    """Smooth random field with roughly k x k blobs, zero mean, unit-ish std."""
-    w = _interp_matrix(size, k)
+    w[np.arange(size), i0] = 1.0 - (pos - i0)
+    w[np.arange(size), i0 + 1] = pos - i0
     return w @ rng.standard_normal((k, k)) @ w.T
 
 
@@ -76,9 +67,7 @@ def _smooth(img: np.ndarray) -> np.ndarray:
     return (p[1:-1, :-2] + 2.0 * p[1:-1, 1:-1] + p[1:-1, 2:]) / 4.0
 
 
-# --------------------------------------------------------------------------
 # Patients, anatomy and findings
-# --------------------------------------------------------------------------
 def _sample_lesions(rng: np.random.Generator, label: str, lung_dx: float) -> list:
     """Findings as (x, y, sigma_x, sigma_y, amplitude) in body coordinates."""
     lesions = []
@@ -87,13 +76,14 @@ def _sample_lesions(rng: np.random.Generator, label: str, lung_dx: float) -> lis
         for _ in range(int(rng.integers(1, 3))):
             lower = rng.random() < 0.75
             y = rng.uniform(0.05, 0.32) if lower else rng.uniform(-0.45, -0.05)
-            x = side * (lung_dx + rng.uniform(0.0, 0.12))
+            x = side * (lung_dx + rng.uniform(0.03, 0.12))
             lesions.append((x, y, rng.uniform(0.10, 0.16), rng.uniform(0.09, 0.14),
-                            rng.uniform(0.45, 0.60)))
+                            rng.uniform(0.40, 0.55)))
     elif label == "COVID":
         for side in (-1.0, 1.0):
-            for _ in range(int(rng.integers(3, 5))):
-                y = -0.35 + 0.85 * np.sqrt(rng.random())  # biased to lower zones
+            n = int(rng.integers(3, 5))
+            for y0 in np.linspace(-0.28, 0.36, n):  # spread over zones: diffuse
+                y = y0 + rng.uniform(-0.06, 0.06)
                 x = side * (lung_dx + rng.uniform(0.08, 0.20))  # peripheral
                 lesions.append((x, y, rng.uniform(0.07, 0.12), rng.uniform(0.08, 0.13),
                                 rng.uniform(0.16, 0.24)))
@@ -127,23 +117,21 @@ def _anatomy(X: np.ndarray, Y: np.ndarray, p: dict):
     media = _soft_ellipse(X, Y, 0.0, -0.15, 0.10, 0.62, edge=0.15)
     central = np.maximum(heart, media)
     lungs = np.zeros_like(X)
-    ribs = np.zeros_like(X)
+    marks = np.zeros_like(X)  # ribs and hilar vessels
     for side in (-1.0, 1.0):
         xs = side * p["lung_dx"]
-        u = (X - xs) / p["lung_ax"]
         lung = _soft_ellipse(X, Y, xs, 0.05, p["lung_ax"], p["lung_ay"])
-        dome = p["dome"] + 0.2 * u ** 2  # diaphragm, lower laterally
+        dome = p["dome"] + 0.2 * ((X - xs) / p["lung_ax"]) ** 2  # diaphragm, lower laterally
         lung = lung * 0.5 * (1.0 - np.tanh((Y - dome) / 0.03))
         lungs = np.maximum(lungs, lung)
         # posterior rib arcs: bands curving down towards the lateral wall
         d = side * (X - 0.5 * xs)
         phase = (Y - 0.9 * d ** 2 - 0.3 * d) / 0.15 + p["rib_phase"]
-        ribs += lung * ((1.0 + np.cos(2.0 * np.pi * phase)) / 2.0) ** 4
+        marks += lung * ((1.0 + np.cos(2.0 * np.pi * phase)) / 2.0) ** 4
         # hilar vessels: lungs brighter towards the hilum
-        lung_mark = _gaussian(X, Y, side * 0.17, -0.02, 0.16, 0.22)
-        ribs += 1.5 * lung * lung_mark
+        marks += 1.5 * lung * _gaussian(X, Y, side * 0.17, -0.02, 0.16, 0.22)
     lungs = lungs * (1.0 - central)
-    img = img - p["lung_depth"] * lungs + 0.045 * ribs * (1.0 - central)
+    img = img - p["lung_depth"] * lungs + 0.045 * marks * (1.0 - central)
     img = img + 0.10 * central * body
     # clavicles (rising laterally) and spine
     clav = np.exp(-(((Y + 0.60 + 0.25 * np.abs(X) - 0.35 * X ** 2) / 0.03) ** 2))
@@ -157,7 +145,7 @@ def _lesion_field(X, Y, lesions, rng) -> np.ndarray:
     for x, y, sx, sy, amp in lesions:  # small per-image jitter of each finding
         field += amp * rng.uniform(0.85, 1.15) * _gaussian(
             X, Y, x + rng.normal(0, 0.015), y + rng.normal(0, 0.015), sx, sy)
-    return field
+    return 0.6 * np.tanh(field / 0.6)  # overlapping findings saturate softly
 
 
 def _render(rng: np.random.Generator, p: dict, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -171,17 +159,16 @@ def _render(rng: np.random.Generator, p: dict, xx: np.ndarray, yy: np.ndarray) -
     Y = (-s * (xx - cx) + c * (yy - cy)) / sy
 
     img, lungs = _anatomy(X, Y, p)
-    texture = 1.0 + (0.35 if p["label"] == "COVID" else 0.15) * _mottle(rng, size, 24)
-    img += _lesion_field(X, Y, p["lesions"], rng) * lungs * np.clip(texture, 0.3, 1.6)
-    img += 0.025 * _mottle(rng, size, 8) + rng.uniform(0.012, 0.025) * rng.standard_normal(img.shape)
+    texture = 1.0 + (0.3 if p["label"] == "COVID" else 0.15) * _mottle(rng, size, 24)
+    img += _lesion_field(X, Y, p["lesions"], rng) * lungs * np.clip(texture, 0.4, 1.4)
+    img += 0.025 * _mottle(rng, size, 8)  # uneven exposure
+    img += rng.uniform(0.012, 0.025) * rng.standard_normal(img.shape)  # quantum noise
     img = _smooth(img)
     img = (img - 0.4) * rng.uniform(0.85, 1.15) + 0.4 + rng.uniform(-0.05, 0.05)
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------
 # Files
-# --------------------------------------------------------------------------
 def is_synthetic(root) -> bool:
     """True when ``root`` holds a cxrcore synthetic dataset (marker file present)."""
     return (pathlib.Path(root) / SYNTHETIC_MARKER).is_file()
@@ -253,7 +240,7 @@ def make_demo_dataset(out_dir, *, n_per_class: int = 60, image_size: int = 128,
                 rel = f"{label}/synthetic_p{patient_no:04d}_{k:02d}.png"
                 Image.fromarray(_render(rng, patient, xx, yy)).save(
                     root / rel, format="PNG", pnginfo=info)
-                rows.append((rel, label, f"synthetic_p{patient_no:04d}", "synthetic"))
+                rows.append((rel, label, f"p{patient_no:04d}", "synthetic"))
                 done += 1
                 if progress is not None:
                     progress(done, total)
