@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("demo-data", help="write the synthetic demo dataset")
     p.add_argument("out_dir")
-    p.add_argument("--n-per-class", type=int, default=60)
+    p.add_argument("--n-per-class", type=int, default=150)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)

@@ -201,7 +201,7 @@ def _marker_text(n_per_class: int, image_size: int, seed: int) -> str:
         f"  n_per_class = {n_per_class}\n  image_size = {image_size}\n  seed = {seed}\n")
 
 
-def make_demo_dataset(out_dir, *, n_per_class: int = 60, image_size: int = 128,
+def make_demo_dataset(out_dir, *, n_per_class: int = 150, image_size: int = 128,
                       seed: int = 0, progress: Optional[Progress] = None) -> pathlib.Path:
     """Write a synthetic class-per-folder dataset and return its root folder.
 

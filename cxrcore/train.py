@@ -197,7 +197,10 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         history.stage = stage
         if reporter is not None:
             reporter.stage = stage
-        log.info("stage %s: %d epoch(s), %d trainable backbone layer(s)", stage, epochs, trainable)
+        if pretrained:
+            log.info("stage %s: %d epoch(s), %d trainable backbone layer(s)", stage, epochs, trainable)
+        else:
+            log.info("stage %s: %d epoch(s); no pretrained weights, so the whole network trains", stage, epochs)
         done = run_stage(model, train_ds, val_ds, first_epoch=done, epochs=epochs, config=config,
                          callbacks=callbacks, class_weight=weights)
     return finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
