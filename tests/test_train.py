@@ -157,3 +157,49 @@ def test_a_failure_during_training_marks_the_run_failed_with_the_reason(tmp_path
     info = R.RunDir(run_dir).info()
     assert info["status"] == "failed" and "disk full" in info["error"]
     assert R.list_runs(tmp_path / "m")[0]["status"] == "failed"
+
+
+def test_uploaded_bytes_and_dicom_take_the_same_prediction_path(trained, tmp_path):
+    from PIL import Image
+    from test_io import write_dicom
+
+    run, _, root = trained
+    predictor = Predictor(run.path)
+    png = sorted((root / "bright").glob("*.png"))[0]
+    by_path = predictor.predict([str(png)])[0]
+    by_bytes = predictor.predict([png.read_bytes()], names=["upload.png"])[0]
+    assert by_bytes["image"] == "upload.png"
+    assert by_bytes["probabilities"] == pytest.approx(by_path["probabilities"], abs=1e-6)
+    # the same 8-bit pixels stored as a DICOM (values 0..255 in a 16-bit container) predict the same
+    pixels = np.asarray(Image.open(png), dtype=np.uint16)
+    pixels[0, 0], pixels[0, 1] = 0, 255       # pin the range so the min..max stretch is the identity
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "pinned.png")
+    dicom = write_dicom(tmp_path / "scan.bin", pixels, bits_stored=8)
+    as_png = predictor.predict([str(tmp_path / "pinned.png")])[0]
+    as_dicom = predictor.predict([dicom.read_bytes()], names=["scan.bin"])[0]
+    assert as_dicom["probabilities"] == pytest.approx(as_png["probabilities"], abs=1e-5)
+
+
+def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
+    from cxrcore.train import compile_for_stage
+    from cxrcore.model import build_model
+
+    model = build_model("simple_cnn", 2, image_size=32, weights="none")
+    compile_for_stage(model, tiny_config(tmp_path, focal_loss=True, focal_gamma=3.0), "frozen", pretrained=False)
+    assert isinstance(model.loss, keras.losses.CategoricalFocalCrossentropy)
+    assert model.loss.gamma == 3.0
+    root = make_class_folders(tmp_path / "d", per_class=12)
+    (root / "B" / "img_000.png").unlink()
+    run = train(tiny_config(root, focal_loss=True, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "m")
+    assert run.info()["status"] == "succeeded"
+
+
+def test_mixed_precision_is_only_used_on_a_gpu():
+    import tensorflow as tf
+    from cxrcore.train import configure_devices
+
+    devices = configure_devices(mixed_precision=True)
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert devices["mixed_precision"] == has_gpu
+    assert keras.mixed_precision.global_policy().name == ("mixed_float16" if has_gpu else "float32")
+    keras.mixed_precision.set_global_policy("float32")
