@@ -98,3 +98,56 @@ class Cancel(keras.callbacks.Callback):
         if self.should_stop is not None and not self.cancelled and self.should_stop():
             self.cancelled = True
             self.model.stop_training = True
+
+
+STATE_DIR = "state"
+_RESUME_FILE = "resume.json"
+
+
+class ResumeState(keras.callbacks.Callback):
+    """After every epoch: the full model (weights and optimizer state) and where training stands.
+
+    ``state/resume.json`` names the model file of the last completed epoch; both are written
+    atomically and the json last, so it always points at a complete file. ``train(resume=True)``
+    reads it back through :func:`read_resume_state`.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = Path(folder)
+        self.stage, self.stage_start = "", 0
+        self._model_file = ""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        tmp = self.folder / f".tmp{os.getpid()}-{name}"
+        self.model.save(tmp)
+        os.replace(tmp, self.folder / name)
+        self._model_file = name
+        self._write(epoch + 1, complete=False)
+        for old in self.folder.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def mark_stage_complete(self, epochs_done: int) -> None:
+        if self._model_file:
+            self._write(epochs_done, complete=True)
+
+    def _write(self, epochs_done: int, complete: bool) -> None:
+        from .runs import write_json
+        write_json(self.folder / _RESUME_FILE, {"stage": self.stage, "stage_start": self.stage_start,
+                                                "epochs_done": epochs_done, "stage_complete": complete,
+                                                "model": self._model_file})
+
+
+def read_resume_state(run) -> dict | None:
+    """The last completed epoch's state of a run, or None when there is none to resume from."""
+    import json
+
+    path = Path(run.path) / STATE_DIR / _RESUME_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return state if (path.parent / state.get("model", "")).is_file() and state.get("model") else None

@@ -2,12 +2,15 @@
 
 :func:`train` is the whole job (data -> run directory). Its steps are separate
 functions so other entry points (background jobs, recipes, cached-feature
-training) can reuse them: :func:`prepare_data`, :func:`configure_devices`,
-:func:`compile_for_stage`, :func:`run_stage`, :func:`finish_run`.
+training) can reuse them: :func:`prepare_data`, :func:`cxrcore.devices.configure_devices`,
+:func:`compile_for_stage`, :func:`run_stage`, :func:`finish_run`. After every epoch the
+full model (optimizer included) is kept in ``<run>/state/`` so a killed run can resume.
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,10 +22,11 @@ import keras
 
 from . import runs as R
 from .backbones import get_backbone
-from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress
+from .callbacks import STATE_DIR, AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState, read_resume_state
+from .devices import configure_devices
 from .config import TrainConfig
 from .data import build_index
-from .errors import DataError
+from .errors import RunError
 from .evaluate import evaluate_frame
 from .model import build_model, inference_function, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
@@ -39,23 +43,6 @@ def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list
     frame = assign_splits(frame, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                           seed=config.seed)
     return frame, check_trainable(frame)
-
-
-def configure_devices(mixed_precision: bool = False) -> dict:
-    """Use the GPU(s) TensorFlow sees (memory growth on), else the CPU; returns what was used."""
-    gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process
-            pass
-        details = tf.config.experimental.get_device_details(gpu)
-        names.append(details.get("device_name", gpu.name))
-    use_mixed = bool(mixed_precision and gpus)
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
-    return {"device": f"GPU ({', '.join(names)})" if gpus else "CPU", "gpus": names,
-            "mixed_precision": use_mixed}
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -81,9 +68,9 @@ def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretr
     return n
 
 
-def run_stage(model, train_ds, val_ds, *, first_epoch: int, epochs: int, config: TrainConfig,
+def run_stage(model, train_ds, val_ds, *, initial_epoch: int, final_epoch: int, config: TrainConfig,
               callbacks: list, class_weight) -> int:
-    """Fit one stage; returns the number of epochs completed overall."""
+    """Fit one stage from ``initial_epoch`` up to ``final_epoch``; returns epochs completed overall."""
     stage_callbacks = list(callbacks)
     if config.patience:
         stage_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
@@ -91,12 +78,11 @@ def run_stage(model, train_ds, val_ds, *, first_epoch: int, epochs: int, config:
         stage_callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                                  patience=config.reduce_lr_patience, min_lr=1e-7))
     try:
-        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
-                            epochs=first_epoch + epochs, callbacks=stage_callbacks,
-                            class_weight=class_weight, shuffle=False, verbose=0)
+        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=final_epoch,
+                            callbacks=stage_callbacks, class_weight=class_weight, shuffle=False, verbose=0)
     except tf.errors.OpError as exc:
         raise (decode_error_from(exc) or exc) from None
-    return first_epoch + len(history.epoch)
+    return initial_epoch + len(history.epoch)
 
 
 def _attach_log(run: R.RunDir) -> logging.Handler:
@@ -120,24 +106,38 @@ def _inference_ms(model: keras.Model, image_size: int, repeats: int = 10) -> flo
 
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunDir | None = None,
           progress: ProgressFn = None, should_stop: Optional[Callable[[], bool]] = None,
-          data_progress=None) -> R.RunDir:
+          data_progress=None, resume: bool = False) -> R.RunDir:
     """Train ``config`` end to end and return its run directory.
 
     ``progress(event)`` receives batch and epoch events (see :class:`Progress`);
     ``should_stop()`` is polled after every batch and cancels gracefully (the best
     checkpoint is kept, status ``cancelled``). Bad data raises before the run directory
     is created; a failure during training marks the run ``failed`` with the reason.
+
+    ``resume=True`` continues ``run`` (a run whose process died or was cancelled) from
+    its last completed epoch, with the model, optimizer state, split and history it had.
     """
     config.validate()
     spec = get_backbone(config.backbone)
     image_size = config.image_size or spec.input_size
-    resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
-    frame, classes = prepare_data(config, progress=data_progress)
+    if resume:
+        if run is None or not run.file(R.SPLIT).exists():
+            raise RunError(f"nothing to resume: {run.path if run else 'no run'} has no {R.SPLIT}")
+        frame, classes = run.split(), run.labels()
+        frame.attrs.update(root=run.info().get("data", config.data), layout=run.info().get("layout", ""))
+    else:
+        resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
+        frame, classes = prepare_data(config, progress=data_progress)
+    strategy, devices = configure_devices(config.mixed_precision)
+    if not devices["chief"]:  # multi-worker: only the chief writes the real run directory
+        run = R.new_run_dir(config.backbone, tempfile.mkdtemp(prefix="cxrcore-worker-"))
     run = run or R.new_run_dir(config.backbone, out_dir)
     handler = _attach_log(run)
     started = time.time()
     try:
-        return _train(config, spec, image_size, frame, classes, run, progress, should_stop, started)
+        with strategy.scope():
+            return _train(config, spec, image_size, frame, classes, run, progress, should_stop, started,
+                          devices, resume)
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
         run.update_info(status="cancelled" if cancelled else "failed",
@@ -151,22 +151,39 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunD
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _train(config, spec, image_size, frame, classes, run, progress, should_stop, started) -> R.RunDir:
+def _restore(run: R.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, state: dict) -> keras.Model:
+    """Model (with optimizer state), history rows and best-so-far of an interrupted run."""
+    model = keras.saving.load_model(str(run.path / STATE_DIR / state["model"]), compile=True)
+    done = int(state["epochs_done"])
+    past = run.history()
+    past = past[past["epoch"] <= done] if len(past) else past
+    history.rows = past.to_dict("records")
+    if len(past) and "val_loss" in past and run.file(R.MODEL).exists():
+        best = past.loc[past["val_loss"].idxmin()]
+        checkpoint.best, checkpoint.best_epoch = float(best["val_loss"]), int(best["epoch"])
+    log.info("resuming %s after epoch %d (stage %s)", run.run_id, done, state["stage"])
+    return model
+
+
+def _train(config, spec, image_size, frame, classes, run, progress, should_stop, started, devices,
+           resume) -> R.RunDir:
     keras.utils.set_random_seed(config.seed)
-    devices = configure_devices(config.mixed_precision)
     pretrained = config.weights not in ("none", "")
-    config.save(run.file(R.CONFIG))
-    R.write_json(run.file(R.LABELS), classes)
-    R.write_csv(run.file(R.SPLIT), frame)
+    state = read_resume_state(run) if resume else None
+    if not resume:
+        config.save(run.file(R.CONFIG))
+        R.write_json(run.file(R.LABELS), classes)
+        R.write_csv(run.file(R.SPLIT), frame)
     counts = frame["split"].value_counts().to_dict()
     info = run.update_info(
-        run_id=run.run_id, status="running", backbone=spec.name, image_size=image_size, classes=classes,
-        data=frame.attrs.get("root", config.data), layout=frame.attrs.get("layout", ""),
+        run_id=run.run_id, status="running", error=None, backbone=spec.name, image_size=image_size,
+        classes=classes, data=frame.attrs.get("root", config.data), layout=frame.attrs.get("layout", ""),
         n_train=int(counts.get("train", 0)), n_val=int(counts.get("val", 0)), n_test=int(counts.get("test", 0)),
         tensorflow=tf.__version__, keras=keras.__version__, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **devices)
-    log.info("run %s: %s at %d px on %s; classes %s; train/val/test %d/%d/%d", run.run_id, spec.name, image_size,
-             devices["device"], classes, info["n_train"], info["n_val"], info["n_test"])
+        resumed_from_epoch=int(state["epochs_done"]) if state else None, **devices)
+    log.info("run %s: %s at %d px on %s (%s strategy, %d replica(s)); classes %s; train/val/test %d/%d/%d",
+             run.run_id, spec.name, image_size, devices["device"], devices["strategy"], devices["replicas"],
+             classes, info["n_train"], info["n_val"], info["n_test"])
     leaked = leakage_report(frame)
     if len(leaked):
         log.warning("%d patient(s) have images in more than one split (the layout's own split)", len(leaked))
@@ -177,35 +194,58 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
     train_ds = make_dataset(frame[frame["split"] == "train"], training=True, augment=config.augment, **make)
     val_ds = make_dataset(frame[frame["split"] == "val"], **make)
     weights = class_weights(frame.loc[frame["split"] == "train", "label"], classes, config.class_weights)
-    model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights, head=config.head)
-    total_epochs = config.epochs + config.fine_tune_epochs
     checkpoint = AtomicCheckpoint(run.file(R.MODEL))
     history = HistoryLog(run.file(R.HISTORY))
+    resume_state = ResumeState(run.path / STATE_DIR)
     cancel = Cancel(should_stop)
-    callbacks = [checkpoint, history, cancel,
+    if state:
+        model = _restore(run, history, checkpoint, state)
+    else:
+        if resume:
+            log.info("no completed epoch to resume from; starting %s again from epoch 1", run.run_id)
+        model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights,
+                            head=config.head)
+    callbacks = [checkpoint, history, resume_state, cancel,
                  keras.callbacks.TensorBoard(str(run.file(R.TENSORBOARD)), write_graph=False)]
     reporter = None
     if progress is not None:
-        reporter = Progress(progress, int(train_ds.cardinality().numpy()), total_epochs)
+        reporter = Progress(progress, int(train_ds.cardinality().numpy()), config.epochs + config.fine_tune_epochs)
         callbacks.append(reporter)
     run.update_info(params=int(model.count_params()))
+    if progress is not None:
+        progress({"event": "start", "run_dir": str(run.path), "device": devices["device"],
+                  "replicas": devices["replicas"], "resumed_from_epoch": info["resumed_from_epoch"]})
 
-    done = 0
-    stages = [("frozen", config.epochs), ("finetune", config.fine_tune_epochs)]
-    for stage, epochs in stages:
+    done = int(state["epochs_done"]) if state else 0
+    order = {"frozen": 0, "finetune": 1}
+    for stage, epochs in (("frozen", config.epochs), ("finetune", config.fine_tune_epochs)):
         if epochs <= 0 or cancel.cancelled:
             continue
-        trainable = compile_for_stage(model, config, stage, pretrained)
-        history.stage = stage
+        if state and order[stage] < order[state["stage"]]:
+            continue                                     # finished before the interruption
+        if state and stage == state["stage"]:
+            if state["stage_complete"]:
+                continue
+            start = int(state["stage_start"])            # continue this stage, optimizer state intact
+        else:
+            start = done
+            trainable = compile_for_stage(model, config, stage, pretrained)
+            if pretrained:
+                log.info("stage %s: %d epoch(s), %d trainable backbone layer(s)", stage, epochs, trainable)
+            else:
+                log.info("stage %s: %d epoch(s); no pretrained weights, so the whole network trains", stage, epochs)
+        history.stage = resume_state.stage = stage
+        resume_state.stage_start = start
         if reporter is not None:
             reporter.stage = stage
-        if pretrained:
-            log.info("stage %s: %d epoch(s), %d trainable backbone layer(s)", stage, epochs, trainable)
-        else:
-            log.info("stage %s: %d epoch(s); no pretrained weights, so the whole network trains", stage, epochs)
-        done = run_stage(model, train_ds, val_ds, first_epoch=done, epochs=epochs, config=config,
+        done = run_stage(model, train_ds, val_ds, initial_epoch=done, final_epoch=start + epochs, config=config,
                          callbacks=callbacks, class_weight=weights)
-    return finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
+        if not cancel.cancelled:
+            resume_state.mark_stage_complete(done)
+    result = finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
+    if not cancel.cancelled:
+        shutil.rmtree(run.path / STATE_DIR, ignore_errors=True)
+    return result
 
 
 def finish_run(run, model, checkpoint, frame, classes, image_size, config, epochs_done, cancelled, started):

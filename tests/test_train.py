@@ -196,9 +196,9 @@ def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
 
 def test_mixed_precision_is_only_used_on_a_gpu():
     import tensorflow as tf
-    from cxrcore.train import configure_devices
+    from cxrcore.devices import configure_devices
 
-    devices = configure_devices(mixed_precision=True)
+    _, devices = configure_devices(mixed_precision=True)
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     assert devices["mixed_precision"] == has_gpu
     assert keras.mixed_precision.global_policy().name == ("mixed_float16" if has_gpu else "float32")
