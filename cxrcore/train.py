@@ -170,6 +170,9 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
     keras.utils.set_random_seed(config.seed)
     pretrained = config.weights not in ("none", "")
     state = read_resume_state(run) if resume else None
+    if resume:  # a killed process may have left a temporary file mid-write: never a real one
+        for stale in [*run.path.glob(".*tmp*"), *(run.path / STATE_DIR).glob(".tmp*")]:
+            stale.unlink(missing_ok=True)
     if not resume:
         config.save(run.file(R.CONFIG))
         R.write_json(run.file(R.LABELS), classes)

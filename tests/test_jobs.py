@@ -109,6 +109,7 @@ def test_kill_9_is_detected_and_resume_carries_the_epochs_over(store, data, tmp_
     assert history["stage"].tolist() == ["frozen"] * 25 + ["finetune"] * 2
     assert run.info()["resumed_from_epoch"] == job["resumed_from_epoch"]
     assert "resuming" in run.file(J.JOB_LOG).read_text()
+    assert not [p for p in run.path.rglob("*") if ".tmp" in p.name], "half-written files left behind"
 
 
 def test_two_submissions_queue_and_both_finish(store, data, tmp_path):
