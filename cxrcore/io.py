@@ -195,3 +195,33 @@ def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
 def prepare_image(src: ImageSource, size: int, *, name: str | None = None) -> np.ndarray:
     """The model's view of an image: decoded, normalised, resized; ``uint8`` (size, size, 3)."""
     return resize_rgb(decode_image(src, name=name), size)
+
+
+# DICOM attributes that describe the image, never the patient, the institution or the operator.
+SAFE_DICOM_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "Rows", "Columns",
+                   "BitsStored", "PixelSpacing", "Manufacturer", "ManufacturerModelName")
+
+
+def dicom_summary(src: ImageSource, *, name: str | None = None) -> dict:
+    """Non-identifying facts about a DICOM file (only :data:`SAFE_DICOM_TAGS`); {} for other formats.
+
+    Names, ids, dates, institutions and free-text fields are never read out, so nothing
+    identifying can reach a screen or a log through this function.
+    """
+    label = _describe(src, name)
+    data = _read_bytes(src, label)
+    if not is_dicom(data):
+        return {}
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(_io.BytesIO(data), stop_before_pixels=True)
+    except Exception as exc:
+        raise ImageDecodeError(label, f"invalid DICOM ({_reason(exc)})") from None
+    out = {}
+    for tag in SAFE_DICOM_TAGS:
+        value = getattr(ds, tag, None)
+        if value not in (None, ""):
+            out[tag] = [float(v) for v in value] if tag == "PixelSpacing" else (
+                int(value) if isinstance(value, int) else str(value))
+    return out

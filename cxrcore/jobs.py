@@ -344,6 +344,40 @@ def gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def hardware_summary() -> dict:
+    """What training will run on, without importing TensorFlow: GPU names and memory, or the CPU."""
+    gpus = []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        for line in out.stdout.strip().splitlines():
+            name, _, memory = line.rpartition(",")
+            if name.strip():
+                gpus.append({"name": name.strip(), "memory_mb": int(float(memory))})
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        pass
+    cpus = os.cpu_count() or 1
+    text = (", ".join(f"{g['name']} ({g['memory_mb'] / 1024:.0f} GB)" for g in gpus) if gpus
+            else f"CPU only ({cpus} cores): small backbones and images train best")
+    return {"gpus": gpus, "cpu_count": cpus, "text": text}
+
+
+def eta_seconds(job: dict, epochs: list[dict]) -> float | None:
+    """Seconds left for a running job, from its recent epoch durations and the current batch."""
+    if job.get("status") != "running" or not job.get("epochs") or not job.get("started"):
+        return None
+    times = [e["time"] for e in epochs if e["time"] >= job["started"]]
+    if times:
+        marks = [job["started"], *times]
+        per_epoch = sum(b - a for a, b in zip(marks[-4:], marks[-3:])) / len(marks[-3:])
+    else:
+        if not job.get("batch") or not job.get("batches"):
+            return None
+        per_epoch = (time.time() - job["started"]) * job["batches"] / job["batch"]
+    done = (job.get("epoch") or 1) - 1 + (job.get("batch") or 0) / max(1, job.get("batches") or 1)
+    return max(0.0, (job["epochs"] - done) * per_epoch)
+
+
 class Scheduler:
     """Starts queued jobs as worker processes and watches them.
 

@@ -104,3 +104,14 @@ def decode_error_from(exc: Exception) -> DataError | None:
     """The :class:`DataError` hidden in a TensorFlow error raised by a failed image decode."""
     match = _DECODE_MESSAGE.search(str(exc))
     return DataError(match.group(1).strip()) if match else None
+
+
+def augment_preview(path: str, image_size: int, augment: AugmentConfig, n: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """The image as the model sees it, then ``n`` augmented versions (uint8 RGB)."""
+    image = prepare_image(path, image_size)
+    augmenter = build_augmenter(augment, seed)
+    if augmenter is None:
+        return [image]
+    batch = tf.convert_to_tensor(np.repeat(image[None].astype(np.float32), n, axis=0))
+    out = tf.clip_by_value(augmenter(batch, training=True), 0, 255).numpy().round().astype(np.uint8)
+    return [image, *out]

@@ -100,3 +100,34 @@ def probability_bars(probabilities: Mapping[str, float], title: str = "Class pro
                            text=[f"{v:.1%}" for _, v in items], textposition="auto"))
     fig.update_layout(title=title, xaxis_range=[0, 1], xaxis_title="probability", **_LAYOUT)
     return fig
+
+
+def image_sizes(index: pd.DataFrame, title: str = "Image sizes (pixels)") -> go.Figure:
+    """Overlaid histograms of image widths and heights."""
+    fig = go.Figure()
+    fig.add_histogram(x=index["width"], name="width", opacity=0.6)
+    fig.add_histogram(x=index["height"], name="height", opacity=0.6)
+    fig.update_layout(title=title, barmode="overlay", xaxis_title="pixels", yaxis_title="images", **_LAYOUT)
+    return fig
+
+
+def image_modes(index: pd.DataFrame, title: str = "Pixel formats") -> go.Figure:
+    """Bars: images per pixel mode (L = 8-bit gray, RGB, I;16 = 16-bit gray, DICOM ...)."""
+    counts = index["mode"].value_counts()
+    fig = go.Figure(go.Bar(x=[str(m) for m in counts.index], y=counts.tolist(), text=counts.tolist(),
+                           textposition="auto"))
+    fig.update_layout(title=title, xaxis_title="mode", yaxis_title="images", **_LAYOUT)
+    return fig
+
+
+def roc_overlay(metrics_by_run: Mapping[str, Mapping], class_name: str, title: str | None = None) -> go.Figure:
+    """One class's ROC curve from several runs on one chart (runs without it are skipped)."""
+    fig = go.Figure()
+    for run, metrics in metrics_by_run.items():
+        curve = metrics.get("roc", {}).get(class_name)
+        if curve:
+            fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{run} (AUC {curve['auc']:.3f})")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
+    fig.update_layout(title=title or f"ROC for {class_name}", xaxis_title="false positive rate",
+                      yaxis_title="true positive rate", **_LAYOUT)
+    return fig

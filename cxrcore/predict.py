@@ -50,7 +50,7 @@ class Predictor:
         """
         names = list(names) if names is not None else [_name(s) for s in sources]
         prepared = np.stack([self.prepare(s, n) for s, n in zip(sources, names)])
-        return [self._result(n, p) for n, p in zip(names, self.probabilities(prepared))]
+        return [self.result(n, p) for n, p in zip(names, self.probabilities(prepared))]
 
     def predict_each(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[dict]:
         """Like :meth:`predict`, but an unreadable image gives ``{"image", "error"}`` and the rest go on."""
@@ -67,10 +67,11 @@ class Predictor:
                 results[i] = {"image": name, "error": str(exc)}
         if arrays:
             for i, probs in zip(good, self.probabilities(np.stack(arrays))):
-                results[i] = self._result(names[i], probs)
+                results[i] = self.result(names[i], probs)
         return results
 
-    def _result(self, name: str, probs: np.ndarray) -> dict:
+    def result(self, name: str, probs: np.ndarray) -> dict:
+        """``{image, label, confidence, probabilities}`` for one row of probabilities."""
         top = int(np.argmax(probs))
         return {"image": name, "label": self.labels[top], "confidence": float(probs[top]),
                 "probabilities": {label: float(p) for label, p in zip(self.labels, probs)}}

@@ -131,3 +131,21 @@ def leakage_report(index: pd.DataFrame) -> pd.DataFrame:
                                           n_splits=("split", "nunique"), images=("path", "size"))
     leaked = per[per["n_splits"] > 1].drop(columns="n_splits").reset_index()
     return leaked.sort_values("patient_id").reset_index(drop=True)
+
+
+def duplicate_report(index: pd.DataFrame, progress=None) -> pd.DataFrame:
+    """Byte-identical image files: ``hash, path, label, split`` for every file that has a twin.
+
+    A duplicate across splits (``cross_split`` True) leaks a test image into training.
+    """
+    import hashlib
+
+    hashes = []
+    for i, path in enumerate(index["path"]):
+        hashes.append(hashlib.sha1(Path(path).read_bytes()).hexdigest())
+        if progress is not None and ((i + 1) % 100 == 0 or i + 1 == len(index)):
+            progress(i + 1, len(index))
+    table = index[["path", "label", "split"]].assign(hash=hashes)
+    dup = table[table.duplicated("hash", keep=False)].copy()
+    dup["cross_split"] = dup.groupby("hash")["split"].transform("nunique") > 1
+    return dup.sort_values(["hash", "path"]).reset_index(drop=True)

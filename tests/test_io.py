@@ -389,3 +389,30 @@ def test_read_header_unreadable_raises_naming_the_path(tmp_path, content):
     with pytest.raises(ImageDecodeError) as info:
         read_header(path)
     assert str(path) in str(info.value)
+
+
+def test_dicom_summary_reads_only_non_identifying_fields(tmp_path):
+    import pydicom
+
+    from cxrcore.io import dicom_summary
+
+    path = write_dicom(tmp_path / "scan.dcm", np.zeros((8, 8), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "MRN-123456", "19700101"
+    ds.InstitutionName, ds.ViewPosition = "General Hospital", "PA"
+    ds.save_as(path, enforce_file_format=True)
+    facts = dicom_summary(path.read_bytes(), name="scan.dcm")
+    assert facts["Modality"] == "CR" and facts["ViewPosition"] == "PA" and facts["Rows"] == 8
+    text = repr(facts)
+    for secret in ("Doe^Jane", "MRN-123456", "19700101", "General Hospital"):
+        assert secret not in text
+    assert dicom_summary(png_bytes_of_flat_image()) == {}
+
+
+def png_bytes_of_flat_image() -> bytes:
+    import io as _io
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.new("L", (4, 4), 7).save(buf, format="PNG")
+    return buf.getvalue()

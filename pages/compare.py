@@ -1,0 +1,77 @@
+"""Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices, and one image through each."""
+import json
+
+import streamlit as st
+
+from cxrcore import plots
+from cxrcore import runs as R
+from cxrcore.evaluate import BETTER, compare_runs
+from cxrcore.explain import METHOD_LABELS
+from pages.shared import analyse, no_models, run_label, show_error, trained_runs
+
+st.title("Compare")
+runs = trained_runs()
+if len(runs) < 2:
+    if runs:
+        st.info("Only one trained model so far: train another (or queue several backbones at once on the "
+                "Train page) to compare them.")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    else:
+        no_models()
+    st.stop()
+
+chosen = st.multiselect("Runs (2 to 4)", runs, default=runs[:2], format_func=run_label, max_selections=4,
+                        key="compare_runs")
+if len(chosen) < 2:
+    st.info("Pick at least two runs.")
+    st.stop()
+
+table = compare_runs([r["path"] for r in chosen])
+
+
+def highlight(row):
+    rule = BETTER.get(row.name) or ("max" if row.name.startswith("auc ") else None)
+    values = row.apply(lambda v: v if isinstance(v, (int, float)) else None).astype(float)
+    if rule is None or values.isna().all():
+        return [""] * len(row)
+    best = values.max() if rule == "max" else values.min()
+    return ["background-color: #d7f5dd; font-weight: 600" if v == best else "" for v in values]
+
+
+st.subheader("Metrics (best in green)")
+st.dataframe(table.style.apply(highlight, axis=1).format(precision=3, na_rep="n/a"), width="stretch")
+st.caption("Test-split metrics are only comparable between runs trained on the same data and split.")
+
+metrics = {}
+for r in chosen:
+    path = R.RunDir(r["path"]).file(R.METRICS)
+    if path.exists():
+        metrics[r["run_id"]] = json.loads(path.read_text())
+if metrics:
+    classes = sorted({c for m in metrics.values() for c in m["classes"]})
+    cls = st.selectbox("ROC for class", classes, key="compare_class")
+    st.plotly_chart(plots.roc_overlay(metrics, cls), width="stretch")
+    st.subheader("Confusion matrices")
+    normalized = st.toggle("Normalise rows", key="compare_norm")
+    cols = st.columns(len(metrics))
+    for col, (run_id, m) in zip(cols, metrics.items()):
+        col.plotly_chart(plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch",
+                         key=f"compare_cm_{run_id}")
+
+st.subheader("One image through every run")
+c = st.columns([3, 1])
+upload = c[0].file_uploader("A chest X-ray (PNG, JPEG or DICOM)", key="compare_upload")
+method = c[1].selectbox("Explanation", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key="compare_method")
+if upload is not None:
+    cols = st.columns(len(chosen))
+    for col, r in zip(cols, chosen):
+        try:
+            result = analyse(r["path"], upload.name, upload.getvalue(), method, "jet", 0.4)
+        except Exception as exc:
+            with col:
+                show_error(exc)
+            continue
+        col.image(result["overlay"], caption=r["run_id"], width="stretch")
+        col.markdown(f"**{result['label']}** ({result['confidence']:.1%})")
+        col.plotly_chart(plots.probability_bars(result["probabilities"], title=r["backbone"]), width="stretch",
+                         key=f"compare_probs_{r['run_id']}")

@@ -1,0 +1,118 @@
+"""Data: pick a dataset; its classes, splits, image formats, samples, augmentation and leakage."""
+import streamlit as st
+
+from cxrcore import plots
+from cxrcore.config import AugmentConfig
+from cxrcore.io import prepare_image
+from pages.shared import (current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
+                          split_preview, synthetic_banner)
+
+st.title("Data")
+
+# -- which dataset ---------------------------------------------------------------------------
+with st.expander("Open a dataset", expanded=False):
+    st.caption("A local folder in any supported layout: class folders, train/val/test folders, the COVID-19 "
+               "Radiography Database, or a CSV manifest (path,label[,patient_id][,split]).")
+    demo = str(demo_dir())
+    choices = [demo] + [p for p in recent_datasets() if p != demo]
+    recent = st.selectbox("Recently used", choices, key="data_recent",
+                          format_func=lambda p: f"{p} (synthetic demo)" if p == demo else p)
+    typed = st.text_input("...or a folder / CSV path", key="data_path", placeholder="/data/chest_xray")
+    if st.button("Open", key="data_open", type="primary"):
+        set_dataset(typed.strip() or recent)
+        st.rerun()
+
+path = current_dataset()
+try:
+    index, info = load_index(path)
+except Exception as exc:  # CXRError: a missing folder, an empty class, an unreadable image
+    st.subheader(path)
+    show_error(exc)
+    st.stop()
+
+st.subheader(path)
+synthetic_banner(path)
+cols = st.columns(5)
+cols[0].metric("Images", f"{info['images']:,}")
+cols[1].metric("Classes", len(info["classes"]))
+cols[2].metric("Patients known", f"{info['patients']:,}")
+cols[3].metric("Imbalance (largest / smallest)", f"{info['imbalance_ratio']:.2f}")
+cols[4].metric("Layout", info["layout"])
+
+# -- classes and splits ----------------------------------------------------------------------
+split = split_preview(path)
+left, right = st.columns([3, 2])
+left.plotly_chart(plots.class_distribution(split, title="Images per class and split (as training would split)"),
+                  width="stretch")
+table = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+table["total"] = table.sum(axis=1)
+right.dataframe(table, width="stretch")
+right.caption("Splits: stratified per class, seed 42, 80/10/10 unless the layout has its own; grouped by "
+              "patient where patient ids are known.")
+
+left, right = st.columns(2)
+left.plotly_chart(plots.image_sizes(index), width="stretch")
+right.plotly_chart(plots.image_modes(index), width="stretch")
+
+# -- sample grid -----------------------------------------------------------------------------
+st.subheader("Samples")
+classes = sorted(index["label"].unique())
+per_page = 12
+c1, c2 = st.columns([2, 1])
+label = c1.selectbox("Class", classes, key="data_class")
+paths = index.loc[index["label"] == label, "path"].tolist()
+pages = max(1, (len(paths) + per_page - 1) // per_page)
+page = c2.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="data_page")
+grid = st.columns(6)
+for i, image_path in enumerate(paths[(page - 1) * per_page: page * per_page]):
+    try:
+        grid[i % 6].image(prepare_image(image_path, 160), caption=image_path.rsplit("/", 1)[-1], width="stretch")
+    except Exception as exc:
+        grid[i % 6].error(str(exc))
+
+# -- augmentation preview --------------------------------------------------------------------
+st.subheader("Augmentation preview")
+st.caption("What training-time augmentation does to one image. X-rays are not left-right symmetric "
+           "(the heart is on the left), so a flip is a choice, not a default.")
+a = st.columns(5)
+augment = AugmentConfig(flip=a[0].checkbox("Flip", key="data_aug_flip"),
+                        rotation=a[1].slider("Rotation (deg)", 0, 30, 10, key="data_aug_rot"),
+                        zoom=a[2].slider("Zoom", 0.0, 0.3, 0.1, key="data_aug_zoom"),
+                        contrast=a[3].slider("Contrast", 0.0, 0.5, 0.1, key="data_aug_contrast"),
+                        brightness=a[4].slider("Brightness", 0.0, 0.5, 0.1, key="data_aug_bright"))
+if paths:
+    from cxrcore.pipeline import augment_preview
+
+    versions = augment_preview(paths[0], 192, augment, n=5, seed=int(st.session_state.get("data_aug_seed", 0)))
+    row = st.columns(len(versions))
+    for i, (col, image) in enumerate(zip(row, versions)):
+        col.image(image, caption="original" if i == 0 else f"augmented {i}", width="stretch")
+    if st.button("New random draw", key="data_aug_redraw"):
+        st.session_state["data_aug_seed"] = int(st.session_state.get("data_aug_seed", 0)) + 1
+        st.rerun()
+
+# -- leakage ---------------------------------------------------------------------------------
+st.subheader("Leakage checks")
+st.caption("A patient, or an identical file, on both sides of the train/test line inflates every metric.")
+from cxrcore.splits import duplicate_report, leakage_report  # noqa: E402
+
+leaks = leakage_report(split)
+if info["patients"] == 0:
+    st.info("No patient ids in this dataset (no manifest column, no known file-name pattern): patient "
+            "leakage cannot be checked.")
+elif leaks.empty:
+    st.success(f"No patient appears in more than one split ({info['patients']:,} patients checked).")
+else:
+    st.error(f"{len(leaks)} patient(s) have images in more than one split.")
+    st.dataframe(leaks, width="stretch")
+if st.button("Look for duplicate files (reads every image)", key="data_dups"):
+    bar = st.progress(0.0, text="hashing images...")
+    dups = duplicate_report(split, progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total}"))
+    bar.empty()
+    if dups.empty:
+        st.success("No byte-identical duplicates.")
+    else:
+        cross = int(dups.loc[dups["cross_split"], "hash"].nunique())
+        (st.error if cross else st.warning)(f"{dups['hash'].nunique()} groups of identical files; "
+                                            f"{cross} of them span more than one split.")
+        st.dataframe(dups, width="stretch")

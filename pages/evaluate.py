@@ -1,0 +1,123 @@
+"""Evaluate: a run's test-split metrics, curves, mistakes, and external validation."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from cxrcore import plots
+from cxrcore import runs as R
+from cxrcore.io import prepare_image
+from cxrcore.metrics import per_class_table
+from pages.shared import pick_run, show_error
+
+st.title("Evaluate")
+run_info = pick_run("evaluate_run")
+if run_info is None:
+    st.stop()
+run = R.RunDir(run_info["path"])
+info = run.info()
+st.caption(f"{info.get('backbone')} at {info.get('image_size')} px · trained on `{info.get('data')}` · "
+           f"{info.get('device', '?')} · {info.get('epochs_completed', '?')} epochs · status {info.get('status')}")
+
+
+def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:
+    """Everything about one evaluation (test split or an external folder)."""
+    c = st.columns(4)
+    c[0].metric("Accuracy", f"{metrics['accuracy']:.3f}")
+    c[1].metric("Macro F1", f"{metrics['macro_f1']:.3f}")
+    c[2].metric("Macro AUC", "n/a" if metrics["macro_auc"] is None else f"{metrics['macro_auc']:.3f}")
+    c[3].metric("Images", metrics["n"])
+    left, right = st.columns(2)
+    normalized = left.toggle("Normalise rows", key=f"{key}_norm")
+    left.plotly_chart(plots.confusion_matrix(metrics, normalized=normalized), width="stretch", key=f"{key}_cm")
+    right.plotly_chart(plots.roc_curves(metrics), width="stretch", key=f"{key}_roc")
+    left, right = st.columns(2)
+    left.plotly_chart(plots.pr_curves(metrics), width="stretch", key=f"{key}_pr")
+    report = pd.DataFrame(per_class_table(metrics)).set_index("class")
+    right.markdown("**Classification report** (one-vs-rest sensitivity and specificity)")
+    right.dataframe(report.style.format(precision=3, na_rep="n/a"), width="stretch")
+    right.download_button("Download metrics (CSV)", report.to_csv().encode(), file_name=f"{key}_metrics.csv",
+                          mime="text/csv", key=f"{key}_download")
+    mistakes(predictions, metrics["classes"], key)
+
+
+def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
+    wrong = predictions[~predictions["correct"]].sort_values("confidence", ascending=False)
+    st.markdown(f"**Misclassified images**: {len(wrong)} of {len(predictions)} (most confident mistakes first)")
+    if wrong.empty:
+        return
+    per_page = 8
+    pages = (len(wrong) + per_page - 1) // per_page
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_mistake_page")
+    cols = st.columns(4)
+    for i, row in enumerate(wrong.iloc[(page - 1) * per_page: page * per_page].to_dict("records")):
+        col = cols[i % 4]
+        probs = ", ".join(f"{c} {row[f'prob_{c}']:.2f}" for c in classes if f"prob_{c}" in row)
+        try:
+            col.image(prepare_image(row["path"], 192), width="stretch")
+        except Exception as exc:
+            col.error(str(exc))
+        col.caption(f"true **{row['true_label']}**, predicted **{row['pred_label']}** ({row['confidence']:.2f})  \n"
+                    f"{probs}  \n`{Path(row['path']).name}`")
+
+
+def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame] | None:
+    try:
+        metrics = json.loads((folder / R.METRICS).read_text())
+        table = pd.read_csv(folder / R.PREDICTIONS)
+    except (OSError, ValueError):
+        return None
+    return metrics, table
+
+
+tabs = st.tabs(["Test split", "Training curves", "External validation"])
+with tabs[0]:
+    test = read_evaluation(run.path)
+    if test is None and info.get("status") == "running":
+        st.info("This run is still training: its test-split metrics appear when it finishes. Its best "
+                "checkpoint so far can already be used on the Predict page.")
+    elif test is None:
+        st.info(f"This run has no test-split metrics (status: {info.get('status')}; cancelled or failed before "
+                f"the end, or no test split). Evaluate it with `python -m cxrcore evaluate {run.path}`.")
+    else:
+        metrics_view(*test, key="evaluate_test")
+
+with tabs[1]:
+    history = run.history()
+    if history.empty:
+        st.info("No epochs recorded.")
+    else:
+        left, right = st.columns(2)
+        left.plotly_chart(plots.training_curves(history, ("loss",), title="Loss"), width="stretch")
+        right.plotly_chart(plots.training_curves(history, ("accuracy", "auc"), title="Accuracy and AUC"),
+                           width="stretch")
+        st.dataframe(history, width="stretch", hide_index=True)
+
+with tabs[2]:
+    st.caption("A model that scores well inside one dataset can fall to chance on another hospital's images. "
+               "Evaluate it on another labelled folder (same class names); results are kept apart from the "
+               "test split's, in the run's `external/` folder.")
+    c = st.columns([4, 1])
+    folder = c[0].text_input("Labelled folder or CSV manifest", key="evaluate_external_path")
+    drop_unknown = c[1].checkbox("Skip unknown classes", key="evaluate_drop_unknown")
+    if st.button("Evaluate on this folder", key="evaluate_external_go", disabled=not folder.strip()):
+        from cxrcore.evaluate import evaluate_run
+
+        try:
+            with st.spinner("Predicting every image..."):
+                result = evaluate_run(run.path, folder.strip(), drop_unknown=drop_unknown)
+            st.success(f"Evaluated {result['n']} images; saved in `{result['out_dir']}`.")
+        except Exception as exc:
+            show_error(exc)
+    externals = sorted(p for p in (run.path / R.EXTERNAL).glob("*") if (p / R.METRICS).exists()) \
+        if (run.path / R.EXTERNAL).is_dir() else []
+    if externals:
+        name = st.selectbox("Saved external evaluations", [p.name for p in externals], key="evaluate_external_pick")
+        loaded = read_evaluation(run.path / R.EXTERNAL / name)
+        if loaded:
+            if test:
+                delta = loaded[0]["accuracy"] - test[0]["accuracy"]
+                st.markdown(f"Accuracy **{loaded[0]['accuracy']:.3f}** here against **{test[0]['accuracy']:.3f}** "
+                            f"on the run's own test split ({delta:+.3f}).")
+            metrics_view(*loaded, key=f"evaluate_ext_{name}")

@@ -1,0 +1,52 @@
+"""Predict: upload X-rays (PNG, JPEG, DICOM), see class probabilities and what the model looked at."""
+from pathlib import Path
+
+import streamlit as st
+
+from cxrcore import plots
+from cxrcore.explain import COLORMAPS, METHOD_LABELS, to_png_bytes
+from cxrcore.io import dicom_summary
+from pages.shared import NOTICE, analyse, pick_run, show_error
+
+st.title("Predict")
+st.warning(NOTICE, icon=":material/warning:")
+
+run = pick_run("predict_run")
+if run is None:
+    st.stop()
+
+c = st.columns(3)
+method = c[0].selectbox("Explanation", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key="predict_method",
+                        help="Grad-CAM is fastest; Score-CAM runs the model many times and is slower.")
+colormap = c[1].selectbox("Colormap", list(COLORMAPS), key="predict_colormap")
+alpha = c[2].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="predict_alpha")
+
+uploads = st.file_uploader("Chest X-rays: PNG, JPEG or DICOM (DICOM is recognised by content, whatever its name)",
+                           accept_multiple_files=True, key="predict_upload")
+if not uploads:
+    st.info("Upload one or more images to see the model's prediction and a heatmap of the regions that drove it.")
+    st.stop()
+
+for upload in uploads:
+    data = upload.getvalue()
+    st.divider()
+    st.subheader(upload.name)
+    try:
+        with st.spinner("Predicting and explaining..."):
+            result = analyse(run["path"], upload.name, data, method, colormap, alpha)
+        facts = dicom_summary(data, name=upload.name)
+    except Exception as exc:  # an unreadable upload: say which and why, go on with the others
+        show_error(exc)
+        continue
+    left, middle, right = st.columns([1, 1, 1.2])
+    left.image(result["input"], caption="what the model sees", width="stretch")
+    middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['label']}", width="stretch")
+    right.plotly_chart(plots.probability_bars(result["probabilities"],
+                                              title=f"{result['label']} ({result['confidence']:.1%})"),
+                       width="stretch", key=f"predict_probs_{upload.file_id}")
+    right.download_button("Download overlay (PNG)", to_png_bytes(result["overlay"]),
+                          file_name=f"{Path(upload.name).stem}_{method}.png", mime="image/png",
+                          key=f"predict_download_{upload.file_id}")
+    if facts:
+        right.caption("DICOM (non-identifying fields only): "
+                      + ", ".join(f"{k} {v}" for k, v in facts.items()))

@@ -1,0 +1,167 @@
+"""What the pages share: the current dataset, cached cxrcore objects, the sidebar, empty states.
+
+Heavy objects are cached with ``st.cache_resource`` keyed by a path (and the file's
+modification time, so a retrained model is picked up); data with ``st.cache_data``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CXRCORE_MODELS", str(REPO / "models"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cxrcore import runs as R  # noqa: E402  (after the environment is set)
+from cxrcore.data import build_index, recent_datasets, remember_dataset, summarize  # noqa: E402
+from cxrcore.demo import is_synthetic, make_demo_dataset  # noqa: E402
+from cxrcore.errors import CXRError  # noqa: E402
+
+
+
+def demo_dir() -> Path:
+    """Where the built-in demo data lives (``CXRLAB_DEMO_DATA`` moves it)."""
+    return Path(os.environ.get("CXRLAB_DEMO_DATA") or REPO / "data" / "demo")
+
+NOTICE = ("Research software, not a medical device: its outputs are not a diagnosis and must not be "
+          "used for patient care.")
+
+
+@st.cache_resource(show_spinner="Making the synthetic demo dataset (first start only)...")
+def demo_dataset(path: str) -> str:
+    """The built-in demo data, generated on first use (synthetic drawings, clearly marked)."""
+    folder = Path(path)
+    if not (is_synthetic(folder) and any(folder.glob("*/*.png"))):
+        make_demo_dataset(folder)
+    return str(folder)
+
+
+def current_dataset() -> str:
+    """The dataset the pages work on: the user's choice, else the demo data."""
+    return st.session_state.get("dataset") or demo_dataset(str(demo_dir()))
+
+
+def set_dataset(path: str) -> None:
+    st.session_state["dataset"] = str(Path(path).expanduser().resolve())
+    remember_dataset(path)
+
+
+@st.cache_data(show_spinner="Reading the dataset...", ttl=300, max_entries=16)
+def load_index(path: str) -> tuple[pd.DataFrame, dict]:
+    """The index and its summary (raises CXRError for data that cannot be read)."""
+    index = build_index(path)
+    return index, summarize(index)
+
+
+@st.cache_data(show_spinner=False, ttl=300, max_entries=16)
+def split_preview(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
+    """The split training would use with these settings."""
+    from cxrcore.splits import assign_splits
+
+    index, _ = load_index(path)
+    return assign_splits(index, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
+def _predictor(run_dir: str, model_mtime: float):
+    from cxrcore.predict import Predictor
+    return Predictor(run_dir)
+
+
+def predictor(run_dir: str):
+    return _predictor(run_dir, _mtime(Path(run_dir) / R.MODEL))
+
+
+@st.cache_resource(show_spinner="Preparing Grad-CAM...", max_entries=8)
+def _explainer(run_dir: str, model_mtime: float):
+    from cxrcore.explain import Explainer
+    return Explainer.for_predictor(_predictor(run_dir, model_mtime))
+
+
+def explainer(run_dir: str):
+    return _explainer(run_dir, _mtime(Path(run_dir) / R.MODEL))
+
+
+@st.cache_resource
+def job_store(db_path: str):
+    from cxrcore.jobs import JobStore
+    return JobStore(db_path)
+
+
+def jobs():
+    return job_store(str(R.models_dir() / "jobs.sqlite"))
+
+
+def trained_runs() -> list[dict]:
+    """Runs that have a model, newest first."""
+    return [r for r in R.list_runs() if r["has_model"]]
+
+
+def run_label(run: dict) -> str:
+    acc = f" · acc {run['accuracy']:.3f}" if run.get("accuracy") is not None else ""
+    return f"{run['run_id']} · {run['backbone']}{acc}"
+
+
+def pick_run(key: str, label: str = "Model (run)") -> dict | None:
+    """A run selector; shows what to do next when there is no trained model yet."""
+    runs = trained_runs()
+    if not runs:
+        no_models()
+        return None
+    return st.selectbox(label, runs, format_func=run_label, key=key)
+
+
+def no_models() -> None:
+    st.info("No trained model yet. Train one on the **Train** page (a small CNN on the demo data takes "
+            "about a minute on a CPU), or point `CXRCORE_MODELS` at a folder of runs.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+
+
+def show_error(exc: Exception) -> None:
+    """A CXRError is the user's to fix: show its message; anything else also gets the type."""
+    st.error(str(exc) if isinstance(exc, CXRError) else f"{type(exc).__name__}: {exc}", icon=":material/error:")
+
+
+def synthetic_banner(path: str) -> None:
+    if is_synthetic(path):
+        st.warning("**Synthetic demo data**: drawings made by `cxrcore.demo` so the app works with nothing "
+                   "downloaded. They are not radiographs and have no clinical meaning. Open a real dataset "
+                   "on the Data page.", icon=":material/science:")
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        path = current_dataset()
+        st.caption("Dataset")
+        st.markdown(f"`{Path(path).name}`" + (" (synthetic demo)" if is_synthetic(path) else ""))
+        try:
+            store = jobs()
+            running, queued = store.count("running"), store.count("queued")
+            if running or queued:
+                st.caption(f"Jobs: {running} running, {queued} queued")
+        except Exception:  # the sidebar must never take a page down
+            pass
+        st.caption(NOTICE)
+
+
+__all__ = ["CXRError", "NOTICE", "current_dataset", "set_dataset", "load_index", "split_preview", "predictor",
+           "explainer", "jobs", "trained_runs", "run_label", "pick_run", "no_models", "show_error",
+           "synthetic_banner", "recent_datasets", "demo_dir", "analyse"]
+
+
+def analyse(run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float) -> dict:
+    """One upload through one run: prediction, heatmap and overlay (raises ImageDecodeError)."""
+    from cxrcore.explain import overlay
+
+    model = predictor(run_dir)
+    image = model.prepare(data, name)
+    result = model.result(name, model.probabilities(image)[0])
+    heat = explainer(run_dir).heatmap(image, class_index=model.labels.index(result["label"]), method=method)
+    return {**result, "input": image, "overlay": overlay(image, heat, colormap=colormap, alpha=alpha)}

@@ -1,0 +1,205 @@
+"""Train: a form for every training option, background jobs with live progress, and their history."""
+import time
+
+import pandas as pd
+import streamlit as st
+
+from cxrcore import jobs as J
+from cxrcore import plots
+from cxrcore.backbones import REGISTRY
+from cxrcore.config import LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig
+from pages.shared import current_dataset, jobs, load_index, show_error, synthetic_banner
+
+st.title("Train")
+path = current_dataset()
+st.caption(f"Dataset: `{path}` (change it on the Data page)")
+synthetic_banner(path)
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def hardware() -> dict:
+    return J.hardware_summary()
+
+
+hw = hardware()
+st.info(f"Training runs on: **{hw['text']}**", icon=":material/memory:")
+
+try:
+    _, info = load_index(path)
+    classes = list(info["classes"])
+except Exception as exc:
+    show_error(exc)
+    st.stop()
+
+# -- the form --------------------------------------------------------------------------------
+names = list(REGISTRY)
+with st.form("train_form"):
+    st.subheader("What to train")
+    chosen = st.multiselect("Backbone(s): pick several to queue a comparison (one job each, same settings)",
+                            names, default=["simple_cnn"], key="train_backbones",
+                            format_func=lambda n: f"{n}: {REGISTRY[n].description}")
+    c = st.columns(4)
+    weights_kind = c[0].selectbox("Weights", ["imagenet", "none", "file"], key="train_weights",
+                                  help="imagenet: Keras's standard download/cache (~/.keras/models). "
+                                       "simple_cnn always trains from scratch.")
+    weights_file = c[1].text_input("Weights file (for 'file')", key="train_weights_file")
+    size_choice = c[2].number_input("Image size (0 = backbone default)", 0, 1024, 0, step=16, key="train_size",
+                                    help="Defaults: 224 for pretrained backbones, 128 for simple_cnn.")
+    batch = c[3].number_input("Batch size", 1, 1024, 32, key="train_batch")
+
+    st.subheader("Two stages")
+    c = st.columns(4)
+    epochs = c[0].number_input("Stage 1 epochs (frozen backbone)", 0, 1000, 10, key="train_epochs")
+    ft_epochs = c[1].number_input("Stage 2 epochs (fine-tune)", 0, 1000, 5, key="train_ft_epochs")
+    unfreeze = c[2].number_input("Layers unfrozen in stage 2 (0 = backbone default, -1 = all)", -1, 2000, 0,
+                                 key="train_unfreeze")
+    ft_factor = c[3].number_input("Stage 2 learning-rate factor", 0.0001, 1.0, 0.1, format="%.4f",
+                                  key="train_ft_factor")
+    c = st.columns(4)
+    optimizer = c[0].selectbox("Optimizer", ["adam", "rmsprop", "adamax", "sgd"], key="train_optimizer")
+    lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f", key="train_lr")
+    patience = c[2].number_input("Early-stopping patience (0 = off)", 0, 100, 5, key="train_patience")
+    plateau = c[3].number_input("Reduce-on-plateau patience (0 = off)", 0, 100, 2, key="train_plateau")
+
+    st.subheader("Loss, classes and splits")
+    c = st.columns(4)
+    weighting = c[0].selectbox("Class weights", ["balanced", "none"], key="train_class_weights")
+    focal = c[1].checkbox("Focal loss", key="train_focal")
+    gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
+    smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
+    c = st.columns(4)
+    preset = c[0].selectbox("Label scheme", ["as in the folders", *LABEL_PRESETS], key="train_preset")
+    drop = c[1].multiselect("Drop classes", classes, key="train_drop")
+    val_fraction = c[2].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
+    test_fraction = c[3].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
+
+    st.subheader("Augmentation and head")
+    c = st.columns(5)
+    augment = AugmentConfig(flip=c[0].checkbox("Horizontal flip", key="train_flip"),
+                            rotation=c[1].number_input("Rotation (deg)", 0.0, 180.0, 0.0, key="train_rot"),
+                            zoom=c[2].number_input("Zoom", 0.0, 0.9, 0.0, key="train_zoom"),
+                            contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
+                            brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"))
+    c = st.columns(4)
+    pooling = c[0].selectbox("Pooling", ["avg", "max", "flatten"], key="train_pooling")
+    units = c[1].text_input("Dense units (comma-separated, empty = none)", "256", key="train_units")
+    dropout = c[2].number_input("Dropout", 0.0, 0.9, 0.3, key="train_dropout")
+    head_bn = c[3].checkbox("Batch norm in head", key="train_head_bn")
+    c = st.columns(4)
+    seed = c[0].number_input("Seed", 0, 2**31 - 1, 42, key="train_seed")
+    mixed = c[1].checkbox("Mixed precision (GPU only)", key="train_mixed", disabled=not hw["gpus"])
+    max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, key="train_max_steps")
+    submitted = st.form_submit_button("Start training", type="primary")
+
+
+def build_config(backbone: str) -> TrainConfig:
+    labels = LABEL_PRESETS[preset] if preset in LABEL_PRESETS else LabelScheme()
+    if drop:
+        labels = LabelScheme(filename_rules=labels.filename_rules, rename=labels.rename, merge=labels.merge,
+                             drop=list(drop))
+    spec = REGISTRY[backbone]
+    weights = {"imagenet": "imagenet", "none": "none", "file": weights_file.strip()}[weights_kind]
+    if not spec.pretrained and weights == "imagenet":
+        weights = "none"
+    try:
+        dense = [int(u) for u in units.split(",") if u.strip()]
+    except ValueError:
+        raise J.JobError(f"dense units must be numbers like 256,128, not '{units}'") from None
+    return TrainConfig(
+        data=path, backbone=backbone, weights=weights, image_size=int(size_choice) or None, batch_size=int(batch),
+        epochs=int(epochs), fine_tune_epochs=int(ft_epochs), unfreeze=int(unfreeze) or None, optimizer=optimizer,
+        learning_rate=float(lr), fine_tune_lr_factor=float(ft_factor), patience=int(patience),
+        reduce_lr_patience=int(plateau), class_weights=weighting, focal_loss=focal, focal_gamma=float(gamma),
+        label_smoothing=float(smoothing), augment=augment,
+        head=HeadConfig(pooling=pooling, dense_units=dense, dropout=float(dropout), batch_norm=head_bn),
+        labels=labels, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
+        mixed_precision=mixed, max_steps=int(max_steps) or None, seed=int(seed)).validate()
+
+
+if submitted:
+    try:
+        if not chosen:
+            raise J.JobError("pick at least one backbone")
+        store = jobs()
+        if len(chosen) == 1:
+            job_id = J.submit(build_config(chosen[0]), store=store)
+            st.success(f"Job `{job_id}` queued: it runs in the background; closing this page does not stop it.")
+        else:
+            for name in chosen:
+                build_config(name)                     # every config checked before anything is queued
+            group, ids = J.submit_comparison(build_config(chosen[0]), chosen, store=store)
+            st.success(f"Comparison `{group}` queued: {len(ids)} jobs, one per backbone.")
+    except Exception as exc:
+        show_error(exc)
+
+
+# -- live progress (reads the job store every 2 s; the workers write it) -----------------------
+def _fmt_eta(seconds) -> str:
+    if seconds is None:
+        return "estimating..."
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 60 else f"{seconds:.0f} s"
+
+
+@st.fragment(run_every=2)
+def live_jobs() -> None:
+    store = jobs()
+    active = store.list(status="running") + store.list(status="queued")
+    st.subheader("Running and queued")
+    if not active:
+        st.caption("Nothing running. Jobs you start appear here with live progress.")
+        return
+    for job in active:
+        with st.container(border=True):
+            top = st.columns([4, 1])
+            where = f"{job['stage'] or 'starting'} · epoch {job['epoch'] or 0}/{job['epochs'] or '?'}"
+            top[0].markdown(f"**{job['config']['backbone']}** · `{job['id']}` · {job['status']} · "
+                            f"{where if job['status'] == 'running' else 'waiting for a free slot'}"
+                            + (f" · {job['device']}" if job["device"] else ""))
+            if top[1].button("Cancel", key=f"train_cancel_{job['id']}"):
+                try:
+                    J.cancel(job["id"], store=store)
+                except Exception as exc:
+                    show_error(exc)
+            if job["status"] != "running":
+                continue
+            history = store.epochs(job["id"])
+            if job["batches"]:
+                st.progress(min(1.0, (job["batch"] or 0) / job["batches"]),
+                            text=f"batch {job['batch']}/{job['batches']} · ETA {_fmt_eta(J.eta_seconds(job, history))}")
+            if history:
+                frame = pd.DataFrame(history)
+                left, right = st.columns(2)
+                left.plotly_chart(plots.training_curves(frame, ("loss",), title="Loss"), width="stretch",
+                                  key=f"train_loss_{job['id']}_{len(frame)}")
+                right.plotly_chart(plots.training_curves(frame, ("accuracy",), title="Accuracy"), width="stretch",
+                                   key=f"train_acc_{job['id']}_{len(frame)}")
+
+
+live_jobs()
+
+# -- history ---------------------------------------------------------------------------------
+st.subheader("All jobs")
+store = jobs()
+past = store.list()
+if not past:
+    st.caption("No jobs yet.")
+else:
+    table = pd.DataFrame([{
+        "id": j["id"], "status": j["status"], "backbone": j["config"]["backbone"],
+        "group": j["group_id"] or "", "epoch": f"{j['epoch'] or 0}/{j['epochs'] or '?'}",
+        "device": j["device"] or "", "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])),
+        "error": j["error"] or "", "run": j["run_dir"] or ""} for j in past])
+    st.dataframe(table, width="stretch", hide_index=True)
+    resumable = [j for j in past if j["status"] in ("failed", "cancelled") and j["run_dir"]]
+    if resumable:
+        c = st.columns([3, 1])
+        pick = c[0].selectbox("Resume a failed or cancelled job from its last completed epoch", resumable,
+                              key="train_resume_pick",
+                              format_func=lambda j: f"{j['id']} · {j['config']['backbone']} · {j['status']}"
+                                                    + (f" · {j['error']}" if j["error"] else ""))
+        if c[1].button("Resume", key="train_resume"):
+            try:
+                J.resume(pick["id"], store=store)
+                st.rerun()
+            except Exception as exc:
+                show_error(exc)

@@ -1,0 +1,170 @@
+"""Every dashboard page through Streamlit's AppTest: empty state, with trained runs, uploads."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO
+from cxrcore.config import HeadConfig, TrainConfig
+from cxrcore.demo import make_demo_dataset
+from cxrcore.train import train
+
+pytestmark = pytest.mark.slow
+APP = str(REPO / "app.py")
+PAGES = ["pages/data.py", "pages/train.py", "pages/evaluate.py", "pages/predict.py", "pages/compare.py"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", n_per_class=12, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, demo):
+    """A models folder with two finished tiny runs."""
+    out = tmp_path_factory.mktemp("models")
+    for seed in (1, 2):
+        train(TrainConfig(data=str(demo), backbone="simple_cnn", weights="none", image_size=32, batch_size=8,
+                          epochs=1, fine_tune_epochs=1, patience=0, reduce_lr_patience=0, seed=seed,
+                          head=HeadConfig(dense_units=[8])), out_dir=out)
+    return out
+
+
+@pytest.fixture
+def app(monkeypatch, demo):
+    monkeypatch.setenv("CXRLAB_DEMO_DATA", str(demo))
+    monkeypatch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "2")
+
+    def open_page(page: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+        if page != "pages/data.py":
+            at.switch_page(page)
+            at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return open_page
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [i.value for i in at.info] + [w.value for w in at.warning]
+    parts += [e.value for e in at.error] + [s.value for s in at.success] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def png_bytes(seed: int = 0, size: int = 80) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def identified_dicom(path):
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.PatientName, ds.PatientID, ds.InstitutionName = "Doe^Jane", "MRN-123456", "General Hospital"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_data_page_shows_the_synthetic_demo_dataset(app):
+    at = app("pages/data.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "36" and metrics["Classes"] == "3" and metrics["Layout"] == "manifest"
+    assert "Synthetic demo data" in texts(at)
+    assert "No patient appears in more than one split" in texts(at)
+    assert len(at.get("imgs")) >= 1                       # sample grid and augmentation preview
+
+
+def test_data_page_reports_a_bad_folder_and_keeps_working(app, tmp_path):
+    at = app("pages/data.py")
+    at.text_input(key="data_path").set_value(str(tmp_path / "nowhere"))
+    at.button(key="data_open").click()
+    at.run()
+    assert not at.exception
+    assert any("dataset not found" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("page, expected", [
+    ("pages/evaluate.py", "No trained model yet"),
+    ("pages/predict.py", "No trained model yet"),
+    ("pages/compare.py", "No trained model yet"),
+    ("pages/train.py", "Nothing running"),
+])
+def test_pages_say_what_to_do_when_there_is_nothing_yet(app, page, expected):
+    at = app(page)
+    assert expected in texts(at)
+
+
+def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
+    from cxrcore import jobs as J
+    from cxrcore.runs import models_dir
+
+    at = app("pages/train.py")
+    assert "Training runs on:" in texts(at)
+    at.multiselect(key="train_backbones").set_value([])
+    at.button[0].click()          # the form's submit button
+    at.run()
+    assert any("pick at least one backbone" in e.value for e in at.error)
+    at.multiselect(key="train_backbones").set_value(["simple_cnn", "mobilenet_0.25"])
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_ft_epochs").set_value(0)
+    at.button[0].click()
+    at.run()
+    assert any("2 jobs, one per backbone" in s.value for s in at.success)
+    store = J.JobStore(models_dir() / "jobs.sqlite")
+    queued = store.list()
+    assert sorted(j["config"]["backbone"] for j in queued) == ["mobilenet_0.25", "simple_cnn"]
+    assert len({j["group_id"] for j in queued}) == 1
+    for job in queued:                # do not train here
+        if job["status"] in ("queued", "running"):
+            J.cancel(job["id"], store=store, force=True)
+
+
+def test_evaluate_page_with_a_finished_run(app, models, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    at = app("pages/evaluate.py")
+    labels = [m.label for m in at.metric]
+    assert labels[:4] == ["Accuracy", "Macro F1", "Macro AUC", "Images"]
+    assert "Classification report" in texts(at)
+    assert len(at.get("plotly_chart")) >= 3
+
+
+def test_predict_page_upload_png_dicom_and_a_corrupt_file(app, models, monkeypatch, tmp_path):
+    from test_io import write_dicom
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    pixels = np.random.default_rng(1).integers(0, 4000, (48, 48)).astype(np.uint16)
+    dicom = identified_dicom(write_dicom(tmp_path / "study", pixels)).read_bytes()
+    at = app("pages/predict.py")
+    assert "Research software, not a medical device" in texts(at)
+    at.file_uploader(key="predict_upload").set_value([
+        ("chest.png", png_bytes(), "image/png"),
+        ("study.dcm", dicom, "application/dicom"),
+        ("broken.png", b"\x89PNG\r\n\x1a\nnot an image", "image/png"),
+    ])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [s.value for s in at.subheader] == ["chest.png", "study.dcm", "broken.png"]
+    assert any("cannot read image broken.png" in e.value for e in at.error)
+    assert len(at.get("imgs")) >= 2                         # input and overlay images of the good uploads
+    assert "DICOM (non-identifying fields only)" in texts(at)
+    rendered = repr(at._tree)
+    assert "Doe^Jane" not in rendered and "MRN-123456" not in rendered   # identifying tags never show
+
+
+def test_compare_page_with_two_runs(app, models, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    at = app("pages/compare.py")
+    assert len(at.dataframe) == 1
+    assert len(at.get("plotly_chart")) >= 3                  # ROC overlay and two confusion matrices
+    at.file_uploader(key="compare_upload").set_value(("one.png", png_bytes(3), "image/png"))
+    at.run()
+    assert not at.exception
+    assert len(at.get("imgs")) == 2                           # one overlay per run
