@@ -34,7 +34,7 @@ def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:
     right.plotly_chart(plots.roc_curves(metrics), width="stretch", key=f"{key}_roc")
     left, right = st.columns(2)
     left.plotly_chart(plots.pr_curves(metrics), width="stretch", key=f"{key}_pr")
-    report = pd.DataFrame(per_class_table(metrics)).set_index("class")
+    report = pd.DataFrame(per_class_table(metrics)).set_index("class").apply(pd.to_numeric)
     right.markdown("**Classification report** (one-vs-rest sensitivity and specificity)")
     right.dataframe(report.style.format(precision=3, na_rep="n/a"), width="stretch")
     right.download_button("Download metrics (CSV)", report.to_csv().encode(), file_name=f"{key}_metrics.csv",

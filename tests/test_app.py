@@ -79,7 +79,7 @@ def test_data_page_shows_the_synthetic_demo_dataset(app):
     assert metrics["Images"] == "36" and metrics["Classes"] == "3" and metrics["Layout"] == "manifest"
     assert "Synthetic demo data" in texts(at)
     assert "No patient appears in more than one split" in texts(at)
-    assert len(at.get("imgs")) >= 1                       # sample grid and augmentation preview
+    assert len(at.get("image")) >= 1                       # sample grid and augmentation preview
 
 
 def test_data_page_reports_a_bad_folder_and_keeps_working(app, tmp_path):
@@ -153,7 +153,7 @@ def test_predict_page_upload_png_dicom_and_a_corrupt_file(app, models, monkeypat
     assert not at.exception, [e.value for e in at.exception]
     assert [s.value for s in at.subheader] == ["chest.png", "study.dcm", "broken.png"]
     assert any("cannot read image broken.png" in e.value for e in at.error)
-    assert len(at.get("imgs")) >= 2                         # input and overlay images of the good uploads
+    assert len(at.get("image")) >= 2                         # input and overlay images of the good uploads
     assert "DICOM (non-identifying fields only)" in texts(at)
     rendered = repr(at._tree)
     assert "Doe^Jane" not in rendered and "MRN-123456" not in rendered   # identifying tags never show
@@ -167,4 +167,4 @@ def test_compare_page_with_two_runs(app, models, monkeypatch):
     at.file_uploader(key="compare_upload").set_value(("one.png", png_bytes(3), "image/png"))
     at.run()
     assert not at.exception
-    assert len(at.get("imgs")) == 2                           # one overlay per run
+    assert len(at.get("image")) == 2                           # one overlay per run
