@@ -10,10 +10,15 @@ Module map:
     backbones  registry of CNN backbones as data
     model      flat backbone+head models, stage freezing, loading
     pipeline   tf.data input pipeline and augmentation
-    train      two-stage training and its callbacks; writes a run directory
+    devices    GPUs/CPU, mixed precision, tf.distribute strategy
+    callbacks  checkpoint, history, progress, cancellation and resume-state callbacks
+    train      two-stage training (resumable); writes a run directory
+    jobs       background jobs: SQLite store, queue, scheduler, cancel, resume
+    worker     one job's process (python -m cxrcore.worker)
     metrics    evaluation metrics as pure functions
     evaluate   evaluation of a run on its test split or an external folder
     predict    the prediction path for files and uploaded bytes
+    explain    Grad-CAM, Grad-CAM++, Score-CAM and overlays
     runs       run directories: layout, listing, loading
     plots      plotly figure builders (data in, go.Figure out)
     cli        ``python -m cxrcore ...``
@@ -38,7 +43,9 @@ _EXPORTS = {
     "make_dataset": "pipeline",
     "train": "train",
     "classification_metrics": "metrics",
-    "evaluate_run": "evaluate",
+    "evaluate_run": "evaluate", "compare_runs": "evaluate",
+    "submit": "jobs", "submit_comparison": "jobs", "JobStore": "jobs",
+    "Explainer": "explain", "overlay": "explain",
     "Predictor": "predict",
     "list_runs": "runs", "RunDir": "runs",
 }
