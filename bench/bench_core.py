@@ -13,28 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared"
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+from _common import MNV2_035_WEIGHTS, SHARED, timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data", nargs="?", default=str(SHARED / "data" / "cxr-dev"))
-    parser.add_argument("--weights", default=str(SHARED / "weights" /
-                                                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"))
+    parser.add_argument("--weights", default=str(MNV2_035_WEIGHTS))
     parser.add_argument("--train-images", type=int, default=1024)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cxrbench-"))
