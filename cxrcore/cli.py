@@ -15,16 +15,6 @@ import traceback
 from .errors import CXRError
 
 
-def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise CXRError(f"{flag} expects KEY=VALUE, got '{item}'")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def parse_augment(text: str):
     """``"flip,rotation=10,zoom=0.1"`` -> AugmentConfig."""
     from .config import AugmentConfig
@@ -84,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
     """A TrainConfig from ``--config`` (or defaults) with the given flags applied."""
     from dataclasses import replace
 
-    from .config import LABEL_PRESETS, LabelScheme, TrainConfig
+    from .config import LABEL_PRESETS, TrainConfig, extend_scheme
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     simple = ["data", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
@@ -105,11 +95,8 @@ def config_from_args(args: argparse.Namespace):
     if args.label_preset:
         config.labels = LABEL_PRESETS[args.label_preset]
     if args.rename or args.merge or args.drop or args.filename_rule:
-        merge = {k: [s.strip() for s in v.split(",") if s.strip()] for k, v in _pairs(args.merge, "--merge").items()}
-        config.labels = LabelScheme(
-            filename_rules={**config.labels.filename_rules, **_pairs(args.filename_rule, "--filename-rule")},
-            rename={**config.labels.rename, **_pairs(args.rename, "--rename")},
-            merge={**config.labels.merge, **merge}, drop=[*config.labels.drop, *(args.drop or [])])
+        config.labels = extend_scheme(config.labels, filename_rules=args.filename_rule or (),
+                                      rename=args.rename or (), merge=args.merge or (), drop=args.drop or ())
     if not config.data:
         raise CXRError("--data is required (a dataset folder or CSV manifest)")
     from .backbones import get_backbone

@@ -65,6 +65,25 @@ class LabelScheme:
         return not (self.filename_rules or self.rename or self.merge or self.drop)
 
 
+def parse_pairs(items, what: str) -> dict[str, str]:
+    """``["OLD=NEW", ...]`` -> ``{"OLD": "NEW"}``; ConfigError naming ``what`` for a malformed item."""
+    out = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{what} expects KEY=VALUE, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def extend_scheme(base: LabelScheme, *, filename_rules=(), rename=(), merge=(), drop=()) -> LabelScheme:
+    """``base`` plus rules written as text: ``"SUBSTRING=LABEL"``, ``"OLD=NEW"``, ``"NEW=OLD1,OLD2"``."""
+    merged = {k: [c.strip() for c in v.split(",") if c.strip()] for k, v in parse_pairs(merge, "merge").items()}
+    return LabelScheme(filename_rules={**base.filename_rules, **parse_pairs(filename_rules, "filename rule")},
+                       rename={**base.rename, **parse_pairs(rename, "rename")},
+                       merge={**base.merge, **merged}, drop=[*base.drop, *[d for d in drop if d]])
+
+
 LABEL_PRESETS: dict[str, LabelScheme] = {
     "pneumonia-subtype": LabelScheme(
         filename_rules={"_bacteria_": "Bacterial Pneumonia", "_virus_": "Viral Pneumonia"}),

@@ -109,16 +109,17 @@ def model_input_size(run: R.RunDir) -> int:
     return get_backbone(config.backbone).input_size
 
 
-# For comparisons: which way is better, per headline metric.
-BETTER = {"accuracy": "max", "macro_f1": "max", "macro_auc": "max", "params": "min",
-          "train_seconds": "min", "inference_ms_per_image": "min"}
+# For comparisons: which way is better, per row of :func:`compare_runs`.
+BETTER = {"accuracy": "max", "macro F1": "max", "macro AUC": "max", "parameters": "min",
+          "training time (s)": "min", "inference (ms / image)": "min"}
 
 
 def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     """Metrics of several runs side by side: one row per metric, one column per run.
 
-    Rows: accuracy, macro F1, macro AUC, AUC per class, parameters, training time and
-    inference time per image; a run without test metrics shows missing values.
+    Rows: backbone, accuracy, macro F1, macro AUC, ``AUC <class>`` per class, parameters,
+    training time, inference time per image and test images; missing values where a run
+    has no test metrics. :data:`BETTER` says which rows are better high or low.
     """
     import json
 
@@ -128,10 +129,10 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
         info = run.info()
         metrics = json.loads(run.file(R.METRICS).read_text()) if run.file(R.METRICS).exists() else {}
         column = {"backbone": info.get("backbone"), "accuracy": metrics.get("accuracy"),
-                  "macro_f1": metrics.get("macro_f1"), "macro_auc": metrics.get("macro_auc")}
+                  "macro F1": metrics.get("macro_f1"), "macro AUC": metrics.get("macro_auc")}
         for name, values in metrics.get("per_class", {}).items():
-            column[f"auc {name}"] = values.get("auc")
-        column.update(params=info.get("params"), train_seconds=info.get("train_seconds"),
-                      inference_ms_per_image=info.get("inference_ms_per_image"), n_test=metrics.get("n"))
+            column[f"AUC {name}"] = values.get("auc")
+        column.update({"parameters": info.get("params"), "training time (s)": info.get("train_seconds"),
+                       "inference (ms / image)": info.get("inference_ms_per_image"), "test images": metrics.get("n")})
         columns[run.run_id] = column
     return pd.DataFrame(columns)

@@ -19,9 +19,9 @@ from .errors import ConfigError, DataError
 def apply_label_scheme(index: pd.DataFrame, scheme: LabelScheme, *, strict: bool = True) -> pd.DataFrame:
     """Relabel an index: filename rules, then rename, then merge, then drop.
 
-    With ``strict`` (the default for user input) a class named in ``rename``,
-    ``merge`` or ``drop`` that does not exist raises :class:`ConfigError`; presets
-    use ``strict=False`` because they list alternative spellings.
+    With ``strict`` (the default) a class named in ``rename`` or ``drop`` that does not
+    exist raises :class:`ConfigError`, and so does a ``merge`` none of whose classes exist
+    (a merge may list alternative spellings, as the presets do).
     """
     out = index.copy()
     names = out["path"].map(lambda p: Path(p).name)
@@ -37,7 +37,8 @@ def apply_label_scheme(index: pd.DataFrame, scheme: LabelScheme, *, strict: bool
     check(scheme.rename, "rename")
     out["label"] = out["label"].replace(scheme.rename)
     for target, sources in scheme.merge.items():
-        check(sources, f"merge into {target}")
+        if not set(sources) & set(out["label"]):  # presets list alternative spellings: one must exist
+            check(sources, f"merge into {target}")
         out.loc[out["label"].isin(sources), "label"] = target
     check(scheme.drop, "drop")
     out = out[~out["label"].isin(scheme.drop)].reset_index(drop=True)

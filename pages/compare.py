@@ -30,7 +30,7 @@ table = compare_runs([r["path"] for r in chosen])
 
 
 def highlight(row):
-    rule = BETTER.get(row.name) or ("max" if row.name.startswith("auc ") else None)
+    rule = BETTER.get(row.name) or ("max" if row.name.startswith("AUC ") else None)
     values = row.apply(lambda v: v if isinstance(v, (int, float)) else None).astype(float)
     if rule is None or values.isna().all():
         return [""] * len(row)

@@ -7,7 +7,7 @@ import streamlit as st
 from cxrcore import jobs as J
 from cxrcore import plots
 from cxrcore.backbones import REGISTRY
-from cxrcore.config import LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig
+from cxrcore.config import LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
 from pages.shared import current_dataset, jobs, load_index, show_error, synthetic_banner
 
 st.title("Train")
@@ -32,14 +32,23 @@ except Exception as exc:
     st.stop()
 
 # -- the form --------------------------------------------------------------------------------
-names = list(REGISTRY)
+# Outside the form so that the defaults below follow the choice at once.
+st.subheader("What to train")
+chosen = st.multiselect("Backbone(s): pick several to queue a comparison (one job each, same settings)",
+                        list(REGISTRY), default=["simple_cnn"], key="train_backbones",
+                        format_func=lambda n: f"{n}: {REGISTRY[n].description}")
+if chosen:
+    st.dataframe(pd.DataFrame([{
+        "backbone": n, "default size": REGISTRY[n].input_size,
+        "ImageNet weights": "yes" if REGISTRY[n].pretrained else "no: trains from scratch",
+        "stage 2 unfreezes": f"top {REGISTRY[n].unfreeze} layers" if REGISTRY[n].pretrained else "all (no freezing)",
+        "Grad-CAM layer": REGISTRY[n].gradcam_layer} for n in chosen]), hide_index=True, width="stretch")
+all_scratch = bool(chosen) and not any(REGISTRY[n].pretrained for n in chosen)
+
 with st.form("train_form"):
-    st.subheader("What to train")
-    chosen = st.multiselect("Backbone(s): pick several to queue a comparison (one job each, same settings)",
-                            names, default=["simple_cnn"], key="train_backbones",
-                            format_func=lambda n: f"{n}: {REGISTRY[n].description}")
     c = st.columns(4)
-    weights_kind = c[0].selectbox("Weights", ["imagenet", "none", "file"], key="train_weights",
+    weights_kind = c[0].selectbox("Weights", ["imagenet", "none", "file"], index=1 if all_scratch else 0,
+                                  key="train_weights",
                                   help="imagenet: Keras's standard download/cache (~/.keras/models). "
                                        "simple_cnn always trains from scratch.")
     weights_file = c[1].text_input("Weights file (for 'file')", key="train_weights_file")
@@ -68,10 +77,17 @@ with st.form("train_form"):
     gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
     smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
     c = st.columns(4)
-    preset = c[0].selectbox("Label scheme", ["as in the folders", *LABEL_PRESETS], key="train_preset")
+    preset = c[0].selectbox("Label scheme", ["as in the folders", *LABEL_PRESETS], key="train_preset",
+                            help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
+                                 "abnormal-vs-normal: COVID and pneumonia classes merged")
     drop = c[1].multiselect("Drop classes", classes, key="train_drop")
-    val_fraction = c[2].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
-    test_fraction = c[3].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
+    rename = c[2].text_input("Rename (OLD=NEW; ...)", key="train_rename", placeholder="NORMAL=Normal")
+    merge = c[3].text_input("Merge (NEW=OLD1,OLD2; ...)", key="train_merge", placeholder="Abnormal=COVID,Viral Pneumonia")
+    c = st.columns(4)
+    val_fraction = c[0].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
+    test_fraction = c[1].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
+    cache = c[2].checkbox("Keep decoded images in memory", value=True, key="train_cache",
+                          help="Faster epochs after the first; turn off for datasets larger than RAM.")
 
     st.subheader("Augmentation and head")
     c = st.columns(5)
@@ -93,10 +109,9 @@ with st.form("train_form"):
 
 
 def build_config(backbone: str) -> TrainConfig:
-    labels = LABEL_PRESETS[preset] if preset in LABEL_PRESETS else LabelScheme()
-    if drop:
-        labels = LabelScheme(filename_rules=labels.filename_rules, rename=labels.rename, merge=labels.merge,
-                             drop=list(drop))
+    labels = extend_scheme(LABEL_PRESETS[preset] if preset in LABEL_PRESETS else LabelScheme(),
+                           rename=[r for r in rename.split(";") if r.strip()],
+                           merge=[m for m in merge.split(";") if m.strip()], drop=list(drop))
     spec = REGISTRY[backbone]
     weights = {"imagenet": "imagenet", "none": "none", "file": weights_file.strip()}[weights_kind]
     if not spec.pretrained and weights == "imagenet":
@@ -113,7 +128,7 @@ def build_config(backbone: str) -> TrainConfig:
         label_smoothing=float(smoothing), augment=augment,
         head=HeadConfig(pooling=pooling, dense_units=dense, dropout=float(dropout), batch_norm=head_bn),
         labels=labels, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
-        mixed_precision=mixed, max_steps=int(max_steps) or None, seed=int(seed)).validate()
+        mixed_precision=mixed, cache=cache, max_steps=int(max_steps) or None, seed=int(seed)).validate()
 
 
 if submitted:

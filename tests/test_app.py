@@ -127,6 +127,14 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
             J.cancel(job["id"], store=store, force=True)
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_finished_runs_present(app, models, monkeypatch, page):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    at = app(page)                      # asserts no exception
+    assert at.title[0].value == page.split("/")[1].removesuffix(".py").capitalize()
+    assert "No trained model yet" not in texts(at)
+
+
 def test_evaluate_page_with_a_finished_run(app, models, monkeypatch):
     monkeypatch.setenv("CXRCORE_MODELS", str(models))
     at = app("pages/evaluate.py")

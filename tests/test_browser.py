@@ -57,7 +57,7 @@ def server(tmp_path_factory):
                       head=HeadConfig(dense_units=[8])), out_dir=models)
     port = free_port()
     env = {**os.environ, "CXRCORE_MODELS": str(models), "CXRLAB_DEMO_DATA": str(demo),
-           "CXRCORE_CACHE": str(root / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+           "CXRCORE_CACHE": str(root / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_SCHEDULER_IDLE_EXIT": "3"}
     log = open(root / "streamlit.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -110,5 +110,25 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         assert images.count() >= 2                      # the model's input and the Grad-CAM overlay
         assert page.get_by_role("button", name="Download overlay (PNG)").is_visible()
         page.screenshot(path=str(ARTIFACTS / "predict-gradcam.png"), full_page=True)
+
+        # train a second small model from the Train page, as a newcomer would, then compare the two
+        page.goto(f"{url}/train")
+        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        for label, value in [("Stage 1 epochs (frozen backbone)", "2"), ("Stage 2 epochs (fine-tune)", "0"),
+                             ("Image size (0 = backbone default)", "48"), ("Max batches per epoch (0 = all)", "2")]:
+            field = page.get_by_role("spinbutton", name=label, exact=True)
+            field.fill(value)
+            field.press("Tab")
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("queued: it runs in the background").wait_for(timeout=60_000)
+        page.get_by_text("Nothing running.").wait_for(timeout=180_000)     # the live view saw it finish
+        page.screenshot(path=str(ARTIFACTS / "train-after-job.png"), full_page=True)
+        page.goto(f"{url}/compare")
+        page.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        assert page.get_by_text("Metrics (best in green)").is_visible()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "compare-two-runs.png"), full_page=True)
         browser.close()
     assert errors == []

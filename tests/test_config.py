@@ -56,3 +56,16 @@ def test_defaults_are_valid_and_augmentation_is_off_by_default():
     cfg = TrainConfig(data="/d").validate()
     assert not cfg.augment.enabled
     assert AugmentConfig(flip=True).enabled
+
+
+def test_label_rules_written_as_text_extend_a_scheme():
+    from cxrcore.config import LABEL_PRESETS, extend_scheme
+
+    scheme = extend_scheme(LABEL_PRESETS["pneumonia-subtype"], rename=["NORMAL=Normal"],
+                           merge=["Abnormal=Bacterial Pneumonia, Viral Pneumonia"], drop=["Other", ""])
+    assert scheme.filename_rules == LABEL_PRESETS["pneumonia-subtype"].filename_rules
+    assert scheme.rename == {"NORMAL": "Normal"}
+    assert scheme.merge == {"Abnormal": ["Bacterial Pneumonia", "Viral Pneumonia"]}
+    assert scheme.drop == ["Other"]
+    with pytest.raises(ConfigError, match="rename expects KEY=VALUE, got 'NORMAL'"):
+        extend_scheme(LabelScheme(), rename=["NORMAL"])

@@ -81,7 +81,7 @@ def test_label_scheme_filename_rules_rename_merge_drop():
 
 @pytest.mark.parametrize("scheme, message", [
     (LabelScheme(rename={"Nope": "X"}), "rename: no class named Nope"),
-    (LabelScheme(merge={"X": ["A", "Nope"]}), "merge into X: no class named Nope"),
+    (LabelScheme(merge={"X": ["Nope", "Nada"]}), "merge into X: no class named Nada, Nope"),
     (LabelScheme(drop=["Nope"]), "drop: no class named Nope"),
     (LabelScheme(drop=["A", "B"]), "leaves no images"),
 ])
@@ -89,6 +89,14 @@ def test_label_scheme_errors_name_the_problem(scheme, message):
     idx = frame([("/a.png", "A", "", ""), ("/b.png", "B", "", "")])
     with pytest.raises(ConfigError, match=message):
         apply_label_scheme(idx, scheme)
+
+
+def test_presets_apply_to_the_datasets_they_were_written_for():
+    covid_db = frame([("/c.png", "COVID", "", ""), ("/v.png", "Viral Pneumonia", "", ""), ("/n.png", "Normal", "", "")])
+    out = apply_label_scheme(covid_db, LABEL_PRESETS["abnormal-vs-normal"])
+    assert out["label"].tolist() == ["Abnormal", "Abnormal", "Normal"]
+    kermany = frame([("/x/person1_virus_2.jpeg", "PNEUMONIA", "", ""), ("/x/IM-1-1.jpeg", "NORMAL", "", "")])
+    assert apply_label_scheme(kermany, LABEL_PRESETS["abnormal-vs-normal"])["label"].tolist() == ["Abnormal", "NORMAL"]
 
 
 def test_balanced_class_weights_hand_computed():

@@ -203,3 +203,17 @@ def test_mixed_precision_is_only_used_on_a_gpu():
     assert devices["mixed_precision"] == has_gpu
     assert keras.mixed_precision.global_policy().name == ("mixed_float16" if has_gpu else "float32")
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_compare_runs_lines_up_metrics_and_costs(trained):
+    from cxrcore.evaluate import BETTER, compare_runs
+
+    run = trained[0]
+    table = compare_runs([run.path])
+    metrics = json.loads(run.file(R.METRICS).read_text())
+    column = table[run.run_id]
+    assert column["accuracy"] == metrics["accuracy"]
+    assert column["AUC bright"] == metrics["per_class"]["bright"]["auc"]
+    assert column["parameters"] == run.info()["params"] > 0
+    assert column["inference (ms / image)"] > 0
+    assert set(BETTER) <= set(table.index)
