@@ -176,3 +176,32 @@ def test_compare_page_with_two_runs(app, models, monkeypatch):
     at.run()
     assert not at.exception
     assert len(at.get("image")) == 2                           # one overlay per run
+
+
+def test_evaluate_page_external_validation_is_saved_and_shown_apart(app, models, demo, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    at = app("pages/evaluate.py")
+    assert at.button(key="evaluate_external_go").disabled      # nothing typed yet
+    at.text_input(key="evaluate_external_path").set_value(str(demo))
+    at.run()
+    at.button(key="evaluate_external_go").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Evaluated 36 images" in s.value for s in at.success)
+    assert at.selectbox(key="evaluate_external_pick").value == "demo"
+    assert any("on the run's own test split" in m.value for m in at.markdown)
+
+
+def test_data_page_opens_a_folder_and_remembers_it(app, tmp_path):
+    from conftest import make_class_folders
+
+    folder = make_class_folders(tmp_path / "hospital_a", per_class=5)
+    at = app("pages/data.py")
+    at.text_input(key="data_path").set_value(str(folder))
+    at.button(key="data_open").click()
+    at.run()
+    assert not at.exception
+    assert at.subheader[0].value == str(folder)
+    assert {m.label: m.value for m in at.metric}["Images"] == "10"
+    again = app("pages/data.py")                      # a new session
+    assert str(folder) in again.selectbox(key="data_recent").options
