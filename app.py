@@ -5,7 +5,7 @@ work is done by `cxrcore` (see pages/shared.py for the cached objects they use).
 """
 import streamlit as st
 
-from pages.shared import sidebar
+from pages.shared import mark_app_started, sidebar
 
 st.set_page_config(page_title="CXR Lab", page_icon=":material/radiology:", layout="wide")
 
@@ -18,5 +18,6 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES)
+mark_app_started()
 sidebar()
 navigation.run()

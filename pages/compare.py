@@ -7,8 +7,9 @@ from cxrcore import plots
 from cxrcore import runs as R
 from cxrcore.evaluate import BETTER, compare_runs
 from cxrcore.explain import METHOD_LABELS
-from pages.shared import analyse, no_models, run_label, show_error, trained_runs
+from pages.shared import require_app, analyse, no_models, run_label, show_error, trained_runs
 
+require_app()
 st.title("Compare")
 runs = trained_runs()
 if len(runs) < 2:

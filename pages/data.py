@@ -4,9 +4,10 @@ import streamlit as st
 from cxrcore import plots
 from cxrcore.config import AugmentConfig
 from cxrcore.io import prepare_image
-from pages.shared import (current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
+from pages.shared import (require_app, current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
                           split_preview, synthetic_banner)
 
+require_app()
 st.title("Data")
 
 # -- which dataset ---------------------------------------------------------------------------

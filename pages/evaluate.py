@@ -9,8 +9,9 @@ from cxrcore import plots
 from cxrcore import runs as R
 from cxrcore.io import prepare_image
 from cxrcore.metrics import per_class_table
-from pages.shared import pick_run, show_error
+from pages.shared import require_app, pick_run, show_error
 
+require_app()
 st.title("Evaluate")
 run_info = pick_run("evaluate_run")
 if run_info is None:

@@ -6,8 +6,9 @@ import streamlit as st
 from cxrcore import plots
 from cxrcore.explain import COLORMAPS, METHOD_LABELS, to_png_bytes
 from cxrcore.io import dicom_summary
-from pages.shared import NOTICE, analyse, pick_run, show_error
+from pages.shared import require_app, NOTICE, analyse, pick_run, show_error
 
+require_app()
 st.title("Predict")
 st.warning(NOTICE, icon=":material/warning:")
 

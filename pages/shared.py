@@ -22,6 +22,26 @@ from cxrcore.errors import CXRError  # noqa: E402
 
 
 
+_APP_STARTED = False
+
+
+def mark_app_started() -> None:
+    """Called by app.py once its st.navigation is set up."""
+    global _APP_STARTED
+    _APP_STARTED = True
+
+
+def require_app() -> None:
+    """Every page runs under app.py's navigation. When the first request a fresh server gets
+    is a page URL (a bookmark), Streamlit's legacy ``pages/``-folder mode runs that page on
+    its own, without app.py; switch it off and rerun through app.py, which keeps the URL's page."""
+    if not _APP_STARTED:
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def demo_dir() -> Path:
     """Where the built-in demo data lives (``CXRLAB_DEMO_DATA`` moves it)."""
     return Path(os.environ.get("CXRLAB_DEMO_DATA") or REPO / "data" / "demo")
@@ -151,7 +171,7 @@ def sidebar() -> None:
         st.caption(NOTICE)
 
 
-__all__ = ["CXRError", "NOTICE", "current_dataset", "set_dataset", "load_index", "split_preview", "predictor",
+__all__ = ["require_app", "mark_app_started", "CXRError", "NOTICE", "current_dataset", "set_dataset", "load_index", "split_preview", "predictor",
            "explainer", "jobs", "trained_runs", "run_label", "pick_run", "no_models", "show_error",
            "synthetic_banner", "recent_datasets", "demo_dir", "analyse"]
 

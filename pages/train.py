@@ -8,8 +8,9 @@ from cxrcore import jobs as J
 from cxrcore import plots
 from cxrcore.backbones import REGISTRY
 from cxrcore.config import LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
-from pages.shared import current_dataset, jobs, load_index, show_error, synthetic_banner
+from pages.shared import require_app, current_dataset, jobs, load_index, show_error, synthetic_banner
 
+require_app()
 st.title("Train")
 path = current_dataset()
 st.caption(f"Dataset: `{path}` (change it on the Data page)")

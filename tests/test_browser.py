@@ -94,12 +94,15 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        for name, heading in [("", "Data"), ("train", "Train"), ("evaluate", "Evaluate"), ("compare", "Compare"),
+        # the first request to the fresh server is a page URL (a bookmark), not the app's root
+        for name, heading in [("evaluate", "Evaluate"), ("", "Data"), ("train", "Train"), ("compare", "Compare"),
                               ("predict", "Predict")]:
             page.goto(f"{url}/{name}")
             page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=90_000)
             wait_idle(page)
             assert page.locator('[data-testid="stException"]').count() == 0, f"{heading} page raised"
+            nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+            assert "Evaluate" in nav and "shared" not in nav, f"not the app's navigation: {nav!r}"
             page.screenshot(path=str(ARTIFACTS / f"{heading.lower()}.png"), full_page=True)
         assert page.get_by_text("Research software, not a medical device").first.is_visible()
         page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(image))
