@@ -102,7 +102,9 @@ if info["patients"] == 0:
     st.info("No patient ids in this dataset (no manifest column, no known file-name pattern): patient "
             "leakage cannot be checked.")
 elif leaks.empty:
-    st.success(f"No patient appears in more than one split ({info['patients']:,} patients checked).")
+    unknown = int((index["patient_id"] == "").sum())
+    st.success(f"No patient appears in more than one split ({info['patients']:,} patients with known ids checked"
+               + (f"; {unknown:,} images have no patient id and cannot be checked)." if unknown else ")."))
 else:
     st.error(f"{len(leaks)} patient(s) have images in more than one split.")
     st.dataframe(leaks, width="stretch")

@@ -53,6 +53,17 @@ def test_index_prints_a_json_summary(demo):
     assert summary["patients"] > 0
 
 
+def test_index_verify_decodes_every_image(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=3)
+    victim = root / "B" / "img_001.png"
+    data = victim.read_bytes()
+    victim.write_bytes(data[:60] + b"\0" * (len(data) - 60))      # header intact, pixels destroyed
+    assert cli("index", root).returncode == 0                        # headers alone look fine
+    proc = cli("index", root, "--verify", check=False)
+    assert proc.returncode == 2
+    assert "cannot read image" in proc.stderr and "img_001.png" in proc.stderr
+
+
 def test_train_writes_a_complete_run(run_dir):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "succeeded" and info["image_size"] == 48
