@@ -117,8 +117,18 @@ def _print_epoch(event: dict) -> None:
 def cmd_train(args) -> int:
     from .train import train
 
-    config = config_from_args(args)
-    run = train(config, out_dir=args.out, progress=_print_epoch)
+    if args.resume:
+        from .runs import RunDir
+
+        run = RunDir(args.resume)
+        if not run.file("config.json").exists():
+            raise CXRError(f"nothing to resume: {run.path} is not a run directory (no config.json)")
+        status = run.info().get("status")
+        if status == "succeeded":
+            raise CXRError(f"{run.path} already finished; nothing to resume")
+        run = train(run.config(), run=run, progress=_print_epoch, resume=True)
+    else:
+        run = train(config_from_args(args), out_dir=args.out, progress=_print_epoch)
     print(run.path)
     return 0
 
@@ -330,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_index)
     p = sub.add_parser("train", help="train a model; prints the run directory last")
     _add_train_options(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch "
+                   "(with its own configuration; the other options are ignored)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate a run; prints a JSON summary last")
     p.add_argument("run_dir")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,20 @@ def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:
     raise RunError(f"cannot create a run directory under {parent}")
 
 
+def run_status(info: dict) -> str:
+    """A run's status, with ``interrupted`` for a "running" run whose process is gone on this host
+    (killed, or the machine restarted): ``python -m cxrcore train --resume RUN_DIR`` continues it."""
+    status = info.get("status", "unknown")
+    if status == "running" and info.get("pid") and info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except PermissionError:
+            pass
+    return status
+
+
 def list_runs(parent: str | Path | None = None) -> list[dict]:
     """Runs under ``parent`` (newest first): id, path, backbone, status and headline metrics."""
     parent = Path(parent) if parent else models_dir()
@@ -149,7 +164,7 @@ def list_runs(parent: str | Path | None = None) -> list[dict]:
         except RunError:
             continue
         runs.append({"run_id": run.run_id, "path": str(path), "backbone": config.get("backbone"),
-                     "status": info.get("status", "unknown"), "has_model": run.file(MODEL).exists(),
+                     "status": run_status(info), "has_model": run.file(MODEL).exists(),
                      "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
                      "macro_auc": metrics.get("macro_auc")})
     return runs

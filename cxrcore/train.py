@@ -9,7 +9,9 @@ full model (optimizer included) is kept in ``<run>/state/`` so a killed run can 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -183,6 +185,7 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         classes=classes, data=frame.attrs.get("root", config.data), layout=frame.attrs.get("layout", ""),
         n_train=int(counts.get("train", 0)), n_val=int(counts.get("val", 0)), n_test=int(counts.get("test", 0)),
         tensorflow=tf.__version__, keras=keras.__version__, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        pid=os.getpid(), host=socket.gethostname(),
         resumed_from_epoch=int(state["epochs_done"]) if state else None, **devices)
     log.info("run %s: %s at %d px on %s (%s strategy, %d replica(s)); classes %s; train/val/test %d/%d/%d",
              run.run_id, spec.name, image_size, devices["device"], devices["strategy"], devices["replicas"],

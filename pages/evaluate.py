@@ -18,6 +18,7 @@ if run_info is None:
     st.stop()
 run = R.RunDir(run_info["path"])
 info = run.info()
+info["status"] = R.run_status(info)
 st.caption(f"{info.get('backbone')} at {info.get('image_size')} px · trained on `{info.get('data')}` · "
            f"{info.get('device', '?')} · {info.get('epochs_completed', '?')} epochs · status {info.get('status')}")
 
@@ -78,6 +79,9 @@ with tabs[0]:
     if test is None and info.get("status") == "running":
         st.info("This run is still training: its test-split metrics appear when it finishes. Its best "
                 "checkpoint so far can already be used on the Predict page.")
+    elif test is None and info.get("status") == "interrupted":
+        st.warning(f"This run was interrupted (its process is gone). Continue it from its last completed epoch "
+                   f"with `python -m cxrcore train --resume {run.path}`.")
     elif test is None:
         st.info(f"This run has no test-split metrics (status: {info.get('status')}; cancelled or failed before "
                 f"the end, or no test split). Evaluate it with `python -m cxrcore evaluate {run.path}`.")

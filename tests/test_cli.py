@@ -142,3 +142,35 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path, make_args, message):
     assert len(errors) == 1, proc.stderr[-2000:]
     assert __import__("re").search(message, errors[0]), errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
+    import signal
+    import time
+
+    from cxrcore.runs import list_runs
+
+    root = make_class_folders(tmp_path / "d", per_class=16)
+    out = tmp_path / "m"
+    env = {k: v for k, v in os.environ.items() if k != "CXRCORE_MAX_STEPS"}
+    proc = subprocess.Popen([sys.executable, "-m", "cxrcore", "train", "--data", str(root), "--backbone",
+                             "simple_cnn", "--image-size", "32", "--epochs", "30", "--fine-tune-epochs", "0",
+                             "--batch-size", "4", "--patience", "0", "--out", str(out)],
+                            cwd=REPO, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        history = list(out.glob("*/history.csv"))
+        if history and len(history[0].read_text().splitlines()) >= 3:     # header + 2 epochs
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run,) = list_runs(out)
+    assert run["status"] == "interrupted"
+    resumed = cli("train", "--resume", run["path"])
+    assert resumed.stdout.strip().splitlines()[-1] == run["path"]
+    info = json.loads((Path(run["path"]) / "run.json").read_text())
+    assert info["status"] == "succeeded" and info["resumed_from_epoch"] >= 2 and info["epochs_completed"] == 30
+    again = cli("train", "--resume", run["path"], check=False)
+    assert again.returncode == 2 and "already finished" in again.stderr
