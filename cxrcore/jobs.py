@@ -378,6 +378,34 @@ def eta_seconds(job: dict, epochs: list[dict]) -> float | None:
     return max(0.0, (job["epochs"] - done) * per_epoch)
 
 
+def _lock_path(store: JobStore) -> Path:
+    return store.path.with_name(store.path.name + ".scheduler.lock")
+
+
+def _try_lock(path: Path):
+    """An exclusive file lock the OS releases when this process dies; the open file, or None."""
+    import fcntl
+
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def _spawn(module_args: list[str], log, env: dict) -> subprocess.Popen:
+    """``python -m <module_args>`` in its own session (closing a terminal or the app does not
+    stop it), run from the project root, output appended to ``log`` (closed here)."""
+    try:
+        return subprocess.Popen([sys.executable, "-m", *module_args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(Path(__file__).resolve().parents[1]),
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
 class Scheduler:
     """Starts queued jobs as worker processes and watches them.
 
@@ -396,18 +424,13 @@ class Scheduler:
         self.max_jobs = max_jobs or (int(env_max) if env_max else default)
         self.idle_exit, self.poll = idle_exit, poll
         self.children: dict[str, tuple[subprocess.Popen, str | None]] = {}
-        self.lock_path = store.path.with_name(store.path.name + ".scheduler.lock")
+        self.lock_path = _lock_path(store)
         self._lock_fh = None
 
-    # a file lock the OS releases when this process dies, so there is one scheduler per store
     def acquire(self) -> bool:
-        import fcntl
-
-        fh = open(self.lock_path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
+        """Take the store's scheduler lock (False when another scheduler holds it)."""
+        fh = _try_lock(self.lock_path)
+        if fh is None:
             return False
         fh.seek(0)
         fh.truncate()
@@ -470,10 +493,7 @@ class Scheduler:
         log.write(f"\n==== job {job['id']} attempt {job['attempts'] + 1} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
                   f" ====\n".encode())
         log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "cxrcore.worker", job["id"], "--db", str(self.store.path)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True)
-        log.close()
+        proc = _spawn(["cxrcore.worker", job["id"], "--db", str(self.store.path)], log, env)
         self.children[job["id"]] = (proc, gpu)
         self.store.transition(job["id"], ("queued",), status="running", pid=proc.pid, run_dir=str(run.path),
                               gpu=gpu, started=time.time(), attempts=job["attempts"] + 1, cancel_requested=0,
@@ -509,25 +529,20 @@ class Scheduler:
 
 
 def scheduler_running(store: JobStore) -> bool:
-    probe = Scheduler.__new__(Scheduler)
-    probe.lock_path = store.path.with_name(store.path.name + ".scheduler.lock")
-    probe._lock_fh = None
-    if probe.acquire():
-        probe.release()
-        return False
-    return True
+    fh = _try_lock(_lock_path(store))
+    if fh is None:
+        return True
+    fh.close()
+    return False
 
 
 def ensure_scheduler(store: JobStore) -> bool:
     """Start a detached scheduler for ``store`` unless one runs; True when one was started."""
     if scheduler_running(store):
         return False
-    log = open(store.path.with_name("jobs-scheduler.log"), "ab")
     idle = os.environ.get("CXRCORE_SCHEDULER_IDLE_EXIT", "60")
-    subprocess.Popen([sys.executable, "-m", "cxrcore", "jobs", "--db", str(store.path), "worker", "--idle-exit", idle],
-                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                     cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True)
-    log.close()
+    _spawn(["cxrcore", "jobs", "--db", str(store.path), "worker", "--idle-exit", idle],
+           open(store.path.with_name("jobs-scheduler.log"), "ab"), dict(os.environ))
     return True
 
 
