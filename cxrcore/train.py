@@ -126,7 +126,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunD
         if run is None or not run.file(R.SPLIT).exists():
             raise RunError(f"nothing to resume: {run.path if run else 'no run'} has no {R.SPLIT}")
         frame, classes = run.split(), run.labels()
-        frame.attrs.update(root=run.info().get("data", config.data), layout=run.info().get("layout", ""))
+        past = run.info()
+        frame.attrs.update(root=past.get("data", config.data), layout=past.get("layout", ""))
     else:
         resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
         frame, classes = prepare_data(config, progress=data_progress)
