@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import REPO, make_class_folders
@@ -160,9 +161,14 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
-        history = list(out.glob("*/history.csv"))
-        if history and len(history[0].read_text().splitlines()) >= 3:     # header + 2 epochs
-            break
+        # history.csv is written before the epoch's resume state, so a kill between the two
+        # correctly resumes one epoch earlier: wait for the state the resume will read
+        states = list(out.glob("*/state/resume.json"))
+        try:
+            if states and json.loads(states[0].read_text())["epochs_done"] >= 2:
+                break
+        except (ValueError, OSError):
+            pass                                                            # mid-replace
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -172,5 +178,7 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
     assert resumed.stdout.strip().splitlines()[-1] == run["path"]
     info = json.loads((Path(run["path"]) / "run.json").read_text())
     assert info["status"] == "succeeded" and info["resumed_from_epoch"] >= 2 and info["epochs_completed"] == 30
+    history = pd.read_csv(Path(run["path"]) / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, 31))                 # none lost or repeated
     again = cli("train", "--resume", run["path"], check=False)
     assert again.returncode == 2 and "already finished" in again.stderr
