@@ -170,6 +170,9 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
         except (ValueError, OSError):
             pass                                                            # mid-replace
         time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the training run never completed two epochs within 120 s")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (run,) = list_runs(out)
