@@ -1,5 +1,6 @@
 """Train: a form for every training option, background jobs with live progress, and their history."""
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -156,9 +157,15 @@ def _fmt_eta(seconds) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _statuses(rows: list[dict]) -> dict:
+    return {j["id"]: j["status"] for j in rows}
+
+
 @st.fragment(run_every=2)
 def live_jobs() -> None:
     store = jobs()
+    if _statuses(store.list()) != st.session_state.get("train_statuses"):
+        st.rerun(scope="app")             # a job started, finished or failed: refresh the history below too
     active = store.list(status="running") + store.list(status="queued")
     st.subheader("Running and queued")
     if not active:
@@ -191,12 +198,13 @@ def live_jobs() -> None:
                                    key=f"train_acc_{job['id']}_{len(frame)}")
 
 
+store = jobs()
+past = store.list()
+st.session_state["train_statuses"] = _statuses(past)      # what "All jobs" shows; the live view watches it
 live_jobs()
 
 # -- history ---------------------------------------------------------------------------------
 st.subheader("All jobs")
-store = jobs()
-past = store.list()
 if not past:
     st.caption("No jobs yet.")
 else:
@@ -204,8 +212,12 @@ else:
         "id": j["id"], "status": j["status"], "backbone": j["config"]["backbone"],
         "group": j["group_id"] or "", "epoch": f"{j['epoch'] or 0}/{j['epochs'] or '?'}",
         "device": j["device"] or "", "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])),
-        "error": j["error"] or "", "run": j["run_dir"] or ""} for j in past])
-    st.dataframe(table, width="stretch", hide_index=True)
+        "error": j["error"] or "", "run": Path(j["run_dir"]).name if j["run_dir"] else ""} for j in past])
+    st.dataframe(table, width="stretch", hide_index=True,
+                 column_config={"status": st.column_config.TextColumn(width=90),
+                                "backbone": st.column_config.TextColumn(width=130),
+                                "created": st.column_config.TextColumn(width=130),
+                                "run": st.column_config.TextColumn(width=230, help="the run's folder name")})
     resumable = [j for j in past if j["status"] in ("failed", "cancelled") and j["run_dir"]]
     if resumable:
         c = st.columns([3, 1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -126,6 +127,9 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         page.get_by_role("button", name="Start training").click()
         page.get_by_text("queued: it runs in the background").wait_for(timeout=60_000)
         page.get_by_text("Nothing running.").wait_for(timeout=180_000)     # the live view saw it finish
+        # and the job history below it followed without a reload
+        page.locator('[role="gridcell"]').filter(has_text=re.compile(r"^succeeded$")).wait_for(
+            state="attached", timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "train-after-job.png"), full_page=True)
         page.goto(f"{url}/compare")
         page.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=90_000)
