@@ -20,7 +20,8 @@ run = R.RunDir(run_info["path"])
 info = run.info()
 info["status"] = R.run_status(info)
 st.caption(f"{info.get('backbone')} at {info.get('image_size')} px · trained on `{info.get('data')}` · "
-           f"{info.get('device', '?')} · {info.get('epochs_completed', '?')} epochs · status {info.get('status')}")
+           f"{info.get('device', '?')} · {info.get('epochs_completed', '?')} "
+           f"epoch{'' if info.get('epochs_completed') == 1 else 's'} · status {info.get('status')}")
 
 
 def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:

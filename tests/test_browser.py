@@ -83,6 +83,10 @@ def wait_idle(page, timeout=90_000):
     """Until the app has finished running its script (the 'Running...' widget is gone)."""
     page.wait_for_timeout(800)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+    # and the charts have drawn (plotly loads lazily: a skeleton stands in until then)
+    page.wait_for_function("""() => !document.querySelector('[data-testid="stSkeleton"]') &&
+        [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(e => e.offsetParent !== null)
+            .every(e => e.querySelector('.main-svg'))""", timeout=timeout)
 
 
 def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
