@@ -7,7 +7,8 @@ Module map:
     data       dataset layouts and the cached image index
     splits     label schemes, patient-grouped splits, class weights, leakage checks
     demo       synthetic demo dataset (clearly marked as synthetic)
-    backbones  registry of CNN backbones as data
+    backbones  registry of CNN backbones as data (no TensorFlow import)
+    layers     the Keras layers models are made of (in-graph preprocessing, the custom CNN)
     model      flat backbone+head models, stage freezing, loading
     pipeline   tf.data input pipeline and augmentation
     devices    GPUs/CPU, mixed precision, tf.distribute strategy

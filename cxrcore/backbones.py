@@ -1,55 +1,16 @@
 """Backbone registry: each CNN described as data (builder, input size, preprocessing, Grad-CAM layer).
 
-Models take RGB pixels in 0..255 (what :func:`cxrcore.io.prepare_image` returns) and
-do their backbone's own preprocessing inside the graph, in a :class:`Preprocess`
-layer, so a saved ``model.keras`` needs nothing but its input to predict.
+Plain data with no TensorFlow import, so listing backbones and checking a configuration
+are instant; the Keras pieces the entries name live in :mod:`cxrcore.layers` and
+:mod:`cxrcore.model`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import keras
-from keras import ops
-
 from .errors import ConfigError
 
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
 PREPROCESS_MODES = ("caffe", "tf", "torch", "unit", "none")
-
-
-@keras.saving.register_keras_serializable(package="cxrcore")
-class Preprocess(keras.layers.Layer):
-    """Keras-applications pixel preprocessing as a layer (0..255 RGB in).
-
-    ``caffe``: RGB->BGR, minus ImageNet means (VGG16, ResNet50); ``tf``: to [-1, 1]
-    (ResNetV2, MobileNets); ``torch``: to [0, 1], then ImageNet mean/std (DenseNet);
-    ``unit``: to [0, 1] (the custom CNN); ``none``: unchanged (EfficientNet rescales itself).
-    """
-
-    def __init__(self, mode: str = "tf", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocess mode {mode!r}")
-        self.mode = mode
-
-    def call(self, x):
-        x = ops.cast(x, self.compute_dtype)
-        if self.mode == "caffe":
-            return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=self.compute_dtype)
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=self.compute_dtype)
-            std = ops.convert_to_tensor(_TORCH_STD, dtype=self.compute_dtype)
-            return (x / 255.0 - mean) / std
-        if self.mode == "unit":
-            return x / 255.0
-        return x
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
 
 
 @dataclass(frozen=True)
@@ -115,14 +76,3 @@ def list_backbones() -> list[dict]:
     return [{"name": b.name, "input_size": b.input_size, "preprocess": b.preprocess,
              "gradcam_layer": b.gradcam_layer, "unfreeze": b.unfreeze, "pretrained": b.pretrained,
              "imagenet_file": b.imagenet_file, "description": b.description} for b in REGISTRY.values()]
-
-
-def simple_cnn(x):
-    """The custom CNN's feature extractor: four conv blocks; returns the last feature map."""
-    for i, filters in enumerate((32, 64, 128, 128), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn_conv{i}_pre")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"cnn_bn{i}")(x)
-        x = keras.layers.Activation("relu", name=f"cnn_conv{i}")(x)
-        if i < 4:
-            x = keras.layers.MaxPooling2D(2, name=f"cnn_pool{i}")(x)
-    return x

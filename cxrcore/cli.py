@@ -115,8 +115,7 @@ def _print_epoch(event: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import train
-
+    # the checks that need no TensorFlow come first, so a typo fails in a blink, not after its import
     if args.resume:
         from .runs import RunDir
 
@@ -126,9 +125,15 @@ def cmd_train(args) -> int:
         status = run.info().get("status")
         if status == "succeeded":
             raise CXRError(f"{run.path} already finished; nothing to resume")
+        from .train import train
         run = train(run.config(), run=run, progress=_print_epoch, resume=True)
     else:
-        run = train(config_from_args(args), out_dir=args.out, progress=_print_epoch)
+        from .data import scan_layout
+
+        config = config_from_args(args)
+        scan_layout(config.data)
+        from .train import train
+        run = train(config, out_dir=args.out, progress=_print_epoch)
     print(run.path)
     return 0
 
@@ -153,6 +158,12 @@ def cmd_index(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .runs import RunDir
+
+    RunDir(args.run_dir).require_model()
+    if args.data:
+        from .data import scan_layout
+        scan_layout(args.data)
     from .evaluate import evaluate_run
     from .metrics import summary
 
@@ -167,6 +178,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .runs import RunDir
+
+    RunDir(args.run_dir).require_model()
     from .predict import Predictor
 
     predictor = Predictor(args.run_dir)

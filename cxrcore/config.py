@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, WeightsError
 
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
@@ -172,6 +172,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from .backbones import get_backbone       # plain data: no TensorFlow behind it
+        spec = get_backbone(self.backbone)         # ConfigError naming the valid backbones
+        if self.weights == "imagenet" and not spec.pretrained:
+            raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none")
         return self
 
 

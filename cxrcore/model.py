@@ -12,7 +12,8 @@ from pathlib import Path
 
 import keras
 
-from .backbones import Backbone, Preprocess, get_backbone, simple_cnn
+from .backbones import Backbone, get_backbone
+from .layers import Preprocess, simple_cnn
 from .config import HeadConfig
 from .errors import WeightsError
 

@@ -164,9 +164,11 @@ def _statuses(rows: list[dict]) -> dict:
 @st.fragment(run_every=2)
 def live_jobs() -> None:
     store = jobs()
-    if _statuses(store.list()) != st.session_state.get("train_statuses"):
+    rows = store.list()
+    if _statuses(rows) != st.session_state.get("train_statuses"):
         st.rerun(scope="app")             # a job started, finished or failed: refresh the history below too
-    active = store.list(status="running") + store.list(status="queued")
+    active = sorted((j for j in rows if j["status"] in ("running", "queued")),
+                    key=lambda j: (j["status"] != "running", j["created"]))
     st.subheader("Running and queued")
     if not active:
         st.caption("Nothing running. Jobs you start appear here with live progress.")

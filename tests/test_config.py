@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cxrcore.config import AugmentConfig, HeadConfig, LabelScheme, TrainConfig
-from cxrcore.errors import ConfigError
+from cxrcore.errors import ConfigError, WeightsError
 
 
 def test_round_trip_through_json(tmp_path):
@@ -46,10 +46,17 @@ def test_bad_json_file_is_reported(tmp_path):
     ({"image_size": 16}, "image_size"),
     ({"head": HeadConfig(pooling="sum")}, "head.pooling"),
     ({"augment": AugmentConfig(zoom=1.5)}, "augmentation"),
+    ({"backbone": "resnet51"}, "unknown backbone 'resnet51'; choose one of: resnet50"),
 ])
 def test_validate_rejects_out_of_range_values(changes, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(data="/d", **changes).validate()
+
+
+def test_imagenet_weights_for_a_backbone_that_has_none_fail_at_validation():
+    with pytest.raises(WeightsError, match="simple_cnn has no ImageNet weights; use --weights none"):
+        TrainConfig(data="/d", backbone="simple_cnn", weights="imagenet").validate()
+    assert TrainConfig(data="/d", backbone="simple_cnn", weights="none").validate().weights == "none"
 
 
 def test_defaults_are_valid_and_augmentation_is_off_by_default():

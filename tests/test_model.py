@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import MNV2_035, REPO, copy_weights_to_keras_home, needs_weights
-from cxrcore.backbones import REGISTRY, Preprocess, get_backbone
+from cxrcore.backbones import REGISTRY, get_backbone
+from cxrcore.layers import Preprocess
 from cxrcore.config import HeadConfig
 from cxrcore.errors import ConfigError, WeightsError
 from cxrcore.model import backbone_layers, build_model, set_stage
@@ -101,6 +102,34 @@ def test_save_and_reload_gives_the_same_outputs(tmp_path):
     again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(again(x)), atol=1e-6)
     assert again.get_layer("preprocess").mode == "unit"
+
+
+def test_a_model_saved_before_the_layer_moved_modules_still_loads(tmp_path):
+    """Preprocess lived in cxrcore.backbones until it moved to cxrcore.layers: old runs must load."""
+    import zipfile
+
+    from cxrcore.model import load_model
+
+    model = build_model("simple_cnn", 2, image_size=32, weights="none")
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as src, zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                assert b'"cxrcore.layers"' in data
+                data = data.replace(b'"cxrcore.layers"', b'"cxrcore.backbones"')
+            dst.writestr(item, data)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    again = load_model(tmp_path / "old.keras")
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(again(x)), atol=1e-6)
+
+
+def test_registry_config_and_cli_load_without_tensorflow():
+    """`backbones`, `index` and argument checks answer at once instead of after a TensorFlow import."""
+    code = ("import sys, cxrcore.backbones, cxrcore.config, cxrcore.cli, cxrcore.data, cxrcore.runs; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @needs_weights
