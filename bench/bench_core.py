@@ -5,18 +5,22 @@
 DATA defaults to ../shared/data/cxr-dev (2,500 real 224 px X-rays) or, when absent, a
 synthetic demo set made in a temporary folder. Measures: index build (cold, and warm from
 the on-disk cache), pipeline decode throughput (first epoch vs cached), one frozen-backbone
-training epoch of MobileNetV2-0.35 at 96 and 224 px, and single-image prediction latency
-(the Predictor's compiled forward pass vs an eager call vs ``model.predict``).
+training epoch of MobileNetV2-0.35 at 96 and 224 px, single-image prediction latency
+(the Predictor's compiled forward pass vs an eager call vs ``model.predict``), and how
+long the CLI takes to answer commands that need no TensorFlow (listing backbones, an
+input error).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from _common import MNV2_035_WEIGHTS, SHARED, timed
+from _common import MNV2_035_WEIGHTS, ROOT, SHARED, timed
 
 
 def main() -> None:
@@ -33,14 +37,21 @@ def main() -> None:
         data = make_demo_dataset(tmp / "demo", n_per_class=300, image_size=224)
     weights = args.weights if Path(args.weights).is_file() else "none"
 
+    def cli(*argv):
+        subprocess.run([sys.executable, "-m", "cxrcore", *argv], cwd=ROOT, capture_output=True)
+
+    result_cli = {"cli_backbones_s": timed(lambda: cli("backbones"))[1],
+                  "cli_input_error_s": timed(lambda: cli("train", "--data", str(tmp / "nowhere"),
+                                                         "--backbone", "simple_cnn"))[1]}
+
     import numpy as np
-    import keras
     from cxrcore.data import build_index
     from cxrcore.pipeline import make_dataset
     from cxrcore.model import build_model, inference_function, set_stage
     from cxrcore.train import make_optimizer
 
-    result = {"data": str(data), "weights": "imagenet-file" if weights != "none" else "none"}
+    result = {"data": str(data), "weights": "imagenet-file" if weights != "none" else "none",
+              **{k: round(v, 2) for k, v in result_cli.items()}}
     index, result["index_cold_s"] = timed(lambda: build_index(data))
     _, result["index_warm_s"] = timed(lambda: build_index(data))
     result["images"] = len(index)
