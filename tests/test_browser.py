@@ -109,14 +109,15 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
             nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
             assert "Evaluate" in nav and "shared" not in nav, f"not the app's navigation: {nav!r}"
             page.screenshot(path=str(ARTIFACTS / f"{heading.lower()}.png"), full_page=True)
-        assert page.get_by_text("Research software, not a medical device").first.is_visible()
+        page.get_by_text("Research software, not a medical device").first.wait_for(state="visible", timeout=60_000)
         page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(image))
         overlay = page.get_by_text("Grad-CAM for", exact=False).first
         overlay.wait_for(timeout=120_000)
         wait_idle(page)
+        # a busy machine can show the "running" widget late, so wait for elements rather than trust idleness
         images = page.locator('[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img')
-        assert images.count() >= 2                      # the model's input and the Grad-CAM overlay
-        assert page.get_by_role("button", name="Download overlay (PNG)").is_visible()
+        images.nth(1).wait_for(timeout=60_000)          # the model's input and the Grad-CAM overlay
+        page.get_by_role("button", name="Download overlay (PNG)").wait_for(state="visible", timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "predict-gradcam.png"), full_page=True)
 
         # train a second small model from the Train page, as a newcomer would, then compare the two
@@ -138,7 +139,7 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         page.goto(f"{url}/compare")
         page.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=90_000)
         wait_idle(page)
-        assert page.get_by_text("Metrics (best in green)").is_visible()
+        page.get_by_text("Metrics (best in green)").wait_for(state="visible", timeout=60_000)
         assert page.locator('[data-testid="stException"]').count() == 0
         page.screenshot(path=str(ARTIFACTS / "compare-two-runs.png"), full_page=True)
         browser.close()
