@@ -52,8 +52,9 @@ def main() -> None:
 
     result = {"data": str(data), "weights": "imagenet-file" if weights != "none" else "none",
               **{k: round(v, 2) for k, v in result_cli.items()}}
-    index, result["index_cold_s"] = timed(lambda: build_index(data))
-    _, result["index_warm_s"] = timed(lambda: build_index(data))
+    index, cold = timed(lambda: build_index(data))
+    _, warm = timed(lambda: build_index(data))
+    result["index_cold_s"], result["index_warm_s"] = round(cold, 3), round(warm, 3)
     result["images"] = len(index)
     classes = sorted(index["label"].unique())
     sample = index.sample(n=min(args.train_images, len(index)), random_state=0)
