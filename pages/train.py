@@ -139,13 +139,14 @@ if submitted:
             raise J.JobError("pick at least one backbone")
         store = jobs()
         if len(chosen) == 1:
-            job_id = J.submit(build_config(chosen[0]), store=store)
-            st.success(f"Job `{job_id}` queued: it runs in the background; closing this page does not stop it.")
+            ids = [J.submit(build_config(chosen[0]), store=store)]
+            notice = f"Job `{ids[0]}` submitted: it runs in the background; closing this page does not stop it."
         else:
             for name in chosen:
                 build_config(name)                     # every config checked before anything is queued
             group, ids = J.submit_comparison(build_config(chosen[0]), chosen, store=store)
-            st.success(f"Comparison `{group}` queued: {len(ids)} jobs, one per backbone.")
+            notice = f"Comparison `{group}` submitted: {len(ids)} jobs, one per backbone, run in the background."
+        st.session_state["train_notice"] = (notice, ids)
     except Exception as exc:
         show_error(exc)
 
@@ -202,7 +203,13 @@ def live_jobs() -> None:
 
 store = jobs()
 past = store.list()
-st.session_state["train_statuses"] = _statuses(past)      # what "All jobs" shows; the live view watches it
+st.session_state["train_statuses"] = statuses = _statuses(past)   # what "All jobs" shows; the live view watches it
+if "train_notice" in st.session_state:               # the last submission's notice, while its jobs are not done
+    notice, ids = st.session_state["train_notice"]
+    if any(statuses.get(i) in ("queued", "running") for i in ids):
+        st.success(notice)
+    else:
+        del st.session_state["train_notice"]
 live_jobs()
 
 # -- history ---------------------------------------------------------------------------------

@@ -118,6 +118,8 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at.button[0].click()
     at.run()
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
+    at.run()                          # a later rerun (a click anywhere) still says what was submitted
+    assert any("2 jobs, one per backbone" in s.value for s in at.success)
     store = J.JobStore(models_dir() / "jobs.sqlite")
     queued = store.list()
     assert sorted(j["config"]["backbone"] for j in queued) == ["mobilenet_0.25", "simple_cnn"]
@@ -125,6 +127,8 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     for job in queued:                # do not train here
         if job["status"] in ("queued", "running"):
             J.cancel(job["id"], store=store, force=True)
+    at.run()                          # the notice stays while its jobs run, and goes once they are done
+    assert not any("2 jobs, one per backbone" in s.value for s in at.success)
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -130,7 +130,7 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
             field.fill(value)
             field.press("Tab")
         page.get_by_role("button", name="Start training").click()
-        page.get_by_text("queued: it runs in the background").wait_for(timeout=60_000)
+        page.get_by_text("submitted: it runs in the background").wait_for(timeout=60_000)
         page.get_by_text("Nothing running.").wait_for(timeout=180_000)     # the live view saw it finish
         # and the job history below it followed without a reload
         page.locator('[role="gridcell"]').filter(has_text=re.compile(r"^succeeded$")).wait_for(
