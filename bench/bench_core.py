@@ -33,7 +33,7 @@ def main() -> None:
     os.environ["CXRCORE_CACHE"] = str(tmp / "cache")
     data = Path(args.data)
     if not data.exists():
-        from cxrcore.demo import make_demo_dataset
+        from cxrcore.data.demo import make_demo_dataset
         data = make_demo_dataset(tmp / "demo", n_per_class=300, image_size=224)
     weights = args.weights if Path(args.weights).is_file() else "none"
 
@@ -45,10 +45,10 @@ def main() -> None:
                                                          "--backbone", "simple_cnn"))[1]}
 
     import numpy as np
-    from cxrcore.data import build_index
-    from cxrcore.pipeline import make_dataset
-    from cxrcore.model import build_model, inference_function, set_stage
-    from cxrcore.train import make_optimizer
+    from cxrcore.data.index import build_index
+    from cxrcore.training.pipeline import make_dataset
+    from cxrcore.training.model import build_model, inference_function, set_stage
+    from cxrcore.training.train import make_optimizer
 
     result = {"data": str(data), "weights": "imagenet-file" if weights != "none" else "none",
               **{k: round(v, 2) for k, v in result_cli.items()}}

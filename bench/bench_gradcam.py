@@ -31,9 +31,9 @@ def main() -> None:
 
     import numpy as np
     import tensorflow as tf
-    from cxrcore.backbones import get_backbone
-    from cxrcore.explain import METHODS, Explainer
-    from cxrcore.model import build_model
+    from cxrcore.training.backbones import get_backbone
+    from cxrcore.explain.cam import METHODS, Explainer
+    from cxrcore.training.model import build_model
 
     rng = np.random.default_rng(0)
     # smooth-ish synthetic "X-rays": a vertical gradient plus noise, different per call

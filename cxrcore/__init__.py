@@ -1,28 +1,32 @@
 """cxrcore: train, evaluate and explain chest X-ray classifiers (the library; no UI).
 
-Module map:
-    errors     user-facing error types (CXRError and subclasses)
-    config     TrainConfig: one typed run configuration, saved as config.json
-    io         image headers, decoding (PNG/JPEG/DICOM) and the one pixel-normalisation function
-    data       dataset layouts and the cached image index
-    splits     label schemes, patient-grouped splits, class weights, leakage checks
-    demo       synthetic demo dataset (clearly marked as synthetic)
-    backbones  registry of CNN backbones as data (no TensorFlow import)
-    layers     the Keras layers models are made of (in-graph preprocessing, the custom CNN)
-    model      flat backbone+head models, stage freezing, loading
-    pipeline   tf.data input pipeline and augmentation
-    devices    GPUs/CPU, mixed precision, tf.distribute strategy
-    callbacks  checkpoint, history, progress, cancellation and resume-state callbacks
-    train      two-stage training (resumable); writes a run directory
-    jobs       background jobs: SQLite store, queue, scheduler, cancel, resume
-    worker     one job's process (python -m cxrcore.worker)
-    metrics    evaluation metrics as pure functions
-    evaluate   evaluation of a run on its test split or an external folder
-    predict    the prediction path for files and uploaded bytes
-    explain    Grad-CAM, Grad-CAM++, Score-CAM and overlays
-    runs       run directories: layout, listing, loading
-    plots      plotly figure builders (data in, go.Figure out)
-    cli        ``python -m cxrcore ...``
+Module map (sub-packages by stage, the way MONAI groups its code):
+    errors               user-facing error types (CXRError and subclasses)
+    config               TrainConfig: one typed run configuration, saved as config.json
+    runs                 run directories: the one owner of a run's facts (status, history, results)
+    predict              the prediction path for files and uploaded bytes
+    cli                  ``python -m cxrcore ...``
+    data/io              image headers, decoding (PNG/JPEG/DICOM), the one pixel-normalisation function
+    data/index           dataset layouts and the cached image index
+    data/splits          label schemes, patient-grouped splits, class weights, leakage checks
+    data/demo            synthetic demo dataset (clearly marked as synthetic)
+    training/backbones   registry of CNN backbones as data (no TensorFlow import)
+    training/layers      the Keras layers models are made of (in-graph preprocessing, the custom CNN)
+    training/model       flat backbone+head models, stage freezing, loading
+    training/pipeline    tf.data input pipeline and augmentation
+    training/devices     GPUs/CPU, mixed precision, tf.distribute strategy
+    training/callbacks   checkpoint, history, progress, cancellation and resume-state callbacks
+    training/train       two-stage training (resumable); writes a run directory
+    evaluation/metrics   evaluation metrics as pure functions
+    evaluation/evaluate  evaluation of a run on its test split or an external folder
+    evaluation/plots     plotly figure builders (data in, go.Figure out)
+    explain/cam          Grad-CAM, Grad-CAM++, Score-CAM and overlays
+    jobs/store           the job queue in SQLite (queued, who holds a job, cancel requests, progress)
+    jobs/queue           submit, cancel, resume and wait: the actions on jobs
+    jobs/scheduler       starts queued jobs as worker processes and watches them
+    jobs/worker          one job's process (python -m cxrcore.jobs.worker)
+    jobs/processes       detached processes, liveness, kills and file locks
+    jobs/hardware        GPUs and CPUs, without importing TensorFlow
 
 Names below are imported lazily, so ``import cxrcore`` does not load TensorFlow.
 """
@@ -34,19 +38,19 @@ _EXPORTS = {
     "CXRError": "errors", "DataError": "errors", "ConfigError": "errors", "WeightsError": "errors",
     "RunError": "errors", "ImageDecodeError": "errors",
     "TrainConfig": "config", "AugmentConfig": "config", "HeadConfig": "config", "LabelScheme": "config",
-    "decode_image": "io", "prepare_image": "io", "read_header": "io", "is_dicom": "io",
-    "build_index": "data", "scan_layout": "data", "summarize": "data",
-    "apply_label_scheme": "splits", "assign_splits": "splits", "class_weights": "splits",
-    "leakage_report": "splits",
-    "make_demo_dataset": "demo", "is_synthetic": "demo",
-    "REGISTRY": "backbones", "get_backbone": "backbones", "list_backbones": "backbones",
-    "build_model": "model", "load_model": "model", "set_stage": "model",
-    "make_dataset": "pipeline",
-    "train": "train",
-    "classification_metrics": "metrics",
-    "evaluate_run": "evaluate", "compare_runs": "evaluate",
-    "submit": "jobs", "submit_comparison": "jobs", "JobStore": "jobs",
-    "Explainer": "explain", "overlay": "explain",
+    "decode_image": "data.io", "prepare_image": "data.io", "read_header": "data.io", "is_dicom": "data.io",
+    "build_index": "data.index", "scan_layout": "data.index", "summarize": "data.index",
+    "apply_label_scheme": "data.splits", "assign_splits": "data.splits", "class_weights": "data.splits",
+    "leakage_report": "data.splits",
+    "make_demo_dataset": "data.demo", "is_synthetic": "data.demo",
+    "REGISTRY": "training.backbones", "get_backbone": "training.backbones", "list_backbones": "training.backbones",
+    "build_model": "training.model", "load_model": "training.model", "set_stage": "training.model",
+    "make_dataset": "training.pipeline",
+    "train": "training.train",
+    "classification_metrics": "evaluation.metrics",
+    "evaluate_run": "evaluation.evaluate", "compare_runs": "evaluation.evaluate",
+    "submit": "jobs.store", "submit_comparison": "jobs.store", "JobStore": "jobs.store",
+    "Explainer": "explain.cam", "overlay": "explain.cam",
     "Predictor": "predict",
     "list_runs": "runs", "RunDir": "runs",
 }

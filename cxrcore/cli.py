@@ -99,7 +99,7 @@ def config_from_args(args: argparse.Namespace):
                                       rename=args.rename or (), merge=args.merge or (), drop=args.drop or ())
     if not config.data:
         raise CXRError("--data is required (a dataset folder or CSV manifest)")
-    from .backbones import get_backbone
+    from .training.backbones import get_backbone
     if args.weights is None and not get_backbone(config.backbone).pretrained:
         config.weights = "none"  # a custom CNN has no ImageNet weights: default to training from scratch
     return config.validate()
@@ -125,25 +125,25 @@ def cmd_train(args) -> int:
         status = run.info().get("status")
         if status == "succeeded":
             raise CXRError(f"{run.path} already finished; nothing to resume")
-        from .train import train
+        from .training.train import train
         run = train(run.config(), run=run, progress=_print_epoch, resume=True)
     else:
-        from .data import scan_layout
+        from .data.index import scan_layout
 
         config = config_from_args(args)
         scan_layout(config.data)
-        from .train import train
+        from .training.train import train
         run = train(config, out_dir=args.out, progress=_print_epoch)
     print(run.path)
     return 0
 
 
 def cmd_index(args) -> int:
-    from .data import build_index, summarize
+    from .data.index import build_index, summarize
 
     index = build_index(args.data)
     if args.verify:
-        from .io import decode_image
+        from .data.io import decode_image
         for path in index["path"]:
             decode_image(path)
     if args.csv:
@@ -162,10 +162,10 @@ def cmd_evaluate(args) -> int:
 
     RunDir(args.run_dir).require_model()
     if args.data:
-        from .data import scan_layout
+        from .data.index import scan_layout
         scan_layout(args.data)
-    from .evaluate import evaluate_run
-    from .metrics import summary
+    from .evaluation.evaluate import evaluate_run
+    from .evaluation.metrics import summary
 
     result = evaluate_run(args.run_dir, args.data, drop_unknown=args.drop_unknown)
     for name, row in result["per_class"].items():
@@ -194,7 +194,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
-    from .demo import make_demo_dataset
+    from .data.demo import make_demo_dataset
 
     path = make_demo_dataset(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
     print(f"synthetic demo dataset (not real radiographs) written to:", file=sys.stderr)
@@ -203,7 +203,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from .backbones import list_backbones
+    from .training.backbones import list_backbones
 
     rows = list_backbones()
     if args.json:
@@ -217,7 +217,7 @@ def cmd_backbones(args) -> int:
 
 
 def _jobs_store(args):
-    from .jobs import JobStore
+    from .jobs.store import JobStore
     return JobStore(args.db)
 
 
@@ -226,7 +226,7 @@ _JOB_FIELDS = ("id", "group_id", "status", "pid", "device", "gpu", "stage", "epo
 
 
 def cmd_jobs_submit(args) -> int:
-    from .jobs import submit, submit_comparison
+    from .jobs.store import submit, submit_comparison
 
     names = [b.strip() for b in (args.backbone or "").split(",") if b.strip()]
     if len(names) > 1:
@@ -271,7 +271,7 @@ def cmd_jobs_show(args) -> int:
 
 
 def cmd_jobs_cancel(args) -> int:
-    from .jobs import cancel
+    from .jobs.store import cancel
 
     job = cancel(args.job_id, store=_jobs_store(args), force=args.force, wait=0 if args.no_wait else args.timeout)
     print(f"job {job['id']}: {job['status']}" + (" (cancel requested)" if job["status"] == "running" else ""),
@@ -281,7 +281,7 @@ def cmd_jobs_cancel(args) -> int:
 
 
 def cmd_jobs_resume(args) -> int:
-    from .jobs import resume
+    from .jobs.store import resume
 
     job = resume(args.job_id, store=_jobs_store(args))
     print(job["id"])
@@ -289,7 +289,7 @@ def cmd_jobs_resume(args) -> int:
 
 
 def cmd_jobs_wait(args) -> int:
-    from .jobs import wait
+    from .jobs.store import wait
 
     job = wait(args.job_id, store=_jobs_store(args), timeout=args.timeout)
     print(job["status"])
@@ -297,7 +297,7 @@ def cmd_jobs_wait(args) -> int:
 
 
 def cmd_jobs_worker(args) -> int:
-    from .jobs import Scheduler
+    from .jobs.store import Scheduler
 
     scheduler = Scheduler(_jobs_store(args), max_jobs=args.max_jobs, gpus_per_job=args.gpus_per_job,
                           idle_exit=args.idle_exit or None)

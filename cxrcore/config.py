@@ -172,7 +172,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .backbones import get_backbone       # plain data: no TensorFlow behind it
+        from .training.backbones import get_backbone       # plain data: no TensorFlow behind it
         spec = get_backbone(self.backbone)         # ConfigError naming the valid backbones
         if self.weights == "imagenet" and not spec.pretrained:
             raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none")

@@ -1,7 +1,7 @@
 """The prediction path: files or uploaded bytes in, class probabilities out, in label order.
 
 Every consumer (the CLI, the dashboard, Grad-CAM, comparisons) predicts through
-:class:`Predictor`, which prepares pixels with :func:`cxrcore.io.prepare_image`
+:class:`Predictor`, which prepares pixels with :func:`cxrcore.data.io.prepare_image`
 (as training did) and calls the model through one compiled ``tf.function``: an eager
 call or ``model.predict`` costs 5-10x more per image on a CPU, which a single upload
 should not pay.
@@ -13,17 +13,17 @@ from typing import Sequence
 
 import numpy as np
 
-from . import runs as R
-from .evaluate import model_input_size
-from .io import ImageSource, prepare_image
-from .model import inference_function, load_model
+from . import runs
+from .evaluation.evaluate import model_input_size
+from .data.io import ImageSource, prepare_image
+from .training.model import inference_function, load_model
 
 
 class Predictor:
     """A run's best model, its labels and input size, ready to predict."""
 
     def __init__(self, run_dir: str | Path):
-        self.run = R.RunDir(run_dir)
+        self.run = runs.RunDir(run_dir)
         self.model = load_model(self.run.require_model())
         self.labels = self.run.labels()
         self.image_size = model_input_size(self.run)

@@ -3,10 +3,10 @@ import json
 
 import streamlit as st
 
-from cxrcore import plots
-from cxrcore import runs as R
-from cxrcore.evaluate import BETTER, compare_runs
-from cxrcore.explain import METHOD_LABELS
+from cxrcore.evaluation import plots
+from cxrcore import runs as run_files
+from cxrcore.evaluation.evaluate import BETTER, compare_runs
+from cxrcore.explain.cam import METHOD_LABELS
 from pages.shared import require_app, analyse, no_models, run_label, show_error, trained_runs
 
 require_app()
@@ -45,7 +45,7 @@ st.caption("Test-split metrics are only comparable between runs trained on the s
 
 metrics = {}
 for r in chosen:
-    path = R.RunDir(r["path"]).file(R.METRICS)
+    path = run_files.RunDir(r["path"]).file(run_files.METRICS)
     if path.exists():
         metrics[r["run_id"]] = json.loads(path.read_text())
 if metrics:

@@ -1,9 +1,9 @@
 """Data: pick a dataset; its classes, splits, image formats, samples, augmentation and leakage."""
 import streamlit as st
 
-from cxrcore import plots
+from cxrcore.evaluation import plots
 from cxrcore.config import AugmentConfig
-from cxrcore.io import prepare_image
+from cxrcore.data.io import prepare_image
 from pages.shared import (require_app, current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
                           split_preview, synthetic_banner)
 
@@ -82,7 +82,7 @@ augment = AugmentConfig(flip=a[0].checkbox("Flip", key="data_aug_flip"),
                         contrast=a[3].slider("Contrast", 0.0, 0.5, 0.1, key="data_aug_contrast"),
                         brightness=a[4].slider("Brightness", 0.0, 0.5, 0.1, key="data_aug_bright"))
 if paths:
-    from cxrcore.pipeline import augment_preview
+    from cxrcore.training.pipeline import augment_preview
 
     versions = augment_preview(paths[0], 192, augment, n=5, seed=int(st.session_state.get("data_aug_seed", 0)))
     row = st.columns(len(versions))
@@ -95,7 +95,7 @@ if paths:
 # -- leakage ---------------------------------------------------------------------------------
 st.subheader("Leakage checks")
 st.caption("A patient, or an identical file, on both sides of the train/test line inflates every metric.")
-from cxrcore.splits import duplicate_report, leakage_report  # noqa: E402
+from cxrcore.data.splits import duplicate_report, leakage_report  # noqa: E402
 
 leaks = leakage_report(split)
 if info["patients"] == 0:

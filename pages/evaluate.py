@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxrcore import plots
-from cxrcore import runs as R
-from cxrcore.io import prepare_image
-from cxrcore.metrics import per_class_table
+from cxrcore.evaluation import plots
+from cxrcore import runs
+from cxrcore.data.io import prepare_image
+from cxrcore.evaluation.metrics import per_class_table
 from pages.shared import require_app, pick_run, show_error
 
 require_app()
@@ -16,9 +16,9 @@ st.title("Evaluate")
 run_info = pick_run("evaluate_run")
 if run_info is None:
     st.stop()
-run = R.RunDir(run_info["path"])
+run = runs.RunDir(run_info["path"])
 info = run.info()
-info["status"] = R.run_status(info)
+info["status"] = runs.run_status(info)
 st.caption(f"{info.get('backbone')} at {info.get('image_size')} px · trained on `{info.get('data')}` · "
            f"{info.get('device', '?')} · {info.get('epochs_completed', '?')} "
            f"epoch{'' if info.get('epochs_completed') == 1 else 's'} · status {info.get('status')}")
@@ -67,8 +67,8 @@ def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
 
 def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame] | None:
     try:
-        metrics = json.loads((folder / R.METRICS).read_text())
-        table = pd.read_csv(folder / R.PREDICTIONS)
+        metrics = json.loads((folder / runs.METRICS).read_text())
+        table = pd.read_csv(folder / runs.PREDICTIONS)
     except (OSError, ValueError):
         return None
     return metrics, table
@@ -108,7 +108,7 @@ with tabs[2]:
     folder = c[0].text_input("Labelled folder or CSV manifest", key="evaluate_external_path")
     drop_unknown = c[1].checkbox("Skip unknown classes", key="evaluate_drop_unknown")
     if st.button("Evaluate on this folder", key="evaluate_external_go", disabled=not folder.strip()):
-        from cxrcore.evaluate import evaluate_run
+        from cxrcore.evaluation.evaluate import evaluate_run
 
         try:
             with st.spinner("Predicting every image..."):
@@ -116,11 +116,11 @@ with tabs[2]:
             st.success(f"Evaluated {result['n']} images; saved in `{result['out_dir']}`.")
         except Exception as exc:
             show_error(exc)
-    externals = sorted(p for p in (run.path / R.EXTERNAL).glob("*") if (p / R.METRICS).exists()) \
-        if (run.path / R.EXTERNAL).is_dir() else []
+    externals = sorted(p for p in (run.path / runs.EXTERNAL).glob("*") if (p / runs.METRICS).exists()) \
+        if (run.path / runs.EXTERNAL).is_dir() else []
     if externals:
         name = st.selectbox("Saved external evaluations", [p.name for p in externals], key="evaluate_external_pick")
-        loaded = read_evaluation(run.path / R.EXTERNAL / name)
+        loaded = read_evaluation(run.path / runs.EXTERNAL / name)
         if loaded:
             if test:
                 delta = loaded[0]["accuracy"] - test[0]["accuracy"]

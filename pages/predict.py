@@ -3,9 +3,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxrcore import plots
-from cxrcore.explain import COLORMAPS, METHOD_LABELS, to_png_bytes
-from cxrcore.io import dicom_summary
+from cxrcore.evaluation import plots
+from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
+from cxrcore.data.io import dicom_summary
 from pages.shared import require_app, NOTICE, analyse, pick_run, show_error
 
 require_app()

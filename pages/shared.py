@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CXRCORE_MODELS", str(REPO / "models"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrcore import runs as R  # noqa: E402  (after the environment is set)
-from cxrcore.data import build_index, recent_datasets, remember_dataset, summarize  # noqa: E402
-from cxrcore.demo import is_synthetic, make_demo_dataset  # noqa: E402
+from cxrcore import runs as run_files  # noqa: E402  (after the environment is set)
+from cxrcore.data.index import build_index, recent_datasets, remember_dataset, summarize  # noqa: E402
+from cxrcore.data.demo import is_synthetic, make_demo_dataset  # noqa: E402
 from cxrcore.errors import CXRError  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def load_index(path: str) -> tuple[pd.DataFrame, dict]:
 @st.cache_data(show_spinner=False, ttl=300, max_entries=16)
 def split_preview(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
     """The split training would use with these settings."""
-    from cxrcore.splits import assign_splits
+    from cxrcore.data.splits import assign_splits
 
     index, _ = load_index(path)
     return assign_splits(index, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
@@ -96,32 +96,32 @@ def _predictor(run_dir: str, model_mtime: float):
 
 
 def predictor(run_dir: str):
-    return _predictor(run_dir, _mtime(Path(run_dir) / R.MODEL))
+    return _predictor(run_dir, _mtime(Path(run_dir) / run_files.MODEL))
 
 
 @st.cache_resource(show_spinner="Preparing Grad-CAM...", max_entries=8)
 def _explainer(run_dir: str, model_mtime: float):
-    from cxrcore.explain import Explainer
+    from cxrcore.explain.cam import Explainer
     return Explainer.for_predictor(_predictor(run_dir, model_mtime))
 
 
 def explainer(run_dir: str):
-    return _explainer(run_dir, _mtime(Path(run_dir) / R.MODEL))
+    return _explainer(run_dir, _mtime(Path(run_dir) / run_files.MODEL))
 
 
 @st.cache_resource
 def job_store(db_path: str):
-    from cxrcore.jobs import JobStore
+    from cxrcore.jobs.store import JobStore
     return JobStore(db_path)
 
 
 def jobs():
-    return job_store(str(R.models_dir() / "jobs.sqlite"))
+    return job_store(str(run_files.models_dir() / "jobs.sqlite"))
 
 
 def trained_runs() -> list[dict]:
     """Runs that have a model, newest first."""
-    return [r for r in R.list_runs() if r["has_model"]]
+    return [r for r in run_files.list_runs() if r["has_model"]]
 
 
 def run_label(run: dict) -> str:
@@ -151,7 +151,7 @@ def show_error(exc: Exception) -> None:
 
 def synthetic_banner(path: str) -> None:
     if is_synthetic(path):
-        st.warning("**Synthetic demo data**: drawings made by `cxrcore.demo` so the app works with nothing "
+        st.warning("**Synthetic demo data**: drawings made by `cxrcore.data.demo` so the app works with nothing "
                    "downloaded. They are not radiographs and have no clinical meaning. Open a real dataset "
                    "on the Data page.", icon=":material/science:")
 
@@ -178,7 +178,7 @@ __all__ = ["require_app", "mark_app_started", "CXRError", "NOTICE", "current_dat
 
 def analyse(run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float) -> dict:
     """One upload through one run: prediction, heatmap and overlay (raises ImageDecodeError)."""
-    from cxrcore.explain import overlay
+    from cxrcore.explain.cam import overlay
 
     model = predictor(run_dir)
     image = model.prepare(data, name)

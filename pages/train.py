@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxrcore import jobs as J
-from cxrcore import plots
-from cxrcore.backbones import REGISTRY
+from cxrcore.jobs import store as J
+from cxrcore.evaluation import plots
+from cxrcore.training.backbones import REGISTRY
 from cxrcore.config import LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
 from pages.shared import require_app, current_dataset, jobs, load_index, show_error, synthetic_banner
 

@@ -10,8 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import REPO
 from cxrcore.config import HeadConfig, TrainConfig
-from cxrcore.demo import make_demo_dataset
-from cxrcore.train import train
+from cxrcore.data.demo import make_demo_dataset
+from cxrcore.training.train import train
 
 pytestmark = pytest.mark.slow
 APP = str(REPO / "app.py")
@@ -103,7 +103,7 @@ def test_pages_say_what_to_do_when_there_is_nothing_yet(app, page, expected):
 
 
 def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
-    from cxrcore import jobs as J
+    from cxrcore.jobs import store as J
     from cxrcore.runs import models_dir
 
     at = app("pages/train.py")

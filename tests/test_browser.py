@@ -23,8 +23,8 @@ from PIL import Image
 
 from conftest import REPO
 from cxrcore.config import HeadConfig, TrainConfig
-from cxrcore.demo import make_demo_dataset
-from cxrcore.train import train
+from cxrcore.data.demo import make_demo_dataset
+from cxrcore.training.train import train
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "test-artifacts" / "browser"

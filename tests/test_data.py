@@ -1,4 +1,4 @@
-"""Tests for cxrcore.data: layout detection, the image index, its cache and the summary."""
+"""Tests for cxrcore.data.index: layout detection, the image index, its cache and the summary."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cxrcore.data as data_mod
-from cxrcore.data import build_index, patient_from_filename, scan_layout, summarize
+import cxrcore.data.index as data_mod
+from cxrcore.data.index import build_index, patient_from_filename, scan_layout, summarize
 from cxrcore.errors import DataError
 
 from conftest import make_class_folders, write_image

@@ -1,4 +1,4 @@
-"""Class activation maps and overlays (cxrcore.explain)."""
+"""Class activation maps and overlays (cxrcore.explain.cam)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrcore.explain import (COLORMAPS, METHOD_LABELS, METHODS, Explainer, _normalise,
+from cxrcore.explain.cam import (COLORMAPS, METHOD_LABELS, METHODS, Explainer, _normalise,
                              apply_colormap, colormap_lut, overlay, to_png_bytes)
 
 SIZE = 32      # toy model input
@@ -31,7 +31,7 @@ def _toy_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def toy():
     """simple_cnn trained (seeded) to tell 'square in the top-left' from plain noise."""
     import keras
-    from cxrcore.model import build_model
+    from cxrcore.training.model import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("simple_cnn", 2, image_size=SIZE, weights="none")
@@ -113,7 +113,7 @@ def test_callers_model_is_untouched(toy):
 
 @pytest.mark.slow
 def test_save_and_reload_gives_the_same_map(toy, tmp_path):
-    from cxrcore.model import load_model
+    from cxrcore.training.model import load_model
 
     path = tmp_path / "model.keras"
     toy.model.save(path)
@@ -131,8 +131,8 @@ def test_image_of_another_size_is_resized_to_the_input(toy):
 
 
 def test_mobilenet_gradcam_at_the_registry_layer():
-    from cxrcore.backbones import get_backbone
-    from cxrcore.model import build_model
+    from cxrcore.training.backbones import get_backbone
+    from cxrcore.training.model import build_model
 
     model = build_model("mobilenetv2_0.35", 3, image_size=96, weights="none")
     predictor = SimpleNamespace(model=model,
@@ -146,7 +146,7 @@ def test_mobilenet_gradcam_at_the_registry_layer():
 
 
 def test_bad_layer_method_and_class_are_value_errors():
-    from cxrcore.model import build_model
+    from cxrcore.training.model import build_model
 
     model = build_model("simple_cnn", 2, image_size=SIZE, weights="none")
     with pytest.raises(ValueError, match="'no_such_layer' not found"):

@@ -1,4 +1,4 @@
-"""Tests for cxrcore.io: decoding, pixel normalisation, headers and DICOM sniffing."""
+"""Tests for cxrcore.data.io: decoding, pixel normalisation, headers and DICOM sniffing."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxrcore.errors import DataError, ImageDecodeError
-from cxrcore.io import decode_image, is_dicom, prepare_image, read_header
+from cxrcore.data.io import decode_image, is_dicom, prepare_image, read_header
 
 from conftest import write_image
 
@@ -394,7 +394,7 @@ def test_read_header_unreadable_raises_naming_the_path(tmp_path, content):
 def test_dicom_summary_reads_only_non_identifying_fields(tmp_path):
     import pydicom
 
-    from cxrcore.io import dicom_summary
+    from cxrcore.data.io import dicom_summary
 
     path = write_dicom(tmp_path / "scan.dcm", np.zeros((8, 8), np.uint16))
     ds = pydicom.dcmread(path)

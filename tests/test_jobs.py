@@ -12,10 +12,10 @@ import time
 import pytest
 
 from conftest import REPO, make_class_folders
-from cxrcore import jobs as J
-from cxrcore import runs as R
+from cxrcore.jobs import store as J
+from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
-from cxrcore.model import load_model
+from cxrcore.training.model import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +58,8 @@ def test_a_submitted_job_runs_to_succeeded_in_its_own_process(store, data, tmp_p
     job = J.wait(job_id, store=store, timeout=180)
     assert job["status"] == "succeeded", job["error"]
     assert job["pid"] != os.getpid() and job["device"] == "CPU"
-    run = R.RunDir(job["run_dir"])
-    for name in (R.MODEL, R.METRICS, R.PREDICTIONS, R.HISTORY, R.INFO, J.JOB_LOG):
+    run = runs.RunDir(job["run_dir"])
+    for name in (runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.HISTORY, runs.INFO, J.JOB_LOG):
         assert run.file(name).is_file(), name
     assert not (run.path / "state").exists()           # resume state is dropped after success
     assert f"job {job_id}: succeeded" in run.file(J.JOB_LOG).read_text()
@@ -73,10 +73,10 @@ def test_graceful_cancel_keeps_a_loadable_checkpoint(store, data, tmp_path):
     wait_for(lambda: len(store.epochs(job_id)) >= 1, what="a first epoch")
     job = J.cancel(job_id, store=store, wait=60)
     assert job["status"] == "cancelled" and job["error"] == "cancelled on request"
-    run = R.RunDir(job["run_dir"])
+    run = runs.RunDir(job["run_dir"])
     assert run.info()["status"] == "cancelled"
     assert run.info()["epochs_completed"] < 300
-    model = load_model(run.file(R.MODEL))
+    model = load_model(run.file(runs.MODEL))
     assert model.output.shape == (None, 2)
 
 
@@ -96,14 +96,14 @@ def test_kill_9_is_detected_and_resume_carries_the_epochs_over(store, data, tmp_
     job = wait_for(lambda: (j := store.get(job_id))["status"] != "running" and j, what="the crash to be noticed")
     assert job["status"] == "failed"
     assert "SIGKILL" in job["error"]
-    state = json.loads((R.RunDir(job["run_dir"]).path / "state" / "resume.json").read_text())
+    state = json.loads((runs.RunDir(job["run_dir"]).path / "state" / "resume.json").read_text())
     assert state["epochs_done"] >= 3
 
     J.resume(job_id, store=store)
     job = J.wait(job_id, store=store, timeout=240)
     assert job["status"] == "succeeded", job["error"]
     assert job["resumed_from_epoch"] >= 3 and job["attempts"] == 2
-    run = R.RunDir(job["run_dir"])
+    run = runs.RunDir(job["run_dir"])
     history = run.history()
     assert history["epoch"].tolist() == list(range(1, 28))      # no epoch lost or repeated
     assert history["stage"].tolist() == ["frozen"] * 25 + ["finetune"] * 2
@@ -203,6 +203,6 @@ def test_mirrored_strategy_over_logical_cpus(data, tmp_path):
                "--fine-tune-epochs", 1, "--batch-size", 8, "--out", tmp_path / "m",
                env={"CXRCORE_CPU_REPLICAS": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((R.RunDir(proc.stdout.strip().splitlines()[-1]).file(R.INFO)).read_text())
+    info = json.loads((runs.RunDir(proc.stdout.strip().splitlines()[-1]).file(runs.INFO)).read_text())
     assert info["replicas"] == 2 and info["strategy"] == "mirrored (logical CPUs)"
     assert info["status"] == "succeeded" and info["epochs_completed"] == 2

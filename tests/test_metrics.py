@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cxrcore.metrics import classification_metrics, per_class_table, sensitivity_specificity, summary
+from cxrcore.evaluation.metrics import classification_metrics, per_class_table, sensitivity_specificity, summary
 
 
 def binary(p_positive):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import MNV2_035, REPO, copy_weights_to_keras_home, needs_weights
-from cxrcore.backbones import REGISTRY, get_backbone
-from cxrcore.layers import Preprocess
+from cxrcore.training.backbones import REGISTRY, get_backbone
+from cxrcore.training.layers import Preprocess
 from cxrcore.config import HeadConfig
 from cxrcore.errors import ConfigError, WeightsError
-from cxrcore.model import backbone_layers, build_model, set_stage
+from cxrcore.training.model import backbone_layers, build_model, set_stage
 
 
 def test_unknown_backbone_lists_the_valid_names():
@@ -105,10 +105,10 @@ def test_save_and_reload_gives_the_same_outputs(tmp_path):
 
 
 def test_a_model_saved_before_the_layer_moved_modules_still_loads(tmp_path):
-    """Preprocess lived in cxrcore.backbones until it moved to cxrcore.layers: old runs must load."""
+    """Preprocess lived in cxrcore.training.backbones until it moved to cxrcore.training.layers: old runs must load."""
     import zipfile
 
-    from cxrcore.model import load_model
+    from cxrcore.training.model import load_model
 
     model = build_model("simple_cnn", 2, image_size=32, weights="none")
     model.save(tmp_path / "new.keras")
@@ -116,8 +116,8 @@ def test_a_model_saved_before_the_layer_moved_modules_still_loads(tmp_path):
         for item in src.infolist():
             data = src.read(item)
             if item.filename == "config.json":
-                assert b'"cxrcore.layers"' in data
-                data = data.replace(b'"cxrcore.layers"', b'"cxrcore.backbones"')
+                assert b'"cxrcore.training.layers"' in data
+                data = data.replace(b'"cxrcore.training.layers"', b'"cxrcore.training.backbones"')
             dst.writestr(item, data)
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     again = load_model(tmp_path / "old.keras")
@@ -126,7 +126,7 @@ def test_a_model_saved_before_the_layer_moved_modules_still_loads(tmp_path):
 
 def test_registry_config_and_cli_load_without_tensorflow():
     """`backbones`, `index` and argument checks answer at once instead of after a TensorFlow import."""
-    code = ("import sys, cxrcore.backbones, cxrcore.config, cxrcore.cli, cxrcore.data, cxrcore.runs; "
+    code = ("import sys, cxrcore.training.backbones, cxrcore.config, cxrcore.cli, cxrcore.data.index, cxrcore.runs; "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -144,7 +144,7 @@ def test_pretrained_file_loads_real_imagenet_weights():
 
 _IMAGENET_SCRIPT = """
 import numpy as np, keras
-from cxrcore.model import build_model
+from cxrcore.training.model import build_model
 m = build_model("mobilenetv2_0.35", 2, image_size=64, weights="imagenet")
 ref = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=r"{path}", input_shape=(64, 64, 3))
 print("SAME", bool(np.array_equal(m.get_layer("Conv1").get_weights()[0], ref.get_layer("Conv1").get_weights()[0])))
@@ -168,7 +168,7 @@ def test_imagenet_path_uses_the_keras_cache(tmp_path):
 
 @pytest.mark.slow
 def test_imagenet_offline_names_the_missing_file_and_where_to_put_it(tmp_path):
-    code = ("from cxrcore.model import build_model\n"
+    code = ("from cxrcore.training.model import build_model\n"
             "from cxrcore.errors import WeightsError\n"
             "try:\n    build_model('mobilenetv2_0.35', 2, image_size=64, weights='imagenet')\n"
             "except WeightsError as e:\n    print('ERR', e)\n")

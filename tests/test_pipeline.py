@@ -7,10 +7,10 @@ import tensorflow as tf
 
 from conftest import make_class_folders, write_image
 from cxrcore.config import AugmentConfig
-from cxrcore.data import build_index
+from cxrcore.data.index import build_index
 from cxrcore.errors import DataError
-from cxrcore.io import prepare_image
-from cxrcore.pipeline import decode_error_from, make_dataset
+from cxrcore.data.io import prepare_image
+from cxrcore.training.pipeline import decode_error_from, make_dataset
 
 
 @pytest.fixture

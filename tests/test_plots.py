@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrcore import plots
-from cxrcore.metrics import classification_metrics
+from cxrcore.evaluation import plots
+from cxrcore.evaluation.metrics import classification_metrics
 
 
 def metrics():

@@ -6,7 +6,7 @@ import pytest
 
 from cxrcore.config import LABEL_PRESETS, LabelScheme
 from cxrcore.errors import ConfigError, DataError
-from cxrcore.splits import (apply_label_scheme, assign_splits, check_trainable, class_weights,
+from cxrcore.data.splits import (apply_label_scheme, assign_splits, check_trainable, class_weights,
                             leakage_report)
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from conftest import make_class_folders, write_image
-from cxrcore import runs as R
+from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.errors import DataError, WeightsError
-from cxrcore.evaluate import evaluate_run
+from cxrcore.evaluation.evaluate import evaluate_run
 from cxrcore.predict import Predictor
-from cxrcore.train import train
+from cxrcore.training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +37,15 @@ def trained(tmp_path_factory):
 
 def test_run_directory_is_complete(trained):
     run, _, _ = trained
-    for name in (R.CONFIG, R.LABELS, R.SPLIT, R.HISTORY, R.MODEL, R.METRICS, R.PREDICTIONS, R.INFO, R.LOG):
+    for name in (runs.CONFIG, runs.LABELS, runs.SPLIT, runs.HISTORY, runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.INFO, runs.LOG):
         assert run.file(name).is_file(), name
-    assert any(run.file(R.TENSORBOARD).rglob("events.out.tfevents.*"))
+    assert any(run.file(runs.TENSORBOARD).rglob("events.out.tfevents.*"))
     assert not list(run.path.glob(".*tmp*")), "temporary files left behind"
     info = run.info()
     assert info["status"] == "succeeded" and info["device"] == "CPU"
     assert info["epochs_completed"] == 3 and info["n_test"] == 12
-    assert TrainConfig.load(run.file(R.CONFIG)).backbone == "simple_cnn"
-    assert json.loads(run.file(R.LABELS).read_text()) == ["bright", "dark"]
+    assert TrainConfig.load(run.file(runs.CONFIG)).backbone == "simple_cnn"
+    assert json.loads(run.file(runs.LABELS).read_text()) == ["bright", "dark"]
 
 
 def test_history_covers_both_stages_with_the_lower_fine_tuning_rate(trained):
@@ -58,14 +58,14 @@ def test_history_covers_both_stages_with_the_lower_fine_tuning_rate(trained):
 
 
 def test_the_model_learns_the_synthetic_task(trained):
-    metrics = json.loads(trained[0].file(R.METRICS).read_text())
+    metrics = json.loads(trained[0].file(runs.METRICS).read_text())
     assert metrics["n"] == 12
     assert metrics["accuracy"] >= 0.75        # classes differ in brightness by 150 grey levels
 
 
 def test_predictions_csv_matches_the_prediction_path(trained):
     run = trained[0]
-    table = pd.read_csv(run.file(R.PREDICTIONS))
+    table = pd.read_csv(run.file(runs.PREDICTIONS))
     predictor = Predictor(run.path)
     results = predictor.predict(table["path"].tolist()[:5])
     for row, result in zip(table.head(5).itertuples(), results):
@@ -87,7 +87,7 @@ def test_progress_events_report_stage_epoch_and_batch(trained):
 
 def test_saved_model_reloads_and_predicts_the_same(trained, tmp_path):
     run = trained[0]
-    model = keras.saving.load_model(run.file(R.MODEL), compile=False)
+    model = keras.saving.load_model(run.file(runs.MODEL), compile=False)
     model.save(tmp_path / "again.keras")
     again = keras.saving.load_model(tmp_path / "again.keras", compile=False)
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
@@ -96,16 +96,16 @@ def test_saved_model_reloads_and_predicts_the_same(trained, tmp_path):
 
 def test_external_validation_is_kept_apart_from_the_test_split(trained, tmp_path):
     run, _, _ = trained
-    before = run.file(R.METRICS).read_text()
+    before = run.file(runs.METRICS).read_text()
     external = make_class_folders(tmp_path / "hospital_b", classes=("dark", "bright", "other"), per_class=4)
     with pytest.raises(DataError, match="not trained on: other"):
         evaluate_run(run.path, external)
     result = evaluate_run(run.path, external, drop_unknown=True)
     assert result["n"] == 8
     out = run.path / "external" / "hospital_b"
-    assert json.loads((out / R.METRICS).read_text())["n"] == 8
-    assert len(pd.read_csv(out / R.PREDICTIONS)) == 8
-    assert run.file(R.METRICS).read_text() == before
+    assert json.loads((out / runs.METRICS).read_text())["n"] == 8
+    assert len(pd.read_csv(out / runs.PREDICTIONS)) == 8
+    assert run.file(runs.METRICS).read_text() == before
 
 
 def test_either_stage_can_be_skipped(tmp_path):
@@ -129,7 +129,7 @@ def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path
     assert info["status"] == "cancelled"
     assert info["epochs_completed"] == 1
     assert len(calls) == 2
-    assert not run.file(R.METRICS).exists()
+    assert not run.file(runs.METRICS).exists()
     assert Predictor(run.path).predict([str(next(root.rglob("*.png")))])[0]["label"] in ("A", "B")
 
 
@@ -154,9 +154,9 @@ def test_a_failure_during_training_marks_the_run_failed_with_the_reason(tmp_path
     with pytest.raises(RuntimeError):
         train(tiny_config(root), out_dir=tmp_path / "m", progress=explode)
     (run_dir,) = list((tmp_path / "m").iterdir())
-    info = R.RunDir(run_dir).info()
+    info = runs.RunDir(run_dir).info()
     assert info["status"] == "failed" and "disk full" in info["error"]
-    assert R.list_runs(tmp_path / "m")[0]["status"] == "failed"
+    assert runs.list_runs(tmp_path / "m")[0]["status"] == "failed"
 
 
 def test_uploaded_bytes_and_dicom_take_the_same_prediction_path(trained, tmp_path):
@@ -181,8 +181,8 @@ def test_uploaded_bytes_and_dicom_take_the_same_prediction_path(trained, tmp_pat
 
 
 def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
-    from cxrcore.train import compile_for_stage
-    from cxrcore.model import build_model
+    from cxrcore.training.train import compile_for_stage
+    from cxrcore.training.model import build_model
 
     model = build_model("simple_cnn", 2, image_size=32, weights="none")
     compile_for_stage(model, tiny_config(tmp_path, focal_loss=True, focal_gamma=3.0), "frozen", pretrained=False)
@@ -196,7 +196,7 @@ def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
 
 def test_mixed_precision_is_only_used_on_a_gpu():
     import tensorflow as tf
-    from cxrcore.devices import configure_devices
+    from cxrcore.training.devices import configure_devices
 
     _, devices = configure_devices(mixed_precision=True)
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -206,11 +206,11 @@ def test_mixed_precision_is_only_used_on_a_gpu():
 
 
 def test_compare_runs_lines_up_metrics_and_costs(trained):
-    from cxrcore.evaluate import BETTER, compare_runs
+    from cxrcore.evaluation.evaluate import BETTER, compare_runs
 
     run = trained[0]
     table = compare_runs([run.path])
-    metrics = json.loads(run.file(R.METRICS).read_text())
+    metrics = json.loads(run.file(runs.METRICS).read_text())
     column = table[run.run_id]
     assert column["accuracy"] == metrics["accuracy"]
     assert column["AUC bright"] == metrics["per_class"]["bright"]["auc"]

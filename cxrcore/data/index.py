@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from .errors import DataError, ImageDecodeError
+from ..errors import DataError, ImageDecodeError
 from .io import IMAGE_EXTENSIONS, read_header
 
 INDEX_COLUMNS = ["path", "label", "split", "patient_id", "width", "height", "mode", "bytes"]

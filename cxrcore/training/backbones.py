@@ -1,14 +1,14 @@
 """Backbone registry: each CNN described as data (builder, input size, preprocessing, Grad-CAM layer).
 
 Plain data with no TensorFlow import, so listing backbones and checking a configuration
-are instant; the Keras pieces the entries name live in :mod:`cxrcore.layers` and
-:mod:`cxrcore.model`.
+are instant; the Keras pieces the entries name live in :mod:`cxrcore.training.layers` and
+:mod:`cxrcore.training.model`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 PREPROCESS_MODES = ("caffe", "tf", "torch", "unit", "none")
 

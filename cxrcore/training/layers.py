@@ -1,6 +1,6 @@
 """The Keras layers the registry's models are made of: in-graph preprocessing and the custom CNN.
 
-Models take RGB pixels in 0..255 (what :func:`cxrcore.io.prepare_image` returns) and
+Models take RGB pixels in 0..255 (what :func:`cxrcore.data.io.prepare_image` returns) and
 do their backbone's own preprocessing inside the graph, in a :class:`Preprocess`
 layer, so a saved ``model.keras`` needs nothing but its input to predict. Importing this
 module registers the layer for loading (as ``cxrcore>Preprocess``).

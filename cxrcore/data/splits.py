@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import LabelScheme
-from .errors import ConfigError, DataError
+from ..config import LabelScheme
+from ..errors import ConfigError, DataError
 
 
 def apply_label_scheme(index: pd.DataFrame, scheme: LabelScheme, *, strict: bool = True) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 :func:`train` is the whole job (data -> run directory). Its steps are separate
 functions so other entry points (background jobs, recipes, cached-feature
-training) can reuse them: :func:`prepare_data`, :func:`cxrcore.devices.configure_devices`,
+training) can reuse them: :func:`prepare_data`, :func:`cxrcore.training.devices.configure_devices`,
 :func:`compile_for_stage`, :func:`run_stage`, :func:`finish_run`. After every epoch the
 full model (optimizer included) is kept in ``<run>/state/`` so a killed run can resume.
 """
@@ -22,19 +22,19 @@ import pandas as pd
 import tensorflow as tf
 import keras
 
-from . import runs as R
+from .. import runs
 from .backbones import get_backbone
 from .callbacks import STATE_DIR, AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState, read_resume_state
 from .devices import configure_devices
-from .config import TrainConfig
-from .data import build_index
-from .errors import RunError
-from .evaluate import evaluate_frame
+from ..config import TrainConfig
+from ..data.index import build_index
+from ..errors import RunError
+from ..evaluation.evaluate import evaluate_frame
 from .model import build_model, inference_function, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
-from .splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
+from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 
-log = logging.getLogger("cxrcore.train")
+log = logging.getLogger("cxrcore.training.train")
 ProgressFn = Optional[Callable[[dict], None]]
 
 
@@ -87,8 +87,8 @@ def run_stage(model, train_ds, val_ds, *, initial_epoch: int, final_epoch: int, 
     return initial_epoch + len(history.epoch)
 
 
-def _attach_log(run: R.RunDir) -> logging.Handler:
-    handler = logging.FileHandler(run.file(R.LOG))
+def _attach_log(run: runs.RunDir) -> logging.Handler:
+    handler = logging.FileHandler(run.file(runs.LOG))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("cxrcore").addHandler(handler)
     logging.getLogger("cxrcore").setLevel(logging.INFO)
@@ -106,9 +106,9 @@ def _inference_ms(model: keras.Model, image_size: int, repeats: int = 10) -> flo
     return round((time.perf_counter() - started) / repeats * 1000, 2)
 
 
-def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunDir | None = None,
+def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.RunDir | None = None,
           progress: ProgressFn = None, should_stop: Optional[Callable[[], bool]] = None,
-          data_progress=None, resume: bool = False) -> R.RunDir:
+          data_progress=None, resume: bool = False) -> runs.RunDir:
     """Train ``config`` end to end and return its run directory.
 
     ``progress(event)`` receives batch and epoch events (see :class:`Progress`);
@@ -123,8 +123,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunD
     spec = get_backbone(config.backbone)
     image_size = config.image_size or spec.input_size
     if resume:
-        if run is None or not run.file(R.SPLIT).exists():
-            raise RunError(f"nothing to resume: {run.path if run else 'no run'} has no {R.SPLIT}")
+        if run is None or not run.file(runs.SPLIT).exists():
+            raise RunError(f"nothing to resume: {run.path if run else 'no run'} has no {runs.SPLIT}")
         frame, classes = run.split(), run.labels()
         past = run.info()
         frame.attrs.update(root=past.get("data", config.data), layout=past.get("layout", ""))
@@ -133,8 +133,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunD
         frame, classes = prepare_data(config, progress=data_progress)
     strategy, devices = configure_devices(config.mixed_precision)
     if not devices["chief"]:  # multi-worker: only the chief writes the real run directory
-        run = R.new_run_dir(config.backbone, tempfile.mkdtemp(prefix="cxrcore-worker-"))
-    run = run or R.new_run_dir(config.backbone, out_dir)
+        run = runs.new_run_dir(config.backbone, tempfile.mkdtemp(prefix="cxrcore-worker-"))
+    run = run or runs.new_run_dir(config.backbone, out_dir)
     handler = _attach_log(run)
     started = time.time()
     try:
@@ -154,14 +154,14 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: R.RunD
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _restore(run: R.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, state: dict) -> keras.Model:
+def _restore(run: runs.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, state: dict) -> keras.Model:
     """Model (with optimizer state), history rows and best-so-far of an interrupted run."""
     model = keras.saving.load_model(str(run.path / STATE_DIR / state["model"]), compile=True)
     done = int(state["epochs_done"])
     past = run.history()
     past = past[past["epoch"] <= done] if len(past) else past
     history.rows = past.to_dict("records")
-    if len(past) and "val_loss" in past and run.file(R.MODEL).exists():
+    if len(past) and "val_loss" in past and run.file(runs.MODEL).exists():
         best = past.loc[past["val_loss"].idxmin()]
         checkpoint.best, checkpoint.best_epoch = float(best["val_loss"]), int(best["epoch"])
     log.info("resuming %s after epoch %d (stage %s)", run.run_id, done, state["stage"])
@@ -169,7 +169,7 @@ def _restore(run: R.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, s
 
 
 def _train(config, spec, image_size, frame, classes, run, progress, should_stop, started, devices,
-           resume) -> R.RunDir:
+           resume) -> runs.RunDir:
     keras.utils.set_random_seed(config.seed)
     pretrained = config.weights not in ("none", "")
     state = read_resume_state(run) if resume else None
@@ -177,9 +177,9 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         for stale in [*run.path.glob(".*tmp*"), *(run.path / STATE_DIR).glob(".tmp*")]:
             stale.unlink(missing_ok=True)
     if not resume:
-        config.save(run.file(R.CONFIG))
-        R.write_json(run.file(R.LABELS), classes)
-        R.write_csv(run.file(R.SPLIT), frame)
+        config.save(run.file(runs.CONFIG))
+        runs.write_json(run.file(runs.LABELS), classes)
+        runs.write_csv(run.file(runs.SPLIT), frame)
     counts = frame["split"].value_counts().to_dict()
     info = run.update_info(
         run_id=run.run_id, status="running", error=None, backbone=spec.name, image_size=image_size,
@@ -201,8 +201,8 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
     train_ds = make_dataset(frame[frame["split"] == "train"], training=True, augment=config.augment, **make)
     val_ds = make_dataset(frame[frame["split"] == "val"], **make)
     weights = class_weights(frame.loc[frame["split"] == "train", "label"], classes, config.class_weights)
-    checkpoint = AtomicCheckpoint(run.file(R.MODEL))
-    history = HistoryLog(run.file(R.HISTORY))
+    checkpoint = AtomicCheckpoint(run.file(runs.MODEL))
+    history = HistoryLog(run.file(runs.HISTORY))
     resume_state = ResumeState(run.path / STATE_DIR)
     cancel = Cancel(should_stop)
     if state:
@@ -213,7 +213,7 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights,
                             head=config.head)
     callbacks = [checkpoint, history, resume_state, cancel,
-                 keras.callbacks.TensorBoard(str(run.file(R.TENSORBOARD)), write_graph=False)]
+                 keras.callbacks.TensorBoard(str(run.file(runs.TENSORBOARD)), write_graph=False)]
     reporter = None
     if progress is not None:
         reporter = Progress(progress, int(train_ds.cardinality().numpy()), config.epochs + config.fine_tune_epochs)
@@ -262,7 +262,7 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
         checkpoint.set_model(model)
         checkpoint.save()
     train_seconds = round(time.time() - started, 1)
-    best = keras.saving.load_model(str(run.file(R.MODEL)), compile=False)
+    best = keras.saving.load_model(str(run.file(runs.MODEL)), compile=False)
     fields = dict(epochs_completed=epochs_done, best_epoch=checkpoint.best_epoch,
                   best_val_loss=checkpoint.best if checkpoint.best_epoch else None,
                   train_seconds=train_seconds, inference_ms_per_image=_inference_ms(best, image_size))

@@ -29,7 +29,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from ..errors import ImageDecodeError
 
 ImageSource = Union[str, os.PathLike, bytes]
 

@@ -6,7 +6,7 @@ in its own OS process.
   ``BEGIN IMMEDIATE`` transaction with a generous busy timeout).
 * :func:`submit` queues a job and makes sure a scheduler is running. The scheduler
   (``python -m cxrcore jobs worker``) starts queued jobs, one per GPU (or one on the CPU)
-  unless told otherwise, each as ``python -m cxrcore.worker JOB_ID`` in its own session,
+  unless told otherwise, each as ``python -m cxrcore.jobs.worker JOB_ID`` in its own session,
   so closing the browser, the terminal or the app does not stop it. It notices dead
   workers (kill -9, out of memory, a restart) and marks their jobs failed with the
   reason, and exits by itself after a while with nothing to do (60 s;
@@ -31,9 +31,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from . import runs as R
-from .config import TrainConfig
-from .errors import CXRError
+from .. import runs as R
+from ..config import TrainConfig
+from ..errors import CXRError
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -226,7 +226,7 @@ def submit_comparison(config: TrainConfig, backbones: list[str], *, store: JobSt
     """One job per backbone with the same data and settings, grouped; returns (group, job ids)."""
     from dataclasses import replace
 
-    from .backbones import get_backbone
+    from ..training.backbones import get_backbone
 
     store = store or JobStore()
     specs = [get_backbone(name) for name in backbones]
@@ -245,7 +245,7 @@ def submit_comparison(config: TrainConfig, backbones: list[str], *, store: JobSt
 
 def _check_data(config: TrainConfig) -> None:
     """Fail at submission, not an hour later, when the data cannot be read at all."""
-    from .data import scan_layout
+    from ..data.index import scan_layout
 
     if not config.data:
         raise JobError("the job has no dataset (config.data is empty)")
@@ -317,7 +317,7 @@ def _process_alive(pid: int | None, job_id: str) -> bool:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             return True
-        return job_id in text and "cxrcore.worker" in text
+        return job_id in text and "cxrcore.jobs.worker" in text
     return True
 
 
@@ -493,7 +493,7 @@ class Scheduler:
         log.write(f"\n==== job {job['id']} attempt {job['attempts'] + 1} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
                   f" ====\n".encode())
         log.flush()
-        proc = _spawn(["cxrcore.worker", job["id"], "--db", str(self.store.path)], log, env)
+        proc = _spawn(["cxrcore.jobs.worker", job["id"], "--db", str(self.store.path)], log, env)
         self.children[job["id"]] = (proc, gpu)
         self.store.transition(job["id"], ("queued",), status="running", pid=proc.pid, run_dir=str(run.path),
                               gpu=gpu, started=time.time(), attempts=job["attempts"] + 1, cancel_requested=0,

@@ -188,7 +188,7 @@ class Explainer:
     @classmethod
     def for_predictor(cls, predictor, **kwargs) -> "Explainer":
         """An Explainer for a :class:`cxrcore.predict.Predictor`, at its backbone's registry layer."""
-        from .backbones import get_backbone
+        from ..training.backbones import get_backbone
 
         layer = get_backbone(predictor.run.config().backbone).gradcam_layer
         return cls(predictor.model, layer, **kwargs)

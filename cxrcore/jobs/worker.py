@@ -1,6 +1,6 @@
-"""One training job in its own process: ``python -m cxrcore.worker JOB_ID --db PATH``.
+"""One training job in its own process: ``python -m cxrcore.jobs.worker JOB_ID --db PATH``.
 
-Started by the scheduler (cxrcore.jobs); reads its configuration from the job store,
+Started by the scheduler (cxrcore.jobs.store); reads its configuration from the job store,
 trains into the job's run directory, writes progress and per-epoch metrics back, polls
 for a cancel request after every batch, and records how it ended. SIGTERM (a shutdown,
 ``kill``) is treated as a graceful cancel: the job stops at the next batch, keeps its best
@@ -64,11 +64,11 @@ class CancelCheck:
 
 
 def run_job(job_id: str, db: str) -> int:
-    from .config import TrainConfig
-    from .errors import CXRError
-    from .jobs import JobStore
-    from .runs import RunDir
-    from .train import train
+    from ..config import TrainConfig
+    from ..errors import CXRError
+    from .store import JobStore
+    from ..runs import RunDir
+    from ..training.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -98,7 +98,7 @@ def run_job(job_id: str, db: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrcore.worker")
+    parser = argparse.ArgumentParser(prog="python -m cxrcore.jobs.worker")
     parser.add_argument("job_id")
     parser.add_argument("--db", required=True)
     args = parser.parse_args(argv)

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
-from . import runs as R
-from .errors import DataError
+from . import metrics
+from .. import runs
+from ..errors import DataError
 
 
 def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int,
                   batch_size: int = 32) -> np.ndarray:
     """Probabilities (n, k) for every image of ``frame``, in row order."""
-    from .pipeline import decode_error_from, make_dataset
+    from ..training.pipeline import decode_error_from, make_dataset
     import tensorflow as tf
 
     ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False)
@@ -46,11 +46,11 @@ def evaluate_frame(model, frame: pd.DataFrame, classes: list[str], image_size: i
     """Predict, compute metrics and write metrics.json, per_class.csv and predictions.csv."""
     probs = predict_frame(model, frame, classes, image_size, batch_size)
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    result = M.classification_metrics(y, probs, classes)
+    result = metrics.classification_metrics(y, probs, classes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    R.write_json(out_dir / R.METRICS, result)
-    R.write_csv(out_dir / "per_class.csv", pd.DataFrame(M.per_class_table(result)))
-    R.write_csv(out_dir / R.PREDICTIONS, predictions_table(frame, probs, classes))
+    runs.write_json(out_dir / runs.METRICS, result)
+    runs.write_csv(out_dir / "per_class.csv", pd.DataFrame(metrics.per_class_table(result)))
+    runs.write_csv(out_dir / runs.PREDICTIONS, predictions_table(frame, probs, classes))
     return result
 
 
@@ -62,11 +62,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     model does not know raise :class:`DataError` unless ``drop_unknown``. Returns the
     metrics dict, with ``out_dir`` added.
     """
-    from .data import build_index
-    from .model import load_model
-    from .splits import apply_label_scheme
+    from ..data.index import build_index
+    from ..training.model import load_model
+    from ..data.splits import apply_label_scheme
 
-    run = R.RunDir(run_dir)
+    run = runs.RunDir(run_dir)
     model_path = run.require_model()
     classes, config = run.labels(), run.config()
     image_size = int(model_input_size(run))
@@ -90,14 +90,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     started = time.time()
     result = evaluate_frame(model, frame, classes, image_size, out_dir, batch_size=config.batch_size)
     if data is not None:
-        R.write_json(out_dir / "source.json", {"data": str(Path(data).resolve()), "n": result["n"],
+        runs.write_json(out_dir / "source.json", {"data": str(Path(data).resolve()), "n": result["n"],
                                                "dropped_unknown": bool(drop_unknown),
                                                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                "seconds": round(time.time() - started, 2)})
     return {**result, "out_dir": str(out_dir)}
 
 
-def model_input_size(run: R.RunDir) -> int:
+def model_input_size(run: runs.RunDir) -> int:
     """The square input size the run's model was trained at."""
     info = run.info()
     if info.get("image_size"):
@@ -105,7 +105,7 @@ def model_input_size(run: R.RunDir) -> int:
     config = run.config()
     if config.image_size:
         return int(config.image_size)
-    from .backbones import get_backbone
+    from ..training.backbones import get_backbone
     return get_backbone(config.backbone).input_size
 
 
@@ -125,9 +125,9 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
 
     columns = {}
     for path in run_dirs:
-        run = R.RunDir(path)
+        run = runs.RunDir(path)
         info = run.info()
-        metrics = json.loads(run.file(R.METRICS).read_text()) if run.file(R.METRICS).exists() else {}
+        metrics = json.loads(run.file(runs.METRICS).read_text()) if run.file(runs.METRICS).exists() else {}
         column = {"backbone": info.get("backbone"), "accuracy": metrics.get("accuracy"),
                   "macro F1": metrics.get("macro_f1"), "macro AUC": metrics.get("macro_auc")}
         for name, values in metrics.get("per_class", {}).items():

@@ -1,6 +1,6 @@
 """The tf.data input pipeline: decode, resize, cache, shuffle, batch, augment, prefetch.
 
-Decoding goes through :func:`cxrcore.io.prepare_image` (inside ``tf.numpy_function``),
+Decoding goes through :func:`cxrcore.data.io.prepare_image` (inside ``tf.numpy_function``),
 the same function the prediction path uses. Decoded, resized images are cached as
 ``uint8`` (224 px: ~150 kB per image), so epochs after the first skip decoding.
 Augmentation uses Keras preprocessing layers on whole batches, after the cache, in a
@@ -16,9 +16,9 @@ import pandas as pd
 import tensorflow as tf
 import keras
 
-from .config import AugmentConfig
-from .errors import DataError
-from .io import prepare_image
+from ..config import AugmentConfig
+from ..errors import DataError
+from ..data.io import prepare_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import keras
 import pandas as pd
 
-from .runs import write_csv
+from ..runs import write_csv
 
 
 def _clean(logs: dict | None) -> dict:
@@ -135,7 +135,7 @@ class ResumeState(keras.callbacks.Callback):
             self._write(epochs_done, complete=True)
 
     def _write(self, epochs_done: int, complete: bool) -> None:
-        from .runs import write_json
+        from ..runs import write_json
         write_json(self.folder / _RESUME_FILE, {"stage": self.stage, "stage_start": self.stage_start,
                                                 "epochs_done": epochs_done, "stage_complete": complete,
                                                 "model": self._model_file})

@@ -14,8 +14,8 @@ import keras
 
 from .backbones import Backbone, get_backbone
 from .layers import Preprocess, simple_cnn
-from .config import HeadConfig
-from .errors import WeightsError
+from ..config import HeadConfig
+from ..errors import WeightsError
 
 _NON_BACKBONE = ("image", "preprocess", "predictions")
 
@@ -157,5 +157,5 @@ def load_model(path: str | Path) -> keras.Model:
     try:
         return keras.saving.load_model(str(path), compile=False)
     except (OSError, ValueError, FileNotFoundError) as exc:
-        from .errors import RunError
+        from ..errors import RunError
         raise RunError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None

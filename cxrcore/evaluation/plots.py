@@ -1,7 +1,7 @@
 """plotly figure builders: pure functions, data in, ``go.Figure`` out (no I/O, no Streamlit).
 
 Inputs are the structures cxrcore already produces: an index DataFrame, a metrics
-dict from :func:`cxrcore.metrics.classification_metrics`, a ``history.csv`` frame.
+dict from :func:`cxrcore.evaluation.metrics.classification_metrics`, a ``history.csv`` frame.
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM, Grad-CAM++, Score-CAM and overlays (cam)."""
