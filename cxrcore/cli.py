@@ -70,13 +70,21 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="parent folder of the run directory (default: models/)")
 
 
-def config_from_args(args: argparse.Namespace):
-    """A TrainConfig from ``--config`` (or defaults) with the given flags applied."""
+def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
+    """A TrainConfig from ``--config`` (or defaults) with the given flags applied, resolved
+    (:meth:`TrainConfig.resolved`: weights, image size and unfreeze depth left to the backbone
+    filled from it). ``resolve=False`` keeps them open, for a comparison over several backbones.
+
+    ``--backbone`` on top of a ``--config`` for another backbone lets the settings that follow
+    the backbone follow the new one, unless they are given as flags too.
+    """
     from dataclasses import replace
 
-    from .config import LABEL_PRESETS, TrainConfig, extend_scheme
+    from .config import AUTO, LABEL_PRESETS, TrainConfig, extend_scheme
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.backbone is not None and args.backbone != config.backbone:
+        config = replace(config, weights=AUTO, image_size=None, unfreeze=None)
     simple = ["data", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
               "unfreeze", "optimizer", "learning_rate", "fine_tune_lr_factor", "patience",
               "reduce_lr_patience", "class_weights", "focal_loss", "focal_gamma", "label_smoothing",
@@ -99,10 +107,7 @@ def config_from_args(args: argparse.Namespace):
                                       rename=args.rename or (), merge=args.merge or (), drop=args.drop or ())
     if not config.data:
         raise CXRError("--data is required (a dataset folder or CSV manifest)")
-    from .training.backbones import get_backbone
-    if args.weights is None and not get_backbone(config.backbone).pretrained:
-        config.weights = "none"  # a custom CNN has no ImageNet weights: default to training from scratch
-    return config.validate()
+    return config.resolved() if resolve else config.validate()
 
 
 def _print_epoch(event: dict) -> None:
@@ -119,14 +124,9 @@ def cmd_train(args) -> int:
     if args.resume:
         from .runs import RunDir
 
-        run = RunDir(args.resume)
-        if not run.file("config.json").exists():
-            raise CXRError(f"nothing to resume: {run.path} is not a run directory (no config.json)")
-        status = run.info().get("status")
-        if status == "succeeded":
-            raise CXRError(f"{run.path} already finished; nothing to resume")
-        from .training.train import train
-        run = train(run.config(), run=run, progress=_print_epoch, resume=True)
+        RunDir(args.resume).check_resumable()         # a finished or still-running run is refused at once
+        from .training.train import resume_run
+        run = resume_run(args.resume, progress=_print_epoch)
     else:
         from .data.index import scan_layout
 
@@ -197,7 +197,7 @@ def cmd_demo_data(args) -> int:
     from .data.demo import make_demo_dataset
 
     path = make_demo_dataset(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
-    print(f"synthetic demo dataset (not real radiographs) written to:", file=sys.stderr)
+    print("synthetic demo dataset (not real radiographs) written to:", file=sys.stderr)
     print(path)
     return 0
 
@@ -221,17 +221,18 @@ def _jobs_store(args):
     return JobStore(args.db)
 
 
-_JOB_FIELDS = ("id", "group_id", "status", "pid", "device", "gpu", "stage", "epoch", "epochs", "batch", "batches",
-               "run_dir", "error", "attempts", "resumed_from_epoch", "created", "started", "finished")
+_JOB_FIELDS = ("id", "group_id", "status", "state", "backbone", "pid", "device", "gpu", "stage", "epoch", "epochs",
+               "batch", "batches", "epochs_completed", "run_dir", "error", "attempts", "resumed_from_epoch",
+               "created", "started", "finished")
 
 
 def cmd_jobs_submit(args) -> int:
-    from .jobs.store import submit, submit_comparison
+    from .jobs.queue import submit, submit_comparison
 
     names = [b.strip() for b in (args.backbone or "").split(",") if b.strip()]
     if len(names) > 1:
         args.backbone = names[0]
-        config = config_from_args(args)
+        config = config_from_args(args, resolve=False)     # weights, size, unfreeze follow each backbone
         group, ids = submit_comparison(config, names, store=_jobs_store(args), out_dir=args.out)
         print(f"comparison {group}: {len(ids)} jobs queued", file=sys.stderr)
         for job_id in ids:
@@ -243,7 +244,9 @@ def cmd_jobs_submit(args) -> int:
 
 
 def cmd_jobs_list(args) -> int:
-    jobs = _jobs_store(args).list(status=args.status, group=args.group)
+    from .jobs.queue import list_jobs
+
+    jobs = list_jobs(store=_jobs_store(args), status=args.status, group=args.group)
     if args.json:
         print(json.dumps([{k: j[k] for k in _JOB_FIELDS} for j in jobs]))
         return 0
@@ -251,27 +254,29 @@ def cmd_jobs_list(args) -> int:
         print("no jobs yet: submit one with `python -m cxrcore jobs submit --data DATA --backbone NAME`",
               file=sys.stderr)
         return 0
-    print(f"{'id':<12}{'status':<11}{'backbone':<18}{'progress':<22}{'group':<14}error")
+    print(f"{'id':<12}{'status':<12}{'backbone':<18}{'progress':<22}{'group':<14}error")
     for j in jobs:
         where = f"{j['stage'] or ''} {j['epoch'] or 0}/{j['epochs'] or '?'}" if j["stage"] else ""
-        print(f"{j['id']:<12}{j['status']:<11}{j['config']['backbone']:<18}{where:<22}{j['group_id'] or '':<14}"
+        print(f"{j['id']:<12}{j['status']:<12}{j['backbone']:<18}{where:<22}{j['group_id'] or '':<14}"
               f"{j['error'] or ''}")
     return 0
 
 
 def cmd_jobs_show(args) -> int:
-    store = _jobs_store(args)
-    job = store.get(args.job_id)
+    from .jobs.queue import get
+    from .runs import RunDir
+
+    job = get(args.job_id, store=_jobs_store(args))
     out = {k: job[k] for k in _JOB_FIELDS}
-    out["backbone"] = job["config"]["backbone"]
     out["metrics"] = job["metrics"]
-    out["history"] = store.epochs(job["id"]) if args.history else None
+    history = RunDir(job["run_dir"]).history() if args.history and job["run_dir"] else None
+    out["history"] = history.to_dict("records") if history is not None else None
     print(json.dumps(out))
     return 0
 
 
 def cmd_jobs_cancel(args) -> int:
-    from .jobs.store import cancel
+    from .jobs.queue import cancel
 
     job = cancel(args.job_id, store=_jobs_store(args), force=args.force, wait=0 if args.no_wait else args.timeout)
     print(f"job {job['id']}: {job['status']}" + (" (cancel requested)" if job["status"] == "running" else ""),
@@ -281,7 +286,7 @@ def cmd_jobs_cancel(args) -> int:
 
 
 def cmd_jobs_resume(args) -> int:
-    from .jobs.store import resume
+    from .jobs.queue import resume
 
     job = resume(args.job_id, store=_jobs_store(args))
     print(job["id"])
@@ -289,7 +294,7 @@ def cmd_jobs_resume(args) -> int:
 
 
 def cmd_jobs_wait(args) -> int:
-    from .jobs.store import wait
+    from .jobs.queue import wait
 
     job = wait(args.job_id, store=_jobs_store(args), timeout=args.timeout)
     print(job["status"])
@@ -297,7 +302,7 @@ def cmd_jobs_wait(args) -> int:
 
 
 def cmd_jobs_worker(args) -> int:
-    from .jobs.store import Scheduler
+    from .jobs.scheduler import Scheduler
 
     scheduler = Scheduler(_jobs_store(args), max_jobs=args.max_jobs, gpus_per_job=args.gpus_per_job,
                           idle_exit=args.idle_exit or None)
@@ -309,14 +314,15 @@ def cmd_jobs_worker(args) -> int:
 
 def _add_jobs_parser(sub) -> None:
     jobs = sub.add_parser("jobs", help="background training jobs")
-    jobs.add_argument("--db", help="job database (default: models/jobs.sqlite; CXRCORE_MODELS moves it)")
+    jobs.add_argument("--db", help="job database (default: the project's models/jobs.sqlite; CXRCORE_MODELS "
+                                   "moves it)")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
     p = jsub.add_parser("submit", help="queue a training job (options as for train); prints the job id last")
     _add_train_options(p)
     p.epilog = "--backbone a,b,c queues a comparison: one job per backbone, same data and settings"
     p.set_defaults(func=cmd_jobs_submit)
     p = jsub.add_parser("list", help="jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
     p.add_argument("--group")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs_list)
@@ -330,7 +336,8 @@ def _add_jobs_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing (default 60)")
     p.add_argument("--no-wait", action="store_true", help="only ask the job to stop")
     p.set_defaults(func=cmd_jobs_cancel)
-    p = jsub.add_parser("resume", help="queue a failed or cancelled job again from its last completed epoch")
+    p = jsub.add_parser("resume", help="queue an ended job again: its run continues from its last completed "
+                                       "epoch (a finished run is final and refused)")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_resume)
     p = jsub.add_parser("wait", help="wait for a job to finish; prints its status")

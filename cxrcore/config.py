@@ -3,6 +3,10 @@
 ``TrainConfig.from_dict(cfg.to_dict()) == cfg`` always holds, and unknown keys or
 out-of-range values raise :class:`ConfigError` naming the field, so a config file
 written by hand fails loudly instead of being half-applied.
+
+Weights, image size and unfreeze depth may be left to the backbone (``"auto"``, None, None);
+:meth:`TrainConfig.resolved` fills them from the backbone registry, and is the only place
+that rule lives.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .errors import ConfigError, WeightsError
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
 CLASS_WEIGHTS = ("none", "balanced")
+AUTO = "auto"       # weights: the backbone's default (see TrainConfig.resolved)
 
 
 @dataclass
@@ -99,7 +104,7 @@ class TrainConfig:
 
     data: str = ""
     backbone: str = "mobilenetv2_1.0"
-    weights: str = "imagenet"                  # imagenet | none | path to a weights file
+    weights: str = "auto"                      # auto (the backbone's default) | imagenet | none | path to a file
     image_size: int | None = None              # None: the backbone's default size
     batch_size: int = 32
     epochs: int = 10                           # stage 1: frozen backbone
@@ -126,6 +131,49 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> "TrainConfig":
+        """This configuration as it will run: a validated copy with the settings left to the
+        backbone (weights ``"auto"``, ``image_size`` and ``unfreeze`` None) taken from its
+        registry entry. The one place that rule lives: the dashboard and the CLI call it (and
+        :meth:`for_backbone`, for each job of a comparison), so what they show and save is
+        what trains.
+
+        - weights ``"auto"``: ``"imagenet"`` for a backbone with ImageNet weights, ``"none"``
+          (train from scratch) for one without, e.g. ``simple_cnn``;
+        - ``image_size`` None: the backbone's input size;
+        - ``unfreeze`` None: the backbone's default depth, or -1 (all) when it trains from
+          scratch (without pretrained weights the whole network trains in both stages).
+
+        Values set explicitly are kept, and checked as :meth:`validate` checks them
+        (``weights="imagenet"`` for ``simple_cnn`` is still an error). Calling it again
+        changes nothing.
+        """
+        from .training.backbones import get_backbone       # plain data: no TensorFlow behind it
+        spec = get_backbone(self.backbone)                 # ConfigError naming the valid backbones
+        weights = self.weights
+        if weights == AUTO:
+            weights = "imagenet" if spec.pretrained else "none"
+        unfreeze = self.unfreeze
+        if unfreeze is None:
+            unfreeze = -1 if weights in ("none", "") else spec.unfreeze
+        return dataclasses.replace(self, weights=weights, image_size=self.image_size or spec.input_size,
+                                   unfreeze=unfreeze).validate()
+
+    def for_backbone(self, backbone: str) -> "TrainConfig":
+        """These settings on ``backbone``, resolved: one job of a comparison.
+
+        Pass the configuration *before* :meth:`resolved`, so that what was left to the
+        backbone follows each backbone. ImageNet weights asked for a backbone that has none
+        (``simple_cnn`` in a comparison with pretrained backbones) mean it trains from
+        scratch, as ``"auto"`` would; everything else is as :meth:`resolved`.
+        """
+        from .training.backbones import get_backbone
+
+        config = dataclasses.replace(self, backbone=backbone)
+        if config.weights == "imagenet" and not get_backbone(backbone).pretrained:
+            config.weights = AUTO
+        return config.resolved()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":

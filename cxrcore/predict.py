@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from . import runs
-from .evaluation.evaluate import model_input_size
 from .data.io import ImageSource, prepare_image
 from .training.model import inference_function, load_model
 
@@ -26,7 +25,7 @@ class Predictor:
         self.run = runs.RunDir(run_dir)
         self.model = load_model(self.run.require_model())
         self.labels = self.run.labels()
-        self.image_size = model_input_size(self.run)
+        self.image_size = self.run.image_size()
         self._forward = inference_function(self.model, self.image_size)
 
     def prepare(self, source: ImageSource, name: str | None = None) -> np.ndarray:

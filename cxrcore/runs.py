@@ -1,20 +1,29 @@
-"""Run directories: what a training run writes, where, and how to read it back.
+"""Run directories: what a training run writes, where, and the one place its facts are read.
 
-``models/<run_id>/`` (``models/`` is where the dashboard looks; ``CXRCORE_MODELS``
-moves it) holds::
+``models/<run_id>/`` (``models/`` in the project; ``CXRCORE_MODELS`` moves it) holds::
 
     config.json       the TrainConfig            labels.json     class names, model output order
-    split.csv         the index with the split   history.csv     one row per epoch, both stages
+    split.csv         the index with the split   history.csv     one row per completed epoch
     model.keras       best checkpoint            metrics.json    test-split metrics
-    predictions.csv   per-image test results     run.json        status, device, timings, versions
+    predictions.csv   per-image test results     run.json        status, process, device, timings
     train.log         the training log           tensorboard/    TensorBoard logs
-    external/<name>/  evaluations on other labelled folders
+    state/            resume state (until the run succeeds)
+    external/<name>/  evaluations on other labelled data, one folder per dataset
+
+:class:`RunDir` is the only owner of a run's facts: its status (including whether the
+process training it is still alive), epochs completed, history, metrics, image size and
+external evaluations. The job queue (:mod:`cxrcore.jobs`) knows only what is queued and
+which process holds it; pages and the CLI read everything else from here.
+
+A run that succeeded is final: no training path writes into it again
+(:meth:`RunDir.check_resumable` refuses), and evaluations and other additions go beside it.
 
 Every JSON/CSV file and the checkpoint are written to a temporary file and renamed,
 so a killed process never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -29,12 +38,19 @@ from .errors import RunError
 
 CONFIG, LABELS, SPLIT, HISTORY = "config.json", "labels.json", "split.csv", "history.csv"
 MODEL, METRICS, PREDICTIONS, INFO = "model.keras", "metrics.json", "predictions.csv", "run.json"
-LOG, TENSORBOARD, EXTERNAL = "train.log", "tensorboard", "external"
+PER_CLASS, SOURCE = "per_class.csv", "source.json"
+LOG, TENSORBOARD, EXTERNAL, STATE_DIR = "train.log", "tensorboard", "external", "state"
+RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
+
+#: statuses :meth:`RunDir.status` returns
+STATUSES = ("new", "running", "interrupted", "succeeded", "failed", "cancelled")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def models_dir() -> Path:
-    """Default parent of run directories: ``$CXRCORE_MODELS`` or ``./models``."""
-    return Path(os.environ.get("CXRCORE_MODELS") or "models")
+    """The one models folder (absolute) shared by the CLI, the scheduler, the workers and the app:
+    ``$CXRCORE_MODELS`` when set, else the project's ``models/``, whatever the working directory."""
+    return Path(os.environ.get("CXRCORE_MODELS") or PROJECT_ROOT / "models").expanduser().resolve()
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -53,12 +69,58 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+    """Letters, digits, ``_ . -`` only, never starting with a dot (no ``..``, no hidden names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "run"
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), to tell a live process
+    from a later one that reused its pid; None where /proc is not available or the pid is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def process_alive(pid: int | None, started: str | None = None) -> bool:
+    """Whether ``pid`` runs on this machine (and, when ``started`` is known, is the same process)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if started is not None:
+        now = process_start_time(int(pid))
+        return now is None or now == started
+    return True
+
+
+def this_process() -> dict:
+    """The fields that let :meth:`RunDir.status` check that a run's process is alive."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_started": process_start_time(os.getpid())}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One saved evaluation: the test split's (``name`` "test") or an external dataset's."""
+
+    name: str
+    folder: Path
+    metrics: dict
+    source: dict
+
+    def predictions(self) -> pd.DataFrame:
+        path = self.folder / PREDICTIONS
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 @dataclass
 class RunDir:
-    """A run directory on disk."""
+    """A run directory on disk, and the one reader of its facts."""
 
     path: Path
 
@@ -72,6 +134,9 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def exists(self) -> bool:
+        return self.file(CONFIG).is_file()
+
     def read_json(self, name: str) -> dict | list:
         path = self.file(name)
         try:
@@ -81,6 +146,7 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise RunError(f"{path} is corrupt: {exc}") from None
 
+    # -- what it was trained on --------------------------------------------------------------
     def labels(self) -> list[str]:
         return list(self.read_json(LABELS))
 
@@ -89,6 +155,7 @@ class RunDir:
         return TrainConfig.from_dict(self.read_json(CONFIG))
 
     def info(self) -> dict:
+        """``run.json`` as written (status there is not checked for liveness: use :meth:`status`)."""
         return self.read_json(INFO) if self.file(INFO).exists() else {}
 
     def update_info(self, **fields) -> dict:
@@ -102,21 +169,150 @@ class RunDir:
             raise RunError(f"{self.path} has no {SPLIT}")
         return pd.read_csv(path, dtype={"patient_id": str, "split": str, "label": str}, keep_default_na=False)
 
-    def history(self) -> pd.DataFrame:
-        path = self.file(HISTORY)
-        return pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame()
+    def image_size(self) -> int:
+        """The square input size the run's model was trained at."""
+        info = self.info()
+        if info.get("image_size"):
+            return int(info["image_size"])
+        config = self.config()
+        if config.image_size:
+            return int(config.image_size)
+        from .training.backbones import get_backbone
+        return get_backbone(config.backbone).input_size
+
+    # -- outcome -----------------------------------------------------------------------------
+    def status(self) -> str:
+        """``new`` (nothing started yet), ``running``, ``interrupted`` (its process is gone
+        without recording an end: killed, or the machine restarted), ``succeeded``, ``failed``
+        or ``cancelled``."""
+        info = self.info()
+        status = info.get("status") or "new"
+        if status == "running" and info.get("host") == socket.gethostname() and \
+                not process_alive(info.get("pid"), info.get("pid_started")):
+            return "interrupted"
+        return status
+
+    def error(self) -> str | None:
+        """Why the run failed (None unless it did)."""
+        return self.info().get("error") if self.status() == "failed" else None
+
+    @property
+    def is_final(self) -> bool:
+        """A run that succeeded: its model, history and test results never change again."""
+        return self.info().get("status") == "succeeded"
+
+    def record_end(self, status: str, reason: str) -> bool:
+        """Record how a run ended when its own process could not (it was killed): only for a run
+        whose process is gone without a record (status ``interrupted``); True when recorded. A
+        run that ended by itself, finished ones above all, is never touched."""
+        if self.status() != "interrupted":
+            return False
+        self.update_info(status=status, error=reason if status == "failed" else None,
+                         stopped_by=reason, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return True
+
+    def resume_state(self) -> dict | None:
+        """The last completed epoch's state, or None when there is none to resume from."""
+        path = self.path / STATE_DIR / RESUME_FILE
+        try:
+            state = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        model = state.get("model")
+        return state if model and (path.parent / model).is_file() else None
+
+    def epochs_completed(self) -> int:
+        """Epochs that ran every batch: from the run's record once it ended, else its resume state."""
+        info = self.info()
+        if info.get("status") in ("succeeded", "cancelled", "failed") and info.get("epochs_completed") is not None:
+            return int(info["epochs_completed"])
+        state = self.resume_state()
+        return int(state["epochs_done"]) if state else 0
+
+    def check_resumable(self) -> dict | None:
+        """Raise :class:`RunError` saying why this run cannot be resumed; else its resume state
+        (None: no epoch completed, so it starts again from epoch 1). The one check every resume
+        path (``train --resume``, ``jobs resume``, the dashboard) goes through."""
+        if not self.path.is_dir():
+            raise RunError(f"nothing to resume: the run directory {self.path} does not exist")
+        if not self.exists() or not self.file(SPLIT).exists():
+            raise RunError(f"nothing to resume: {self.path} is not a run directory ({CONFIG} or {SPLIT} missing)")
+        status = self.status()
+        if status == "succeeded":
+            raise RunError(f"{self.path} already finished (succeeded); a finished run is final and is never "
+                           f"trained again. Start a new run with its settings: "
+                           f"python -m cxrcore train --config {self.file(CONFIG)}")
+        if status == "running":
+            info = self.info()
+            raise RunError(f"{self.path} is still training (process {info.get('pid')} on {info.get('host')}); "
+                           "cancel or stop it before resuming")
+        return self.resume_state()
+
+    # -- results -----------------------------------------------------------------------------
+    def has_model(self) -> bool:
+        return self.file(MODEL).is_file()
 
     def require_model(self) -> Path:
         if not self.path.is_dir():
             raise RunError(f"run directory not found: {self.path}")
-        model = self.file(MODEL)
-        if not model.exists():
+        if not self.has_model():
             raise RunError(f"{self.path} has no trained model ({MODEL}); did its training finish?")
-        return model
+        return self.file(MODEL)
+
+    def history(self) -> pd.DataFrame:
+        """One row per completed epoch over both stages (empty before the first)."""
+        path = self.file(HISTORY)
+        try:
+            return pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame()
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
+            return pd.DataFrame()
+
+    def _evaluation(self, name: str, folder: Path) -> Evaluation | None:
+        try:
+            metrics = json.loads((folder / METRICS).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            source = json.loads((folder / SOURCE).read_text())
+        except (OSError, ValueError):
+            source = {}
+        return Evaluation(name, folder, metrics, source)
+
+    def metrics(self) -> dict | None:
+        """The test split's metrics (None until the run has them)."""
+        evaluation = self.test_evaluation()
+        return evaluation.metrics if evaluation else None
+
+    def test_evaluation(self) -> Evaluation | None:
+        return self._evaluation("test", self.path)
 
     def external_dir(self, data: str | Path) -> Path:
-        data = Path(data).resolve()
-        return self.path / EXTERNAL / _slug(data.stem if data.is_file() else data.name)
+        """The folder holding the evaluation on ``data``: ``external/<parent>-<name>-<hash>``, one
+        per dataset (the hash is of its absolute path), always inside ``external/``."""
+        data = Path(data).expanduser().resolve()
+        stem = data.stem if data.suffix.lower() == ".csv" else data.name
+        digest = hashlib.sha1(str(data).encode()).hexdigest()[:8]
+        name = f"{_slug(data.parent.name)[:40]}-{_slug(stem)[:40]}-{digest}"
+        folder = (self.path / EXTERNAL / name).resolve()
+        if folder.parent != (self.path / EXTERNAL).resolve():
+            raise RunError(f"cannot place the evaluation of {data} inside {self.path / EXTERNAL}")
+        return folder
+
+    def external_evaluations(self) -> list[Evaluation]:
+        """Saved evaluations on other labelled data, newest first."""
+        root = self.path / EXTERNAL
+        found = [self._evaluation(p.name, p) for p in sorted(root.iterdir())] if root.is_dir() else []
+        found = [e for e in found if e is not None]
+        return sorted(found, key=lambda e: e.source.get("evaluated_at", ""), reverse=True)
+
+    def summary(self) -> dict:
+        """What run pickers and lists show: id, path, backbone, status and headline metrics."""
+        info, metrics = self.info(), self.metrics() or {}
+        return {"run_id": self.run_id, "path": str(self.path), "backbone": self.read_json(CONFIG).get("backbone"),
+                "status": self.status(), "has_model": self.has_model(), "error": self.error(),
+                "epochs_completed": self.epochs_completed(), "image_size": info.get("image_size"),
+                "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
+                "macro_auc": metrics.get("macro_auc")}
 
 
 def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:
@@ -134,37 +330,18 @@ def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:
     raise RunError(f"cannot create a run directory under {parent}")
 
 
-def run_status(info: dict) -> str:
-    """A run's status, with ``interrupted`` for a "running" run whose process is gone on this host
-    (killed, or the machine restarted): ``python -m cxrcore train --resume RUN_DIR`` continues it."""
-    status = info.get("status", "unknown")
-    if status == "running" and info.get("pid") and info.get("host") == socket.gethostname():
-        try:
-            os.kill(int(info["pid"]), 0)
-        except ProcessLookupError:
-            return "interrupted"
-        except PermissionError:
-            pass
-    return status
-
-
 def list_runs(parent: str | Path | None = None) -> list[dict]:
-    """Runs under ``parent`` (newest first): id, path, backbone, status and headline metrics."""
+    """Runs under ``parent`` (newest first), as :meth:`RunDir.summary` rows; unreadable ones skipped."""
     parent = Path(parent) if parent else models_dir()
     if not parent.is_dir():
         return []
-    runs = []
+    rows = []
     for path in sorted(parent.iterdir(), reverse=True):
-        if not (path / CONFIG).is_file():
-            continue
         run = RunDir(path)
+        if not run.exists():
+            continue
         try:
-            info, config = run.info(), run.read_json(CONFIG)
-            metrics = run.read_json(METRICS) if run.file(METRICS).exists() else {}
+            rows.append(run.summary())
         except RunError:
             continue
-        runs.append({"run_id": run.run_id, "path": str(path), "backbone": config.get("backbone"),
-                     "status": run_status(info), "has_model": run.file(MODEL).exists(),
-                     "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
-                     "macro_auc": metrics.get("macro_auc")})
-    return runs
+    return rows

@@ -1,13 +1,11 @@
 """Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices, and one image through each."""
-import json
-
 import streamlit as st
 
 from cxrcore.evaluation import plots
 from cxrcore import runs as run_files
 from cxrcore.evaluation.evaluate import BETTER, compare_runs
 from cxrcore.explain.cam import METHOD_LABELS
-from pages.shared import require_app, analyse, no_models, run_label, show_error, trained_runs
+from pages.shared import CXRError, require_app, analyse, no_models, run_label, show_error, trained_runs
 
 require_app()
 st.title("Compare")
@@ -43,11 +41,7 @@ st.subheader("Metrics (best in green)")
 st.dataframe(table.style.apply(highlight, axis=1).format(precision=3, na_rep="n/a"), width="stretch")
 st.caption("Test-split metrics are only comparable between runs trained on the same data and split.")
 
-metrics = {}
-for r in chosen:
-    path = run_files.RunDir(r["path"]).file(run_files.METRICS)
-    if path.exists():
-        metrics[r["run_id"]] = json.loads(path.read_text())
+metrics = {r["run_id"]: m for r in chosen if (m := run_files.RunDir(r["path"]).metrics()) is not None}
 if metrics:
     classes = sorted({c for m in metrics.values() for c in m["classes"]})
     cls = st.selectbox("ROC for class", classes, key="compare_class")
@@ -68,7 +62,7 @@ if upload is not None:
     for col, r in zip(cols, chosen):
         try:
             result = analyse(r["path"], upload.name, upload.getvalue(), method, "jet", 0.4)
-        except Exception as exc:
+        except CXRError as exc:
             with col:
                 show_error(exc)
             continue

@@ -4,7 +4,7 @@ import streamlit as st
 from cxrcore.evaluation import plots
 from cxrcore.config import AugmentConfig
 from cxrcore.data.io import prepare_image
-from pages.shared import (require_app, current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
+from pages.shared import (CXRError, require_app, current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
                           split_preview, synthetic_banner)
 
 require_app()
@@ -26,7 +26,7 @@ with st.expander("Open a dataset", expanded=False):
 path = current_dataset()
 try:
     index, info = load_index(path)
-except Exception as exc:  # CXRError: a missing folder, an empty class, an unreadable image
+except CXRError as exc:  # a missing folder, an empty class, an unreadable image
     st.subheader(path)
     show_error(exc)
     st.stop()
@@ -68,7 +68,7 @@ grid = st.columns(6)
 for i, image_path in enumerate(paths[(page - 1) * per_page: page * per_page]):
     try:
         grid[i % 6].image(prepare_image(image_path, 160), caption=image_path.rsplit("/", 1)[-1], width="stretch")
-    except Exception as exc:
+    except CXRError as exc:
         grid[i % 6].error(str(exc))
 
 # -- augmentation preview --------------------------------------------------------------------

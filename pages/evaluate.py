@@ -1,15 +1,15 @@
 """Evaluate: a run's test-split metrics, curves, mistakes, and external validation."""
-import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from cxrcore.evaluation import plots
 from cxrcore import runs
 from cxrcore.data.io import prepare_image
+from cxrcore.evaluation import plots
 from cxrcore.evaluation.metrics import per_class_table
-from pages.shared import require_app, pick_run, show_error
+from cxrcore.jobs import queue as job_queue
+from pages.shared import CXRError, jobs, pick_run, require_app, show_error
 
 require_app()
 st.title("Evaluate")
@@ -17,11 +17,9 @@ run_info = pick_run("evaluate_run")
 if run_info is None:
     st.stop()
 run = runs.RunDir(run_info["path"])
-info = run.info()
-info["status"] = runs.run_status(info)
-st.caption(f"{info.get('backbone')} at {info.get('image_size')} px · trained on `{info.get('data')}` · "
-           f"{info.get('device', '?')} · {info.get('epochs_completed', '?')} "
-           f"epoch{'' if info.get('epochs_completed') == 1 else 's'} · status {info.get('status')}")
+info, status, epochs = run.info(), run.status(), run.epochs_completed()
+st.caption(f"{info.get('backbone')} at {run.image_size()} px · trained on `{info.get('data')}` · "
+           f"{info.get('device', '?')} · {epochs} epoch{'' if epochs == 1 else 's'} completed · status {status}")
 
 
 def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:
@@ -59,35 +57,43 @@ def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
         probs = ", ".join(f"{c} {row[f'prob_{c}']:.2f}" for c in classes if f"prob_{c}" in row)
         try:
             col.image(prepare_image(row["path"], 192), width="stretch")
-        except Exception as exc:
+        except CXRError as exc:
             col.error(str(exc))
         col.caption(f"true **{row['true_label']}**, predicted **{row['pred_label']}** ({row['confidence']:.2f})  \n"
                     f"{probs}  \n`{Path(row['path']).name}`")
 
 
-def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame] | None:
-    try:
-        metrics = json.loads((folder / runs.METRICS).read_text())
-        table = pd.read_csv(folder / runs.PREDICTIONS)
-    except (OSError, ValueError):
-        return None
-    return metrics, table
+def resume_offer() -> None:
+    """The one resume path (the Train page's button and `train --resume` use it too)."""
+    st.caption(f"Continue it from its last completed epoch ({epochs} done) in the background, or in a terminal "
+               f"with `python -m cxrcore train --resume {run.path}`.")
+    if st.button("Resume in the background", key="evaluate_resume"):
+        try:
+            job = job_queue.resume_run(run.path, store=jobs())
+            st.success(f"Job `{job['id']}` queued: follow it on the Train page.")
+        except CXRError as exc:
+            show_error(exc)
 
 
 tabs = st.tabs(["Test split", "Training curves", "External validation"])
 with tabs[0]:
-    test = read_evaluation(run.path)
-    if test is None and info.get("status") == "running":
+    test = run.test_evaluation()
+    if status == "running":
         st.info("This run is still training: its test-split metrics appear when it finishes. Its best "
                 "checkpoint so far can already be used on the Predict page.")
-    elif test is None and info.get("status") == "interrupted":
-        st.warning(f"This run was interrupted (its process is gone). Continue it from its last completed epoch "
-                   f"with `python -m cxrcore train --resume {run.path}`.")
-    elif test is None:
-        st.info(f"This run has no test-split metrics (status: {info.get('status')}; cancelled or failed before "
-                f"the end, or no test split). Evaluate it with `python -m cxrcore evaluate {run.path}`.")
-    else:
-        metrics_view(*test, key="evaluate_test")
+    elif status in ("interrupted", "failed", "cancelled"):
+        reason = {"interrupted": "its process stopped without recording an end (killed, or the machine restarted)",
+                  "failed": f"it failed: {run.error() or 'no reason recorded'}",
+                  "cancelled": "it was cancelled"}[status]
+        st.warning(f"This run did not finish: {reason}.")
+        resume_offer()
+    if test is not None:
+        if status != "succeeded":
+            st.caption("Metrics of the best checkpoint so far (evaluated by hand before the run finished).")
+        metrics_view(test.metrics, test.predictions(), key="evaluate_test")
+    elif status == "succeeded":
+        st.info("This run has no test split, so no test-split metrics: evaluate it on labelled data in the "
+                "External validation tab.")
 
 with tabs[1]:
     history = run.history()
@@ -114,16 +120,17 @@ with tabs[2]:
             with st.spinner("Predicting every image..."):
                 result = evaluate_run(run.path, folder.strip(), drop_unknown=drop_unknown)
             st.success(f"Evaluated {result['n']} images; saved in `{result['out_dir']}`.")
-        except Exception as exc:
+        except CXRError as exc:
             show_error(exc)
-    externals = sorted(p for p in (run.path / runs.EXTERNAL).glob("*") if (p / runs.METRICS).exists()) \
-        if (run.path / runs.EXTERNAL).is_dir() else []
+    externals = {e.name: e for e in run.external_evaluations()}
     if externals:
-        name = st.selectbox("Saved external evaluations", [p.name for p in externals], key="evaluate_external_pick")
-        loaded = read_evaluation(run.path / runs.EXTERNAL / name)
-        if loaded:
-            if test:
-                delta = loaded[0]["accuracy"] - test[0]["accuracy"]
-                st.markdown(f"Accuracy **{loaded[0]['accuracy']:.3f}** here against **{test[0]['accuracy']:.3f}** "
-                            f"on the run's own test split ({delta:+.3f}).")
-            metrics_view(*loaded, key=f"evaluate_ext_{name}")
+        name = st.selectbox("Saved external evaluations (newest first)", list(externals),
+                            format_func=lambda n: f"{externals[n].source.get('data', n)} · "
+                                                  f"{externals[n].source.get('evaluated_at', '')}",
+                            key="evaluate_external_pick")
+        loaded = externals[name]
+        if test:
+            delta = loaded.metrics["accuracy"] - test.metrics["accuracy"]
+            st.markdown(f"Accuracy **{loaded.metrics['accuracy']:.3f}** on `{loaded.source.get('data', name)}` "
+                        f"against **{test.metrics['accuracy']:.3f}** on the run's own test split ({delta:+.3f}).")
+        metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}")

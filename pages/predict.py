@@ -6,7 +6,7 @@ import streamlit as st
 from cxrcore.evaluation import plots
 from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
 from cxrcore.data.io import dicom_summary
-from pages.shared import require_app, NOTICE, analyse, pick_run, show_error
+from pages.shared import CXRError, require_app, NOTICE, analyse, pick_run, show_error
 
 require_app()
 st.title("Predict")
@@ -36,7 +36,7 @@ for upload in uploads:
         with st.spinner("Predicting and explaining..."):
             result = analyse(run["path"], upload.name, data, method, colormap, alpha)
         facts = dicom_summary(data, name=upload.name)
-    except Exception as exc:  # an unreadable upload: say which and why, go on with the others
+    except CXRError as exc:  # an unreadable upload: say which and why, go on with the others
         show_error(exc)
         continue
     left, middle, right = st.columns([1, 1, 1.2])

@@ -5,6 +5,7 @@ modification time, so a retrained model is picked up); data with ``st.cache_data
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,11 +13,10 @@ import pandas as pd
 import streamlit as st
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("CXRCORE_MODELS", str(REPO / "models"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrcore import runs as run_files  # noqa: E402  (after the environment is set)
-from cxrcore.data.index import build_index, recent_datasets, remember_dataset, summarize  # noqa: E402
+from cxrcore.data.index import build_index, cache_dir, summarize  # noqa: E402
 from cxrcore.data.demo import is_synthetic, make_demo_dataset  # noqa: E402
 from cxrcore.errors import CXRError  # noqa: E402
 
@@ -69,6 +69,36 @@ def set_dataset(path: str) -> None:
     remember_dataset(path)
 
 
+# The dashboard's memory of datasets opened recently (not the library's business): a small
+# JSON list in the cache folder, so every browser session and restart offers them.
+def _recent_file() -> Path:
+    return cache_dir() / "recent.json"
+
+
+def recent_datasets(limit: int = 8) -> list[str]:
+    """Datasets opened recently (newest first) that still exist."""
+    try:
+        items = json.loads(_recent_file().read_text())
+    except (OSError, ValueError):
+        return []
+    return [p for p in items if isinstance(p, str) and Path(p).exists()][:limit]
+
+
+def remember_dataset(path: str | os.PathLike, limit: int = 8) -> list[str]:
+    """Put ``path`` first in the recent-datasets list."""
+    path = str(Path(path).expanduser().resolve())
+    items = [path] + [p for p in recent_datasets(limit * 2) if p != path]
+    target = _recent_file()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(items[:limit]))
+        os.replace(tmp, target)
+    except OSError:
+        pass            # a read-only cache folder: the list is a convenience, never an error
+    return items[:limit]
+
+
 @st.cache_data(show_spinner="Reading the dataset...", ttl=300, max_entries=16)
 def load_index(path: str) -> tuple[pd.DataFrame, dict]:
     """The index and its summary (raises CXRError for data that cannot be read)."""
@@ -116,7 +146,8 @@ def job_store(db_path: str):
 
 
 def jobs():
-    return job_store(str(run_files.models_dir() / "jobs.sqlite"))
+    from cxrcore.jobs.store import default_db
+    return job_store(str(default_db()))
 
 
 def trained_runs() -> list[dict]:
@@ -166,8 +197,8 @@ def sidebar() -> None:
             running, queued = store.count("running"), store.count("queued")
             if running or queued:
                 st.caption(f"Jobs: {running} running, {queued} queued")
-        except Exception:  # the sidebar must never take a page down
-            pass
+        except CXRError as exc:  # a busy or unreadable job database must not take a page down
+            st.caption(f"Jobs: unavailable ({exc})")
         st.caption(NOTICE)
 
 

@@ -1,14 +1,17 @@
-"""Train: a form for every training option, background jobs with live progress, and their history."""
+"""Train: every training option and what will run with them, background jobs with live progress, and their history."""
 import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from cxrcore.jobs import store as J
+from cxrcore import runs as run_files
+from cxrcore.jobs import queue as job_queue
+from cxrcore.jobs.hardware import hardware_summary
 from cxrcore.evaluation import plots
+from cxrcore.errors import ConfigError, CXRError
 from cxrcore.training.backbones import REGISTRY
-from cxrcore.config import LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
+from cxrcore.config import AUTO, LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
 from pages.shared import require_app, current_dataset, jobs, load_index, show_error, synthetic_banner
 
 require_app()
@@ -20,7 +23,10 @@ synthetic_banner(path)
 
 @st.cache_data(ttl=3600, show_spinner=False)
 def hardware() -> dict:
-    return J.hardware_summary()
+    hw = hardware_summary()
+    text = (", ".join(f"{g['name']} ({g['memory_mb'] / 1024:.0f} GB)" for g in hw["gpus"]) if hw["gpus"]
+            else f"CPU only ({hw['cpu_count']} cores): small backbones and images train best")
+    return {**hw, "text": text}
 
 
 hw = hardware()
@@ -33,95 +39,93 @@ except Exception as exc:
     show_error(exc)
     st.stop()
 
-# -- the form --------------------------------------------------------------------------------
-# Outside the form so that the defaults below follow the choice at once.
+# -- the settings ----------------------------------------------------------------------------
+# Not an st.form: every change reruns the page, so "What will run" below the backbone picker
+# is always what Start would queue. Weights, image size and unfreeze depth are left to the
+# backbone ("auto", 0, 0) until the user sets them; TrainConfig.resolved() fills them.
+WEIGHTS = {AUTO: "auto (backbone default)", "imagenet": "imagenet", "none": "none (from scratch)",
+           "file": "a weights file"}
+
 st.subheader("What to train")
 chosen = st.multiselect("Backbone(s): pick several to queue a comparison (one job each, same settings)",
                         list(REGISTRY), default=["simple_cnn"], key="train_backbones",
                         format_func=lambda n: f"{n}: {REGISTRY[n].description}")
-if chosen:
-    st.dataframe(pd.DataFrame([{
-        "backbone": n, "default size": REGISTRY[n].input_size,
-        "ImageNet weights": "yes" if REGISTRY[n].pretrained else "no: trains from scratch",
-        "stage 2 unfreezes": f"top {REGISTRY[n].unfreeze} layers" if REGISTRY[n].pretrained else "all (no freezing)",
-        "Grad-CAM layer": REGISTRY[n].gradcam_layer} for n in chosen]), hide_index=True, width="stretch")
-all_scratch = bool(chosen) and not any(REGISTRY[n].pretrained for n in chosen)
+plan_box = st.container()             # filled once every setting below has been read
 
-with st.form("train_form"):
-    c = st.columns(4)
-    weights_kind = c[0].selectbox("Weights", ["imagenet", "none", "file"], index=1 if all_scratch else 0,
-                                  key="train_weights",
-                                  help="imagenet: Keras's standard download/cache (~/.keras/models). "
-                                       "simple_cnn always trains from scratch.")
-    weights_file = c[1].text_input("Weights file (for 'file')", key="train_weights_file")
-    size_choice = c[2].number_input("Image size (0 = backbone default)", 0, 1024, 0, step=16, key="train_size",
-                                    help="Defaults: 224 for pretrained backbones, 128 for simple_cnn.")
-    batch = c[3].number_input("Batch size", 1, 1024, 32, key="train_batch")
+c = st.columns(4)
+weights_kind = c[0].selectbox("Weights", list(WEIGHTS), key="train_weights", format_func=WEIGHTS.get,
+                              help="auto follows the backbone: ImageNet weights (Keras's standard download/cache, "
+                                   "~/.keras/models) for a pretrained backbone, none for simple_cnn. "
+                                   "'What will run' above shows the result.")
+weights_file = c[1].text_input("Weights file (for 'a weights file')", key="train_weights_file",
+                               disabled=weights_kind != "file")
+size_choice = c[2].number_input("Image size (0 = backbone default)", 0, 1024, 0, step=16, key="train_size",
+                                help="Defaults: 224 for pretrained backbones, 128 for simple_cnn.")
+batch = c[3].number_input("Batch size", 1, 1024, 32, key="train_batch")
 
-    st.subheader("Two stages")
-    c = st.columns(4)
-    epochs = c[0].number_input("Stage 1 epochs (frozen backbone)", 0, 1000, 10, key="train_epochs")
-    ft_epochs = c[1].number_input("Stage 2 epochs (fine-tune)", 0, 1000, 5, key="train_ft_epochs")
-    unfreeze = c[2].number_input("Layers unfrozen in stage 2 (0 = backbone default, -1 = all)", -1, 2000, 0,
-                                 key="train_unfreeze")
-    ft_factor = c[3].number_input("Stage 2 learning-rate factor", 0.0001, 1.0, 0.1, format="%.4f",
-                                  key="train_ft_factor")
-    c = st.columns(4)
-    optimizer = c[0].selectbox("Optimizer", ["adam", "rmsprop", "adamax", "sgd"], key="train_optimizer")
-    lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f", key="train_lr")
-    patience = c[2].number_input("Early-stopping patience (0 = off)", 0, 100, 5, key="train_patience")
-    plateau = c[3].number_input("Reduce-on-plateau patience (0 = off)", 0, 100, 2, key="train_plateau")
+st.subheader("Two stages")
+c = st.columns(4)
+epochs = c[0].number_input("Stage 1 epochs (frozen backbone)", 0, 1000, 10, key="train_epochs")
+ft_epochs = c[1].number_input("Stage 2 epochs (fine-tune)", 0, 1000, 5, key="train_ft_epochs")
+unfreeze = c[2].number_input("Layers unfrozen in stage 2 (0 = backbone default, -1 = all)", -1, 2000, 0,
+                             key="train_unfreeze")
+ft_factor = c[3].number_input("Stage 2 learning-rate factor", 0.0001, 1.0, 0.1, format="%.4f",
+                              key="train_ft_factor")
+c = st.columns(4)
+optimizer = c[0].selectbox("Optimizer", ["adam", "rmsprop", "adamax", "sgd"], key="train_optimizer")
+lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f", key="train_lr")
+patience = c[2].number_input("Early-stopping patience (0 = off)", 0, 100, 5, key="train_patience")
+plateau = c[3].number_input("Reduce-on-plateau patience (0 = off)", 0, 100, 2, key="train_plateau")
 
-    st.subheader("Loss, classes and splits")
-    c = st.columns(4)
-    weighting = c[0].selectbox("Class weights", ["balanced", "none"], key="train_class_weights")
-    focal = c[1].checkbox("Focal loss", key="train_focal")
-    gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
-    smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
-    c = st.columns(4)
-    preset = c[0].selectbox("Label scheme", ["as in the folders", *LABEL_PRESETS], key="train_preset",
-                            help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
-                                 "abnormal-vs-normal: COVID and pneumonia classes merged")
-    drop = c[1].multiselect("Drop classes", classes, key="train_drop")
-    rename = c[2].text_input("Rename (OLD=NEW; ...)", key="train_rename", placeholder="NORMAL=Normal")
-    merge = c[3].text_input("Merge (NEW=OLD1,OLD2; ...)", key="train_merge", placeholder="Abnormal=COVID,Viral Pneumonia")
-    c = st.columns(4)
-    val_fraction = c[0].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
-    test_fraction = c[1].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
-    cache = c[2].checkbox("Keep decoded images in memory", value=True, key="train_cache",
-                          help="Faster epochs after the first; turn off for datasets larger than RAM.")
+st.subheader("Loss, classes and splits")
+c = st.columns(4)
+weighting = c[0].selectbox("Class weights", ["balanced", "none"], key="train_class_weights")
+focal = c[1].checkbox("Focal loss", key="train_focal")
+gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
+smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
+c = st.columns(4)
+preset = c[0].selectbox("Label scheme", ["as in the folders", *LABEL_PRESETS], key="train_preset",
+                        help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
+                             "abnormal-vs-normal: COVID and pneumonia classes merged")
+drop = c[1].multiselect("Drop classes", classes, key="train_drop")
+rename = c[2].text_input("Rename (OLD=NEW; ...)", key="train_rename", placeholder="NORMAL=Normal")
+merge = c[3].text_input("Merge (NEW=OLD1,OLD2; ...)", key="train_merge", placeholder="Abnormal=COVID,Viral Pneumonia")
+c = st.columns(4)
+val_fraction = c[0].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
+test_fraction = c[1].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
+cache = c[2].checkbox("Keep decoded images in memory", value=True, key="train_cache",
+                      help="Faster epochs after the first; turn off for datasets larger than RAM.")
 
-    st.subheader("Augmentation and head")
-    c = st.columns(5)
-    augment = AugmentConfig(flip=c[0].checkbox("Horizontal flip", key="train_flip"),
-                            rotation=c[1].number_input("Rotation (deg)", 0.0, 180.0, 0.0, key="train_rot"),
-                            zoom=c[2].number_input("Zoom", 0.0, 0.9, 0.0, key="train_zoom"),
-                            contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
-                            brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"))
-    c = st.columns(4)
-    pooling = c[0].selectbox("Pooling", ["avg", "max", "flatten"], key="train_pooling")
-    units = c[1].text_input("Dense units (comma-separated, empty = none)", "256", key="train_units")
-    dropout = c[2].number_input("Dropout", 0.0, 0.9, 0.3, key="train_dropout")
-    head_bn = c[3].checkbox("Batch norm in head", key="train_head_bn")
-    c = st.columns(4)
-    seed = c[0].number_input("Seed", 0, 2**31 - 1, 42, key="train_seed")
-    mixed = c[1].checkbox("Mixed precision (GPU only)", key="train_mixed", disabled=not hw["gpus"])
-    max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, key="train_max_steps")
-    submitted = st.form_submit_button("Start training", type="primary")
+st.subheader("Augmentation and head")
+c = st.columns(5)
+augment = AugmentConfig(flip=c[0].checkbox("Horizontal flip", key="train_flip"),
+                        rotation=c[1].number_input("Rotation (deg)", 0.0, 180.0, 0.0, key="train_rot"),
+                        zoom=c[2].number_input("Zoom", 0.0, 0.9, 0.0, key="train_zoom"),
+                        contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
+                        brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"))
+c = st.columns(4)
+pooling = c[0].selectbox("Pooling", ["avg", "max", "flatten"], key="train_pooling")
+units = c[1].text_input("Dense units (comma-separated, empty = none)", "256", key="train_units")
+dropout = c[2].number_input("Dropout", 0.0, 0.9, 0.3, key="train_dropout")
+head_bn = c[3].checkbox("Batch norm in head", key="train_head_bn")
+c = st.columns(4)
+seed = c[0].number_input("Seed", 0, 2**31 - 1, 42, key="train_seed")
+mixed = c[1].checkbox("Mixed precision (GPU only)", key="train_mixed", disabled=not hw["gpus"])
+max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, key="train_max_steps")
 
 
 def build_config(backbone: str) -> TrainConfig:
+    """The settings as the user left them: weights, size and unfreeze depth may still be open."""
     labels = extend_scheme(LABEL_PRESETS[preset] if preset in LABEL_PRESETS else LabelScheme(),
                            rename=[r for r in rename.split(";") if r.strip()],
                            merge=[m for m in merge.split(";") if m.strip()], drop=list(drop))
-    spec = REGISTRY[backbone]
-    weights = {"imagenet": "imagenet", "none": "none", "file": weights_file.strip()}[weights_kind]
-    if not spec.pretrained and weights == "imagenet":
-        weights = "none"
+    if weights_kind == "file" and not weights_file.strip():
+        raise ConfigError("weights: type the path of a weights file, or choose auto, imagenet or none")
+    weights = weights_file.strip() if weights_kind == "file" else weights_kind
     try:
         dense = [int(u) for u in units.split(",") if u.strip()]
     except ValueError:
-        raise J.JobError(f"dense units must be numbers like 256,128, not '{units}'") from None
+        raise job_queue.JobError(f"dense units must be numbers like 256,128, not '{units}'") from None
     return TrainConfig(
         data=path, backbone=backbone, weights=weights, image_size=int(size_choice) or None, batch_size=int(batch),
         epochs=int(epochs), fine_tune_epochs=int(ft_epochs), unfreeze=int(unfreeze) or None, optimizer=optimizer,
@@ -133,25 +137,74 @@ def build_config(backbone: str) -> TrainConfig:
         mixed_precision=mixed, cache=cache, max_steps=int(max_steps) or None, seed=int(seed)).validate()
 
 
+def plan() -> tuple[TrainConfig | None, list[TrainConfig]]:
+    """(the settings, one resolved config per chosen backbone): exactly what Start queues."""
+    if not chosen:
+        raise job_queue.JobError("pick at least one backbone")
+    base = build_config(chosen[0])
+    if len(chosen) == 1:
+        return base, [base.resolved()]
+    return base, [base.for_backbone(name) for name in chosen]      # the comparison's jobs, one per backbone
+
+
+def _unfrozen(cfg: TrainConfig) -> str:
+    if cfg.weights == "none":
+        return "all (trains from scratch)"
+    return "all" if cfg.unfreeze == -1 else f"top {cfg.unfreeze}"
+
+
+def _in_words(cfg: TrainConfig) -> str:
+    weights = {"imagenet": "ImageNet weights", "none": "from scratch"}.get(cfg.weights, f"weights {cfg.weights}")
+    unfrozen = "" if cfg.weights == "none" else f", stage 2 unfreezes {_unfrozen(cfg)}"
+    return (f"**{cfg.backbone}** ({weights}, {cfg.image_size} px, "
+            f"{cfg.epochs} + {cfg.fine_tune_epochs} epochs{unfrozen})")
+
+
+try:
+    base, planned = plan()
+    plan_error = None
+except CXRError as exc:
+    base, planned, plan_error = None, [], exc
+with plan_box:
+    st.markdown("**What will run**")
+    if plan_error is not None:
+        show_error(plan_error)
+    else:
+        st.dataframe(pd.DataFrame([{
+            "backbone": cfg.backbone,
+            "weights": cfg.weights,
+            "image size": cfg.image_size,
+            "stage 1 epochs": cfg.epochs,
+            "stage 2 epochs": cfg.fine_tune_epochs,
+            "stage 2 unfreezes": _unfrozen(cfg),
+            "Grad-CAM layer": REGISTRY[cfg.backbone].gradcam_layer} for cfg in planned]),
+            hide_index=True, width="stretch",
+            column_config={"weights": st.column_config.TextColumn(
+                help="imagenet: fine-tunes from ImageNet features; none: learns from scratch")})
+
+st.caption("Start queues " + ("; ".join(_in_words(cfg) for cfg in planned) if planned
+                             else "nothing yet: see the problem under 'What will run'"))
+submitted = st.button("Start training", type="primary", key="train_start")
+
 if submitted:
     try:
-        if not chosen:
-            raise J.JobError("pick at least one backbone")
+        if plan_error is not None:
+            raise plan_error
         store = jobs()
-        if len(chosen) == 1:
-            ids = [J.submit(build_config(chosen[0]), store=store)]
+        if len(planned) == 1:
+            ids = [job_queue.submit(planned[0], store=store)]
             notice = f"Job `{ids[0]}` submitted: it runs in the background; closing this page does not stop it."
         else:
-            for name in chosen:
-                build_config(name)                     # every config checked before anything is queued
-            group, ids = J.submit_comparison(build_config(chosen[0]), chosen, store=store)
+            # `base` leaves weights, size and unfreeze depth open, so that each job's follow its
+            # backbone (TrainConfig.for_backbone), as `planned` shows
+            group, ids = job_queue.submit_comparison(base, chosen, store=store)
             notice = f"Comparison `{group}` submitted: {len(ids)} jobs, one per backbone, run in the background."
         st.session_state["train_notice"] = (notice, ids)
-    except Exception as exc:
+    except CXRError as exc:
         show_error(exc)
 
 
-# -- live progress (reads the job store every 2 s; the workers write it) -----------------------
+# -- live progress (reads the job queue and the runs every 2 s; the workers write them) ----------
 def _fmt_eta(seconds) -> str:
     if seconds is None:
         return "estimating..."
@@ -165,7 +218,7 @@ def _statuses(rows: list[dict]) -> dict:
 @st.fragment(run_every=2)
 def live_jobs() -> None:
     store = jobs()
-    rows = store.list()
+    rows = job_queue.list_jobs(store=store)
     if _statuses(rows) != st.session_state.get("train_statuses"):
         st.rerun(scope="app")             # a job started, finished or failed: refresh the history below too
     active = sorted((j for j in rows if j["status"] in ("running", "queued")),
@@ -178,31 +231,31 @@ def live_jobs() -> None:
         with st.container(border=True):
             top = st.columns([4, 1])
             where = f"{job['stage'] or 'starting'} · epoch {job['epoch'] or 0}/{job['epochs'] or '?'}"
-            top[0].markdown(f"**{job['config']['backbone']}** · `{job['id']}` · {job['status']} · "
+            top[0].markdown(f"**{job['backbone']}** · `{job['id']}` · {job['status']} · "
                             f"{where if job['status'] == 'running' else 'waiting for a free slot'}"
-                            + (f" · {job['device']}" if job["device"] else ""))
+                            + (f" · {job['device']}" if job["device"] else "")
+                            + (" · cancel requested" if job["cancel_requested"] else ""))
             if top[1].button("Cancel", key=f"train_cancel_{job['id']}"):
                 try:
-                    J.cancel(job["id"], store=store)
-                except Exception as exc:
+                    job_queue.cancel(job["id"], store=store)
+                except CXRError as exc:
                     show_error(exc)
-            if job["status"] != "running":
+            if job["status"] != "running" or not job["run_dir"]:
                 continue
-            history = store.epochs(job["id"])
+            history = run_files.RunDir(job["run_dir"]).history()
             if job["batches"]:
+                eta = _fmt_eta(job_queue.eta_seconds(job, history))
                 st.progress(min(1.0, (job["batch"] or 0) / job["batches"]),
-                            text=f"batch {job['batch']}/{job['batches']} · ETA {_fmt_eta(J.eta_seconds(job, history))}")
-            if history:
-                frame = pd.DataFrame(history)
+                            text=f"batch {job['batch']}/{job['batches']} · ETA {eta}")
+            if len(history):
                 left, right = st.columns(2)
-                left.plotly_chart(plots.training_curves(frame, ("loss",), title="Loss"), width="stretch",
-                                  key=f"train_loss_{job['id']}_{len(frame)}")
-                right.plotly_chart(plots.training_curves(frame, ("accuracy",), title="Accuracy"), width="stretch",
-                                   key=f"train_acc_{job['id']}_{len(frame)}")
+                left.plotly_chart(plots.training_curves(history, ("loss",), title="Loss"), width="stretch",
+                                  key=f"train_loss_{job['id']}_{len(history)}")
+                right.plotly_chart(plots.training_curves(history, ("accuracy",), title="Accuracy"), width="stretch",
+                                   key=f"train_acc_{job['id']}_{len(history)}")
 
 
-store = jobs()
-past = store.list()
+past = job_queue.list_jobs(store=jobs())
 st.session_state["train_statuses"] = statuses = _statuses(past)   # what "All jobs" shows; the live view watches it
 if "train_notice" in st.session_state:               # the last submission's notice, while its jobs are not done
     notice, ids = st.session_state["train_notice"]
@@ -214,12 +267,14 @@ live_jobs()
 
 # -- history ---------------------------------------------------------------------------------
 st.subheader("All jobs")
+st.caption("A job's status is its run's once it has one (the same as on the Evaluate page): succeeded, failed, "
+           "cancelled, or interrupted when its process died without recording an end.")
 if not past:
     st.caption("No jobs yet.")
 else:
     table = pd.DataFrame([{
-        "id": j["id"], "status": j["status"], "backbone": j["config"]["backbone"],
-        "group": j["group_id"] or "", "epoch": f"{j['epoch'] or 0}/{j['epochs'] or '?'}",
+        "id": j["id"], "status": j["status"], "backbone": j["backbone"],
+        "group": j["group_id"] or "", "epochs done": j["epochs_completed"] if j["epochs_completed"] is not None else "",
         "device": j["device"] or "", "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])),
         "error": j["error"] or "", "run": Path(j["run_dir"]).name if j["run_dir"] else ""} for j in past])
     st.dataframe(table, width="stretch", hide_index=True,
@@ -227,16 +282,16 @@ else:
                                 "backbone": st.column_config.TextColumn(width=130),
                                 "created": st.column_config.TextColumn(width=130),
                                 "run": st.column_config.TextColumn(width=230, help="the run's folder name")})
-    resumable = [j for j in past if j["status"] in ("failed", "cancelled") and j["run_dir"]]
+    resumable = [j for j in past if j["status"] in ("failed", "cancelled", "interrupted")]
     if resumable:
         c = st.columns([3, 1])
-        pick = c[0].selectbox("Resume a failed or cancelled job from its last completed epoch", resumable,
-                              key="train_resume_pick",
-                              format_func=lambda j: f"{j['id']} · {j['config']['backbone']} · {j['status']}"
+        pick = c[0].selectbox("Resume a job that did not finish (its run continues from its last completed epoch)",
+                              resumable, key="train_resume_pick",
+                              format_func=lambda j: f"{j['id']} · {j['backbone']} · {j['status']}"
                                                     + (f" · {j['error']}" if j["error"] else ""))
         if c[1].button("Resume", key="train_resume"):
             try:
-                J.resume(pick["id"], store=store)
+                job_queue.resume(pick["id"], store=jobs())
                 st.rerun()
-            except Exception as exc:
+            except CXRError as exc:
                 show_error(exc)

@@ -103,8 +103,8 @@ def test_pages_say_what_to_do_when_there_is_nothing_yet(app, page, expected):
 
 
 def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
-    from cxrcore.jobs import store as J
-    from cxrcore.runs import models_dir
+    from cxrcore.jobs.queue import cancel
+    from cxrcore.jobs.store import JobStore, default_db
 
     at = app("pages/train.py")
     assert "Training runs on:" in texts(at)
@@ -120,15 +120,48 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
     at.run()                          # a later rerun (a click anywhere) still says what was submitted
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
-    store = J.JobStore(models_dir() / "jobs.sqlite")
+    store = JobStore(default_db())
     queued = store.list()
     assert sorted(j["config"]["backbone"] for j in queued) == ["mobilenet_0.25", "simple_cnn"]
     assert len({j["group_id"] for j in queued}) == 1
     for job in queued:                # do not train here
-        if job["status"] in ("queued", "running"):
-            J.cancel(job["id"], store=store, force=True)
+        if job["state"] in ("queued", "running"):
+            cancel(job["id"], store=store, force=True)
     at.run()                          # the notice stays while its jobs run, and goes once they are done
     assert not any("2 jobs, one per backbone" in s.value for s in at.success)
+
+
+def test_train_page_weights_follow_a_switch_to_a_pretrained_backbone(app, monkeypatch):
+    """A newcomer replaces the default simple_cnn with a pretrained backbone and presses Start:
+    the job fine-tunes from ImageNet weights (not simple_cnn's 'none', which trains it from scratch),
+    at the backbone's own size and unfreeze depth, and the page said so before the click."""
+    from cxrcore.jobs import queue
+    from cxrcore.jobs.store import JobStore, default_db
+    from cxrcore.training.backbones import REGISTRY
+
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)     # queue only: nothing trains here
+    at = app("pages/train.py")
+    at.multiselect(key="train_backbones").set_value(["mobilenetv2_0.35"])
+    at.run()
+    at.number_input(key="train_epochs").set_value(2)
+    at.run()
+    at.number_input(key="train_ft_epochs").set_value(1)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = REGISTRY["mobilenetv2_0.35"]
+    plan = [d.value for d in at.dataframe if "weights" in d.value.columns]
+    assert plan, "no 'what will run' table before Start"
+    row = plan[-1].set_index("backbone").loc["mobilenetv2_0.35"]
+    assert row["weights"] == "imagenet" and int(row["image size"]) == spec.input_size
+    at.button[0].click()              # Start training
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    queued = JobStore(default_db()).list()
+    assert len(queued) == 1
+    config = queued[0]["config"]
+    assert (config["backbone"], config["weights"]) == ("mobilenetv2_0.35", "imagenet")
+    assert (config["image_size"], config["unfreeze"]) == (spec.input_size, spec.unfreeze)
+    assert (config["epochs"], config["fine_tune_epochs"]) == (2, 1)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -166,9 +199,43 @@ def test_predict_page_upload_png_dicom_and_a_corrupt_file(app, models, monkeypat
     assert [s.value for s in at.subheader] == ["chest.png", "study.dcm", "broken.png"]
     assert any("cannot read image broken.png" in e.value for e in at.error)
     assert len(at.get("image")) >= 2                         # input and overlay images of the good uploads
-    assert "DICOM (non-identifying fields only)" in texts(at)
-    rendered = repr(at._tree)
-    assert "Doe^Jane" not in rendered and "MRN-123456" not in rendered   # identifying tags never show
+    assert "DICOM (non-identifying fields only): Modality CR" in texts(at)
+    shown = everything_shown(at)
+    assert "what the model sees" in shown and "study.dcm" in shown      # image captions are seen too
+    assert not [s for s in ("Doe^Jane", "MRN-123456", "General Hospital") if s in shown]
+
+
+def everything_shown(at: AppTest) -> str:
+    """Every text the page renders: each element's value and label, and its whole message (image
+    captions, chart specs, download file names), which ``repr(at._tree)`` leaves out."""
+    parts = []
+    for node in at._tree:                                    # the tree and every element below it
+        for attr in ("value", "label", "body", "proto"):
+            try:
+                parts.append(str(getattr(node, attr, "")))
+            except Exception:                                # a value some element types cannot give
+                continue
+    return "\n".join(parts)
+
+
+def test_predict_page_dicom_with_a_corrupt_modality_length_shows_no_identifier(app, models, monkeypatch,
+                                                                                  tmp_path):
+    """The Modality length runs on over InstitutionName, PatientName and PatientID, so its value
+    holds them; the page still predicts, and shows none of it."""
+    from test_io import SECRETS, swallow, write_dicom
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    pixels = np.random.default_rng(2).integers(0, 4000, (48, 48)).astype(np.uint16)
+    dicom = swallow(identified_dicom(write_dicom(tmp_path / "corrupt", pixels)).read_bytes(), 0x00080060, 0x00100020)
+    at = app("pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value([("corrupt.dcm", dicom, "application/dicom")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [s.value for s in at.subheader] == ["corrupt.dcm"] and not at.error
+    assert "DICOM (non-identifying fields only): PhotometricInterpretation MONOCHROME2" in texts(at)
+    shown = everything_shown(at)
+    assert "what the model sees" in shown
+    assert not [s for s in SECRETS if s in shown]
 
 
 def test_compare_page_with_two_runs(app, models, monkeypatch):
@@ -192,8 +259,8 @@ def test_evaluate_page_external_validation_is_saved_and_shown_apart(app, models,
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Evaluated 36 images" in s.value for s in at.success)
-    assert at.selectbox(key="evaluate_external_pick").value == "demo"
-    assert any("on the run's own test split" in m.value for m in at.markdown)
+    assert "-demo-" in at.selectbox(key="evaluate_external_pick").value        # one folder per dataset
+    assert any(f"on `{demo}`" in m.value and "on the run's own test split" in m.value for m in at.markdown)
 
 
 def test_data_page_opens_a_folder_and_remembers_it(app, tmp_path):

@@ -1,13 +1,16 @@
 """End to end in a real headless browser: Debian's chromium driven by Playwright.
 
 Starts `streamlit run app.py` on a free port with a tiny trained run, opens every page,
-uploads an image on Predict and waits for the Grad-CAM overlay. Screenshots are kept in
-test-artifacts/browser/. Skips (with the reason) where chromium or playwright is missing,
-except under CI, where their absence is a failure.
+uploads an image on Predict and waits for the Grad-CAM overlay. Then, as a newcomer would,
+opens real chest X-rays on the Data page and fine-tunes a pretrained backbone from the Train
+page (that part needs ``../shared``: it skips with the reason without it). Screenshots are
+kept in test-artifacts/browser/. Skips (with the reason) where chromium or playwright is
+missing, except under CI, where their absence is a failure.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -16,12 +19,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import CXR_DEV, MNV2_035, REPO, copy_weights_to_keras_home, needs_cxr_dev, needs_weights
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.data.demo import make_demo_dataset
 from cxrcore.training.train import train
@@ -59,6 +65,9 @@ def server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "CXRCORE_MODELS": str(models), "CXRLAB_DEMO_DATA": str(demo),
            "CXRCORE_CACHE": str(root / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_SCHEDULER_IDLE_EXIT": "3"}
+    env.pop("CXRCORE_MAX_STEPS", None)
+    if MNV2_035.is_file():  # the shared ImageNet weights where Keras looks for them: `weights="imagenet"`, offline
+        env["KERAS_HOME"] = str(copy_weights_to_keras_home(root / "keras"))
     log = open(root / "streamlit.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -73,7 +82,7 @@ def server(tmp_path_factory):
     else:
         proc.kill()
         raise AssertionError(f"streamlit did not start: {(root / 'streamlit.log').read_text()[-2000:]}")
-    yield url, demo
+    yield SimpleNamespace(url=url, demo=demo, models=models)
     proc.terminate()
     proc.wait(timeout=20)
     log.close()
@@ -89,13 +98,25 @@ def wait_idle(page, timeout=90_000):
             .every(e => e.querySelector('.main-svg'))""", timeout=timeout)
 
 
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+
+
+def set_number(page, label: str, value) -> None:
+    """Type into a number input and leave it, as a user does; the page reruns with the new value."""
+    field = page.get_by_role("spinbutton", name=label, exact=True)
+    field.fill(str(value))
+    field.press("Tab")
+    wait_idle(page)
+
+
 def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
-    url, demo = server
+    url, demo = server.url, server.demo
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     image = next((demo / "Pneumonia").glob("*.png"))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -126,9 +147,9 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         wait_idle(page)
         for label, value in [("Stage 1 epochs (frozen backbone)", "2"), ("Stage 2 epochs (fine-tune)", "0"),
                              ("Image size (0 = backbone default)", "48"), ("Max batches per epoch (0 = all)", "2")]:
-            field = page.get_by_role("spinbutton", name=label, exact=True)
-            field.fill(value)
-            field.press("Tab")
+            set_number(page, label, value)
+        # simple_cnn, left on auto weights: it trains from scratch, and the page says so before the start
+        page.get_by_text("Start queues simple_cnn (from scratch, 48 px, 2 + 0 epochs)").wait_for(timeout=30_000)
         page.get_by_role("button", name="Start training").click()
         page.get_by_text("submitted: it runs in the background").wait_for(timeout=60_000)
         page.get_by_text("Nothing running.").wait_for(timeout=180_000)     # the live view saw it finish
@@ -144,3 +165,98 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "compare-two-runs.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+def real_subset(folder: Path, per_class: int = 70) -> Path:
+    """A CSV manifest of ``per_class`` cxr-dev images per class (absolute paths, patient ids kept)."""
+    manifest = pd.read_csv(CXR_DEV / "manifest.csv", dtype=str, keep_default_na=False)
+    subset = pd.concat([group.sample(per_class, random_state=0) for _, group in manifest.groupby("label")])
+    subset = subset.assign(path=[str(CXR_DEV / rel) for rel in subset["path"]])
+    folder.mkdir(parents=True, exist_ok=True)
+    subset[["path", "label", "patient_id"]].to_csv(folder / "manifest.csv", index=False)
+    return (folder / "manifest.csv").resolve()
+
+
+@needs_cxr_dev
+@needs_weights
+def test_a_newcomer_fine_tunes_a_pretrained_backbone_on_real_images(server, tmp_path):
+    """The reported bug, the way a user met it: open real X-rays, replace the default simple_cnn with
+    mobilenetv2_0.35, set 2 + 1 epochs and start. The weights must follow the backbone to ImageNet
+    (they stayed at simple_cnn's 'none', and the job trained from scratch to chance: 0.32 accuracy,
+    every image called Normal), the page must say so before the start, and the run must beat chance."""
+    manifest = real_subset(tmp_path / "cxr-subset")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    before = {r.name for r in server.models.iterdir()}
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url)
+        page.get_by_role("heading", name="Data", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_text("Open a dataset").click()
+        path_box = page.get_by_label("...or a folder / CSV path")
+        path_box.fill(str(manifest))
+        path_box.press("Enter")
+        wait_idle(page)
+        page.get_by_test_id("stBaseButton-primary").filter(has_text="Open").click()
+        page.get_by_role("heading", name=str(manifest), exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        assert "Synthetic demo data" not in page.content()
+
+        # to the Train page through the sidebar: the same session, so the dataset stays chosen
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Train", exact=True).click()
+        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_text(str(manifest)).first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Remove simple_cnn", exact=False).click()
+        wait_idle(page)
+        picker = page.get_by_role("combobox", name="Backbone(s)", exact=False)
+        picker.fill("mobilenetv2_0.35")
+        picker.press("Enter")
+        picker.press("Escape")
+        wait_idle(page)
+        set_number(page, "Stage 1 epochs (frozen backbone)", 2)
+        set_number(page, "Stage 2 epochs (fine-tune)", 1)
+        # what will run, before the start: ImageNet weights, the backbone's size and unfreeze depth
+        page.get_by_text("Start queues mobilenetv2_0.35 (ImageNet weights, 224 px, 2 + 1 epochs, "
+                         "stage 2 unfreezes top 20)").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "train-pretrained-before-start.png"), full_page=True)
+        started = time.time()
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("submitted: it runs in the background").wait_for(timeout=60_000)
+        page.get_by_text("Nothing running.").wait_for(timeout=900_000)      # the live view saw it finish
+        page.locator('[role="gridcell"]').filter(has_text=re.compile(r"^succeeded$")).first.wait_for(
+            state="attached", timeout=30_000)
+        trained_in = time.time() - started
+        page.screenshot(path=str(ARTIFACTS / "train-pretrained-after-job.png"), full_page=True)
+
+        new = [server.models / n for n in {r.name for r in server.models.iterdir()} - before
+               if (server.models / n / "config.json").is_file()]
+        assert len(new) == 1, f"expected one new run, found {new}"
+        run = new[0]
+        config = json.loads((run / "config.json").read_text())
+        assert (config["backbone"], config["weights"], config["image_size"]) == ("mobilenetv2_0.35", "imagenet", 224)
+        assert (config["epochs"], config["fine_tune_epochs"]) == (2, 1)
+        assert Path(config["data"]) == manifest
+        metrics = json.loads((run / "metrics.json").read_text())
+        chance = 1 / len(metrics["per_class"])
+        # from scratch, this run ended at 0.33 accuracy and 0.5 AUC (one class for every image); from
+        # ImageNet features, 0.86 accuracy and 0.96 AUC on the 21 test images seen here
+        assert len(metrics["per_class"]) == 3 and metrics["n"] >= 20
+        assert metrics["accuracy"] >= chance + 0.25, metrics["accuracy"]
+        assert metrics["macro_auc"] >= 0.8, metrics["macro_auc"]
+
+        # and the Evaluate page shows that run, with those numbers
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Evaluate", exact=True).click()
+        page.get_by_role("heading", name="Evaluate", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_text("mobilenetv2_0.35 at 224 px").first.wait_for(timeout=60_000)
+        accuracy = page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first.inner_text()
+        assert f"{metrics['accuracy']:.3f}" in accuracy, accuracy
+        page.screenshot(path=str(ARTIFACTS / "evaluate-pretrained.png"), full_page=True)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+    assert errors == []
+    print(f"pretrained job from Start to finished: {trained_in:.0f} s")

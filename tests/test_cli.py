@@ -78,7 +78,8 @@ def test_evaluate_prints_the_summary_last(run_dir, demo):
     assert summary["n"] == stored["n"] and summary["accuracy"] == pytest.approx(stored["accuracy"])
     external = json.loads(last_line(cli("evaluate", run_dir, "--data", demo).stdout))
     assert external["n"] == 60
-    assert (run_dir / "external" / "demo" / "metrics.json").is_file()
+    (saved,) = (run_dir / "external").glob("*-demo-*/metrics.json")
+    assert json.loads(saved.read_text())["n"] == 60
 
 
 def test_predict_prints_one_json_line_per_image(run_dir, demo):

@@ -76,3 +76,118 @@ def test_label_rules_written_as_text_extend_a_scheme():
     assert scheme.drop == ["Other"]
     with pytest.raises(ConfigError, match="rename expects KEY=VALUE, got 'NORMAL'"):
         extend_scheme(LabelScheme(), rename=["NORMAL"])
+
+
+# -- settings that follow the backbone: TrainConfig.resolved() is the one place they are filled --
+
+@pytest.mark.parametrize("backbone, expected", [
+    # (weights, image_size, unfreeze): a pretrained backbone fine-tunes from ImageNet at its own size and
+    # depth; simple_cnn has no ImageNet weights, so it trains from scratch, whole (-1 = all layers)
+    ("mobilenetv2_0.35", ("imagenet", 224, 20)),
+    ("resnet50", ("imagenet", 224, 30)),
+    ("vgg16", ("imagenet", 224, 4)),
+    ("simple_cnn", ("none", 128, -1)),
+])
+def test_resolved_fills_what_was_left_to_the_backbone(backbone, expected):
+    cfg = TrainConfig(data="/d", backbone=backbone)
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("auto", None, None)      # left open
+    done = cfg.resolved()
+    assert (done.weights, done.image_size, done.unfreeze) == expected
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("auto", None, None)      # a copy: cfg unchanged
+
+
+def test_resolved_agrees_with_the_registry_for_every_backbone():
+    from cxrcore.training.backbones import REGISTRY
+
+    for name, spec in REGISTRY.items():
+        done = TrainConfig(data="/d", backbone=name).resolved()
+        assert done.weights == ("imagenet" if spec.pretrained else "none"), name
+        assert done.image_size == spec.input_size, name
+        assert done.unfreeze == (spec.unfreeze if spec.pretrained else -1), name
+
+
+def test_resolved_keeps_what_was_set_explicitly():
+    cfg = TrainConfig(data="/d", backbone="mobilenetv2_0.35", weights="/w/mine.h5", image_size=96, unfreeze=5)
+    assert cfg.resolved() == cfg
+    scratch = TrainConfig(data="/d", backbone="mobilenetv2_0.35", weights="none").resolved()
+    assert (scratch.weights, scratch.unfreeze) == ("none", -1)        # from scratch: everything trains
+    assert TrainConfig(data="/d", backbone="simple_cnn", unfreeze=0).resolved().unfreeze == 0
+
+
+def test_a_changed_backbone_carries_the_settings_that_follow_it():
+    from dataclasses import replace
+
+    cfg = TrainConfig(data="/d", backbone="simple_cnn", epochs=2, fine_tune_epochs=1)
+    assert cfg.resolved().weights == "none"
+    switched = replace(cfg, backbone="mobilenetv2_0.35").resolved()    # the user's switch on the Train page
+    assert (switched.weights, switched.image_size, switched.unfreeze) == ("imagenet", 224, 20)
+    assert (switched.epochs, switched.fine_tune_epochs) == (2, 1)
+    # a config resolved for one backbone pins its values: resolve after the choice, not before
+    pinned = replace(cfg.resolved(), backbone="mobilenetv2_0.35").resolved()
+    assert pinned.weights == "none"
+
+
+def test_resolved_is_idempotent_and_round_trips_through_json(tmp_path):
+    done = TrainConfig(data="/d", backbone="densenet121", epochs=1).resolved()
+    assert done.resolved() == done
+    done.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == done
+    assert json.loads((tmp_path / "c.json").read_text())["weights"] == "imagenet"
+    open_cfg = TrainConfig(data="/d")
+    assert TrainConfig.from_dict(open_cfg.to_dict()) == open_cfg           # "auto" round-trips too
+
+
+def test_resolved_stays_strict():
+    with pytest.raises(WeightsError, match="simple_cnn has no ImageNet weights"):
+        TrainConfig(data="/d", backbone="simple_cnn", weights="imagenet").resolved()
+    with pytest.raises(ConfigError, match="unknown backbone 'mobilenetv3'"):
+        TrainConfig(data="/d", backbone="mobilenetv3").resolved()
+    with pytest.raises(ConfigError, match="image_size"):
+        TrainConfig(data="/d", backbone="vgg16", image_size=8).resolved()
+    with pytest.raises(ConfigError, match="unknown option.*weight"):
+        TrainConfig.from_dict({"weight": "auto"})
+
+
+def test_one_comparison_job_per_backbone_follows_each_backbone():
+    base = TrainConfig(data="/d", epochs=3, weights="auto")
+    jobs = {name: base.for_backbone(name) for name in ("simple_cnn", "mobilenetv2_0.35", "vgg16")}
+    assert {n: (c.backbone, c.weights, c.image_size, c.unfreeze) for n, c in jobs.items()} == {
+        "simple_cnn": ("simple_cnn", "none", 128, -1),
+        "mobilenetv2_0.35": ("mobilenetv2_0.35", "imagenet", 224, 20),
+        "vgg16": ("vgg16", "imagenet", 224, 4)}
+    assert all(c.epochs == 3 for c in jobs.values())
+    # "imagenet" in a comparison means "where the backbone has them"; the rest stays as set
+    mixed = TrainConfig(data="/d", weights="imagenet", image_size=160)
+    assert mixed.for_backbone("simple_cnn").weights == "none"
+    assert mixed.for_backbone("resnet50").weights == "imagenet"
+    assert {mixed.for_backbone(n).image_size for n in ("simple_cnn", "resnet50")} == {160}
+
+
+# -- the CLI's flags become a resolved config through the same rule --
+
+def _cli_config(*argv, **kwargs):
+    from cxrcore.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]), **kwargs)
+
+
+def test_cli_defaults_follow_the_backbone():
+    assert _cli_config("--data", "/d", "--backbone", "simple_cnn").weights == "none"
+    cfg = _cli_config("--data", "/d", "--backbone", "mobilenetv2_0.35")
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("imagenet", 224, 20)
+    cfg = _cli_config("--data", "/d", "--backbone", "mobilenetv2_0.35", "--weights", "none", "--image-size", "96")
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("none", 96, -1)
+    with pytest.raises(WeightsError, match="simple_cnn has no ImageNet weights"):
+        _cli_config("--data", "/d", "--backbone", "simple_cnn", "--weights", "imagenet")
+    left_open = _cli_config("--data", "/d", "--backbone", "simple_cnn", resolve=False)
+    assert (left_open.weights, left_open.image_size, left_open.unfreeze) == ("auto", None, None)
+
+
+def test_cli_backbone_over_a_saved_config_lets_its_settings_follow(tmp_path):
+    TrainConfig(data="/d", backbone="simple_cnn", epochs=7).resolved().save(tmp_path / "c.json")
+    cfg = _cli_config("--config", str(tmp_path / "c.json"), "--backbone", "mobilenetv2_0.35")
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze, cfg.epochs) == ("imagenet", 224, 20, 7)
+    same = _cli_config("--config", str(tmp_path / "c.json"), "--epochs", "2")
+    assert (same.backbone, same.weights, same.image_size, same.epochs) == ("simple_cnn", "none", 128, 2)
+    kept = _cli_config("--config", str(tmp_path / "c.json"), "--backbone", "vgg16", "--image-size", "64")
+    assert (kept.weights, kept.image_size) == ("imagenet", 64)

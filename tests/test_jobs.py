@@ -1,9 +1,11 @@
 """Background jobs: real worker processes, a real scheduler, a real SQLite store."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -12,9 +14,13 @@ import time
 import pytest
 
 from conftest import REPO, make_class_folders
-from cxrcore.jobs import store as J
 from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
+from cxrcore.errors import RunError
+from cxrcore.jobs import queue as job_queue
+from cxrcore.jobs import scheduler as scheduler_module
+from cxrcore.jobs.scheduler import Scheduler
+from cxrcore.jobs.store import JOB_LOG, JobError, JobStore
 from cxrcore.training.model import load_model
 
 pytestmark = pytest.mark.slow
@@ -33,7 +39,7 @@ def data(tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    return J.JobStore(tmp_path / "models" / "jobs.sqlite")
+    return JobStore(tmp_path / "models" / "jobs.sqlite")
 
 
 def config(data, **changes) -> TrainConfig:
@@ -52,89 +58,222 @@ def wait_for(predicate, timeout=120, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def epochs_done(store, job_id) -> int:
+    run_dir = store.get(job_id)["run_dir"]
+    return len(runs.RunDir(run_dir).history()) if run_dir else 0
+
+
+def fingerprint(run: runs.RunDir) -> dict:
+    """Content hashes of the files a finished run must never change."""
+    return {name: hashlib.sha256(run.file(name).read_bytes()).hexdigest()
+            for name in (runs.MODEL, runs.HISTORY, runs.METRICS, runs.PREDICTIONS, runs.INFO)}
+
+
 def test_a_submitted_job_runs_to_succeeded_in_its_own_process(store, data, tmp_path):
-    job_id = J.submit(config(data), store=store, out_dir=tmp_path / "models")
-    assert store.get(job_id)["status"] in ("queued", "running")
-    job = J.wait(job_id, store=store, timeout=180)
+    job_id = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
+    assert job_queue.get(job_id, store=store)["status"] in ("queued", "running")
+    job = job_queue.wait(job_id, store=store, timeout=180)
     assert job["status"] == "succeeded", job["error"]
-    assert job["pid"] != os.getpid() and job["device"] == "CPU"
+    assert job["pid"] != os.getpid() and job["device"] == "CPU" and job["state"] == "ended"
     run = runs.RunDir(job["run_dir"])
-    for name in (runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.HISTORY, runs.INFO, J.JOB_LOG):
+    for name in (runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.HISTORY, runs.INFO, JOB_LOG):
         assert run.file(name).is_file(), name
     assert not (run.path / "state").exists()           # resume state is dropped after success
-    assert f"job {job_id}: succeeded" in run.file(J.JOB_LOG).read_text()
-    history = store.epochs(job_id)
-    assert [h["epoch"] for h in history] == [1, 2, 3] and "val_loss" in history[0]
+    assert f"job {job_id}: succeeded" in run.file(JOB_LOG).read_text()
+    history = run.history()                            # the run owns its history; the queue keeps none
+    assert history["epoch"].tolist() == [1, 2, 3] and "val_loss" in history
     assert (job["stage"], job["epoch"], job["epochs"]) == ("finetune", 3, 3)
+    assert job["epochs_completed"] == 3 and run.status() == "succeeded"
 
 
-def test_graceful_cancel_keeps_a_loadable_checkpoint(store, data, tmp_path):
-    job_id = J.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=tmp_path / "models")
-    wait_for(lambda: len(store.epochs(job_id)) >= 1, what="a first epoch")
-    job = J.cancel(job_id, store=store, wait=60)
-    assert job["status"] == "cancelled" and job["error"] == "cancelled on request"
+def test_graceful_cancel_keeps_a_loadable_checkpoint_and_counts_only_whole_epochs(store, data, tmp_path):
+    job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=tmp_path / "models")
+    wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
+    job = job_queue.cancel(job_id, store=store, wait=60)
+    assert job["status"] == "cancelled"
     run = runs.RunDir(job["run_dir"])
-    assert run.info()["status"] == "cancelled"
-    assert run.info()["epochs_completed"] < 300
+    assert run.status() == "cancelled"
+    done = run.epochs_completed()
+    assert 1 <= done < 300
+    # the epoch the cancel cut short is not counted anywhere: history, resume state, the record
+    assert run.history()["epoch"].tolist() == list(range(1, done + 1))
+    assert run.resume_state()["epochs_done"] == done
     model = load_model(run.file(runs.MODEL))
     assert model.output.shape == (None, 2)
 
 
 def test_cancelling_a_queued_job_never_starts_it(store, data, tmp_path):
-    job_id = J.submit(config(data), store=store, out_dir=tmp_path / "models", start_scheduler=False)
-    job = J.cancel(job_id, store=store)
-    assert job["status"] == "cancelled" and job["run_dir"] is None
-    with pytest.raises(J.JobError, match="already cancelled"):
-        J.cancel(job_id, store=store)
+    job_id = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models", start_scheduler=False)
+    job = job_queue.cancel(job_id, store=store)
+    assert job["status"] == "cancelled" and job["run_dir"] is None and job["error"] == "cancelled before it started"
+    with pytest.raises(JobError, match="already cancelled"):
+        job_queue.cancel(job_id, store=store)
+    Scheduler(store, idle_exit=0).start_jobs()         # nothing left to claim: no worker, no folder
+    assert not list((tmp_path / "models").glob("*-simple_cnn"))
 
 
-def test_kill_9_is_detected_and_resume_carries_the_epochs_over(store, data, tmp_path):
-    job_id = J.submit(config(data, epochs=25, fine_tune_epochs=2, batch_size=4), store=store,
-                      out_dir=tmp_path / "models")
-    wait_for(lambda: len(store.epochs(job_id)) >= 3, what="three epochs")
+def test_kill_9_is_recorded_in_the_run_and_resume_carries_the_epochs_over(store, data, tmp_path):
+    job_id = job_queue.submit(config(data, epochs=25, fine_tune_epochs=2, batch_size=4), store=store,
+                              out_dir=tmp_path / "models")
+    wait_for(lambda: (runs.RunDir(store.get(job_id)["run_dir"]).resume_state() or {}).get("epochs_done", 0) >= 3
+             if store.get(job_id)["run_dir"] else False, what="three epochs")
     os.kill(store.get(job_id)["pid"], signal.SIGKILL)
-    job = wait_for(lambda: (j := store.get(job_id))["status"] != "running" and j, what="the crash to be noticed")
-    assert job["status"] == "failed"
-    assert "SIGKILL" in job["error"]
-    state = json.loads((runs.RunDir(job["run_dir"]).path / "state" / "resume.json").read_text())
-    assert state["epochs_done"] >= 3
+    job = wait_for(lambda: (j := job_queue.get(job_id, store=store))["state"] == "ended" and j,
+                   what="the crash to be noticed")
+    run = runs.RunDir(job["run_dir"])
+    assert job["status"] == "failed" == run.status()            # one owner: the run says so, the job shows it
+    assert "SIGKILL" in job["error"] and "SIGKILL" in run.error()
+    assert run.resume_state()["epochs_done"] >= 3
 
-    J.resume(job_id, store=store)
-    job = J.wait(job_id, store=store, timeout=240)
+    job_queue.resume(job_id, store=store)
+    job = job_queue.wait(job_id, store=store, timeout=240)
     assert job["status"] == "succeeded", job["error"]
     assert job["resumed_from_epoch"] >= 3 and job["attempts"] == 2
-    run = runs.RunDir(job["run_dir"])
     history = run.history()
     assert history["epoch"].tolist() == list(range(1, 28))      # no epoch lost or repeated
     assert history["stage"].tolist() == ["frozen"] * 25 + ["finetune"] * 2
     assert run.info()["resumed_from_epoch"] == job["resumed_from_epoch"]
-    assert "resuming" in run.file(J.JOB_LOG).read_text()
+    assert "resuming" in run.file(JOB_LOG).read_text()
     assert not [p for p in run.path.rglob("*") if ".tmp" in p.name], "half-written files left behind"
 
 
+def test_a_finished_run_is_final_whatever_its_job_row_says(store, data, tmp_path):
+    """Failure 1: resuming through the job path a job whose run had finished (its row said failed or
+    cancelled, e.g. after a late forced cancel) retrained it from epoch 1 and overwrote model.keras."""
+    job_id = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
+    job = job_queue.wait(job_id, store=store, timeout=180)
+    run = runs.RunDir(job["run_dir"])
+    before = fingerprint(run)
+    with pytest.raises(JobError, match="already succeeded"):
+        job_queue.cancel(job_id, store=store, force=True)        # a cancel that arrives late changes nothing
+    with sqlite3.connect(store.path) as con:                    # the row as the old design could leave it
+        con.execute("UPDATE queue SET outcome = 'cancelled', error = 'killed on request' WHERE id = ?", (job_id,))
+    assert job_queue.get(job_id, store=store)["status"] == "succeeded"   # the run's word wins
+    with pytest.raises(RunError, match="already finished"):
+        job_queue.resume(job_id, store=store)
+    with pytest.raises(RunError, match="already finished"):
+        job_queue.resume_run(run.path, store=store)
+    # even a worker handed the job behind the queue's back refuses to write into the run
+    assert store.requeue(job_id, resume=True, run_dir=str(run.path))
+    scheduler_module.ensure_scheduler(store)
+    wait_for(lambda: (j := store.get(job_id))["state"] == "ended" and j["attempts"] == 2, what="the second attempt")
+    assert "already finished" in run.file(JOB_LOG).read_text()
+    assert fingerprint(run) == before
+
+
+def _claimed(store, job_id, tmp_path, *, resume_run_dir=None):
+    """What the scheduler does before the worker starts: claim, make the run folder, record it."""
+    token = store.claim(job_id)
+    run = runs.RunDir(resume_run_dir) if resume_run_dir else runs.new_run_dir("simple_cnn", tmp_path / "models")
+    store.set_owned(job_id, token, run_dir=str(run.path))
+    return token, run
+
+
+def _worker(store, job_id, token):
+    return subprocess.run([sys.executable, "-m", "cxrcore.jobs.worker", job_id, "--db", str(store.path),
+                           "--token", token], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_a_cancel_between_the_claim_and_the_worker_start_wins(store, data, tmp_path):
+    """Failure 2, new job: the worker crashed on a missing run directory and left an orphan folder."""
+    job_id = store.add(config(data), out_dir=tmp_path / "models")
+    token, run = _claimed(store, job_id, tmp_path)
+    job_queue.cancel(job_id, store=store)                        # lands before the worker starts work
+    proc = _worker(store, job_id, token)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = job_queue.get(job_id, store=store)
+    assert job["status"] == "cancelled" and job["error"] == "cancelled before it started"
+    assert not run.path.exists()                                 # no orphan run folder
+
+    # a forced cancel before the worker starts: the worker finds the job is no longer its own
+    job_id = store.add(config(data), out_dir=tmp_path / "models")
+    token, run = _claimed(store, job_id, tmp_path)
+    assert job_queue.cancel(job_id, store=store, force=True)["status"] == "cancelled"
+    proc = _worker(store, job_id, token)
+    assert proc.returncode == 0 and "nothing was trained" in proc.stdout
+    assert not run.path.exists()
+
+
+def test_a_cancelled_resume_never_trains_its_run(store, data, tmp_path):
+    """Failure 2, resumed job: the job stayed cancelled while its run trained on to succeeded."""
+    job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=tmp_path / "models")
+    wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
+    job = job_queue.cancel(job_id, store=store, wait=60)
+    run = runs.RunDir(job["run_dir"])
+    done = run.epochs_completed()
+    assert store.requeue(job_id, resume=True, run_dir=str(run.path))
+    token, _ = _claimed(store, job_id, tmp_path, resume_run_dir=run.path)
+    job_queue.cancel(job_id, store=store)
+    proc = _worker(store, job_id, token)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert run.status() == "cancelled" and run.epochs_completed() == done
+    assert job_queue.get(job_id, store=store)["status"] == "cancelled"
+    assert run.path.is_dir()                                     # a resumed run's folder is never removed
+
+
+class _FakeProcess:
+    pid = 2 ** 22 + 11
+
+    def poll(self):
+        return None
+
+
+def test_a_job_whose_run_directory_was_deleted_fails_and_the_queue_goes_on(store, data, tmp_path, monkeypatch):
+    """Failure 8: the scheduler crashed on job.log and every later scheduler picked the same job first."""
+    started = []
+
+    def fake_spawn(args, log, env):
+        log.close()
+        started.append(args)
+        return _FakeProcess()
+
+    monkeypatch.setattr(scheduler_module, "spawn", fake_spawn)
+    gone = tmp_path / "models" / "20260101-000000-simple_cnn"
+    broken = store.add(config(data), out_dir=tmp_path / "models", run_dir=gone)
+    fine = store.add(config(data), out_dir=tmp_path / "models")
+    Scheduler(store, idle_exit=0).step()
+    job = job_queue.get(broken, store=store)
+    assert job["status"] == "failed" and "no longer exists" in job["error"]
+    assert store.get(fine)["state"] == "running" and started and started[0][1] == fine
+
+
+def test_a_running_job_whose_process_is_gone_is_marked_failed(store, data, tmp_path):
+    job_id = store.add(config(data))
+    token = store.claim(job_id)
+    run = runs.new_run_dir("simple_cnn", tmp_path / "models")
+    run.update_info(status="running", pid=2 ** 22 + 7, host=__import__("socket").gethostname())
+    store.set_owned(job_id, token, pid=2 ** 22 + 7, run_dir=str(run.path))      # no such process
+    assert job_queue.get(job_id, store=store)["status"] == "interrupted"       # the run's view, before reaping
+    Scheduler(store, idle_exit=0).reap()
+    job = job_queue.get(job_id, store=store)
+    assert job["status"] == "failed" and "is gone" in job["error"]
+    assert run.status() == "failed" and "is gone" in run.error()
+
+
 def test_two_submissions_queue_and_both_finish(store, data, tmp_path):
-    first = J.submit(config(data), store=store, out_dir=tmp_path / "models")
-    second = J.submit(config(data, seed=2), store=store, out_dir=tmp_path / "models")
-    wait_for(lambda: store.get(first)["status"] == "running", what="the first job to start")
-    assert store.get(second)["status"] == "queued"            # one at a time on a CPU
-    assert J.wait(second, store=store, timeout=240)["status"] == "succeeded"
-    a, b = store.get(first), store.get(second)
+    first = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
+    second = job_queue.submit(config(data, seed=2), store=store, out_dir=tmp_path / "models")
+    wait_for(lambda: store.get(first)["state"] == "running", what="the first job to start")
+    assert store.get(second)["state"] == "queued"                # one at a time on a CPU
+    assert job_queue.wait(second, store=store, timeout=240)["status"] == "succeeded"
+    a, b = job_queue.get(first, store=store), job_queue.get(second, store=store)
     assert a["status"] == "succeeded"
     assert a["finished"] <= b["started"]
     assert a["run_dir"] != b["run_dir"]
 
 
 def test_many_readers_while_a_job_writes_see_no_errors(store, data, tmp_path):
-    job_id = J.submit(config(data, epochs=6, batch_size=2), store=store, out_dir=tmp_path / "models")
+    job_id = job_queue.submit(config(data, epochs=6, batch_size=2), store=store, out_dir=tmp_path / "models")
     errors, reads = [], [0]
 
     def reader():
-        mine = J.JobStore(store.path)
-        while store.get(job_id)["status"] in ("queued", "running"):
+        mine = JobStore(store.path)
+        while store.get(job_id)["state"] in ("queued", "running"):
             try:
-                mine.list()
-                mine.get(job_id)
-                mine.epochs(job_id)
+                job_queue.list_jobs(store=mine)
+                job = job_queue.get(job_id, store=mine)
+                if job["run_dir"]:
+                    runs.RunDir(job["run_dir"]).history()
                 reads[0] += 1
             except Exception as exc:  # noqa: BLE001 - any error is a failure here
                 errors.append(repr(exc))
@@ -146,12 +285,12 @@ def test_many_readers_while_a_job_writes_see_no_errors(store, data, tmp_path):
         t.join(timeout=240)
     assert errors == []
     assert reads[0] > 50
-    assert store.get(job_id)["status"] == "succeeded"
+    assert job_queue.get(job_id, store=store)["status"] == "succeeded"
 
 
 def test_a_comparison_is_one_job_per_backbone_in_one_group(store, data, tmp_path):
-    group, ids = J.submit_comparison(config(data, weights="imagenet"), ["mobilenetv2_0.35", "simple_cnn"],
-                                     store=store, start_scheduler=False)
+    group, ids = job_queue.submit_comparison(config(data, weights="imagenet"), ["mobilenetv2_0.35", "simple_cnn"],
+                                             store=store, start_scheduler=False)
     jobs = store.list(group=group)
     assert sorted(j["id"] for j in jobs) == sorted(ids)
     by_backbone = {j["config"]["backbone"]: j["config"] for j in jobs}
@@ -160,18 +299,72 @@ def test_a_comparison_is_one_job_per_backbone_in_one_group(store, data, tmp_path
     assert by_backbone["simple_cnn"]["data"] == by_backbone["mobilenetv2_0.35"]["data"]
 
 
-def test_a_running_job_whose_process_is_gone_is_marked_failed(store, data):
-    job_id = store.add(config(data))
-    store.update(job_id, status="running", pid=2 ** 22 + 7)      # no such process
-    J.Scheduler(store, idle_exit=0).reap()
-    job = store.get(job_id)
-    assert job["status"] == "failed" and "is gone" in job["error"]
-
-
 def test_submit_checks_the_data_before_queueing(store, tmp_path):
     with pytest.raises(Exception, match="dataset not found"):
-        J.submit(config(tmp_path / "nowhere"), store=store, start_scheduler=False)
+        job_queue.submit(config(tmp_path / "nowhere"), store=store, start_scheduler=False)
     assert store.list() == []
+
+
+def test_job_id_prefixes_are_matched_literally(store, data):
+    """Failure 11: `cancel _` cancelled a job (LIKE without escaping)."""
+    job_id = store.add(config(data))
+    for pattern in ("_", "%", job_id[:3] + "%"):
+        with pytest.raises(JobError, match="no job"):
+            job_queue.cancel(pattern, store=store)
+    assert store.get(job_id)["state"] == "queued"
+    assert store.get(job_id[:4])["id"] == job_id
+
+
+def test_a_locked_database_says_so(store, data):
+    """Failure 11: a failed lock acquisition hid `database is locked` behind `cannot rollback`."""
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(JobError, match="database is locked"):
+            JobStore(store.path, timeout=0.2).add(config(data))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.list() == []
+
+
+def test_every_entry_point_uses_one_absolute_models_folder(tmp_path, monkeypatch):
+    """Failure 10: `jobs submit` from another folder wrote a database no scheduler read."""
+    monkeypatch.delenv("CXRCORE_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert runs.models_dir() == REPO / "models"
+    from cxrcore.jobs.store import default_db
+    assert default_db() == REPO / "models" / "jobs.sqlite"
+    monkeypatch.setenv("CXRCORE_MODELS", "relative/models")
+    assert runs.models_dir() == tmp_path / "relative" / "models"           # made absolute where it is read
+    proc = subprocess.run([sys.executable, "-m", "cxrcore", "jobs", "list", "--json"], cwd=tmp_path / "..",
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CXRCORE_MODELS": str(tmp_path / "m"), "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "m" / "jobs.sqlite").is_file()
+
+
+def test_an_old_job_database_is_carried_over(tmp_path, data):
+    """jobs.sqlite from before the queue/run split: its jobs stay listed, with their outcome."""
+    path = tmp_path / "old" / "jobs.sqlite"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as con:
+        con.executescript("""
+            CREATE TABLE jobs (id TEXT PRIMARY KEY, group_id TEXT, status TEXT NOT NULL, config TEXT NOT NULL,
+                out_dir TEXT NOT NULL, run_dir TEXT, created REAL NOT NULL, started REAL, finished REAL, updated REAL,
+                pid INTEGER, gpu TEXT, device TEXT, stage TEXT, epoch INTEGER, epochs INTEGER, batch INTEGER,
+                batches INTEGER, metrics TEXT, error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0,
+                resume INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, resumed_from_epoch INTEGER);
+            CREATE TABLE epochs (job_id TEXT, epoch INTEGER, stage TEXT, metrics TEXT, time REAL);""")
+        con.execute("INSERT INTO jobs (id, status, config, out_dir, created, error) VALUES (?, ?, ?, ?, ?, ?)",
+                    ("abc123", "cancelled", json.dumps(config(data).to_dict()), str(tmp_path), 1.0,
+                     "cancelled before it started"))
+    store = JobStore(path)
+    job = job_queue.get("abc123", store=store)
+    assert job["state"] == "ended" and job["status"] == "cancelled"
+    with sqlite3.connect(path) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"queue"}
 
 
 def cli(*args, env=None):
@@ -194,7 +387,7 @@ def test_cli_submit_show_list_and_errors(data, tmp_path):
     bad = cli("jobs", "--db", db, "show", "nosuchjob")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: no job nosuchjob"
     again = cli("jobs", "--db", db, "resume", job_id)
-    assert again.returncode == 2 and "only failed or cancelled jobs can be resumed" in again.stderr
+    assert again.returncode == 2 and "already finished" in again.stderr
 
 
 def test_mirrored_strategy_over_logical_cpus(data, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -102,10 +103,35 @@ def test_external_validation_is_kept_apart_from_the_test_split(trained, tmp_path
         evaluate_run(run.path, external)
     result = evaluate_run(run.path, external, drop_unknown=True)
     assert result["n"] == 8
-    out = run.path / "external" / "hospital_b"
-    assert json.loads((out / runs.METRICS).read_text())["n"] == 8
-    assert len(pd.read_csv(out / runs.PREDICTIONS)) == 8
+    (saved,) = [e for e in run.external_evaluations() if e.source["data"] == str(external.resolve())]
+    assert saved.folder.parent == run.path / "external" and "-hospital_b-" in saved.folder.name
+    assert saved.metrics["n"] == 8 and len(saved.predictions()) == 8
     assert run.file(runs.METRICS).read_text() == before
+
+
+def test_each_external_dataset_keeps_its_own_folder_inside_the_run(trained, tmp_path):
+    """Failure 3: /a/hospitalA/test and /b/hospitalB/test shared external/test (the second replaced the
+    first), and a manifest named `...csv` made the folder `external/..`, overwriting the test metrics."""
+    run, _, _ = trained
+    before = {name: run.file(name).read_bytes() for name in (runs.METRICS, runs.PREDICTIONS, runs.PER_CLASS)}
+    first = make_class_folders(tmp_path / "hospitalA" / "test", classes=("dark", "bright"), per_class=3)
+    second = make_class_folders(tmp_path / "hospitalB" / "test", classes=("dark", "bright"), per_class=5)
+    rows = [{"path": str(p), "label": p.parent.name} for p in sorted(second.rglob("*.png"))[:4]]
+    manifest = tmp_path / "exports" / "...csv"
+    manifest.parent.mkdir()
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    already = len(run.external_evaluations())
+    folders = {str(d): evaluate_run(run.path, d)["out_dir"] for d in (first, second, manifest)}
+    assert len(set(folders.values())) == 3
+    external = (run.path / "external").resolve()
+    for out in folders.values():
+        assert Path(out).resolve().parent == external
+    by_data = {e.source["data"]: e.metrics["n"] for e in run.external_evaluations()}
+    assert by_data[str(first.resolve())] == 6 and by_data[str(second.resolve())] == 10
+    assert by_data[str(manifest.resolve())] == 4
+    assert {name: run.file(name).read_bytes() for name in before} == before      # the test split's own results
+    again = evaluate_run(run.path, first)                                          # replaces only its own folder
+    assert again["out_dir"] == folders[str(first)] and len(run.external_evaluations()) == already + 3
 
 
 def test_either_stage_can_be_skipped(tmp_path):
@@ -127,10 +153,93 @@ def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path
     run = train(tiny_config(root, batch_size=4, epochs=5), out_dir=tmp_path / "m", should_stop=should_stop)
     info = run.info()
     assert info["status"] == "cancelled"
-    assert info["epochs_completed"] == 1
     assert len(calls) == 2
+    # Failure 9: Keras still ends the epoch it was stopped in; that partial epoch is not a completed one
+    assert info["epochs_completed"] == 0 and run.epochs_completed() == 0
+    assert run.history().empty and run.resume_state() is None
     assert not run.file(runs.METRICS).exists()
     assert Predictor(run.path).predict([str(next(root.rglob("*.png")))])[0]["label"] in ("A", "B")
+
+
+def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=20)      # 32 training images: 8 batches of 4
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) >= 8 * 2 + 3                   # the third batch of epoch 3
+
+    run = train(tiny_config(root, batch_size=4, epochs=5, fine_tune_epochs=0), out_dir=tmp_path / "m",
+                should_stop=should_stop)
+    assert run.status() == "cancelled"
+    assert run.info()["epochs_completed"] == 2 == run.resume_state()["epochs_done"]
+    assert run.history()["epoch"].tolist() == [1, 2]
+    assert run.info()["best_epoch"] in (1, 2)
+    resumed = train(run.config(), run=run, resume=True)
+    assert resumed.info()["resumed_from_epoch"] == 2
+    assert resumed.history()["epoch"].tolist() == [1, 2, 3, 4, 5]
+
+
+def _val_loss_of_saved_model(run: runs.RunDir) -> float:
+    from cxrcore.evaluation.evaluate import predict_frame
+    from cxrcore.training.model import load_model
+
+    split = run.split()
+    val = split[split["split"] == "val"].reset_index(drop=True)
+    classes = run.labels()
+    probs = predict_frame(load_model(run.file(runs.MODEL)), val, classes, run.image_size())
+    y = val["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
+def test_a_kill_between_checkpoint_and_resume_state_cannot_split_best_epoch_from_the_model(tmp_path):
+    """Failure 11: a process killed after writing a better model.keras but before that epoch's resume
+    state left, after resuming, a best_epoch that disagreed with the saved model."""
+    from cxrcore.training.model import build_model
+
+    root = make_class_folders(tmp_path / "d", per_class=20)
+    calls = []
+    run = train(tiny_config(root, batch_size=4, epochs=4, fine_tune_epochs=0), out_dir=tmp_path / "m",
+                should_stop=lambda: calls.append(1) or len(calls) > 8 * 2)      # stops in epoch 3
+    assert run.resume_state()["epochs_done"] == 2
+    # what a kill after epoch 3's checkpoint write and before its resume state leaves behind
+    stranger = build_model("simple_cnn", 2, image_size=32, weights="none", head=HeadConfig(dense_units=[8]))
+    stranger.save(tmp_path / "written.keras")               # the checkpoint writes a new file and renames it
+    (tmp_path / "written.keras").replace(run.file(runs.MODEL))
+    resumed = train(run.config(), run=run, resume=True, should_stop=lambda: True)   # stops at once
+    info = resumed.info()
+    history = resumed.history().set_index("epoch")
+    assert info["best_epoch"] <= info["epochs_completed"] == 2
+    assert info["best_val_loss"] == pytest.approx(history.loc[info["best_epoch"], "val_loss"], rel=1e-6)
+    assert _val_loss_of_saved_model(resumed) == pytest.approx(info["best_val_loss"], rel=1e-3, abs=1e-4)
+
+
+def test_no_training_path_writes_into_a_finished_or_live_run(trained, tmp_path):
+    import os
+    import socket
+
+    from cxrcore.errors import RunError
+    from cxrcore.training.train import resume_run
+
+    run, _, root = trained
+    files = {name: run.file(name).read_bytes() for name in (runs.MODEL, runs.HISTORY, runs.METRICS, runs.INFO)}
+    with pytest.raises(RunError, match="already finished"):
+        resume_run(run.path)
+    with pytest.raises(RunError, match="already holds a run"):
+        train(run.config(), run=run)
+    assert evaluate_run(run.path)["accuracy"] == json.loads(files[runs.METRICS])["accuracy"]
+    assert {name: run.file(name).read_bytes() for name in files} == files
+
+    live = runs.RunDir(tmp_path / "live")                 # a run whose process is alive (this one)
+    live.path.mkdir()
+    for name in (runs.CONFIG, runs.LABELS, runs.SPLIT):
+        live.file(name).write_bytes(run.file(name).read_bytes())
+    live.update_info(status="running", **runs.this_process())
+    assert live.status() == "running"
+    with pytest.raises(RunError, match="still training"):
+        resume_run(live.path)
+    live.update_info(pid=os.getpid(), pid_started="0", host=socket.gethostname())   # a recycled pid
+    assert live.status() == "interrupted"
 
 
 def test_bad_data_fails_before_a_run_directory_is_made(tmp_path):

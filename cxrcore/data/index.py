@@ -256,31 +256,3 @@ def summarize(index: pd.DataFrame) -> dict:
         "imbalance_ratio": float(per_class.max() / per_class.min()) if len(per_class) else 0.0,
         "modes": {str(k): int(v) for k, v in index["mode"].value_counts().items()},
     }
-
-
-def recent_datasets(limit: int = 8) -> list[str]:
-    """Datasets opened recently (newest first) that still exist."""
-    import json
-
-    try:
-        items = json.loads((cache_dir() / "recent.json").read_text())
-    except (OSError, ValueError):
-        return []
-    return [p for p in items if isinstance(p, str) and Path(p).exists()][:limit]
-
-
-def remember_dataset(path: str | os.PathLike, limit: int = 8) -> list[str]:
-    """Put ``path`` first in the recent-datasets list (kept in the cache folder)."""
-    import json
-
-    path = str(Path(path).expanduser().resolve())
-    items = [path] + [p for p in recent_datasets(limit * 2) if p != path]
-    target = cache_dir() / "recent.json"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(items[:limit]))
-        os.replace(tmp, target)
-    except OSError:
-        pass
-    return items[:limit]

@@ -1,7 +1,7 @@
 """Evaluation of a trained model: on its own test split, or on any other labelled folder.
 
-Results of an external folder are kept apart from the test split's, in
-``<run>/external/<folder name>/``, because a model that scores well inside one
+Results of external data are kept apart from the test split's, one folder per dataset in
+``<run>/external/`` (:meth:`cxrcore.runs.RunDir.external_dir`), because a model that scores well inside one
 dataset can fall to chance on another hospital's images and the two must not mix.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def evaluate_frame(model, frame: pd.DataFrame, classes: list[str], image_size: i
     result = metrics.classification_metrics(y, probs, classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / runs.METRICS, result)
-    runs.write_csv(out_dir / "per_class.csv", pd.DataFrame(metrics.per_class_table(result)))
+    runs.write_csv(out_dir / runs.PER_CLASS, pd.DataFrame(metrics.per_class_table(result)))
     runs.write_csv(out_dir / runs.PREDICTIONS, predictions_table(frame, probs, classes))
     return result
 
@@ -58,6 +58,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
                  progress=None) -> dict:
     """Evaluate a run's best model on its test split (``data=None``) or on a labelled folder.
 
+    A finished run's test metrics are read back, never recomputed or rewritten.
     The folder is read with the same layouts and the run's own label scheme. Labels the
     model does not know raise :class:`DataError` unless ``drop_unknown``. Returns the
     metrics dict, with ``out_dir`` added.
@@ -69,7 +70,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     run = runs.RunDir(run_dir)
     model_path = run.require_model()
     classes, config = run.labels(), run.config()
-    image_size = int(model_input_size(run))
+    image_size = run.image_size()
+    if data is None and run.is_final and run.metrics() is not None:
+        return {**run.metrics(), "out_dir": str(run.path)}   # a finished run's test results never change
     if data is None:
         frame = run.split()
         frame = frame[frame["split"] == "test"].reset_index(drop=True)
@@ -90,23 +93,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     started = time.time()
     result = evaluate_frame(model, frame, classes, image_size, out_dir, batch_size=config.batch_size)
     if data is not None:
-        runs.write_json(out_dir / "source.json", {"data": str(Path(data).resolve()), "n": result["n"],
+        runs.write_json(out_dir / runs.SOURCE, {"data": str(Path(data).resolve()), "n": result["n"],
                                                "dropped_unknown": bool(drop_unknown),
                                                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                "seconds": round(time.time() - started, 2)})
     return {**result, "out_dir": str(out_dir)}
-
-
-def model_input_size(run: runs.RunDir) -> int:
-    """The square input size the run's model was trained at."""
-    info = run.info()
-    if info.get("image_size"):
-        return int(info["image_size"])
-    config = run.config()
-    if config.image_size:
-        return int(config.image_size)
-    from ..training.backbones import get_backbone
-    return get_backbone(config.backbone).input_size
 
 
 # For comparisons: which way is better, per row of :func:`compare_runs`.
@@ -121,13 +112,11 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     training time, inference time per image and test images; missing values where a run
     has no test metrics. :data:`BETTER` says which rows are better high or low.
     """
-    import json
-
     columns = {}
     for path in run_dirs:
         run = runs.RunDir(path)
         info = run.info()
-        metrics = json.loads(run.file(runs.METRICS).read_text()) if run.file(runs.METRICS).exists() else {}
+        metrics = run.metrics() or {}
         column = {"backbone": info.get("backbone"), "accuracy": metrics.get("accuracy"),
                   "macro F1": metrics.get("macro_f1"), "macro AUC": metrics.get("macro_auc")}
         for name, values in metrics.get("per_class", {}).items():

@@ -10,28 +10,69 @@ from typing import Callable, Optional
 import keras
 import pandas as pd
 
-from ..runs import write_csv
+from ..runs import BEST_FILE, RESUME_FILE, write_csv, write_json
 
 
 def _clean(logs: dict | None) -> dict:
     return {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) or hasattr(v, "__float__")}
 
 
-class AtomicCheckpoint(keras.callbacks.Callback):
+class Cancel(keras.callbacks.Callback):
+    """Stop at the end of the current batch once ``should_stop()`` returns True.
+
+    Keras still calls ``on_epoch_end`` for an epoch it stopped in the middle of;
+    :attr:`epoch_complete` tells the callbacks that record epochs (checkpoint, history,
+    resume state, progress) whether this one ran every batch, so a partial epoch is never
+    counted as done. Put it first in the callback list.
+    """
+
+    def __init__(self, should_stop: Optional[Callable[[], bool]]):
+        super().__init__()
+        self.should_stop = should_stop
+        self.cancelled = False
+        self.epoch_complete = True
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches = batch + 1
+        if self.should_stop is not None and not self.cancelled and self.should_stop():
+            self.cancelled = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps = (self.params or {}).get("steps")
+        self.epoch_complete = not self.cancelled or (steps is not None and self._batches >= steps)
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """A callback that records only epochs that ran every batch (see :class:`Cancel`)."""
+
+    def __init__(self, cancel: Cancel | None = None):
+        super().__init__()
+        self.cancel = cancel
+
+    def complete(self) -> bool:
+        return self.cancel is None or self.cancel.epoch_complete
+
+
+class AtomicCheckpoint(_EpochRecorder):
     """Save the best model (lowest ``monitor``) to ``path`` through a temp file + rename.
 
     One instance is shared by both stages, so "best" means best over the whole run.
     """
 
-    def __init__(self, path: Path, monitor: str = "val_loss"):
-        super().__init__()
+    def __init__(self, path: Path, monitor: str = "val_loss", cancel: Cancel | None = None):
+        super().__init__(cancel)
         self.path, self.monitor = Path(path), monitor
         self.best = math.inf
         self.best_epoch: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)) or float(value) >= self.best:
+        if not self.complete() or value is None or not math.isfinite(float(value)) or float(value) >= self.best:
             return
         self.best, self.best_epoch = float(value), epoch + 1
         self.save()
@@ -42,11 +83,11 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, self.path)
 
 
-class HistoryLog(keras.callbacks.Callback):
-    """``history.csv``: one row per epoch over both stages, rewritten atomically each epoch."""
+class HistoryLog(_EpochRecorder):
+    """``history.csv``: one row per completed epoch over both stages, rewritten atomically each epoch."""
 
-    def __init__(self, path: Path):
-        super().__init__()
+    def __init__(self, path: Path, cancel: Cancel | None = None):
+        super().__init__(cancel)
         self.path = Path(path)
         self.rows: list[dict] = []
         self.stage = ""
@@ -56,6 +97,8 @@ class HistoryLog(keras.callbacks.Callback):
         self._started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.complete():
+            return
         lr = self.model.optimizer.learning_rate
         self.rows.append({"epoch": epoch + 1, "stage": self.stage, **_clean(logs),
                           "learning_rate": float(keras.ops.convert_to_numpy(lr)),
@@ -63,11 +106,12 @@ class HistoryLog(keras.callbacks.Callback):
         write_csv(self.path, pd.DataFrame(self.rows))
 
 
-class Progress(keras.callbacks.Callback):
+class Progress(_EpochRecorder):
     """Report ``{"event", "stage", "epoch", "epochs", "batch", "batches", "logs"}`` to a function."""
 
-    def __init__(self, report: Callable[[dict], None], batches: int, epochs: int, every: int = 1):
-        super().__init__()
+    def __init__(self, report: Callable[[dict], None], batches: int, epochs: int, every: int = 1,
+                 cancel: Cancel | None = None):
+        super().__init__(cancel)
         self.report, self.batches, self.epochs, self.every = report, batches, epochs, max(1, every)
         self.stage, self.epoch = "", 0
 
@@ -83,71 +127,66 @@ class Progress(keras.callbacks.Callback):
             self._send("batch", batch + 1, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._send("epoch", self.batches, logs)
+        if self.complete():
+            self._send("epoch", self.batches, logs)
 
 
-class Cancel(keras.callbacks.Callback):
-    """Stop at the end of the current batch once ``should_stop()`` returns True."""
+class ResumeState(_EpochRecorder):
+    """After every completed epoch: the full model (weights and optimizer state), the best
+    checkpoint as it stands, and where training stands.
 
-    def __init__(self, should_stop: Optional[Callable[[], bool]]):
-        super().__init__()
-        self.should_stop = should_stop
-        self.cancelled = False
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.should_stop is not None and not self.cancelled and self.should_stop():
-            self.cancelled = True
-            self.model.stop_training = True
-
-
-STATE_DIR = "state"
-_RESUME_FILE = "resume.json"
-
-
-class ResumeState(keras.callbacks.Callback):
-    """After every epoch: the full model (weights and optimizer state) and where training stands.
-
-    ``state/resume.json`` names the model file of the last completed epoch; both are written
-    atomically and the json last, so it always points at a complete file. ``train(resume=True)``
-    reads it back through :func:`read_resume_state`.
+    ``state/resume.json`` names the model file of the last completed epoch and the best
+    epoch so far; ``state/best.keras`` is that epoch's checkpoint (a hard link to
+    ``model.keras``'s file, so it costs no space: every writer of ``model.keras`` writes a new
+    file and renames it over the old one, never in place). Files are written atomically and the json
+    last, so it always points at complete files. On resume, ``model.keras`` is put back
+    from ``state/best.keras``: a process killed after writing a better ``model.keras`` but
+    before its resume state cannot leave a best epoch that disagrees with the saved model.
     """
 
-    def __init__(self, folder: Path):
-        super().__init__()
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, checkpoint: AtomicCheckpoint, cancel: Cancel | None = None):
+        super().__init__(cancel)
+        self.folder, self.checkpoint = Path(folder), checkpoint
         self.stage, self.stage_start = "", 0
         self._model_file = ""
+        self._linked_best: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.complete():
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1:04d}.keras"
         tmp = self.folder / f".tmp{os.getpid()}-{name}"
         self.model.save(tmp)
         os.replace(tmp, self.folder / name)
         self._model_file = name
+        if self.checkpoint.best_epoch is not None and self.checkpoint.best_epoch != self._linked_best:
+            self.keep_best()
         self._write(epoch + 1, complete=False)
         for old in self.folder.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+
+    def keep_best(self) -> None:
+        """``state/best.keras`` := the current ``model.keras`` (a hard link, or a copy)."""
+        import shutil
+
+        tmp = self.folder / f".tmp{os.getpid()}-{BEST_FILE}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.checkpoint.path, tmp)
+        except OSError:
+            shutil.copyfile(self.checkpoint.path, tmp)
+        os.replace(tmp, self.folder / BEST_FILE)
+        self._linked_best = self.checkpoint.best_epoch
 
     def mark_stage_complete(self, epochs_done: int) -> None:
         if self._model_file:
             self._write(epochs_done, complete=True)
 
     def _write(self, epochs_done: int, complete: bool) -> None:
-        from ..runs import write_json
-        write_json(self.folder / _RESUME_FILE, {"stage": self.stage, "stage_start": self.stage_start,
-                                                "epochs_done": epochs_done, "stage_complete": complete,
-                                                "model": self._model_file})
-
-
-def read_resume_state(run) -> dict | None:
-    """The last completed epoch's state of a run, or None when there is none to resume from."""
-    import json
-
-    path = Path(run.path) / STATE_DIR / _RESUME_FILE
-    try:
-        state = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return state if (path.parent / state.get("model", "")).is_file() and state.get("model") else None
+        best = self.checkpoint.best_epoch
+        write_json(self.folder / RESUME_FILE, {
+            "stage": self.stage, "stage_start": self.stage_start, "epochs_done": epochs_done,
+            "stage_complete": complete, "model": self._model_file, "best_epoch": best,
+            "best_val_loss": self.checkpoint.best if best is not None else None})

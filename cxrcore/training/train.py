@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ import tensorflow as tf
 import keras
 
 from .. import runs
+from ..runs import write_csv
 from .backbones import get_backbone
-from .callbacks import STATE_DIR, AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState, read_resume_state
+from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState
 from .devices import configure_devices
 from ..config import TrainConfig
 from ..data.index import build_index
@@ -116,19 +116,24 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
     checkpoint is kept, status ``cancelled``). Bad data raises before the run directory
     is created; a failure during training marks the run ``failed`` with the reason.
 
-    ``resume=True`` continues ``run`` (a run whose process died or was cancelled) from
-    its last completed epoch, with the model, optimizer state, split and history it had.
+    ``resume=True`` continues ``run`` (a run whose process died, failed or was cancelled) from
+    its last completed epoch, with the model, optimizer state, split and history it had; a
+    run that succeeded, or whose process is still alive, is refused
+    (:meth:`cxrcore.runs.RunDir.check_resumable`). Use :func:`resume_run` for that.
     """
-    config.validate()
+    config = config.resolved()            # weights, size and unfreeze depth left open follow the backbone
     spec = get_backbone(config.backbone)
     image_size = config.image_size or spec.input_size
     if resume:
-        if run is None or not run.file(runs.SPLIT).exists():
-            raise RunError(f"nothing to resume: {run.path if run else 'no run'} has no {runs.SPLIT}")
+        if run is None:
+            raise RunError("nothing to resume: no run directory given")
+        run.check_resumable()
         frame, classes = run.split(), run.labels()
         past = run.info()
         frame.attrs.update(root=past.get("data", config.data), layout=past.get("layout", ""))
     else:
+        if run is not None and (run.exists() or run.file(runs.INFO).exists()):
+            raise RunError(f"{run.path} already holds a run; train into a new directory or resume it")
         resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
         frame, classes = prepare_data(config, progress=data_progress)
     strategy, devices = configure_devices(config.mixed_precision)
@@ -143,6 +148,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
                           devices, resume)
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
+        if run.is_final:        # stopped after it had finished: a finished run is never rewritten
+            raise
         run.update_info(status="cancelled" if cancelled else "failed",
                         error=None if cancelled else (str(exc).splitlines() or [type(exc).__name__])[0],
                         finished=time.strftime("%Y-%m-%dT%H:%M:%S"), train_seconds=round(time.time() - started, 1))
@@ -154,16 +161,39 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _restore(run: runs.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, state: dict) -> keras.Model:
-    """Model (with optimizer state), history rows and best-so-far of an interrupted run."""
-    model = keras.saving.load_model(str(run.path / STATE_DIR / state["model"]), compile=True)
+def resume_run(run_dir: str | Path, *, progress: ProgressFn = None,
+               should_stop: Optional[Callable[[], bool]] = None) -> runs.RunDir:
+    """Continue a run from its last completed epoch with its own configuration: the one resume
+    path (``train --resume``, a resumed background job, the dashboard's Resume button). A
+    finished run, or one whose process is alive, is refused with the reason."""
+    run = runs.RunDir(run_dir)
+    run.check_resumable()
+    return train(run.config(), run=run, progress=progress, should_stop=should_stop, resume=True)
+
+
+def _restore(run: runs.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, resume_state: ResumeState,
+             state: dict) -> keras.Model:
+    """Model (with optimizer state), history rows and best checkpoint of an interrupted run, as
+    they were at its last completed epoch (later writes of a killed epoch are undone)."""
+    folder = run.path / runs.STATE_DIR
+    model = keras.saving.load_model(str(folder / state["model"]), compile=True)
     done = int(state["epochs_done"])
     past = run.history()
     past = past[past["epoch"] <= done] if len(past) else past
     history.rows = past.to_dict("records")
-    if len(past) and "val_loss" in past and run.file(runs.MODEL).exists():
-        best = past.loc[past["val_loss"].idxmin()]
-        checkpoint.best, checkpoint.best_epoch = float(best["val_loss"]), int(best["epoch"])
+    write_csv(run.file(runs.HISTORY), past)
+    best = folder / runs.BEST_FILE
+    if state.get("best_epoch") is not None and best.is_file():
+        tmp = run.path / f".tmp{os.getpid()}-{runs.MODEL}"
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, run.file(runs.MODEL))
+        checkpoint.best, checkpoint.best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
+        resume_state.keep_best()
+    elif "best_epoch" not in state and len(past) and "val_loss" in past and run.file(runs.MODEL).exists():
+        best_row = past.loc[past["val_loss"].idxmin()]     # resume state written before best.keras existed
+        checkpoint.best, checkpoint.best_epoch = float(best_row["val_loss"]), int(best_row["epoch"])
+    elif run.file(runs.MODEL).exists():      # written during the killed epoch: not a completed one
+        run.file(runs.MODEL).unlink()
     log.info("resuming %s after epoch %d (stage %s)", run.run_id, done, state["stage"])
     return model
 
@@ -172,9 +202,9 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
            resume) -> runs.RunDir:
     keras.utils.set_random_seed(config.seed)
     pretrained = config.weights not in ("none", "")
-    state = read_resume_state(run) if resume else None
+    state = run.resume_state() if resume else None
     if resume:  # a killed process may have left a temporary file mid-write: never a real one
-        for stale in [*run.path.glob(".*tmp*"), *(run.path / STATE_DIR).glob(".tmp*")]:
+        for stale in [*run.path.glob(".*tmp*"), *(run.path / runs.STATE_DIR).glob(".tmp*")]:
             stale.unlink(missing_ok=True)
     if not resume:
         config.save(run.file(runs.CONFIG))
@@ -186,7 +216,7 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         classes=classes, data=frame.attrs.get("root", config.data), layout=frame.attrs.get("layout", ""),
         n_train=int(counts.get("train", 0)), n_val=int(counts.get("val", 0)), n_test=int(counts.get("test", 0)),
         tensorflow=tf.__version__, keras=keras.__version__, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        pid=os.getpid(), host=socket.gethostname(),
+        finished=None, **runs.this_process(),
         resumed_from_epoch=int(state["epochs_done"]) if state else None, **devices)
     log.info("run %s: %s at %d px on %s (%s strategy, %d replica(s)); classes %s; train/val/test %d/%d/%d",
              run.run_id, spec.name, image_size, devices["device"], devices["strategy"], devices["replicas"],
@@ -201,22 +231,23 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
     train_ds = make_dataset(frame[frame["split"] == "train"], training=True, augment=config.augment, **make)
     val_ds = make_dataset(frame[frame["split"] == "val"], **make)
     weights = class_weights(frame.loc[frame["split"] == "train", "label"], classes, config.class_weights)
-    checkpoint = AtomicCheckpoint(run.file(runs.MODEL))
-    history = HistoryLog(run.file(runs.HISTORY))
-    resume_state = ResumeState(run.path / STATE_DIR)
     cancel = Cancel(should_stop)
+    checkpoint = AtomicCheckpoint(run.file(runs.MODEL), cancel=cancel)
+    history = HistoryLog(run.file(runs.HISTORY), cancel=cancel)
+    resume_state = ResumeState(run.path / runs.STATE_DIR, checkpoint, cancel=cancel)
     if state:
-        model = _restore(run, history, checkpoint, state)
+        model = _restore(run, history, checkpoint, resume_state, state)
     else:
         if resume:
             log.info("no completed epoch to resume from; starting %s again from epoch 1", run.run_id)
         model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights,
                             head=config.head)
-    callbacks = [checkpoint, history, resume_state, cancel,
+    callbacks = [cancel, checkpoint, history, resume_state,
                  keras.callbacks.TensorBoard(str(run.file(runs.TENSORBOARD)), write_graph=False)]
     reporter = None
     if progress is not None:
-        reporter = Progress(progress, int(train_ds.cardinality().numpy()), config.epochs + config.fine_tune_epochs)
+        reporter = Progress(progress, int(train_ds.cardinality().numpy()), config.epochs + config.fine_tune_epochs,
+                            cancel=cancel)
         callbacks.append(reporter)
     run.update_info(params=int(model.count_params()))
     if progress is not None:
@@ -247,11 +278,13 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
             reporter.stage = stage
         done = run_stage(model, train_ds, val_ds, initial_epoch=done, final_epoch=start + epochs, config=config,
                          callbacks=callbacks, class_weight=weights)
+        if not cancel.epoch_complete:
+            done -= 1                                    # Keras counts the epoch it was stopped in
         if not cancel.cancelled:
             resume_state.mark_stage_complete(done)
     result = finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
     if not cancel.cancelled:
-        shutil.rmtree(run.path / STATE_DIR, ignore_errors=True)
+        shutil.rmtree(run.path / runs.STATE_DIR, ignore_errors=True)
     return result
 
 
