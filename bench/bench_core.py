@@ -45,9 +45,10 @@ def main() -> None:
                                                          "--backbone", "simple_cnn"))[1]}
 
     import numpy as np
+
     from cxrcore.data.index import build_index
-    from cxrcore.training.pipeline import make_dataset
     from cxrcore.training.model import build_model, inference_function, set_stage
+    from cxrcore.training.pipeline import make_dataset
     from cxrcore.training.train import make_optimizer
 
     result = {"data": str(data), "weights": "imagenet-file" if weights != "none" else "none",

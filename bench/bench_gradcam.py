@@ -31,8 +31,9 @@ def main() -> None:
 
     import numpy as np
     import tensorflow as tf
-    from cxrcore.training.backbones import get_backbone
+
     from cxrcore.explain.cam import METHODS, Explainer
+    from cxrcore.training.backbones import get_backbone
     from cxrcore.training.model import build_model
 
     rng = np.random.default_rng(0)

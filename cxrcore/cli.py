@@ -352,7 +352,8 @@ def _add_jobs_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrcore", description="Train, evaluate and explain chest X-ray classifiers.")
+    parser = argparse.ArgumentParser(prog="python -m cxrcore",
+                                     description="Train, evaluate and explain chest X-ray classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("index", help="index a dataset and print its summary")
     p.add_argument("data")

@@ -132,7 +132,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """This configuration as it will run: a validated copy with the settings left to the
         backbone (weights ``"auto"``, ``image_size`` and ``unfreeze`` None) taken from its
         registry entry. The one place that rule lives: the dashboard and the CLI call it (and
@@ -149,7 +149,7 @@ class TrainConfig:
         (``weights="imagenet"`` for ``simple_cnn`` is still an error). Calling it again
         changes nothing.
         """
-        from .training.backbones import get_backbone       # plain data: no TensorFlow behind it
+        from .training.backbones import get_backbone  # plain data: no TensorFlow behind it
         spec = get_backbone(self.backbone)                 # ConfigError naming the valid backbones
         weights = self.weights
         if weights == AUTO:
@@ -160,7 +160,7 @@ class TrainConfig:
         return dataclasses.replace(self, weights=weights, image_size=self.image_size or spec.input_size,
                                    unfreeze=unfreeze).validate()
 
-    def for_backbone(self, backbone: str) -> "TrainConfig":
+    def for_backbone(self, backbone: str) -> TrainConfig:
         """These settings on ``backbone``, resolved: one job of a comparison.
 
         Pass the configuration *before* :meth:`resolved`, so that what was left to the
@@ -176,14 +176,14 @@ class TrainConfig:
         return config.resolved()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return _build(cls, data, "config")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -192,7 +192,7 @@ class TrainConfig:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check ranges; returns self so it can be chained. Raises ConfigError."""
         checks = [
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -220,7 +220,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .training.backbones import get_backbone       # plain data: no TensorFlow behind it
+        from .training.backbones import get_backbone  # plain data: no TensorFlow behind it
         spec = get_backbone(self.backbone)         # ConfigError naming the valid backbones
         if self.weights == "imagenet" and not spec.pretrained:
             raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none")

@@ -1,11 +1,11 @@
 """Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices, and one image through each."""
 import streamlit as st
 
-from cxrcore.evaluation import plots
 from cxrcore import runs as run_files
+from cxrcore.evaluation import plots
 from cxrcore.evaluation.evaluate import BETTER, compare_runs
 from cxrcore.explain.cam import METHOD_LABELS
-from pages.shared import CXRError, require_app, analyse, no_models, run_label, show_error, trained_runs
+from pages.shared import CXRError, analyse, no_models, require_app, run_label, show_error, trained_runs
 
 require_app()
 st.title("Compare")

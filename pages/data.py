@@ -1,11 +1,21 @@
 """Data: pick a dataset; its classes, splits, image formats, samples, augmentation and leakage."""
 import streamlit as st
 
-from cxrcore.evaluation import plots
 from cxrcore.config import AugmentConfig
 from cxrcore.data.io import prepare_image
-from pages.shared import (CXRError, require_app, current_dataset, demo_dir, load_index, recent_datasets, set_dataset, show_error,
-                          split_preview, synthetic_banner)
+from cxrcore.evaluation import plots
+from pages.shared import (
+    CXRError,
+    current_dataset,
+    demo_dir,
+    load_index,
+    recent_datasets,
+    require_app,
+    set_dataset,
+    show_error,
+    split_preview,
+    synthetic_banner,
+)
 
 require_app()
 st.title("Data")

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from cxrcore.data.io import dicom_summary
 from cxrcore.evaluation import plots
 from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
-from cxrcore.data.io import dicom_summary
-from pages.shared import CXRError, require_app, NOTICE, analyse, pick_run, show_error
+from pages.shared import NOTICE, CXRError, analyse, pick_run, require_app, show_error
 
 require_app()
 st.title("Predict")

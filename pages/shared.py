@@ -16,11 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrcore import runs as run_files  # noqa: E402  (after the environment is set)
-from cxrcore.data.index import build_index, cache_dir, summarize  # noqa: E402
 from cxrcore.data.demo import is_synthetic, make_demo_dataset  # noqa: E402
+from cxrcore.data.index import build_index, cache_dir, summarize  # noqa: E402
 from cxrcore.errors import CXRError  # noqa: E402
-
-
 
 _APP_STARTED = False
 
@@ -202,9 +200,9 @@ def sidebar() -> None:
         st.caption(NOTICE)
 
 
-__all__ = ["require_app", "mark_app_started", "CXRError", "NOTICE", "current_dataset", "set_dataset", "load_index", "split_preview", "predictor",
-           "explainer", "jobs", "trained_runs", "run_label", "pick_run", "no_models", "show_error",
-           "synthetic_banner", "recent_datasets", "demo_dir", "analyse"]
+__all__ = ["require_app", "mark_app_started", "CXRError", "NOTICE", "current_dataset", "set_dataset", "load_index",
+           "split_preview", "predictor", "explainer", "jobs", "trained_runs", "run_label", "pick_run", "no_models",
+           "show_error", "synthetic_banner", "recent_datasets", "demo_dir", "analyse"]
 
 
 def analyse(run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float) -> dict:

@@ -6,13 +6,13 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore import runs as run_files
+from cxrcore.config import AUTO, LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
+from cxrcore.errors import ConfigError, CXRError
+from cxrcore.evaluation import plots
 from cxrcore.jobs import queue as job_queue
 from cxrcore.jobs.hardware import hardware_summary
-from cxrcore.evaluation import plots
-from cxrcore.errors import ConfigError, CXRError
 from cxrcore.training.backbones import REGISTRY
-from cxrcore.config import AUTO, LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
-from pages.shared import require_app, current_dataset, jobs, load_index, show_error, synthetic_banner
+from pages.shared import current_dataset, jobs, load_index, require_app, show_error, synthetic_banner
 
 require_app()
 st.title("Train")

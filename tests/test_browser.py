@@ -9,7 +9,6 @@ missing, except under CI, where their absence is a failure.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -22,10 +21,8 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from conftest import CXR_DEV, MNV2_035, REPO, copy_weights_to_keras_home, needs_cxr_dev, needs_weights
 from cxrcore.config import HeadConfig, TrainConfig

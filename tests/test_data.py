@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 
 import cxrcore.data.index as data_mod
+from conftest import make_class_folders, write_image
 from cxrcore.data.index import build_index, patient_from_filename, scan_layout, summarize
 from cxrcore.errors import DataError
-
-from conftest import make_class_folders, write_image
 
 COLUMNS = ["path", "label", "split", "patient_id", "width", "height", "mode", "bytes"]
 
@@ -458,9 +457,9 @@ def test_damaged_cache_row_is_read_again(tmp_path, header_reads):
 def test_progress_ends_with_n_of_n(tmp_path, n_per_class):
     root = make_class_folders(tmp_path / "d", per_class=n_per_class, size=8)
     n = 2 * n_per_class
-    for attempt in range(2):                                   # fresh, then from the cache
+    for _ in range(2):                                         # fresh, then from the cache
         calls = []
-        build_index(root, progress=lambda done, total: calls.append((done, total)))
+        build_index(root, progress=lambda done, total, calls=calls: calls.append((done, total)))
         assert calls, "progress was never called"
         assert calls[-1] == (n, n)
         assert all(total == n and 0 < done <= n for done, total in calls)

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrcore.explain.cam import (COLORMAPS, METHOD_LABELS, METHODS, Explainer, _normalise,
-                             apply_colormap, colormap_lut, overlay, to_png_bytes)
+from cxrcore.explain.cam import (
+    COLORMAPS,
+    METHOD_LABELS,
+    METHODS,
+    Explainer,
+    _normalise,
+    apply_colormap,
+    colormap_lut,
+    overlay,
+    to_png_bytes,
+)
 
 SIZE = 32      # toy model input
 SQUARE = 8     # side of the bright square, always inside the top-left 16x16 quadrant
@@ -31,6 +40,7 @@ def _toy_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def toy():
     """simple_cnn trained (seeded) to tell 'square in the top-left' from plain noise."""
     import keras
+
     from cxrcore.training.model import build_model
 
     keras.utils.set_random_seed(0)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import MNV2_035, REPO, copy_weights_to_keras_home, needs_weights
-from cxrcore.training.backbones import REGISTRY, get_backbone
-from cxrcore.training.layers import Preprocess
 from cxrcore.config import HeadConfig
 from cxrcore.errors import ConfigError, WeightsError
+from cxrcore.training.backbones import REGISTRY, get_backbone
+from cxrcore.training.layers import Preprocess
 from cxrcore.training.model import backbone_layers, build_model, set_stage
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import make_class_folders, write_image
+from conftest import make_class_folders
 from cxrcore.config import AugmentConfig
 from cxrcore.data.index import build_index
-from cxrcore.errors import DataError
 from cxrcore.data.io import prepare_image
+from cxrcore.errors import DataError
 from cxrcore.training.pipeline import decode_error_from, make_dataset
 
 

@@ -5,14 +5,13 @@ import pandas as pd
 import pytest
 
 from cxrcore.config import LABEL_PRESETS, LabelScheme
+from cxrcore.data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 from cxrcore.errors import ConfigError, DataError
-from cxrcore.data.splits import (apply_label_scheme, assign_splits, check_trainable, class_weights,
-                            leakage_report)
 
 
 def frame(rows):
-    return pd.DataFrame([{"path": p, "label": l, "split": s, "patient_id": pid}
-                         for p, l, s, pid in rows])
+    return pd.DataFrame([{"path": p, "label": label, "split": s, "patient_id": pid}
+                         for p, label, s, pid in rows])
 
 
 def synthetic_index(n_per_class=(100, 60), with_patients=True):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_class_folders, write_image
+from conftest import make_class_folders
 from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.errors import DataError, WeightsError
@@ -38,7 +38,8 @@ def trained(tmp_path_factory):
 
 def test_run_directory_is_complete(trained):
     run, _, _ = trained
-    for name in (runs.CONFIG, runs.LABELS, runs.SPLIT, runs.HISTORY, runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.INFO, runs.LOG):
+    for name in (runs.CONFIG, runs.LABELS, runs.SPLIT, runs.HISTORY, runs.MODEL, runs.METRICS, runs.PREDICTIONS,
+                 runs.INFO, runs.LOG):
         assert run.file(name).is_file(), name
     assert any(run.file(runs.TENSORBOARD).rglob("events.out.tfevents.*"))
     assert not list(run.path.glob(".*tmp*")), "temporary files left behind"
@@ -70,7 +71,7 @@ def test_predictions_csv_matches_the_prediction_path(trained):
     predictor = Predictor(run.path)
     results = predictor.predict(table["path"].tolist()[:5])
     for row, result in zip(table.head(5).itertuples(), results):
-        assert result["probabilities"]["bright"] == pytest.approx(getattr(row, "prob_bright"), abs=1e-5)
+        assert result["probabilities"]["bright"] == pytest.approx(row.prob_bright, abs=1e-5)
         assert result["label"] == row.pred_label
     split = run.split()
     assert set(table["path"]) == set(split.loc[split["split"] == "test", "path"])
@@ -290,8 +291,8 @@ def test_uploaded_bytes_and_dicom_take_the_same_prediction_path(trained, tmp_pat
 
 
 def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
-    from cxrcore.training.train import compile_for_stage
     from cxrcore.training.model import build_model
+    from cxrcore.training.train import compile_for_stage
 
     model = build_model("simple_cnn", 2, image_size=32, weights="none")
     compile_for_stage(model, tiny_config(tmp_path, focal_loss=True, focal_gamma=3.0), "frozen", pretrained=False)
@@ -305,6 +306,7 @@ def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
 
 def test_mixed_precision_is_only_used_on_a_gpu():
     import tensorflow as tf
+
     from cxrcore.training.devices import configure_devices
 
     _, devices = configure_devices(mixed_precision=True)

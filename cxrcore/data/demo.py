@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -202,7 +202,7 @@ def _marker_text(n_per_class: int, image_size: int, seed: int) -> str:
 
 
 def make_demo_dataset(out_dir, *, n_per_class: int = 150, image_size: int = 128,
-                      seed: int = 0, progress: Optional[Progress] = None) -> pathlib.Path:
+                      seed: int = 0, progress: Progress | None = None) -> pathlib.Path:
     """Write a synthetic class-per-folder dataset and return its root folder.
 
     Layout: ``out_dir/<class>/synthetic_p{patient:04d}_{image:02d}.png`` (8-bit

@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import pandas as pd
 
@@ -42,7 +42,7 @@ PATIENT_PATTERNS = (
     re.compile(r"^synthetic_(p\d+)_\d+$"),                                # cxrcore demo data
 )
 
-Progress = Optional[Callable[[int, int], None]]
+Progress = Callable[[int, int], None] | None
 
 
 def patient_from_filename(name: str) -> str:

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics
 from .. import runs
 from ..errors import DataError
+from . import metrics
 
 
 def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int,
                   batch_size: int = 32) -> np.ndarray:
     """Probabilities (n, k) for every image of ``frame``, in row order."""
-    from ..training.pipeline import decode_error_from, make_dataset
     import tensorflow as tf
+
+    from ..training.pipeline import decode_error_from, make_dataset
 
     ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False)
     try:
@@ -64,8 +65,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     metrics dict, with ``out_dir`` added.
     """
     from ..data.index import build_index
-    from ..training.model import load_model
     from ..data.splits import apply_label_scheme
+    from ..training.model import load_model
 
     run = runs.RunDir(run_dir)
     model_path = run.require_model()

@@ -8,11 +8,17 @@ negative) example has no ROC and its AUC is ``None``, never a made-up number.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (auc, average_precision_score, classification_report, confusion_matrix,
-                             precision_recall_curve, roc_curve)
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_curve,
+)
 
 
 def _num(value) -> float | None:

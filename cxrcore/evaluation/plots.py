@@ -5,7 +5,7 @@ dict from :func:`cxrcore.evaluation.metrics.classification_metrics`, a ``history
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io as _io
 import threading
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -53,7 +53,7 @@ def _check_colormap(name: str) -> str:
     return name
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lut(name: str) -> np.ndarray:
     import plotly.colors as pc
 
@@ -186,7 +186,7 @@ class Explainer:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_predictor(cls, predictor, **kwargs) -> "Explainer":
+    def for_predictor(cls, predictor, **kwargs) -> Explainer:
         """An Explainer for a :class:`cxrcore.predict.Predictor`, at its backbone's registry layer."""
         from ..training.backbones import get_backbone
 

@@ -17,8 +17,8 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .. import runs
 from ..config import TrainConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import keras
 import pandas as pd
@@ -26,7 +26,7 @@ class Cancel(keras.callbacks.Callback):
     counted as done. Put it first in the callback list.
     """
 
-    def __init__(self, should_stop: Optional[Callable[[], bool]]):
+    def __init__(self, should_stop: Callable[[], bool] | None):
         super().__init__()
         self.should_stop = should_stop
         self.cancelled = False

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import keras
 
-from .backbones import Backbone, get_backbone
-from .layers import Preprocess, simple_cnn
 from ..config import HeadConfig
 from ..errors import WeightsError
+from .backbones import Backbone, get_backbone
+from .layers import Preprocess, simple_cnn
 
 _NON_BACKBONE = ("image", "preprocess", "predictions")
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import re
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-import keras
 
 from ..config import AugmentConfig
-from ..errors import DataError
 from ..data.io import prepare_image
+from ..errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -13,29 +13,29 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-import keras
 
 from .. import runs
+from ..config import TrainConfig
+from ..data.index import build_index
+from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
+from ..errors import RunError
+from ..evaluation.evaluate import evaluate_frame
 from ..runs import write_csv
 from .backbones import get_backbone
 from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState
 from .devices import configure_devices
-from ..config import TrainConfig
-from ..data.index import build_index
-from ..errors import RunError
-from ..evaluation.evaluate import evaluate_frame
 from .model import build_model, inference_function, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
-from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 
 log = logging.getLogger("cxrcore.training.train")
-ProgressFn = Optional[Callable[[dict], None]]
+ProgressFn = Callable[[dict], None] | None
 
 
 def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list[str]]:
@@ -107,7 +107,7 @@ def _inference_ms(model: keras.Model, image_size: int, repeats: int = 10) -> flo
 
 
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.RunDir | None = None,
-          progress: ProgressFn = None, should_stop: Optional[Callable[[], bool]] = None,
+          progress: ProgressFn = None, should_stop: Callable[[], bool] | None = None,
           data_progress=None, resume: bool = False) -> runs.RunDir:
     """Train ``config`` end to end and return its run directory.
 
@@ -162,7 +162,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
 
 
 def resume_run(run_dir: str | Path, *, progress: ProgressFn = None,
-               should_stop: Optional[Callable[[], bool]] = None) -> runs.RunDir:
+               should_stop: Callable[[], bool] | None = None) -> runs.RunDir:
     """Continue a run from its last completed epoch with its own configuration: the one resume
     path (``train --resume``, a resumed background job, the dashboard's Resume button). A
     finished run, or one whose process is alive, is refused with the reason."""
