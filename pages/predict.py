@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxrcore.data.io import dicom_summary
+from cxrcore.data.dicom import dicom_summary
 from cxrcore.evaluation import plots
 from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
 from pages.shared import NOTICE, CXRError, analyse, pick_run, require_app, show_error

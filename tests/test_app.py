@@ -276,3 +276,42 @@ def test_data_page_opens_a_folder_and_remembers_it(app, tmp_path):
     assert {m.label: m.value for m in at.metric}["Images"] == "10"
     again = app("pages/data.py")                      # a new session
     assert str(folder) in again.selectbox(key="data_recent").options
+
+
+def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_from_either(app, demo, tmp_path,
+                                                                                          monkeypatch):
+    """One owner: a run whose process died reads `interrupted` on the Evaluate page and on the Train
+    page's job list, and the Evaluate page's Resume queues it through the same path as `jobs resume`."""
+    import socket
+
+    from cxrcore import runs
+    from cxrcore.jobs import queue
+    from cxrcore.jobs.store import JobStore, default_db
+
+    models = tmp_path / "models"
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)     # queue only: nothing trains here
+    calls = []
+    run = train(TrainConfig(data=str(demo), backbone="simple_cnn", weights="none", image_size=32, batch_size=8,
+                            epochs=3, fine_tune_epochs=0, patience=0, reduce_lr_patience=0,
+                            head=HeadConfig(dense_units=[8])), out_dir=models,
+                should_stop=lambda: calls.append(1) or len(calls) > 4)     # stops in epoch 2
+    run.update_info(status="running", pid=2 ** 22 + 3, host=socket.gethostname(), pid_started=None)
+    assert run.status() == "interrupted" and run.epochs_completed() == 1
+
+    at = app("pages/evaluate.py")
+    assert "status interrupted" in texts(at) and "1 epoch completed" in texts(at)
+    assert any("did not finish" in w.value for w in at.warning)
+    at.button(key="evaluate_resume").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (job,) = JobStore(default_db()).list()
+    assert (job["state"], job["resume"], job["run_dir"]) == ("queued", 1, str(run.path))
+    assert any(f"Job `{job['id']}` queued" in s.value for s in at.success)
+
+    train_page = app("pages/train.py")
+    table = [d.value for d in train_page.dataframe if "status" in d.value.columns][-1]
+    assert table.set_index("id").loc[job["id"], "status"] == "queued"
+    queue.cancel(job["id"], store=JobStore(default_db()))
+    assert queue.get(job["id"])["status"] == "interrupted"           # the run's word once the queue lets go
+    assert runs.RunDir(run.path).status() == "interrupted"

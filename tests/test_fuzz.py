@@ -27,7 +27,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from test_io import SECRETS, length_fields, write_dicom
 
-from cxrcore.data.io import dicom_summary, read_header
+from cxrcore.data.dicom import dicom_summary
+from cxrcore.data.io import read_header
 from cxrcore.errors import CXRError
 
 SEED = 20240611

@@ -1,4 +1,4 @@
-"""Tests for cxrcore.data.io: decoding, pixel normalisation, headers and DICOM sniffing."""
+"""Tests for cxrcore.data.io and cxrcore.data.dicom: decoding, pixel normalisation, headers and DICOM sniffing."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_image
-from cxrcore.data.io import decode_image, dicom_summary, is_dicom, prepare_image, read_header, resize_rgb
+from cxrcore.data.dicom import dicom_summary
+from cxrcore.data.io import decode_image, is_dicom, prepare_image, read_header, resize_rgb
 from cxrcore.errors import DataError, ImageDecodeError
 
 # ---------------------------------------------------------------- helpers
@@ -435,7 +436,7 @@ def test_read_header_unreadable_raises_naming_the_path(tmp_path, content):
 def test_dicom_summary_reads_only_non_identifying_fields(tmp_path):
     import pydicom
 
-    from cxrcore.data.io import dicom_summary
+    from cxrcore.data.dicom import dicom_summary
 
     path = write_dicom(tmp_path / "scan.dcm", np.zeros((8, 8), np.uint16))
     ds = pydicom.dcmread(path)
@@ -988,14 +989,14 @@ def deflated(data: bytes, extra: bytes = b"") -> bytes:
 
 
 def test_deflated_dicom_decodes_and_a_deflate_bomb_is_refused(tmp_path, monkeypatch):
-    from cxrcore.data import io as io_mod
+    from cxrcore.data import dicom as dicom_mod
 
     plain = write_dicom(tmp_path / "p.dcm", DICOM_PIXELS).read_bytes()
     squeezed = deflated(plain)
     np.testing.assert_array_equal(decode_image(squeezed, name="z.dcm"), decode_image(plain))
     assert dicom_summary(squeezed)["Rows"] == 2
     # a private element of 24 MB of zeros, 24 kB deflated: over the inflated-size bound
-    monkeypatch.setattr(io_mod, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(dicom_mod, "MAX_PIXELS", 1000)
     bomb = deflated(plain, b"\x09\x00\x10\x00OB\0\0" + (24 << 20).to_bytes(4, "little") + bytes(24 << 20))
     assert len(bomb) < 100_000
     for fn in (decode_image, dicom_summary):
