@@ -3,6 +3,7 @@
 Navigation over the five pages and the sidebar they share. Every page is UI only: the
 work is done by `cxrcore` (see pages/shared.py for the cached objects they use).
 """
+
 import streamlit as st
 
 from pages.shared import mark_app_started, sidebar

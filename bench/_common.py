@@ -1,4 +1,5 @@
 """Shared set-up of the benchmarks: repo on sys.path, quiet TensorFlow, a timer."""
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ training epoch of MobileNetV2-0.35 at 96 and 224 px, single-image prediction lat
 long the CLI takes to answer commands that need no TensorFlow (listing backbones, an
 input error).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,17 @@ def main() -> None:
     data = Path(args.data)
     if not data.exists():
         from cxrcore.data.demo import make_demo_dataset
+
         data = make_demo_dataset(tmp / "demo", n_per_class=300, image_size=224)
     weights = args.weights if Path(args.weights).is_file() else "none"
 
     def cli(*argv):
         subprocess.run([sys.executable, "-m", "cxrcore", *argv], cwd=ROOT, capture_output=True)
 
-    result_cli = {"cli_backbones_s": timed(lambda: cli("backbones"))[1],
-                  "cli_input_error_s": timed(lambda: cli("train", "--data", str(tmp / "nowhere"),
-                                                         "--backbone", "simple_cnn"))[1]}
+    result_cli = {
+        "cli_backbones_s": timed(lambda: cli("backbones"))[1],
+        "cli_input_error_s": timed(lambda: cli("train", "--data", str(tmp / "nowhere"), "--backbone", "simple_cnn"))[1],
+    }
 
     import numpy as np
 
@@ -51,8 +54,11 @@ def main() -> None:
     from cxrcore.training.pipeline import make_dataset
     from cxrcore.training.train import make_optimizer
 
-    result = {"data": str(data), "weights": "imagenet-file" if weights != "none" else "none",
-              **{k: round(v, 2) for k, v in result_cli.items()}}
+    result = {
+        "data": str(data),
+        "weights": "imagenet-file" if weights != "none" else "none",
+        **{k: round(v, 2) for k, v in result_cli.items()},
+    }
     index, cold = timed(lambda: build_index(data))
     _, warm = timed(lambda: build_index(data))
     result["index_cold_s"], result["index_warm_s"] = round(cold, 3), round(warm, 3)
@@ -69,7 +75,7 @@ def main() -> None:
         model = build_model("mobilenetv2_0.35", len(classes), image_size=size, weights=weights)
         set_stage(model, "frozen")
         model.compile(optimizer=make_optimizer("adam", 1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
-        model.fit(ds.take(2), epochs=1, verbose=0)          # build and trace
+        model.fit(ds.take(2), epochs=1, verbose=0)  # build and trace
         _, epoch = timed(lambda: model.fit(ds, epochs=1, verbose=0))
         result[f"train_frozen_{size}px_images_per_s"] = round(len(sample) / epoch, 1)
         x = np.zeros((1, size, size, 3), np.float32)

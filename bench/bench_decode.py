@@ -15,6 +15,7 @@ reading the file. ``ru_maxrss`` is not used: on Linux a child started by a proce
 once held gigabytes (this one, making the images) inherits that figure. ``bytes_per_pixel``
 is the peak over the image's pixels.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def pixel_limit() -> int:
 
     from cxrcore.data import io
 
-    return int(getattr(io, "MAX_PIXELS", Image.MAX_IMAGE_PIXELS))   # before the constant existed: Pillow's
+    return int(getattr(io, "MAX_PIXELS", Image.MAX_IMAGE_PIXELS))  # before the constant existed: Pillow's
 
 
 def _pattern(side: int, dtype, modulo: int):
@@ -99,7 +100,7 @@ def _rle_row(width: int, value: int) -> bytes:
     full, rest = divmod(width, 128)
     row = bytes([257 - 128, value]) * full
     if rest == 1:
-        row += bytes([0, value])                 # a literal run of one byte
+        row += bytes([0, value])  # a literal run of one byte
     elif rest:
         row += bytes([257 - rest, value])
     return row
@@ -124,7 +125,7 @@ def write_dicom_rle(path: Path, side: int) -> None:
 
 
 def make_files(folder: Path, limit: int) -> dict[str, tuple[Path, int]]:
-    side = math.isqrt(limit)                     # side * side <= limit: just under it
+    side = math.isqrt(limit)  # side * side <= limit: just under it
     makers = {
         "png_8bit": ("png", lambda p: write_png(p, side, 8)),
         "png_16bit": ("png", lambda p: write_png(p, side, 16)),
@@ -175,7 +176,7 @@ def child(path: str, size: int) -> None:
     from cxrcore.errors import ImageDecodeError
 
     prepare_image(_tiny_copy(Path(path)), size)
-    Path("/proc/self/clear_refs").write_text("5")        # peak := current
+    Path("/proc/self/clear_refs").write_text("5")  # peak := current
     before = _status_mb("VmRSS")
     start = time.perf_counter()
     try:
@@ -185,8 +186,7 @@ def child(path: str, size: int) -> None:
         outcome = f"refused: {exc.reason}"
     seconds = time.perf_counter() - start
     peak = _status_mb("VmHWM")
-    print(json.dumps({"seconds": round(seconds, 2), "peak_mb": round(peak - before, 1),
-                      "outcome": outcome}))
+    print(json.dumps({"seconds": round(seconds, 2), "peak_mb": round(peak - before, 1), "outcome": outcome}))
 
 
 def main() -> None:
@@ -208,14 +208,21 @@ def main() -> None:
     for name, (path, pixels) in files.items():
         if only and name not in only:
             continue
-        proc = subprocess.run([sys.executable, __file__, "--child", str(path), "--size", str(args.size)],
-                              cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(path), "--size", str(args.size)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             result["cases"][name] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
             continue
         measured = json.loads(proc.stdout.strip().splitlines()[-1])
-        measured.update(pixels=pixels, file_mb=round(path.stat().st_size / 2**20, 1),
-                        bytes_per_pixel=round(measured["peak_mb"] * 2**20 / pixels, 1))
+        measured.update(
+            pixels=pixels,
+            file_mb=round(path.stat().st_size / 2**20, 1),
+            bytes_per_pixel=round(measured["peak_mb"] * 2**20 / pixels, 1),
+        )
         result["cases"][name] = measured
         print(name, measured, file=sys.stderr, flush=True)
     print(json.dumps(result))

@@ -31,29 +31,54 @@ Module map (sub-packages by stage, the way MONAI groups its code):
 
 Names below are imported lazily, so ``import cxrcore`` does not load TensorFlow.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "CXRError": "errors", "DataError": "errors", "ConfigError": "errors", "WeightsError": "errors",
-    "RunError": "errors", "ImageDecodeError": "errors",
-    "TrainConfig": "config", "AugmentConfig": "config", "HeadConfig": "config", "LabelScheme": "config",
-    "decode_image": "data.io", "prepare_image": "data.io", "read_header": "data.io", "is_dicom": "data.io",
-    "build_index": "data.index", "scan_layout": "data.index", "summarize": "data.index",
-    "apply_label_scheme": "data.splits", "assign_splits": "data.splits", "class_weights": "data.splits",
+    "CXRError": "errors",
+    "DataError": "errors",
+    "ConfigError": "errors",
+    "WeightsError": "errors",
+    "RunError": "errors",
+    "ImageDecodeError": "errors",
+    "TrainConfig": "config",
+    "AugmentConfig": "config",
+    "HeadConfig": "config",
+    "LabelScheme": "config",
+    "decode_image": "data.io",
+    "prepare_image": "data.io",
+    "read_header": "data.io",
+    "is_dicom": "data.io",
+    "build_index": "data.index",
+    "scan_layout": "data.index",
+    "summarize": "data.index",
+    "apply_label_scheme": "data.splits",
+    "assign_splits": "data.splits",
+    "class_weights": "data.splits",
     "leakage_report": "data.splits",
-    "make_demo_dataset": "data.demo", "is_synthetic": "data.demo",
-    "REGISTRY": "training.backbones", "get_backbone": "training.backbones", "list_backbones": "training.backbones",
-    "build_model": "training.model", "load_model": "training.model", "set_stage": "training.model",
+    "make_demo_dataset": "data.demo",
+    "is_synthetic": "data.demo",
+    "REGISTRY": "training.backbones",
+    "get_backbone": "training.backbones",
+    "list_backbones": "training.backbones",
+    "build_model": "training.model",
+    "load_model": "training.model",
+    "set_stage": "training.model",
     "make_dataset": "training.pipeline",
     "train": "training.train",
     "classification_metrics": "evaluation.metrics",
-    "evaluate_run": "evaluation.evaluate", "compare_runs": "evaluation.evaluate",
-    "submit": "jobs.store", "submit_comparison": "jobs.store", "JobStore": "jobs.store",
-    "Explainer": "explain.cam", "overlay": "explain.cam",
+    "evaluate_run": "evaluation.evaluate",
+    "compare_runs": "evaluation.evaluate",
+    "submit": "jobs.store",
+    "submit_comparison": "jobs.store",
+    "JobStore": "jobs.store",
+    "Explainer": "explain.cam",
+    "overlay": "explain.cam",
     "Predictor": "predict",
-    "list_runs": "runs", "RunDir": "runs",
+    "list_runs": "runs",
+    "RunDir": "runs",
 }
 
 __all__ = sorted(_EXPORTS)

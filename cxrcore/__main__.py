@@ -1,4 +1,5 @@
 """Entry point for ``python -m cxrcore``."""
+
 import sys
 
 from .cli import main

@@ -3,6 +3,7 @@
 Machine-readable results go to stdout (the run directory, JSON lines); progress and
 logs go to stderr. A bad input exits with status 2 and one line ``error: ...``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,15 +86,39 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     if args.backbone is not None and args.backbone != config.backbone:
         config = replace(config, weights=AUTO, image_size=None, unfreeze=None)
-    simple = ["data", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
-              "unfreeze", "optimizer", "learning_rate", "fine_tune_lr_factor", "patience",
-              "reduce_lr_patience", "class_weights", "focal_loss", "focal_gamma", "label_smoothing",
-              "val_fraction", "test_fraction", "mixed_precision", "cache", "max_steps", "seed"]
+    simple = [
+        "data",
+        "backbone",
+        "weights",
+        "image_size",
+        "batch_size",
+        "epochs",
+        "fine_tune_epochs",
+        "unfreeze",
+        "optimizer",
+        "learning_rate",
+        "fine_tune_lr_factor",
+        "patience",
+        "reduce_lr_patience",
+        "class_weights",
+        "focal_loss",
+        "focal_gamma",
+        "label_smoothing",
+        "val_fraction",
+        "test_fraction",
+        "mixed_precision",
+        "cache",
+        "max_steps",
+        "seed",
+    ]
     config = replace(config, **{k: getattr(args, k) for k in simple if getattr(args, k) is not None})
     if args.augment is not None:
         config.augment = parse_augment(args.augment)
-    head = {k: getattr(args, a) for k, a in (("pooling", "pooling"), ("dropout", "dropout"),
-                                             ("batch_norm", "head_batch_norm")) if getattr(args, a) is not None}
+    head = {
+        k: getattr(args, a)
+        for k, a in (("pooling", "pooling"), ("dropout", "dropout"), ("batch_norm", "head_batch_norm"))
+        if getattr(args, a) is not None
+    }
     if args.dense_units is not None:
         try:
             head["dense_units"] = [int(u) for u in args.dense_units.split(",") if u.strip()]
@@ -103,8 +128,13 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
     if args.label_preset:
         config.labels = LABEL_PRESETS[args.label_preset]
     if args.rename or args.merge or args.drop or args.filename_rule:
-        config.labels = extend_scheme(config.labels, filename_rules=args.filename_rule or (),
-                                      rename=args.rename or (), merge=args.merge or (), drop=args.drop or ())
+        config.labels = extend_scheme(
+            config.labels,
+            filename_rules=args.filename_rule or (),
+            rename=args.rename or (),
+            merge=args.merge or (),
+            drop=args.drop or (),
+        )
     if not config.data:
         raise CXRError("--data is required (a dataset folder or CSV manifest)")
     return config.resolved() if resolve else config.validate()
@@ -114,8 +144,9 @@ def _print_epoch(event: dict) -> None:
     if event["event"] != "epoch":
         return
     logs = event["logs"]
-    shown = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc")
-                      if k in logs)
+    shown = "  ".join(
+        f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc") if k in logs
+    )
     print(f"[{event['stage']}] epoch {event['epoch']}/{event['epochs']}  {shown}", file=sys.stderr, flush=True)
 
 
@@ -124,8 +155,9 @@ def cmd_train(args) -> int:
     if args.resume:
         from .runs import RunDir
 
-        RunDir(args.resume).check_resumable()         # a finished or still-running run is refused at once
+        RunDir(args.resume).check_resumable()  # a finished or still-running run is refused at once
         from .training.train import resume_run
+
         run = resume_run(args.resume, progress=_print_epoch)
     else:
         from .data.index import scan_layout
@@ -133,6 +165,7 @@ def cmd_train(args) -> int:
         config = config_from_args(args)
         scan_layout(config.data)
         from .training.train import train
+
         run = train(config, out_dir=args.out, progress=_print_epoch)
     print(run.path)
     return 0
@@ -144,13 +177,16 @@ def cmd_index(args) -> int:
     index = build_index(args.data)
     if args.verify:
         from .data.io import decode_image
+
         for path in index["path"]:
             decode_image(path)
     if args.csv:
         index.to_csv(args.csv, index=False)
     info = summarize(index)
-    print(f"{info['images']} images, {len(info['classes'])} classes, layout {info['layout']}: {info['root']}",
-          file=sys.stderr)
+    print(
+        f"{info['images']} images, {len(info['classes'])} classes, layout {info['layout']}: {info['root']}",
+        file=sys.stderr,
+    )
     for label, by_split in info["by_split"].items():
         print(f"  {label:<24} {info['classes'][label]:>7}  {by_split}", file=sys.stderr)
     print(json.dumps(info))
@@ -163,6 +199,7 @@ def cmd_evaluate(args) -> int:
     RunDir(args.run_dir).require_model()
     if args.data:
         from .data.index import scan_layout
+
         scan_layout(args.data)
     from .evaluation.evaluate import evaluate_run
     from .evaluation.metrics import summary
@@ -170,8 +207,11 @@ def cmd_evaluate(args) -> int:
     result = evaluate_run(args.run_dir, args.data, drop_unknown=args.drop_unknown)
     for name, row in result["per_class"].items():
         auc = "n/a" if row["auc"] is None else f"{row['auc']:.4f}"
-        print(f"  {name:<24} precision {row['precision']:.4f}  recall {row['recall']:.4f}  "
-              f"f1 {row['f1']:.4f}  auc {auc}  n {row['support']}", file=sys.stderr)
+        print(
+            f"  {name:<24} precision {row['precision']:.4f}  recall {row['recall']:.4f}  "
+            f"f1 {row['f1']:.4f}  auc {auc}  n {row['support']}",
+            file=sys.stderr,
+        )
     print(f"results written to {result['out_dir']}", file=sys.stderr)
     print(json.dumps(summary(result)))
     return 0
@@ -211,19 +251,42 @@ def cmd_backbones(args) -> int:
         return 0
     print(f"{'name':<18}{'size':>5}  {'preprocess':<11}{'grad-cam layer':<18}{'unfreeze':>8}  imagenet  description")
     for r in rows:
-        print(f"{r['name']:<18}{r['input_size']:>5}  {r['preprocess']:<11}{r['gradcam_layer']:<18}"
-              f"{r['unfreeze']:>8}  {'yes' if r['pretrained'] else 'no ':<8}  {r['description']}")
+        print(
+            f"{r['name']:<18}{r['input_size']:>5}  {r['preprocess']:<11}{r['gradcam_layer']:<18}"
+            f"{r['unfreeze']:>8}  {'yes' if r['pretrained'] else 'no ':<8}  {r['description']}"
+        )
     return 0
 
 
 def _jobs_store(args):
     from .jobs.store import JobStore
+
     return JobStore(args.db)
 
 
-_JOB_FIELDS = ("id", "group_id", "status", "state", "backbone", "pid", "device", "gpu", "stage", "epoch", "epochs",
-               "batch", "batches", "epochs_completed", "run_dir", "error", "attempts", "resumed_from_epoch",
-               "created", "started", "finished")
+_JOB_FIELDS = (
+    "id",
+    "group_id",
+    "status",
+    "state",
+    "backbone",
+    "pid",
+    "device",
+    "gpu",
+    "stage",
+    "epoch",
+    "epochs",
+    "batch",
+    "batches",
+    "epochs_completed",
+    "run_dir",
+    "error",
+    "attempts",
+    "resumed_from_epoch",
+    "created",
+    "started",
+    "finished",
+)
 
 
 def cmd_jobs_submit(args) -> int:
@@ -232,7 +295,7 @@ def cmd_jobs_submit(args) -> int:
     names = [b.strip() for b in (args.backbone or "").split(",") if b.strip()]
     if len(names) > 1:
         args.backbone = names[0]
-        config = config_from_args(args, resolve=False)     # weights, size, unfreeze follow each backbone
+        config = config_from_args(args, resolve=False)  # weights, size, unfreeze follow each backbone
         group, ids = submit_comparison(config, names, store=_jobs_store(args), out_dir=args.out)
         print(f"comparison {group}: {len(ids)} jobs queued", file=sys.stderr)
         for job_id in ids:
@@ -251,14 +314,16 @@ def cmd_jobs_list(args) -> int:
         print(json.dumps([{k: j[k] for k in _JOB_FIELDS} for j in jobs]))
         return 0
     if not jobs:
-        print("no jobs yet: submit one with `python -m cxrcore jobs submit --data DATA --backbone NAME`",
-              file=sys.stderr)
+        print(
+            "no jobs yet: submit one with `python -m cxrcore jobs submit --data DATA --backbone NAME`", file=sys.stderr
+        )
         return 0
     print(f"{'id':<12}{'status':<12}{'backbone':<18}{'progress':<22}{'group':<14}error")
     for j in jobs:
         where = f"{j['stage'] or ''} {j['epoch'] or 0}/{j['epochs'] or '?'}" if j["stage"] else ""
-        print(f"{j['id']:<12}{j['status']:<12}{j['backbone']:<18}{where:<22}{j['group_id'] or '':<14}"
-              f"{j['error'] or ''}")
+        print(
+            f"{j['id']:<12}{j['status']:<12}{j['backbone']:<18}{where:<22}{j['group_id'] or '':<14}{j['error'] or ''}"
+        )
     return 0
 
 
@@ -279,8 +344,10 @@ def cmd_jobs_cancel(args) -> int:
     from .jobs.queue import cancel
 
     job = cancel(args.job_id, store=_jobs_store(args), force=args.force, wait=0 if args.no_wait else args.timeout)
-    print(f"job {job['id']}: {job['status']}" + (" (cancel requested)" if job["status"] == "running" else ""),
-          file=sys.stderr)
+    print(
+        f"job {job['id']}: {job['status']}" + (" (cancel requested)" if job["status"] == "running" else ""),
+        file=sys.stderr,
+    )
     print(job["status"])
     return 0
 
@@ -304,18 +371,21 @@ def cmd_jobs_wait(args) -> int:
 def cmd_jobs_worker(args) -> int:
     from .jobs.scheduler import Scheduler
 
-    scheduler = Scheduler(_jobs_store(args), max_jobs=args.max_jobs, gpus_per_job=args.gpus_per_job,
-                          idle_exit=args.idle_exit or None)
-    print(f"scheduler for {scheduler.store.path}: up to {scheduler.max_jobs} job(s) at once, "
-          f"{scheduler.gpus} GPU(s)", file=sys.stderr, flush=True)
+    scheduler = Scheduler(
+        _jobs_store(args), max_jobs=args.max_jobs, gpus_per_job=args.gpus_per_job, idle_exit=args.idle_exit or None
+    )
+    print(
+        f"scheduler for {scheduler.store.path}: up to {scheduler.max_jobs} job(s) at once, {scheduler.gpus} GPU(s)",
+        file=sys.stderr,
+        flush=True,
+    )
     scheduler.run()
     return 0
 
 
 def _add_jobs_parser(sub) -> None:
     jobs = sub.add_parser("jobs", help="background training jobs")
-    jobs.add_argument("--db", help="job database (default: the project's models/jobs.sqlite; CXRCORE_MODELS "
-                                   "moves it)")
+    jobs.add_argument("--db", help="job database (default: the project's models/jobs.sqlite; CXRCORE_MODELS moves it)")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
     p = jsub.add_parser("submit", help="queue a training job (options as for train); prints the job id last")
     _add_train_options(p)
@@ -336,8 +406,11 @@ def _add_jobs_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing (default 60)")
     p.add_argument("--no-wait", action="store_true", help="only ask the job to stop")
     p.set_defaults(func=cmd_jobs_cancel)
-    p = jsub.add_parser("resume", help="queue an ended job again: its run continues from its last completed "
-                                       "epoch (a finished run is final and refused)")
+    p = jsub.add_parser(
+        "resume",
+        help="queue an ended job again: its run continues from its last completed "
+        "epoch (a finished run is final and refused)",
+    )
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_resume)
     p = jsub.add_parser("wait", help="wait for a job to finish; prints its status")
@@ -352,8 +425,9 @@ def _add_jobs_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrcore",
-                                     description="Train, evaluate and explain chest X-ray classifiers.")
+    parser = argparse.ArgumentParser(
+        prog="python -m cxrcore", description="Train, evaluate and explain chest X-ray classifiers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("index", help="index a dataset and print its summary")
     p.add_argument("data")
@@ -362,8 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_index)
     p = sub.add_parser("train", help="train a model; prints the run directory last")
     _add_train_options(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch "
-                   "(with its own configuration; the other options are ignored)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last completed epoch "
+        "(with its own configuration; the other options are ignored)",
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate a run; prints a JSON summary last")
     p.add_argument("run_dir")
@@ -406,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, traceback on request
         if os.environ.get("CXRCORE_DEBUG"):
             traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(set CXRCORE_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(set CXRCORE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1

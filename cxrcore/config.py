@@ -8,6 +8,7 @@ Weights, image size and unfreeze depth may be left to the backbone (``"auto"``, 
 :meth:`TrainConfig.resolved` fills them from the backbone registry, and is the only place
 that rule lives.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ from .errors import ConfigError, WeightsError
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
 CLASS_WEIGHTS = ("none", "balanced")
-AUTO = "auto"       # weights: the backbone's default (see TrainConfig.resolved)
+AUTO = "auto"  # weights: the backbone's default (see TrainConfig.resolved)
 
 
 @dataclass
@@ -29,11 +30,11 @@ class AugmentConfig:
     """Training-time augmentation. Off by default: X-rays are not left-right symmetric
     (heart on the left), so flips are a choice, not a hidden default."""
 
-    flip: bool = False          # random horizontal flip
-    rotation: float = 0.0       # max rotation, degrees
-    zoom: float = 0.0           # max zoom in/out, fraction (0.1 = +-10%)
-    contrast: float = 0.0       # max contrast change, fraction
-    brightness: float = 0.0     # max brightness change, fraction of the 0..255 range
+    flip: bool = False  # random horizontal flip
+    rotation: float = 0.0  # max rotation, degrees
+    zoom: float = 0.0  # max zoom in/out, fraction (0.1 = +-10%)
+    contrast: float = 0.0  # max contrast change, fraction
+    brightness: float = 0.0  # max brightness change, fraction of the 0..255 range
 
     @property
     def enabled(self) -> bool:
@@ -44,7 +45,7 @@ class AugmentConfig:
 class HeadConfig:
     """Classification head placed on the backbone's last feature map."""
 
-    pooling: str = "avg"                       # avg | max | flatten
+    pooling: str = "avg"  # avg | max | flatten
     dense_units: list[int] = field(default_factory=lambda: [256])
     dropout: float = 0.3
     batch_norm: bool = False
@@ -84,17 +85,32 @@ def parse_pairs(items, what: str) -> dict[str, str]:
 def extend_scheme(base: LabelScheme, *, filename_rules=(), rename=(), merge=(), drop=()) -> LabelScheme:
     """``base`` plus rules written as text: ``"SUBSTRING=LABEL"``, ``"OLD=NEW"``, ``"NEW=OLD1,OLD2"``."""
     merged = {k: [c.strip() for c in v.split(",") if c.strip()] for k, v in parse_pairs(merge, "merge").items()}
-    return LabelScheme(filename_rules={**base.filename_rules, **parse_pairs(filename_rules, "filename rule")},
-                       rename={**base.rename, **parse_pairs(rename, "rename")},
-                       merge={**base.merge, **merged}, drop=[*base.drop, *[d for d in drop if d]])
+    return LabelScheme(
+        filename_rules={**base.filename_rules, **parse_pairs(filename_rules, "filename rule")},
+        rename={**base.rename, **parse_pairs(rename, "rename")},
+        merge={**base.merge, **merged},
+        drop=[*base.drop, *[d for d in drop if d]],
+    )
 
 
 LABEL_PRESETS: dict[str, LabelScheme] = {
     "pneumonia-subtype": LabelScheme(
-        filename_rules={"_bacteria_": "Bacterial Pneumonia", "_virus_": "Viral Pneumonia"}),
+        filename_rules={"_bacteria_": "Bacterial Pneumonia", "_virus_": "Viral Pneumonia"}
+    ),
     "abnormal-vs-normal": LabelScheme(
-        merge={"Abnormal": ["COVID", "COVID-19", "Viral Pneumonia", "Pneumonia", "PNEUMONIA",
-                            "Lung_Opacity", "Lung Opacity", "Bacterial Pneumonia"]}),
+        merge={
+            "Abnormal": [
+                "COVID",
+                "COVID-19",
+                "Viral Pneumonia",
+                "Pneumonia",
+                "PNEUMONIA",
+                "Lung_Opacity",
+                "Lung Opacity",
+                "Bacterial Pneumonia",
+            ]
+        }
+    ),
 }
 
 
@@ -104,18 +120,18 @@ class TrainConfig:
 
     data: str = ""
     backbone: str = "mobilenetv2_1.0"
-    weights: str = "auto"                      # auto (the backbone's default) | imagenet | none | path to a file
-    image_size: int | None = None              # None: the backbone's default size
+    weights: str = "auto"  # auto (the backbone's default) | imagenet | none | path to a file
+    image_size: int | None = None  # None: the backbone's default size
     batch_size: int = 32
-    epochs: int = 10                           # stage 1: frozen backbone
-    fine_tune_epochs: int = 5                  # stage 2: top layers unfrozen
-    unfreeze: int | None = None                # backbone layers unfrozen in stage 2; -1 = all; None = backbone default
+    epochs: int = 10  # stage 1: frozen backbone
+    fine_tune_epochs: int = 5  # stage 2: top layers unfrozen
+    unfreeze: int | None = None  # backbone layers unfrozen in stage 2; -1 = all; None = backbone default
     optimizer: str = "adam"
     learning_rate: float = 1e-3
-    fine_tune_lr_factor: float = 0.1           # stage 2 learning rate = learning_rate * factor
-    patience: int = 5                          # early stopping on val_loss; 0 = off
-    reduce_lr_patience: int = 2                # reduce-on-plateau (x0.5) on val_loss; 0 = off
-    class_weights: str = "balanced"            # none | balanced
+    fine_tune_lr_factor: float = 0.1  # stage 2 learning rate = learning_rate * factor
+    patience: int = 5  # early stopping on val_loss; 0 = off
+    reduce_lr_patience: int = 2  # reduce-on-plateau (x0.5) on val_loss; 0 = off
+    class_weights: str = "balanced"  # none | balanced
     focal_loss: bool = False
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
@@ -124,9 +140,9 @@ class TrainConfig:
     labels: LabelScheme = field(default_factory=LabelScheme)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    mixed_precision: bool = False              # float16 compute; applied only on a GPU
-    cache: bool = True                         # keep decoded, resized images in memory
-    max_steps: int | None = None               # cap on batches per epoch (quick checks)
+    mixed_precision: bool = False  # float16 compute; applied only on a GPU
+    cache: bool = True  # keep decoded, resized images in memory
+    max_steps: int | None = None  # cap on batches per epoch (quick checks)
     seed: int = 42
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,15 +166,17 @@ class TrainConfig:
         changes nothing.
         """
         from .training.backbones import get_backbone  # plain data: no TensorFlow behind it
-        spec = get_backbone(self.backbone)                 # ConfigError naming the valid backbones
+
+        spec = get_backbone(self.backbone)  # ConfigError naming the valid backbones
         weights = self.weights
         if weights == AUTO:
             weights = "imagenet" if spec.pretrained else "none"
         unfreeze = self.unfreeze
         if unfreeze is None:
             unfreeze = -1 if weights in ("none", "") else spec.unfreeze
-        return dataclasses.replace(self, weights=weights, image_size=self.image_size or spec.input_size,
-                                   unfreeze=unfreeze).validate()
+        return dataclasses.replace(
+            self, weights=weights, image_size=self.image_size or spec.input_size, unfreeze=unfreeze
+        ).validate()
 
     def for_backbone(self, backbone: str) -> TrainConfig:
         """These settings on ``backbone``, resolved: one job of a comparison.
@@ -208,20 +226,28 @@ class TrainConfig:
             (self.head.pooling in POOLINGS, f"head.pooling must be one of {', '.join(POOLINGS)}"),
             (0 <= self.head.dropout < 1, "head.dropout must be in [0, 1)"),
             (all(u > 0 for u in self.head.dense_units), "head.dense_units must be positive"),
-            (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1
-             and self.val_fraction + self.test_fraction < 1,
-             "val_fraction and test_fraction must be fractions that leave images to train on"),
+            (
+                0 < self.val_fraction < 1
+                and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1,
+                "val_fraction and test_fraction must be fractions that leave images to train on",
+            ),
             (self.image_size is None or 32 <= self.image_size <= 1024, "image_size must be between 32 and 1024"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
-            (0 <= self.augment.zoom < 1 and 0 <= self.augment.contrast < 1
-             and 0 <= self.augment.brightness < 1 and 0 <= self.augment.rotation <= 180,
-             "augmentation: zoom, contrast, brightness in [0, 1), rotation in degrees [0, 180]"),
+            (
+                0 <= self.augment.zoom < 1
+                and 0 <= self.augment.contrast < 1
+                and 0 <= self.augment.brightness < 1
+                and 0 <= self.augment.rotation <= 180,
+                "augmentation: zoom, contrast, brightness in [0, 1), rotation in degrees [0, 180]",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         from .training.backbones import get_backbone  # plain data: no TensorFlow behind it
-        spec = get_backbone(self.backbone)         # ConfigError naming the valid backbones
+
+        spec = get_backbone(self.backbone)  # ConfigError naming the valid backbones
         if self.weights == "imagenet" and not spec.pretrained:
             raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none")
         return self

@@ -3,6 +3,7 @@
 Anything raised as :class:`CXRError` is a problem with the input, not a bug; the
 CLI prints its message on one line and exits non-zero, and the dashboard shows it.
 """
+
 from __future__ import annotations
 
 

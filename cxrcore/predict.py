@@ -6,6 +6,7 @@ Every consumer (the CLI, the dashboard, Grad-CAM, comparisons) predicts through
 call or ``model.predict`` costs 5-10x more per image on a CPU, which a single upload
 should not pay.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,10 @@ class Predictor:
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
-        out = [np.asarray(self._forward(images[i:i + batch_size]), dtype=float)
-               for i in range(0, len(images), batch_size)]
+        out = [
+            np.asarray(self._forward(images[i : i + batch_size]), dtype=float)
+            for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out, axis=0)
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[dict]:
@@ -72,8 +75,12 @@ class Predictor:
     def result(self, name: str, probs: np.ndarray) -> dict:
         """``{image, label, confidence, probabilities}`` for one row of probabilities."""
         top = int(np.argmax(probs))
-        return {"image": name, "label": self.labels[top], "confidence": float(probs[top]),
-                "probabilities": {label: float(p) for label, p in zip(self.labels, probs)}}
+        return {
+            "image": name,
+            "label": self.labels[top],
+            "confidence": float(probs[top]),
+            "probabilities": {label: float(p) for label, p in zip(self.labels, probs)},
+        }
 
 
 def _name(source: ImageSource) -> str:

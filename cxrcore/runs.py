@@ -21,6 +21,7 @@ A run that succeeded is final: no training path writes into it again
 Every JSON/CSV file and the checkpoint are written to a temporary file and renamed,
 so a killed process never leaves a half-written file behind.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -152,6 +153,7 @@ class RunDir:
 
     def config(self):
         from .config import TrainConfig
+
         return TrainConfig.from_dict(self.read_json(CONFIG))
 
     def info(self) -> dict:
@@ -178,6 +180,7 @@ class RunDir:
         if config.image_size:
             return int(config.image_size)
         from .training.backbones import get_backbone
+
         return get_backbone(config.backbone).input_size
 
     # -- outcome -----------------------------------------------------------------------------
@@ -187,8 +190,11 @@ class RunDir:
         or ``cancelled``."""
         info = self.info()
         status = info.get("status") or "new"
-        if status == "running" and info.get("host") == socket.gethostname() and \
-                not process_alive(info.get("pid"), info.get("pid_started")):
+        if (
+            status == "running"
+            and info.get("host") == socket.gethostname()
+            and not process_alive(info.get("pid"), info.get("pid_started"))
+        ):
             return "interrupted"
         return status
 
@@ -207,8 +213,12 @@ class RunDir:
         run that ended by itself, finished ones above all, is never touched."""
         if self.status() != "interrupted":
             return False
-        self.update_info(status=status, error=reason if status == "failed" else None,
-                         stopped_by=reason, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.update_info(
+            status=status,
+            error=reason if status == "failed" else None,
+            stopped_by=reason,
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         return True
 
     def resume_state(self) -> dict | None:
@@ -239,13 +249,17 @@ class RunDir:
             raise RunError(f"nothing to resume: {self.path} is not a run directory ({CONFIG} or {SPLIT} missing)")
         status = self.status()
         if status == "succeeded":
-            raise RunError(f"{self.path} already finished (succeeded); a finished run is final and is never "
-                           f"trained again. Start a new run with its settings: "
-                           f"python -m cxrcore train --config {self.file(CONFIG)}")
+            raise RunError(
+                f"{self.path} already finished (succeeded); a finished run is final and is never "
+                f"trained again. Start a new run with its settings: "
+                f"python -m cxrcore train --config {self.file(CONFIG)}"
+            )
         if status == "running":
             info = self.info()
-            raise RunError(f"{self.path} is still training (process {info.get('pid')} on {info.get('host')}); "
-                           "cancel or stop it before resuming")
+            raise RunError(
+                f"{self.path} is still training (process {info.get('pid')} on {info.get('host')}); "
+                "cancel or stop it before resuming"
+            )
         return self.resume_state()
 
     # -- results -----------------------------------------------------------------------------
@@ -308,11 +322,19 @@ class RunDir:
     def summary(self) -> dict:
         """What run pickers and lists show: id, path, backbone, status and headline metrics."""
         info, metrics = self.info(), self.metrics() or {}
-        return {"run_id": self.run_id, "path": str(self.path), "backbone": self.read_json(CONFIG).get("backbone"),
-                "status": self.status(), "has_model": self.has_model(), "error": self.error(),
-                "epochs_completed": self.epochs_completed(), "image_size": info.get("image_size"),
-                "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
-                "macro_auc": metrics.get("macro_auc")}
+        return {
+            "run_id": self.run_id,
+            "path": str(self.path),
+            "backbone": self.read_json(CONFIG).get("backbone"),
+            "status": self.status(),
+            "has_model": self.has_model(),
+            "error": self.error(),
+            "epochs_completed": self.epochs_completed(),
+            "image_size": info.get("image_size"),
+            "accuracy": metrics.get("accuracy"),
+            "macro_f1": metrics.get("macro_f1"),
+            "macro_auc": metrics.get("macro_auc"),
+        }
 
 
 def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:

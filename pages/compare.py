@@ -1,4 +1,5 @@
 """Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices, and one image through each."""
+
 import streamlit as st
 
 from cxrcore import runs as run_files
@@ -12,15 +13,18 @@ st.title("Compare")
 runs = trained_runs()
 if len(runs) < 2:
     if runs:
-        st.info("Only one trained model so far: train another (or queue several backbones at once on the "
-                "Train page) to compare them.")
+        st.info(
+            "Only one trained model so far: train another (or queue several backbones at once on the "
+            "Train page) to compare them."
+        )
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     else:
         no_models()
     st.stop()
 
-chosen = st.multiselect("Runs (2 to 4)", runs, default=runs[:2], format_func=run_label, max_selections=4,
-                        key="compare_runs")
+chosen = st.multiselect(
+    "Runs (2 to 4)", runs, default=runs[:2], format_func=run_label, max_selections=4, key="compare_runs"
+)
 if len(chosen) < 2:
     st.info("Pick at least two runs.")
     st.stop()
@@ -50,8 +54,9 @@ if metrics:
     normalized = st.toggle("Normalise rows", key="compare_norm")
     cols = st.columns(len(metrics))
     for col, (run_id, m) in zip(cols, metrics.items()):
-        col.plotly_chart(plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch",
-                         key=f"compare_cm_{run_id}")
+        col.plotly_chart(
+            plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch", key=f"compare_cm_{run_id}"
+        )
 
 st.subheader("One image through every run")
 c = st.columns([3, 1])
@@ -68,5 +73,8 @@ if upload is not None:
             continue
         col.image(result["overlay"], caption=r["run_id"], width="stretch")
         col.markdown(f"**{result['label']}** ({result['confidence']:.1%})")
-        col.plotly_chart(plots.probability_bars(result["probabilities"], title=r["backbone"]), width="stretch",
-                         key=f"compare_probs_{r['run_id']}")
+        col.plotly_chart(
+            plots.probability_bars(result["probabilities"], title=r["backbone"]),
+            width="stretch",
+            key=f"compare_probs_{r['run_id']}",
+        )

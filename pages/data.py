@@ -1,4 +1,5 @@
 """Data: pick a dataset; its classes, splits, image formats, samples, augmentation and leakage."""
+
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
@@ -22,12 +23,15 @@ st.title("Data")
 
 # -- which dataset ---------------------------------------------------------------------------
 with st.expander("Open a dataset", expanded=False):
-    st.caption("A local folder in any supported layout: class folders, train/val/test folders, the COVID-19 "
-               "Radiography Database, or a CSV manifest (path,label[,patient_id][,split]).")
+    st.caption(
+        "A local folder in any supported layout: class folders, train/val/test folders, the COVID-19 "
+        "Radiography Database, or a CSV manifest (path,label[,patient_id][,split])."
+    )
     demo = str(demo_dir())
     choices = [demo] + [p for p in recent_datasets() if p != demo]
-    recent = st.selectbox("Recently used", choices, key="data_recent",
-                          format_func=lambda p: f"{p} (synthetic demo)" if p == demo else p)
+    recent = st.selectbox(
+        "Recently used", choices, key="data_recent", format_func=lambda p: f"{p} (synthetic demo)" if p == demo else p
+    )
     typed = st.text_input("...or a folder / CSV path", key="data_path", placeholder="/data/chest_xray")
     if st.button("Open", key="data_open", type="primary"):
         set_dataset(typed.strip() or recent)
@@ -53,13 +57,16 @@ cols[4].metric("Layout", info["layout"])
 # -- classes and splits ----------------------------------------------------------------------
 split = split_preview(path)
 left, right = st.columns([3, 2])
-left.plotly_chart(plots.class_distribution(split, title="Images per class and split (as training would split)"),
-                  width="stretch")
+left.plotly_chart(
+    plots.class_distribution(split, title="Images per class and split (as training would split)"), width="stretch"
+)
 table = split.groupby(["label", "split"]).size().unstack(fill_value=0)
 table["total"] = table.sum(axis=1)
 right.dataframe(table, width="stretch")
-right.caption("Splits: stratified per class, seed 42, 80/10/10 unless the layout has its own; grouped by "
-              "patient where patient ids are known.")
+right.caption(
+    "Splits: stratified per class, seed 42, 80/10/10 unless the layout has its own; grouped by "
+    "patient where patient ids are known."
+)
 
 left, right = st.columns(2)
 left.plotly_chart(plots.image_sizes(index), width="stretch")
@@ -75,7 +82,7 @@ paths = index.loc[index["label"] == label, "path"].tolist()
 pages = max(1, (len(paths) + per_page - 1) // per_page)
 page = c2.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="data_page")
 grid = st.columns(6)
-for i, image_path in enumerate(paths[(page - 1) * per_page: page * per_page]):
+for i, image_path in enumerate(paths[(page - 1) * per_page : page * per_page]):
     try:
         grid[i % 6].image(prepare_image(image_path, 160), caption=image_path.rsplit("/", 1)[-1], width="stretch")
     except CXRError as exc:
@@ -83,14 +90,18 @@ for i, image_path in enumerate(paths[(page - 1) * per_page: page * per_page]):
 
 # -- augmentation preview --------------------------------------------------------------------
 st.subheader("Augmentation preview")
-st.caption("What training-time augmentation does to one image. X-rays are not left-right symmetric "
-           "(the heart is on the left), so a flip is a choice, not a default.")
+st.caption(
+    "What training-time augmentation does to one image. X-rays are not left-right symmetric "
+    "(the heart is on the left), so a flip is a choice, not a default."
+)
 a = st.columns(5)
-augment = AugmentConfig(flip=a[0].checkbox("Flip", key="data_aug_flip"),
-                        rotation=a[1].slider("Rotation (deg)", 0, 30, 10, key="data_aug_rot"),
-                        zoom=a[2].slider("Zoom", 0.0, 0.3, 0.1, key="data_aug_zoom"),
-                        contrast=a[3].slider("Contrast", 0.0, 0.5, 0.1, key="data_aug_contrast"),
-                        brightness=a[4].slider("Brightness", 0.0, 0.5, 0.1, key="data_aug_bright"))
+augment = AugmentConfig(
+    flip=a[0].checkbox("Flip", key="data_aug_flip"),
+    rotation=a[1].slider("Rotation (deg)", 0, 30, 10, key="data_aug_rot"),
+    zoom=a[2].slider("Zoom", 0.0, 0.3, 0.1, key="data_aug_zoom"),
+    contrast=a[3].slider("Contrast", 0.0, 0.5, 0.1, key="data_aug_contrast"),
+    brightness=a[4].slider("Brightness", 0.0, 0.5, 0.1, key="data_aug_bright"),
+)
 if paths:
     from cxrcore.training.pipeline import augment_preview
 
@@ -109,12 +120,16 @@ from cxrcore.data.splits import duplicate_report, leakage_report  # noqa: E402
 
 leaks = leakage_report(split)
 if info["patients"] == 0:
-    st.info("No patient ids in this dataset (no manifest column, no known file-name pattern): patient "
-            "leakage cannot be checked.")
+    st.info(
+        "No patient ids in this dataset (no manifest column, no known file-name pattern): patient "
+        "leakage cannot be checked."
+    )
 elif leaks.empty:
     unknown = int((index["patient_id"] == "").sum())
-    st.success(f"No patient appears in more than one split ({info['patients']:,} patients with known ids checked"
-               + (f"; {unknown:,} images have no patient id and cannot be checked)." if unknown else ")."))
+    st.success(
+        f"No patient appears in more than one split ({info['patients']:,} patients with known ids checked"
+        + (f"; {unknown:,} images have no patient id and cannot be checked)." if unknown else ").")
+    )
 else:
     st.error(f"{len(leaks)} patient(s) have images in more than one split.")
     st.dataframe(leaks, width="stretch")
@@ -126,6 +141,7 @@ if st.button("Look for duplicate files (reads every image)", key="data_dups"):
         st.success("No byte-identical duplicates.")
     else:
         cross = int(dups.loc[dups["cross_split"], "hash"].nunique())
-        (st.error if cross else st.warning)(f"{dups['hash'].nunique()} groups of identical files; "
-                                            f"{cross} of them span more than one split.")
+        (st.error if cross else st.warning)(
+            f"{dups['hash'].nunique()} groups of identical files; {cross} of them span more than one split."
+        )
         st.dataframe(dups, width="stretch")

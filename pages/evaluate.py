@@ -1,4 +1,5 @@
 """Evaluate: a run's test-split metrics, curves, mistakes, and external validation."""
+
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +19,10 @@ if run_info is None:
     st.stop()
 run = runs.RunDir(run_info["path"])
 info, status, epochs = run.info(), run.status(), run.epochs_completed()
-st.caption(f"{info.get('backbone')} at {run.image_size()} px · trained on `{info.get('data')}` · "
-           f"{info.get('device', '?')} · {epochs} epoch{'' if epochs == 1 else 's'} completed · status {status}")
+st.caption(
+    f"{info.get('backbone')} at {run.image_size()} px · trained on `{info.get('data')}` · "
+    f"{info.get('device', '?')} · {epochs} epoch{'' if epochs == 1 else 's'} completed · status {status}"
+)
 
 
 def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:
@@ -38,8 +41,13 @@ def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:
     report = pd.DataFrame(per_class_table(metrics)).set_index("class").apply(pd.to_numeric)
     right.markdown("**Classification report** (one-vs-rest sensitivity and specificity)")
     right.dataframe(report.style.format(precision=3, na_rep="n/a"), width="stretch")
-    right.download_button("Download metrics (CSV)", report.to_csv().encode(), file_name=f"{key}_metrics.csv",
-                          mime="text/csv", key=f"{key}_download")
+    right.download_button(
+        "Download metrics (CSV)",
+        report.to_csv().encode(),
+        file_name=f"{key}_metrics.csv",
+        mime="text/csv",
+        key=f"{key}_download",
+    )
     mistakes(predictions, metrics["classes"], key)
 
 
@@ -52,21 +60,25 @@ def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
     pages = (len(wrong) + per_page - 1) // per_page
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_mistake_page")
     cols = st.columns(4)
-    for i, row in enumerate(wrong.iloc[(page - 1) * per_page: page * per_page].to_dict("records")):
+    for i, row in enumerate(wrong.iloc[(page - 1) * per_page : page * per_page].to_dict("records")):
         col = cols[i % 4]
         probs = ", ".join(f"{c} {row[f'prob_{c}']:.2f}" for c in classes if f"prob_{c}" in row)
         try:
             col.image(prepare_image(row["path"], 192), width="stretch")
         except CXRError as exc:
             col.error(str(exc))
-        col.caption(f"true **{row['true_label']}**, predicted **{row['pred_label']}** ({row['confidence']:.2f})  \n"
-                    f"{probs}  \n`{Path(row['path']).name}`")
+        col.caption(
+            f"true **{row['true_label']}**, predicted **{row['pred_label']}** ({row['confidence']:.2f})  \n"
+            f"{probs}  \n`{Path(row['path']).name}`"
+        )
 
 
 def resume_offer() -> None:
     """The one resume path (the Train page's button and `train --resume` use it too)."""
-    st.caption(f"Continue it from its last completed epoch ({epochs} done) in the background, or in a terminal "
-               f"with `python -m cxrcore train --resume {run.path}`.")
+    st.caption(
+        f"Continue it from its last completed epoch ({epochs} done) in the background, or in a terminal "
+        f"with `python -m cxrcore train --resume {run.path}`."
+    )
     if st.button("Resume in the background", key="evaluate_resume"):
         try:
             job = job_queue.resume_run(run.path, store=jobs())
@@ -79,12 +91,16 @@ tabs = st.tabs(["Test split", "Training curves", "External validation"])
 with tabs[0]:
     test = run.test_evaluation()
     if status == "running":
-        st.info("This run is still training: its test-split metrics appear when it finishes. Its best "
-                "checkpoint so far can already be used on the Predict page.")
+        st.info(
+            "This run is still training: its test-split metrics appear when it finishes. Its best "
+            "checkpoint so far can already be used on the Predict page."
+        )
     elif status in ("interrupted", "failed", "cancelled"):
-        reason = {"interrupted": "its process stopped without recording an end (killed, or the machine restarted)",
-                  "failed": f"it failed: {run.error() or 'no reason recorded'}",
-                  "cancelled": "it was cancelled"}[status]
+        reason = {
+            "interrupted": "its process stopped without recording an end (killed, or the machine restarted)",
+            "failed": f"it failed: {run.error() or 'no reason recorded'}",
+            "cancelled": "it was cancelled",
+        }[status]
         st.warning(f"This run did not finish: {reason}.")
         resume_offer()
     if test is not None:
@@ -92,8 +108,10 @@ with tabs[0]:
             st.caption("Metrics of the best checkpoint so far (evaluated by hand before the run finished).")
         metrics_view(test.metrics, test.predictions(), key="evaluate_test")
     elif status == "succeeded":
-        st.info("This run has no test split, so no test-split metrics: evaluate it on labelled data in the "
-                "External validation tab.")
+        st.info(
+            "This run has no test split, so no test-split metrics: evaluate it on labelled data in the "
+            "External validation tab."
+        )
 
 with tabs[1]:
     history = run.history()
@@ -102,14 +120,17 @@ with tabs[1]:
     else:
         left, right = st.columns(2)
         left.plotly_chart(plots.training_curves(history, ("loss",), title="Loss"), width="stretch")
-        right.plotly_chart(plots.training_curves(history, ("accuracy", "auc"), title="Accuracy and AUC"),
-                           width="stretch")
+        right.plotly_chart(
+            plots.training_curves(history, ("accuracy", "auc"), title="Accuracy and AUC"), width="stretch"
+        )
         st.dataframe(history, width="stretch", hide_index=True)
 
 with tabs[2]:
-    st.caption("A model that scores well inside one dataset can fall to chance on another hospital's images. "
-               "Evaluate it on another labelled folder (same class names); results are kept apart from the "
-               "test split's, in the run's `external/` folder.")
+    st.caption(
+        "A model that scores well inside one dataset can fall to chance on another hospital's images. "
+        "Evaluate it on another labelled folder (same class names); results are kept apart from the "
+        "test split's, in the run's `external/` folder."
+    )
     c = st.columns([4, 1])
     folder = c[0].text_input("Labelled folder or CSV manifest", key="evaluate_external_path")
     drop_unknown = c[1].checkbox("Skip unknown classes", key="evaluate_drop_unknown")
@@ -124,13 +145,19 @@ with tabs[2]:
             show_error(exc)
     externals = {e.name: e for e in run.external_evaluations()}
     if externals:
-        name = st.selectbox("Saved external evaluations (newest first)", list(externals),
-                            format_func=lambda n: f"{externals[n].source.get('data', n)} · "
-                                                  f"{externals[n].source.get('evaluated_at', '')}",
-                            key="evaluate_external_pick")
+        name = st.selectbox(
+            "Saved external evaluations (newest first)",
+            list(externals),
+            format_func=lambda n: (
+                f"{externals[n].source.get('data', n)} · {externals[n].source.get('evaluated_at', '')}"
+            ),
+            key="evaluate_external_pick",
+        )
         loaded = externals[name]
         if test:
             delta = loaded.metrics["accuracy"] - test.metrics["accuracy"]
-            st.markdown(f"Accuracy **{loaded.metrics['accuracy']:.3f}** on `{loaded.source.get('data', name)}` "
-                        f"against **{test.metrics['accuracy']:.3f}** on the run's own test split ({delta:+.3f}).")
+            st.markdown(
+                f"Accuracy **{loaded.metrics['accuracy']:.3f}** on `{loaded.source.get('data', name)}` "
+                f"against **{test.metrics['accuracy']:.3f}** on the run's own test split ({delta:+.3f})."
+            )
         metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}")

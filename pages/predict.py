@@ -1,4 +1,5 @@
 """Predict: upload X-rays (PNG, JPEG, DICOM), see class probabilities and what the model looked at."""
+
 from pathlib import Path
 
 import streamlit as st
@@ -17,13 +18,21 @@ if run is None:
     st.stop()
 
 c = st.columns(3)
-method = c[0].selectbox("Explanation", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key="predict_method",
-                        help="Grad-CAM is fastest; Score-CAM runs the model many times and is slower.")
+method = c[0].selectbox(
+    "Explanation",
+    list(METHOD_LABELS),
+    format_func=METHOD_LABELS.get,
+    key="predict_method",
+    help="Grad-CAM is fastest; Score-CAM runs the model many times and is slower.",
+)
 colormap = c[1].selectbox("Colormap", list(COLORMAPS), key="predict_colormap")
 alpha = c[2].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="predict_alpha")
 
-uploads = st.file_uploader("Chest X-rays: PNG, JPEG or DICOM (DICOM is recognised by content, whatever its name)",
-                           accept_multiple_files=True, key="predict_upload")
+uploads = st.file_uploader(
+    "Chest X-rays: PNG, JPEG or DICOM (DICOM is recognised by content, whatever its name)",
+    accept_multiple_files=True,
+    key="predict_upload",
+)
 if not uploads:
     st.info("Upload one or more images to see the model's prediction and a heatmap of the regions that drove it.")
     st.stop()
@@ -42,12 +51,17 @@ for upload in uploads:
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
     middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['label']}", width="stretch")
-    right.plotly_chart(plots.probability_bars(result["probabilities"],
-                                              title=f"{result['label']} ({result['confidence']:.1%})"),
-                       width="stretch", key=f"predict_probs_{upload.file_id}")
-    right.download_button("Download overlay (PNG)", to_png_bytes(result["overlay"]),
-                          file_name=f"{Path(upload.name).stem}_{method}.png", mime="image/png",
-                          key=f"predict_download_{upload.file_id}")
+    right.plotly_chart(
+        plots.probability_bars(result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%})"),
+        width="stretch",
+        key=f"predict_probs_{upload.file_id}",
+    )
+    right.download_button(
+        "Download overlay (PNG)",
+        to_png_bytes(result["overlay"]),
+        file_name=f"{Path(upload.name).stem}_{method}.png",
+        mime="image/png",
+        key=f"predict_download_{upload.file_id}",
+    )
     if facts:
-        right.caption("DICOM (non-identifying fields only): "
-                      + ", ".join(f"{k} {v}" for k, v in facts.items()))
+        right.caption("DICOM (non-identifying fields only): " + ", ".join(f"{k} {v}" for k, v in facts.items()))

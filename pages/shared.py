@@ -3,6 +3,7 @@
 Heavy objects are cached with ``st.cache_resource`` keyed by a path (and the file's
 modification time, so a retrained model is picked up); data with ``st.cache_data``.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,10 @@ def demo_dir() -> Path:
     """Where the built-in demo data lives (``CXRLAB_DEMO_DATA`` moves it)."""
     return Path(os.environ.get("CXRLAB_DEMO_DATA") or REPO / "data" / "demo")
 
-NOTICE = ("Research software, not a medical device: its outputs are not a diagnosis and must not be "
-          "used for patient care.")
+
+NOTICE = (
+    "Research software, not a medical device: its outputs are not a diagnosis and must not be used for patient care."
+)
 
 
 @st.cache_resource(show_spinner="Making the synthetic demo dataset (first start only)...")
@@ -93,7 +96,7 @@ def remember_dataset(path: str | os.PathLike, limit: int = 8) -> list[str]:
         tmp.write_text(json.dumps(items[:limit]))
         os.replace(tmp, target)
     except OSError:
-        pass            # a read-only cache folder: the list is a convenience, never an error
+        pass  # a read-only cache folder: the list is a convenience, never an error
     return items[:limit]
 
 
@@ -120,6 +123,7 @@ def _mtime(path: Path) -> float:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
 def _predictor(run_dir: str, model_mtime: float):
     from cxrcore.predict import Predictor
+
     return Predictor(run_dir)
 
 
@@ -130,6 +134,7 @@ def predictor(run_dir: str):
 @st.cache_resource(show_spinner="Preparing Grad-CAM...", max_entries=8)
 def _explainer(run_dir: str, model_mtime: float):
     from cxrcore.explain.cam import Explainer
+
     return Explainer.for_predictor(_predictor(run_dir, model_mtime))
 
 
@@ -140,11 +145,13 @@ def explainer(run_dir: str):
 @st.cache_resource
 def job_store(db_path: str):
     from cxrcore.jobs.store import JobStore
+
     return JobStore(db_path)
 
 
 def jobs():
     from cxrcore.jobs.store import default_db
+
     return job_store(str(default_db()))
 
 
@@ -168,8 +175,10 @@ def pick_run(key: str, label: str = "Model (run)") -> dict | None:
 
 
 def no_models() -> None:
-    st.info("No trained model yet. Train one on the **Train** page (a small CNN on the demo data takes "
-            "about a minute on a CPU), or point `CXRCORE_MODELS` at a folder of runs.")
+    st.info(
+        "No trained model yet. Train one on the **Train** page (a small CNN on the demo data takes "
+        "about a minute on a CPU), or point `CXRCORE_MODELS` at a folder of runs."
+    )
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
 
 
@@ -180,9 +189,12 @@ def show_error(exc: Exception) -> None:
 
 def synthetic_banner(path: str) -> None:
     if is_synthetic(path):
-        st.warning("**Synthetic demo data**: drawings made by `cxrcore.data.demo` so the app works with nothing "
-                   "downloaded. They are not radiographs and have no clinical meaning. Open a real dataset "
-                   "on the Data page.", icon=":material/science:")
+        st.warning(
+            "**Synthetic demo data**: drawings made by `cxrcore.data.demo` so the app works with nothing "
+            "downloaded. They are not radiographs and have no clinical meaning. Open a real dataset "
+            "on the Data page.",
+            icon=":material/science:",
+        )
 
 
 def sidebar() -> None:
@@ -200,9 +212,28 @@ def sidebar() -> None:
         st.caption(NOTICE)
 
 
-__all__ = ["require_app", "mark_app_started", "CXRError", "NOTICE", "current_dataset", "set_dataset", "load_index",
-           "split_preview", "predictor", "explainer", "jobs", "trained_runs", "run_label", "pick_run", "no_models",
-           "show_error", "synthetic_banner", "recent_datasets", "demo_dir", "analyse"]
+__all__ = [
+    "require_app",
+    "mark_app_started",
+    "CXRError",
+    "NOTICE",
+    "current_dataset",
+    "set_dataset",
+    "load_index",
+    "split_preview",
+    "predictor",
+    "explainer",
+    "jobs",
+    "trained_runs",
+    "run_label",
+    "pick_run",
+    "no_models",
+    "show_error",
+    "synthetic_banner",
+    "recent_datasets",
+    "demo_dir",
+    "analyse",
+]
 
 
 def analyse(run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float) -> dict:

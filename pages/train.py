@@ -1,4 +1,5 @@
 """Train: every training option and what will run with them, background jobs with live progress, and their history."""
+
 import time
 from pathlib import Path
 
@@ -24,8 +25,11 @@ synthetic_banner(path)
 @st.cache_data(ttl=3600, show_spinner=False)
 def hardware() -> dict:
     hw = hardware_summary()
-    text = (", ".join(f"{g['name']} ({g['memory_mb'] / 1024:.0f} GB)" for g in hw["gpus"]) if hw["gpus"]
-            else f"CPU only ({hw['cpu_count']} cores): small backbones and images train best")
+    text = (
+        ", ".join(f"{g['name']} ({g['memory_mb'] / 1024:.0f} GB)" for g in hw["gpus"])
+        if hw["gpus"]
+        else f"CPU only ({hw['cpu_count']} cores): small backbones and images train best"
+    )
     return {**hw, "text": text}
 
 
@@ -43,34 +47,55 @@ except Exception as exc:
 # Not an st.form: every change reruns the page, so "What will run" below the backbone picker
 # is always what Start would queue. Weights, image size and unfreeze depth are left to the
 # backbone ("auto", 0, 0) until the user sets them; TrainConfig.resolved() fills them.
-WEIGHTS = {AUTO: "auto (backbone default)", "imagenet": "imagenet", "none": "none (from scratch)",
-           "file": "a weights file"}
+WEIGHTS = {
+    AUTO: "auto (backbone default)",
+    "imagenet": "imagenet",
+    "none": "none (from scratch)",
+    "file": "a weights file",
+}
 
 st.subheader("What to train")
-chosen = st.multiselect("Backbone(s): pick several to queue a comparison (one job each, same settings)",
-                        list(REGISTRY), default=["simple_cnn"], key="train_backbones",
-                        format_func=lambda n: f"{n}: {REGISTRY[n].description}")
-plan_box = st.container()             # filled once every setting below has been read
+chosen = st.multiselect(
+    "Backbone(s): pick several to queue a comparison (one job each, same settings)",
+    list(REGISTRY),
+    default=["simple_cnn"],
+    key="train_backbones",
+    format_func=lambda n: f"{n}: {REGISTRY[n].description}",
+)
+plan_box = st.container()  # filled once every setting below has been read
 
 c = st.columns(4)
-weights_kind = c[0].selectbox("Weights", list(WEIGHTS), key="train_weights", format_func=WEIGHTS.get,
-                              help="auto follows the backbone: ImageNet weights (Keras's standard download/cache, "
-                                   "~/.keras/models) for a pretrained backbone, none for simple_cnn. "
-                                   "'What will run' above shows the result.")
-weights_file = c[1].text_input("Weights file (for 'a weights file')", key="train_weights_file",
-                               disabled=weights_kind != "file")
-size_choice = c[2].number_input("Image size (0 = backbone default)", 0, 1024, 0, step=16, key="train_size",
-                                help="Defaults: 224 for pretrained backbones, 128 for simple_cnn.")
+weights_kind = c[0].selectbox(
+    "Weights",
+    list(WEIGHTS),
+    key="train_weights",
+    format_func=WEIGHTS.get,
+    help="auto follows the backbone: ImageNet weights (Keras's standard download/cache, "
+    "~/.keras/models) for a pretrained backbone, none for simple_cnn. "
+    "'What will run' above shows the result.",
+)
+weights_file = c[1].text_input(
+    "Weights file (for 'a weights file')", key="train_weights_file", disabled=weights_kind != "file"
+)
+size_choice = c[2].number_input(
+    "Image size (0 = backbone default)",
+    0,
+    1024,
+    0,
+    step=16,
+    key="train_size",
+    help="Defaults: 224 for pretrained backbones, 128 for simple_cnn.",
+)
 batch = c[3].number_input("Batch size", 1, 1024, 32, key="train_batch")
 
 st.subheader("Two stages")
 c = st.columns(4)
 epochs = c[0].number_input("Stage 1 epochs (frozen backbone)", 0, 1000, 10, key="train_epochs")
 ft_epochs = c[1].number_input("Stage 2 epochs (fine-tune)", 0, 1000, 5, key="train_ft_epochs")
-unfreeze = c[2].number_input("Layers unfrozen in stage 2 (0 = backbone default, -1 = all)", -1, 2000, 0,
-                             key="train_unfreeze")
-ft_factor = c[3].number_input("Stage 2 learning-rate factor", 0.0001, 1.0, 0.1, format="%.4f",
-                              key="train_ft_factor")
+unfreeze = c[2].number_input(
+    "Layers unfrozen in stage 2 (0 = backbone default, -1 = all)", -1, 2000, 0, key="train_unfreeze"
+)
+ft_factor = c[3].number_input("Stage 2 learning-rate factor", 0.0001, 1.0, 0.1, format="%.4f", key="train_ft_factor")
 c = st.columns(4)
 optimizer = c[0].selectbox("Optimizer", ["adam", "rmsprop", "adamax", "sgd"], key="train_optimizer")
 lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f", key="train_lr")
@@ -84,25 +109,35 @@ focal = c[1].checkbox("Focal loss", key="train_focal")
 gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
 smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
 c = st.columns(4)
-preset = c[0].selectbox("Label scheme", ["as in the folders", *LABEL_PRESETS], key="train_preset",
-                        help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
-                             "abnormal-vs-normal: COVID and pneumonia classes merged")
+preset = c[0].selectbox(
+    "Label scheme",
+    ["as in the folders", *LABEL_PRESETS],
+    key="train_preset",
+    help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
+    "abnormal-vs-normal: COVID and pneumonia classes merged",
+)
 drop = c[1].multiselect("Drop classes", classes, key="train_drop")
 rename = c[2].text_input("Rename (OLD=NEW; ...)", key="train_rename", placeholder="NORMAL=Normal")
 merge = c[3].text_input("Merge (NEW=OLD1,OLD2; ...)", key="train_merge", placeholder="Abnormal=COVID,Viral Pneumonia")
 c = st.columns(4)
 val_fraction = c[0].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
 test_fraction = c[1].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
-cache = c[2].checkbox("Keep decoded images in memory", value=True, key="train_cache",
-                      help="Faster epochs after the first; turn off for datasets larger than RAM.")
+cache = c[2].checkbox(
+    "Keep decoded images in memory",
+    value=True,
+    key="train_cache",
+    help="Faster epochs after the first; turn off for datasets larger than RAM.",
+)
 
 st.subheader("Augmentation and head")
 c = st.columns(5)
-augment = AugmentConfig(flip=c[0].checkbox("Horizontal flip", key="train_flip"),
-                        rotation=c[1].number_input("Rotation (deg)", 0.0, 180.0, 0.0, key="train_rot"),
-                        zoom=c[2].number_input("Zoom", 0.0, 0.9, 0.0, key="train_zoom"),
-                        contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
-                        brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"))
+augment = AugmentConfig(
+    flip=c[0].checkbox("Horizontal flip", key="train_flip"),
+    rotation=c[1].number_input("Rotation (deg)", 0.0, 180.0, 0.0, key="train_rot"),
+    zoom=c[2].number_input("Zoom", 0.0, 0.9, 0.0, key="train_zoom"),
+    contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
+    brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"),
+)
 c = st.columns(4)
 pooling = c[0].selectbox("Pooling", ["avg", "max", "flatten"], key="train_pooling")
 units = c[1].text_input("Dense units (comma-separated, empty = none)", "256", key="train_units")
@@ -116,9 +151,12 @@ max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, k
 
 def build_config(backbone: str) -> TrainConfig:
     """The settings as the user left them: weights, size and unfreeze depth may still be open."""
-    labels = extend_scheme(LABEL_PRESETS[preset] if preset in LABEL_PRESETS else LabelScheme(),
-                           rename=[r for r in rename.split(";") if r.strip()],
-                           merge=[m for m in merge.split(";") if m.strip()], drop=list(drop))
+    labels = extend_scheme(
+        LABEL_PRESETS[preset] if preset in LABEL_PRESETS else LabelScheme(),
+        rename=[r for r in rename.split(";") if r.strip()],
+        merge=[m for m in merge.split(";") if m.strip()],
+        drop=list(drop),
+    )
     if weights_kind == "file" and not weights_file.strip():
         raise ConfigError("weights: type the path of a weights file, or choose auto, imagenet or none")
     weights = weights_file.strip() if weights_kind == "file" else weights_kind
@@ -127,14 +165,33 @@ def build_config(backbone: str) -> TrainConfig:
     except ValueError:
         raise job_queue.JobError(f"dense units must be numbers like 256,128, not '{units}'") from None
     return TrainConfig(
-        data=path, backbone=backbone, weights=weights, image_size=int(size_choice) or None, batch_size=int(batch),
-        epochs=int(epochs), fine_tune_epochs=int(ft_epochs), unfreeze=int(unfreeze) or None, optimizer=optimizer,
-        learning_rate=float(lr), fine_tune_lr_factor=float(ft_factor), patience=int(patience),
-        reduce_lr_patience=int(plateau), class_weights=weighting, focal_loss=focal, focal_gamma=float(gamma),
-        label_smoothing=float(smoothing), augment=augment,
+        data=path,
+        backbone=backbone,
+        weights=weights,
+        image_size=int(size_choice) or None,
+        batch_size=int(batch),
+        epochs=int(epochs),
+        fine_tune_epochs=int(ft_epochs),
+        unfreeze=int(unfreeze) or None,
+        optimizer=optimizer,
+        learning_rate=float(lr),
+        fine_tune_lr_factor=float(ft_factor),
+        patience=int(patience),
+        reduce_lr_patience=int(plateau),
+        class_weights=weighting,
+        focal_loss=focal,
+        focal_gamma=float(gamma),
+        label_smoothing=float(smoothing),
+        augment=augment,
         head=HeadConfig(pooling=pooling, dense_units=dense, dropout=float(dropout), batch_norm=head_bn),
-        labels=labels, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
-        mixed_precision=mixed, cache=cache, max_steps=int(max_steps) or None, seed=int(seed)).validate()
+        labels=labels,
+        val_fraction=float(val_fraction),
+        test_fraction=float(test_fraction),
+        mixed_precision=mixed,
+        cache=cache,
+        max_steps=int(max_steps) or None,
+        seed=int(seed),
+    ).validate()
 
 
 def plan() -> tuple[TrainConfig | None, list[TrainConfig]]:
@@ -144,7 +201,7 @@ def plan() -> tuple[TrainConfig | None, list[TrainConfig]]:
     base = build_config(chosen[0])
     if len(chosen) == 1:
         return base, [base.resolved()]
-    return base, [base.for_backbone(name) for name in chosen]      # the comparison's jobs, one per backbone
+    return base, [base.for_backbone(name) for name in chosen]  # the comparison's jobs, one per backbone
 
 
 def _unfrozen(cfg: TrainConfig) -> str:
@@ -156,8 +213,9 @@ def _unfrozen(cfg: TrainConfig) -> str:
 def _in_words(cfg: TrainConfig) -> str:
     weights = {"imagenet": "ImageNet weights", "none": "from scratch"}.get(cfg.weights, f"weights {cfg.weights}")
     unfrozen = "" if cfg.weights == "none" else f", stage 2 unfreezes {_unfrozen(cfg)}"
-    return (f"**{cfg.backbone}** ({weights}, {cfg.image_size} px, "
-            f"{cfg.epochs} + {cfg.fine_tune_epochs} epochs{unfrozen})")
+    return (
+        f"**{cfg.backbone}** ({weights}, {cfg.image_size} px, {cfg.epochs} + {cfg.fine_tune_epochs} epochs{unfrozen})"
+    )
 
 
 try:
@@ -170,20 +228,38 @@ with plan_box:
     if plan_error is not None:
         show_error(plan_error)
     else:
-        st.dataframe(pd.DataFrame([{
-            "backbone": cfg.backbone,
-            "weights": cfg.weights,
-            "image size": cfg.image_size,
-            "stage 1 epochs": cfg.epochs,
-            "stage 2 epochs": cfg.fine_tune_epochs,
-            "stage 2 unfreezes": _unfrozen(cfg),
-            "Grad-CAM layer": REGISTRY[cfg.backbone].gradcam_layer} for cfg in planned]),
-            hide_index=True, width="stretch",
-            column_config={"weights": st.column_config.TextColumn(
-                help="imagenet: fine-tunes from ImageNet features; none: learns from scratch")})
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "backbone": cfg.backbone,
+                        "weights": cfg.weights,
+                        "image size": cfg.image_size,
+                        "stage 1 epochs": cfg.epochs,
+                        "stage 2 epochs": cfg.fine_tune_epochs,
+                        "stage 2 unfreezes": _unfrozen(cfg),
+                        "Grad-CAM layer": REGISTRY[cfg.backbone].gradcam_layer,
+                    }
+                    for cfg in planned
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "weights": st.column_config.TextColumn(
+                    help="imagenet: fine-tunes from ImageNet features; none: learns from scratch"
+                )
+            },
+        )
 
-st.caption("Start queues " + ("; ".join(_in_words(cfg) for cfg in planned) if planned
-                             else "nothing yet: see the problem under 'What will run'"))
+st.caption(
+    "Start queues "
+    + (
+        "; ".join(_in_words(cfg) for cfg in planned)
+        if planned
+        else "nothing yet: see the problem under 'What will run'"
+    )
+)
 submitted = st.button("Start training", type="primary", key="train_start")
 
 if submitted:
@@ -220,9 +296,11 @@ def live_jobs() -> None:
     store = jobs()
     rows = job_queue.list_jobs(store=store)
     if _statuses(rows) != st.session_state.get("train_statuses"):
-        st.rerun(scope="app")             # a job started, finished or failed: refresh the history below too
-    active = sorted((j for j in rows if j["status"] in ("running", "queued")),
-                    key=lambda j: (j["status"] != "running", j["created"]))
+        st.rerun(scope="app")  # a job started, finished or failed: refresh the history below too
+    active = sorted(
+        (j for j in rows if j["status"] in ("running", "queued")),
+        key=lambda j: (j["status"] != "running", j["created"]),
+    )
     st.subheader("Running and queued")
     if not active:
         st.caption("Nothing running. Jobs you start appear here with live progress.")
@@ -231,10 +309,12 @@ def live_jobs() -> None:
         with st.container(border=True):
             top = st.columns([4, 1])
             where = f"{job['stage'] or 'starting'} · epoch {job['epoch'] or 0}/{job['epochs'] or '?'}"
-            top[0].markdown(f"**{job['backbone']}** · `{job['id']}` · {job['status']} · "
-                            f"{where if job['status'] == 'running' else 'waiting for a free slot'}"
-                            + (f" · {job['device']}" if job["device"] else "")
-                            + (" · cancel requested" if job["cancel_requested"] else ""))
+            top[0].markdown(
+                f"**{job['backbone']}** · `{job['id']}` · {job['status']} · "
+                f"{where if job['status'] == 'running' else 'waiting for a free slot'}"
+                + (f" · {job['device']}" if job["device"] else "")
+                + (" · cancel requested" if job["cancel_requested"] else "")
+            )
             if top[1].button("Cancel", key=f"train_cancel_{job['id']}"):
                 try:
                     job_queue.cancel(job["id"], store=store)
@@ -245,19 +325,27 @@ def live_jobs() -> None:
             history = run_files.RunDir(job["run_dir"]).history()
             if job["batches"]:
                 eta = _fmt_eta(job_queue.eta_seconds(job, history))
-                st.progress(min(1.0, (job["batch"] or 0) / job["batches"]),
-                            text=f"batch {job['batch']}/{job['batches']} · ETA {eta}")
+                st.progress(
+                    min(1.0, (job["batch"] or 0) / job["batches"]),
+                    text=f"batch {job['batch']}/{job['batches']} · ETA {eta}",
+                )
             if len(history):
                 left, right = st.columns(2)
-                left.plotly_chart(plots.training_curves(history, ("loss",), title="Loss"), width="stretch",
-                                  key=f"train_loss_{job['id']}_{len(history)}")
-                right.plotly_chart(plots.training_curves(history, ("accuracy",), title="Accuracy"), width="stretch",
-                                   key=f"train_acc_{job['id']}_{len(history)}")
+                left.plotly_chart(
+                    plots.training_curves(history, ("loss",), title="Loss"),
+                    width="stretch",
+                    key=f"train_loss_{job['id']}_{len(history)}",
+                )
+                right.plotly_chart(
+                    plots.training_curves(history, ("accuracy",), title="Accuracy"),
+                    width="stretch",
+                    key=f"train_acc_{job['id']}_{len(history)}",
+                )
 
 
 past = job_queue.list_jobs(store=jobs())
-st.session_state["train_statuses"] = statuses = _statuses(past)   # what "All jobs" shows; the live view watches it
-if "train_notice" in st.session_state:               # the last submission's notice, while its jobs are not done
+st.session_state["train_statuses"] = statuses = _statuses(past)  # what "All jobs" shows; the live view watches it
+if "train_notice" in st.session_state:  # the last submission's notice, while its jobs are not done
     notice, ids = st.session_state["train_notice"]
     if any(statuses.get(i) in ("queued", "running") for i in ids):
         st.success(notice)
@@ -267,28 +355,51 @@ live_jobs()
 
 # -- history ---------------------------------------------------------------------------------
 st.subheader("All jobs")
-st.caption("A job's status is its run's once it has one (the same as on the Evaluate page): succeeded, failed, "
-           "cancelled, or interrupted when its process died without recording an end.")
+st.caption(
+    "A job's status is its run's once it has one (the same as on the Evaluate page): succeeded, failed, "
+    "cancelled, or interrupted when its process died without recording an end."
+)
 if not past:
     st.caption("No jobs yet.")
 else:
-    table = pd.DataFrame([{
-        "id": j["id"], "status": j["status"], "backbone": j["backbone"],
-        "group": j["group_id"] or "", "epochs done": j["epochs_completed"] if j["epochs_completed"] is not None else "",
-        "device": j["device"] or "", "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])),
-        "error": j["error"] or "", "run": Path(j["run_dir"]).name if j["run_dir"] else ""} for j in past])
-    st.dataframe(table, width="stretch", hide_index=True,
-                 column_config={"status": st.column_config.TextColumn(width=90),
-                                "backbone": st.column_config.TextColumn(width=130),
-                                "created": st.column_config.TextColumn(width=130),
-                                "run": st.column_config.TextColumn(width=230, help="the run's folder name")})
+    table = pd.DataFrame(
+        [
+            {
+                "id": j["id"],
+                "status": j["status"],
+                "backbone": j["backbone"],
+                "group": j["group_id"] or "",
+                "epochs done": j["epochs_completed"] if j["epochs_completed"] is not None else "",
+                "device": j["device"] or "",
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])),
+                "error": j["error"] or "",
+                "run": Path(j["run_dir"]).name if j["run_dir"] else "",
+            }
+            for j in past
+        ]
+    )
+    st.dataframe(
+        table,
+        width="stretch",
+        hide_index=True,
+        column_config={
+            "status": st.column_config.TextColumn(width=90),
+            "backbone": st.column_config.TextColumn(width=130),
+            "created": st.column_config.TextColumn(width=130),
+            "run": st.column_config.TextColumn(width=230, help="the run's folder name"),
+        },
+    )
     resumable = [j for j in past if j["status"] in ("failed", "cancelled", "interrupted")]
     if resumable:
         c = st.columns([3, 1])
-        pick = c[0].selectbox("Resume a job that did not finish (its run continues from its last completed epoch)",
-                              resumable, key="train_resume_pick",
-                              format_func=lambda j: f"{j['id']} · {j['backbone']} · {j['status']}"
-                                                    + (f" · {j['error']}" if j["error"] else ""))
+        pick = c[0].selectbox(
+            "Resume a job that did not finish (its run continues from its last completed epoch)",
+            resumable,
+            key="train_resume_pick",
+            format_func=lambda j: (
+                f"{j['id']} · {j['backbone']} · {j['status']}" + (f" · {j['error']}" if j["error"] else "")
+            ),
+        )
         if c[1].button("Resume", key="train_resume"):
             try:
                 job_queue.resume(pick["id"], store=jobs())

@@ -1,4 +1,5 @@
 """Shared test helpers: tiny synthetic image folders, isolated caches, the shared dev data."""
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,12 @@ CXR_DEV = SHARED / "data" / "cxr-dev"
 WEIGHTS = SHARED / "weights"
 MNV2_035 = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
-needs_cxr_dev = pytest.mark.skipif(not (CXR_DEV / "manifest.csv").is_file(),
-                                   reason=f"real chest X-ray dev set not found at {CXR_DEV} (set CXR_SHARED)")
-needs_weights = pytest.mark.skipif(not MNV2_035.is_file(),
-                                   reason=f"shared ImageNet weights not found at {WEIGHTS} (set CXR_SHARED)")
+needs_cxr_dev = pytest.mark.skipif(
+    not (CXR_DEV / "manifest.csv").is_file(), reason=f"real chest X-ray dev set not found at {CXR_DEV} (set CXR_SHARED)"
+)
+needs_weights = pytest.mark.skipif(
+    not MNV2_035.is_file(), reason=f"shared ImageNet weights not found at {WEIGHTS} (set CXR_SHARED)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +48,9 @@ def write_image(path: Path, size: int = 24, value: int | None = None, mode: str 
     return path
 
 
-def make_class_folders(root: Path, classes=("A", "B"), per_class: int = 10, size: int = 24,
-                       split_dirs: tuple[str, ...] = ()) -> Path:
+def make_class_folders(
+    root: Path, classes=("A", "B"), per_class: int = 10, size: int = 24, split_dirs: tuple[str, ...] = ()
+) -> Path:
     """ROOT/<class>/img_i.png (or ROOT/<split>/<class>/...), class ``i`` brighter than ``i-1``.
 
     Classes differ in mean brightness, so even a tiny model can learn them.

@@ -1,4 +1,5 @@
 """Every dashboard page through Streamlit's AppTest: empty state, with trained runs, uploads."""
+
 from __future__ import annotations
 
 import io
@@ -28,9 +29,22 @@ def models(tmp_path_factory, demo):
     """A models folder with two finished tiny runs."""
     out = tmp_path_factory.mktemp("models")
     for seed in (1, 2):
-        train(TrainConfig(data=str(demo), backbone="simple_cnn", weights="none", image_size=32, batch_size=8,
-                          epochs=1, fine_tune_epochs=1, patience=0, reduce_lr_patience=0, seed=seed,
-                          head=HeadConfig(dense_units=[8])), out_dir=out)
+        train(
+            TrainConfig(
+                data=str(demo),
+                backbone="simple_cnn",
+                weights="none",
+                image_size=32,
+                batch_size=8,
+                epochs=1,
+                fine_tune_epochs=1,
+                patience=0,
+                reduce_lr_patience=0,
+                seed=seed,
+                head=HeadConfig(dense_units=[8]),
+            ),
+            out_dir=out,
+        )
     return out
 
 
@@ -79,7 +93,7 @@ def test_data_page_shows_the_synthetic_demo_dataset(app):
     assert metrics["Images"] == "36" and metrics["Classes"] == "3" and metrics["Layout"] == "manifest"
     assert "Synthetic demo data" in texts(at)
     assert "No patient appears in more than one split" in texts(at)
-    assert len(at.get("image")) >= 1                       # sample grid and augmentation preview
+    assert len(at.get("image")) >= 1  # sample grid and augmentation preview
 
 
 def test_data_page_reports_a_bad_folder_and_keeps_working(app, tmp_path):
@@ -91,12 +105,15 @@ def test_data_page_reports_a_bad_folder_and_keeps_working(app, tmp_path):
     assert any("dataset not found" in e.value for e in at.error)
 
 
-@pytest.mark.parametrize("page, expected", [
-    ("pages/evaluate.py", "No trained model yet"),
-    ("pages/predict.py", "No trained model yet"),
-    ("pages/compare.py", "No trained model yet"),
-    ("pages/train.py", "Nothing running"),
-])
+@pytest.mark.parametrize(
+    "page, expected",
+    [
+        ("pages/evaluate.py", "No trained model yet"),
+        ("pages/predict.py", "No trained model yet"),
+        ("pages/compare.py", "No trained model yet"),
+        ("pages/train.py", "Nothing running"),
+    ],
+)
 def test_pages_say_what_to_do_when_there_is_nothing_yet(app, page, expected):
     at = app(page)
     assert expected in texts(at)
@@ -109,7 +126,7 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at = app("pages/train.py")
     assert "Training runs on:" in texts(at)
     at.multiselect(key="train_backbones").set_value([])
-    at.button[0].click()          # the form's submit button
+    at.button[0].click()  # the form's submit button
     at.run()
     assert any("pick at least one backbone" in e.value for e in at.error)
     at.multiselect(key="train_backbones").set_value(["simple_cnn", "mobilenet_0.25"])
@@ -118,16 +135,16 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at.button[0].click()
     at.run()
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
-    at.run()                          # a later rerun (a click anywhere) still says what was submitted
+    at.run()  # a later rerun (a click anywhere) still says what was submitted
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
     store = JobStore(default_db())
     queued = store.list()
     assert sorted(j["config"]["backbone"] for j in queued) == ["mobilenet_0.25", "simple_cnn"]
     assert len({j["group_id"] for j in queued}) == 1
-    for job in queued:                # do not train here
+    for job in queued:  # do not train here
         if job["state"] in ("queued", "running"):
             cancel(job["id"], store=store, force=True)
-    at.run()                          # the notice stays while its jobs run, and goes once they are done
+    at.run()  # the notice stays while its jobs run, and goes once they are done
     assert not any("2 jobs, one per backbone" in s.value for s in at.success)
 
 
@@ -139,7 +156,7 @@ def test_train_page_weights_follow_a_switch_to_a_pretrained_backbone(app, monkey
     from cxrcore.jobs.store import JobStore, default_db
     from cxrcore.training.backbones import REGISTRY
 
-    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)     # queue only: nothing trains here
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)  # queue only: nothing trains here
     at = app("pages/train.py")
     at.multiselect(key="train_backbones").set_value(["mobilenetv2_0.35"])
     at.run()
@@ -153,7 +170,7 @@ def test_train_page_weights_follow_a_switch_to_a_pretrained_backbone(app, monkey
     assert plan, "no 'what will run' table before Start"
     row = plan[-1].set_index("backbone").loc["mobilenetv2_0.35"]
     assert row["weights"] == "imagenet" and int(row["image size"]) == spec.input_size
-    at.button[0].click()              # Start training
+    at.button[0].click()  # Start training
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     queued = JobStore(default_db()).list()
@@ -167,7 +184,7 @@ def test_train_page_weights_follow_a_switch_to_a_pretrained_backbone(app, monkey
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_with_finished_runs_present(app, models, monkeypatch, page):
     monkeypatch.setenv("CXRCORE_MODELS", str(models))
-    at = app(page)                      # asserts no exception
+    at = app(page)  # asserts no exception
     assert at.title[0].value == page.split("/")[1].removesuffix(".py").capitalize()
     assert "No trained model yet" not in texts(at)
 
@@ -189,19 +206,21 @@ def test_predict_page_upload_png_dicom_and_a_corrupt_file(app, models, monkeypat
     dicom = identified_dicom(write_dicom(tmp_path / "study", pixels)).read_bytes()
     at = app("pages/predict.py")
     assert "Research software, not a medical device" in texts(at)
-    at.file_uploader(key="predict_upload").set_value([
-        ("chest.png", png_bytes(), "image/png"),
-        ("study.dcm", dicom, "application/dicom"),
-        ("broken.png", b"\x89PNG\r\n\x1a\nnot an image", "image/png"),
-    ])
+    at.file_uploader(key="predict_upload").set_value(
+        [
+            ("chest.png", png_bytes(), "image/png"),
+            ("study.dcm", dicom, "application/dicom"),
+            ("broken.png", b"\x89PNG\r\n\x1a\nnot an image", "image/png"),
+        ]
+    )
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert [s.value for s in at.subheader] == ["chest.png", "study.dcm", "broken.png"]
     assert any("cannot read image broken.png" in e.value for e in at.error)
-    assert len(at.get("image")) >= 2                         # input and overlay images of the good uploads
+    assert len(at.get("image")) >= 2  # input and overlay images of the good uploads
     assert "DICOM (non-identifying fields only): Modality CR" in texts(at)
     shown = everything_shown(at)
-    assert "what the model sees" in shown and "study.dcm" in shown      # image captions are seen too
+    assert "what the model sees" in shown and "study.dcm" in shown  # image captions are seen too
     assert not [s for s in ("Doe^Jane", "MRN-123456", "General Hospital") if s in shown]
 
 
@@ -209,17 +228,16 @@ def everything_shown(at: AppTest) -> str:
     """Every text the page renders: each element's value and label, and its whole message (image
     captions, chart specs, download file names), which ``repr(at._tree)`` leaves out."""
     parts = []
-    for node in at._tree:                                    # the tree and every element below it
+    for node in at._tree:  # the tree and every element below it
         for attr in ("value", "label", "body", "proto"):
             try:
                 parts.append(str(getattr(node, attr, "")))
-            except Exception:                                # a value some element types cannot give
+            except Exception:  # a value some element types cannot give
                 continue
     return "\n".join(parts)
 
 
-def test_predict_page_dicom_with_a_corrupt_modality_length_shows_no_identifier(app, models, monkeypatch,
-                                                                                  tmp_path):
+def test_predict_page_dicom_with_a_corrupt_modality_length_shows_no_identifier(app, models, monkeypatch, tmp_path):
     """The Modality length runs on over InstitutionName, PatientName and PatientID, so its value
     holds them; the page still predicts, and shows none of it."""
     from test_io import SECRETS, swallow, write_dicom
@@ -242,24 +260,24 @@ def test_compare_page_with_two_runs(app, models, monkeypatch):
     monkeypatch.setenv("CXRCORE_MODELS", str(models))
     at = app("pages/compare.py")
     assert len(at.dataframe) == 1
-    assert len(at.get("plotly_chart")) >= 3                  # ROC overlay and two confusion matrices
+    assert len(at.get("plotly_chart")) >= 3  # ROC overlay and two confusion matrices
     at.file_uploader(key="compare_upload").set_value(("one.png", png_bytes(3), "image/png"))
     at.run()
     assert not at.exception
-    assert len(at.get("image")) == 2                           # one overlay per run
+    assert len(at.get("image")) == 2  # one overlay per run
 
 
 def test_evaluate_page_external_validation_is_saved_and_shown_apart(app, models, demo, monkeypatch):
     monkeypatch.setenv("CXRCORE_MODELS", str(models))
     at = app("pages/evaluate.py")
-    assert at.button(key="evaluate_external_go").disabled      # nothing typed yet
+    assert at.button(key="evaluate_external_go").disabled  # nothing typed yet
     at.text_input(key="evaluate_external_path").set_value(str(demo))
     at.run()
     at.button(key="evaluate_external_go").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Evaluated 36 images" in s.value for s in at.success)
-    assert "-demo-" in at.selectbox(key="evaluate_external_pick").value        # one folder per dataset
+    assert "-demo-" in at.selectbox(key="evaluate_external_pick").value  # one folder per dataset
     assert any(f"on `{demo}`" in m.value and "on the run's own test split" in m.value for m in at.markdown)
 
 
@@ -274,12 +292,13 @@ def test_data_page_opens_a_folder_and_remembers_it(app, tmp_path):
     assert not at.exception
     assert at.subheader[0].value == str(folder)
     assert {m.label: m.value for m in at.metric}["Images"] == "10"
-    again = app("pages/data.py")                      # a new session
+    again = app("pages/data.py")  # a new session
     assert str(folder) in again.selectbox(key="data_recent").options
 
 
-def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_from_either(app, demo, tmp_path,
-                                                                                          monkeypatch):
+def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_from_either(
+    app, demo, tmp_path, monkeypatch
+):
     """One owner: a run whose process died reads `interrupted` on the Evaluate page and on the Train
     page's job list, and the Evaluate page's Resume queues it through the same path as `jobs resume`."""
     import socket
@@ -290,13 +309,25 @@ def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_fro
 
     models = tmp_path / "models"
     monkeypatch.setenv("CXRCORE_MODELS", str(models))
-    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)     # queue only: nothing trains here
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)  # queue only: nothing trains here
     calls = []
-    run = train(TrainConfig(data=str(demo), backbone="simple_cnn", weights="none", image_size=32, batch_size=8,
-                            epochs=3, fine_tune_epochs=0, patience=0, reduce_lr_patience=0,
-                            head=HeadConfig(dense_units=[8])), out_dir=models,
-                should_stop=lambda: calls.append(1) or len(calls) > 4)     # stops in epoch 2
-    run.update_info(status="running", pid=2 ** 22 + 3, host=socket.gethostname(), pid_started=None)
+    run = train(
+        TrainConfig(
+            data=str(demo),
+            backbone="simple_cnn",
+            weights="none",
+            image_size=32,
+            batch_size=8,
+            epochs=3,
+            fine_tune_epochs=0,
+            patience=0,
+            reduce_lr_patience=0,
+            head=HeadConfig(dense_units=[8]),
+        ),
+        out_dir=models,
+        should_stop=lambda: calls.append(1) or len(calls) > 4,
+    )  # stops in epoch 2
+    run.update_info(status="running", pid=2**22 + 3, host=socket.gethostname(), pid_started=None)
     assert run.status() == "interrupted" and run.epochs_completed() == 1
 
     at = app("pages/evaluate.py")
@@ -313,5 +344,5 @@ def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_fro
     table = [d.value for d in train_page.dataframe if "status" in d.value.columns][-1]
     assert table.set_index("id").loc[job["id"], "status"] == "queued"
     queue.cancel(job["id"], store=JobStore(default_db()))
-    assert queue.get(job["id"])["status"] == "interrupted"           # the run's word once the queue lets go
+    assert queue.get(job["id"])["status"] == "interrupted"  # the run's word once the queue lets go
     assert runs.RunDir(run.path).status() == "interrupted"

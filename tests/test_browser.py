@@ -7,6 +7,7 @@ page (that part needs ``../shared``: it skips with the reason without it). Scree
 kept in test-artifacts/browser/. Skips (with the reason) where chromium or playwright is
 missing, except under CI, where their absence is a failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,11 @@ except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 
 if not ON_CI and (CHROMIUM is None or sync_playwright is None):
-    pytest.skip("needs Debian's chromium and the playwright package (apt-get install chromium; "
-                "pip install playwright); CI installs both", allow_module_level=True)
+    pytest.skip(
+        "needs Debian's chromium and the playwright package (apt-get install chromium; "
+        "pip install playwright); CI installs both",
+        allow_module_level=True,
+    )
 
 
 def free_port() -> int:
@@ -56,18 +60,41 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     demo = make_demo_dataset(root / "demo", n_per_class=12, image_size=64)
     models = root / "models"
-    train(TrainConfig(data=str(demo), backbone="simple_cnn", weights="none", image_size=48, batch_size=8,
-                      epochs=1, fine_tune_epochs=0, patience=0, reduce_lr_patience=0,
-                      head=HeadConfig(dense_units=[8])), out_dir=models)
+    train(
+        TrainConfig(
+            data=str(demo),
+            backbone="simple_cnn",
+            weights="none",
+            image_size=48,
+            batch_size=8,
+            epochs=1,
+            fine_tune_epochs=0,
+            patience=0,
+            reduce_lr_patience=0,
+            head=HeadConfig(dense_units=[8]),
+        ),
+        out_dir=models,
+    )
     port = free_port()
-    env = {**os.environ, "CXRCORE_MODELS": str(models), "CXRLAB_DEMO_DATA": str(demo),
-           "CXRCORE_CACHE": str(root / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_SCHEDULER_IDLE_EXIT": "3"}
+    env = {
+        **os.environ,
+        "CXRCORE_MODELS": str(models),
+        "CXRLAB_DEMO_DATA": str(demo),
+        "CXRCORE_CACHE": str(root / "cache"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CXRCORE_SCHEDULER_IDLE_EXIT": "3",
+    }
     env.pop("CXRCORE_MAX_STEPS", None)
     if MNV2_035.is_file():  # the shared ImageNet weights where Keras looks for them: `weights="imagenet"`, offline
         env["KERAS_HOME"] = str(copy_weights_to_keras_home(root / "keras"))
     log = open(root / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -90,14 +117,19 @@ def wait_idle(page, timeout=90_000):
     page.wait_for_timeout(800)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
     # and the charts have drawn (plotly loads lazily: a skeleton stands in until then)
-    page.wait_for_function("""() => !document.querySelector('[data-testid="stSkeleton"]') &&
+    page.wait_for_function(
+        """() => !document.querySelector('[data-testid="stSkeleton"]') &&
         [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(e => e.offsetParent !== null)
-            .every(e => e.querySelector('.main-svg'))""", timeout=timeout)
+            .every(e => e.querySelector('.main-svg'))""",
+        timeout=timeout,
+    )
 
 
 def launch(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+    )
 
 
 def set_number(page, label: str, value) -> None:
@@ -118,8 +150,13 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         # the first request to the fresh server is a page URL (a bookmark), not the app's root
-        for name, heading in [("evaluate", "Evaluate"), ("", "Data"), ("train", "Train"), ("compare", "Compare"),
-                              ("predict", "Predict")]:
+        for name, heading in [
+            ("evaluate", "Evaluate"),
+            ("", "Data"),
+            ("train", "Train"),
+            ("compare", "Compare"),
+            ("predict", "Predict"),
+        ]:
             page.goto(f"{url}/{name}")
             page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=90_000)
             wait_idle(page)
@@ -134,7 +171,7 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         wait_idle(page)
         # a busy machine can show the "running" widget late, so wait for elements rather than trust idleness
         images = page.locator('[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img')
-        images.nth(1).wait_for(timeout=60_000)          # the model's input and the Grad-CAM overlay
+        images.nth(1).wait_for(timeout=60_000)  # the model's input and the Grad-CAM overlay
         page.get_by_role("button", name="Download overlay (PNG)").wait_for(state="visible", timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "predict-gradcam.png"), full_page=True)
 
@@ -142,17 +179,22 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         page.goto(f"{url}/train")
         page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=90_000)
         wait_idle(page)
-        for label, value in [("Stage 1 epochs (frozen backbone)", "2"), ("Stage 2 epochs (fine-tune)", "0"),
-                             ("Image size (0 = backbone default)", "48"), ("Max batches per epoch (0 = all)", "2")]:
+        for label, value in [
+            ("Stage 1 epochs (frozen backbone)", "2"),
+            ("Stage 2 epochs (fine-tune)", "0"),
+            ("Image size (0 = backbone default)", "48"),
+            ("Max batches per epoch (0 = all)", "2"),
+        ]:
             set_number(page, label, value)
         # simple_cnn, left on auto weights: it trains from scratch, and the page says so before the start
         page.get_by_text("Start queues simple_cnn (from scratch, 48 px, 2 + 0 epochs)").wait_for(timeout=30_000)
         page.get_by_role("button", name="Start training").click()
         page.get_by_text("submitted: it runs in the background").wait_for(timeout=60_000)
-        page.get_by_text("Nothing running.").wait_for(timeout=180_000)     # the live view saw it finish
+        page.get_by_text("Nothing running.").wait_for(timeout=180_000)  # the live view saw it finish
         # and the job history below it followed without a reload
         page.locator('[role="gridcell"]').filter(has_text=re.compile(r"^succeeded$")).wait_for(
-            state="attached", timeout=30_000)
+            state="attached", timeout=30_000
+        )
         page.screenshot(path=str(ARTIFACTS / "train-after-job.png"), full_page=True)
         page.goto(f"{url}/compare")
         page.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=90_000)
@@ -217,20 +259,25 @@ def test_a_newcomer_fine_tunes_a_pretrained_backbone_on_real_images(server, tmp_
         set_number(page, "Stage 1 epochs (frozen backbone)", 2)
         set_number(page, "Stage 2 epochs (fine-tune)", 1)
         # what will run, before the start: ImageNet weights, the backbone's size and unfreeze depth
-        page.get_by_text("Start queues mobilenetv2_0.35 (ImageNet weights, 224 px, 2 + 1 epochs, "
-                         "stage 2 unfreezes top 20)").wait_for(timeout=30_000)
+        page.get_by_text(
+            "Start queues mobilenetv2_0.35 (ImageNet weights, 224 px, 2 + 1 epochs, stage 2 unfreezes top 20)"
+        ).wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "train-pretrained-before-start.png"), full_page=True)
         started = time.time()
         page.get_by_role("button", name="Start training").click()
         page.get_by_text("submitted: it runs in the background").wait_for(timeout=60_000)
-        page.get_by_text("Nothing running.").wait_for(timeout=900_000)      # the live view saw it finish
+        page.get_by_text("Nothing running.").wait_for(timeout=900_000)  # the live view saw it finish
         page.locator('[role="gridcell"]').filter(has_text=re.compile(r"^succeeded$")).first.wait_for(
-            state="attached", timeout=30_000)
+            state="attached", timeout=30_000
+        )
         trained_in = time.time() - started
         page.screenshot(path=str(ARTIFACTS / "train-pretrained-after-job.png"), full_page=True)
 
-        new = [server.models / n for n in {r.name for r in server.models.iterdir()} - before
-               if (server.models / n / "config.json").is_file()]
+        new = [
+            server.models / n
+            for n in {r.name for r in server.models.iterdir()} - before
+            if (server.models / n / "config.json").is_file()
+        ]
         assert len(new) == 1, f"expected one new run, found {new}"
         run = new[0]
         config = json.loads((run / "config.json").read_text())

@@ -1,4 +1,5 @@
 """`python -m cxrcore` as a user runs it: outputs, exit codes, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ pytestmark = pytest.mark.slow
 
 def cli(*args, env=None, check=True):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_MAX_STEPS": "3", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "cxrcore", *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrcore", *map(str, args)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -39,8 +46,27 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    proc = cli("train", "--data", demo, "--backbone", "simple_cnn", "--weights", "none", "--image-size", 48,
-               "--epochs", 2, "--fine-tune-epochs", 1, "--batch-size", 8, "--out", out, "--seed", 3)
+    proc = cli(
+        "train",
+        "--data",
+        demo,
+        "--backbone",
+        "simple_cnn",
+        "--weights",
+        "none",
+        "--image-size",
+        48,
+        "--epochs",
+        2,
+        "--fine-tune-epochs",
+        1,
+        "--batch-size",
+        8,
+        "--out",
+        out,
+        "--seed",
+        3,
+    )
     path = Path(last_line(proc.stdout))
     assert path.parent == out and path.is_dir()
     assert "[frozen] epoch 1/3" in proc.stderr and "[finetune] epoch 3/3" in proc.stderr
@@ -58,8 +84,8 @@ def test_index_verify_decodes_every_image(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=3)
     victim = root / "B" / "img_001.png"
     data = victim.read_bytes()
-    victim.write_bytes(data[:60] + b"\0" * (len(data) - 60))      # header intact, pixels destroyed
-    assert cli("index", root).returncode == 0                        # headers alone look fine
+    victim.write_bytes(data[:60] + b"\0" * (len(data) - 60))  # header intact, pixels destroyed
+    assert cli("index", root).returncode == 0  # headers alone look fine
     proc = cli("index", root, "--verify", check=False)
     assert proc.returncode == 2
     assert "cannot read image" in proc.stderr and "img_001.png" in proc.stderr
@@ -108,8 +134,19 @@ def test_predict_reports_a_bad_image_and_still_predicts_the_rest(run_dir, demo, 
 def test_backbones_lists_the_registry():
     rows = json.loads(cli("backbones", "--json").stdout)
     names = [r["name"] for r in rows]
-    assert names == ["resnet50", "resnet152v2", "densenet121", "densenet169", "vgg16", "efficientnetb0",
-                     "mobilenetv2_0.35", "mobilenetv2_0.5", "mobilenetv2_1.0", "mobilenet_0.25", "simple_cnn"]
+    assert names == [
+        "resnet50",
+        "resnet152v2",
+        "densenet121",
+        "densenet169",
+        "vgg16",
+        "efficientnetb0",
+        "mobilenetv2_0.35",
+        "mobilenetv2_0.5",
+        "mobilenetv2_1.0",
+        "mobilenet_0.25",
+        "simple_cnn",
+    ]
 
 
 def _empty_class(tmp: Path) -> Path:
@@ -124,19 +161,28 @@ def _bad_image(tmp: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda t: ["train", "--data", t / "nowhere", "--backbone", "simple_cnn"], "dataset not found: .*nowhere"),
-    (lambda t: ["train", "--data", t, "--backbone", "simple_cnn", "--weights", "imagenet"],
-     "simple_cnn has no ImageNet weights"),
-    (lambda t: ["train", "--data", _empty_class(t), "--backbone", "simple_cnn", "--weights", "none"],
-     "class folder .*C has no images"),
-    (lambda t: ["train", "--data", _bad_image(t), "--backbone", "simple_cnn", "--weights", "none"],
-     "cannot read image .*corrupt.png"),
-    (lambda t: ["train", "--data", t, "--backbone", "resnet51"], "unknown backbone 'resnet51'"),
-    (lambda t: ["index", t / "nowhere"], "dataset not found"),
-    (lambda t: ["evaluate", t / "no_run"], "run directory not found"),
-    (lambda t: ["train", "--data", t, "--augment", "flip,twirl=3"], "unknown augmentation 'twirl'"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t: ["train", "--data", t / "nowhere", "--backbone", "simple_cnn"], "dataset not found: .*nowhere"),
+        (
+            lambda t: ["train", "--data", t, "--backbone", "simple_cnn", "--weights", "imagenet"],
+            "simple_cnn has no ImageNet weights",
+        ),
+        (
+            lambda t: ["train", "--data", _empty_class(t), "--backbone", "simple_cnn", "--weights", "none"],
+            "class folder .*C has no images",
+        ),
+        (
+            lambda t: ["train", "--data", _bad_image(t), "--backbone", "simple_cnn", "--weights", "none"],
+            "cannot read image .*corrupt.png",
+        ),
+        (lambda t: ["train", "--data", t, "--backbone", "resnet51"], "unknown backbone 'resnet51'"),
+        (lambda t: ["index", t / "nowhere"], "dataset not found"),
+        (lambda t: ["evaluate", t / "no_run"], "run directory not found"),
+        (lambda t: ["train", "--data", t, "--augment", "flip,twirl=3"], "unknown augmentation 'twirl'"),
+    ],
+)
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, make_args, message):
     proc = cli(*make_args(tmp_path), check=False)
     assert proc.returncode == 2
@@ -155,11 +201,34 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=16)
     out = tmp_path / "m"
     env = {k: v for k, v in os.environ.items() if k != "CXRCORE_MAX_STEPS"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrcore", "train", "--data", str(root), "--backbone",
-                             "simple_cnn", "--image-size", "32", "--epochs", "30", "--fine-tune-epochs", "0",
-                             "--batch-size", "4", "--patience", "0", "--out", str(out)],
-                            cwd=REPO, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxrcore",
+            "train",
+            "--data",
+            str(root),
+            "--backbone",
+            "simple_cnn",
+            "--image-size",
+            "32",
+            "--epochs",
+            "30",
+            "--fine-tune-epochs",
+            "0",
+            "--batch-size",
+            "4",
+            "--patience",
+            "0",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         # history.csv is written before the epoch's resume state, so a kill between the two
@@ -169,7 +238,7 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
             if states and json.loads(states[0].read_text())["epochs_done"] >= 2:
                 break
         except (ValueError, OSError):
-            pass                                                            # mid-replace
+            pass  # mid-replace
         time.sleep(0.2)
     else:
         proc.kill()
@@ -183,6 +252,6 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
     info = json.loads((Path(run["path"]) / "run.json").read_text())
     assert info["status"] == "succeeded" and info["resumed_from_epoch"] >= 2 and info["epochs_completed"] == 30
     history = pd.read_csv(Path(run["path"]) / "history.csv")
-    assert history["epoch"].tolist() == list(range(1, 31))                 # none lost or repeated
+    assert history["epoch"].tolist() == list(range(1, 31))  # none lost or repeated
     again = cli("train", "--resume", run["path"], check=False)
     assert again.returncode == 2 and "already finished" in again.stderr

@@ -1,4 +1,5 @@
 """The run configuration: JSON round trip and loud failures."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,14 @@ from cxrcore.errors import ConfigError, WeightsError
 
 
 def test_round_trip_through_json(tmp_path):
-    cfg = TrainConfig(data="/d", backbone="vgg16", epochs=3, augment=AugmentConfig(flip=True, rotation=5),
-                      head=HeadConfig(pooling="flatten", dense_units=[64, 32]),
-                      labels=LabelScheme(merge={"Abnormal": ["A", "B"]}))
+    cfg = TrainConfig(
+        data="/d",
+        backbone="vgg16",
+        epochs=3,
+        augment=AugmentConfig(flip=True, rotation=5),
+        head=HeadConfig(pooling="flatten", dense_units=[64, 32]),
+        labels=LabelScheme(merge={"Abnormal": ["A", "B"]}),
+    )
     cfg.save(tmp_path / "c.json")
     again = TrainConfig.load(tmp_path / "c.json")
     assert again == cfg
@@ -35,19 +41,22 @@ def test_bad_json_file_is_reported(tmp_path):
         TrainConfig.load(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"epochs": 0, "fine_tune_epochs": 0}, "nothing to train"),
-    ({"optimizer": "adagrad"}, "optimizer must be one of"),
-    ({"learning_rate": 0}, "learning_rate"),
-    ({"unfreeze": -2}, "unfreeze"),
-    ({"class_weights": "auto"}, "class_weights"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5}, "leave images to train on"),
-    ({"image_size": 16}, "image_size"),
-    ({"head": HeadConfig(pooling="sum")}, "head.pooling"),
-    ({"augment": AugmentConfig(zoom=1.5)}, "augmentation"),
-    ({"backbone": "resnet51"}, "unknown backbone 'resnet51'; choose one of: resnet50"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 0, "fine_tune_epochs": 0}, "nothing to train"),
+        ({"optimizer": "adagrad"}, "optimizer must be one of"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"unfreeze": -2}, "unfreeze"),
+        ({"class_weights": "auto"}, "class_weights"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leave images to train on"),
+        ({"image_size": 16}, "image_size"),
+        ({"head": HeadConfig(pooling="sum")}, "head.pooling"),
+        ({"augment": AugmentConfig(zoom=1.5)}, "augmentation"),
+        ({"backbone": "resnet51"}, "unknown backbone 'resnet51'; choose one of: resnet50"),
+    ],
+)
 def test_validate_rejects_out_of_range_values(changes, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(data="/d", **changes).validate()
@@ -68,8 +77,12 @@ def test_defaults_are_valid_and_augmentation_is_off_by_default():
 def test_label_rules_written_as_text_extend_a_scheme():
     from cxrcore.config import LABEL_PRESETS, extend_scheme
 
-    scheme = extend_scheme(LABEL_PRESETS["pneumonia-subtype"], rename=["NORMAL=Normal"],
-                           merge=["Abnormal=Bacterial Pneumonia, Viral Pneumonia"], drop=["Other", ""])
+    scheme = extend_scheme(
+        LABEL_PRESETS["pneumonia-subtype"],
+        rename=["NORMAL=Normal"],
+        merge=["Abnormal=Bacterial Pneumonia, Viral Pneumonia"],
+        drop=["Other", ""],
+    )
     assert scheme.filename_rules == LABEL_PRESETS["pneumonia-subtype"].filename_rules
     assert scheme.rename == {"NORMAL": "Normal"}
     assert scheme.merge == {"Abnormal": ["Bacterial Pneumonia", "Viral Pneumonia"]}
@@ -80,20 +93,24 @@ def test_label_rules_written_as_text_extend_a_scheme():
 
 # -- settings that follow the backbone: TrainConfig.resolved() is the one place they are filled --
 
-@pytest.mark.parametrize("backbone, expected", [
-    # (weights, image_size, unfreeze): a pretrained backbone fine-tunes from ImageNet at its own size and
-    # depth; simple_cnn has no ImageNet weights, so it trains from scratch, whole (-1 = all layers)
-    ("mobilenetv2_0.35", ("imagenet", 224, 20)),
-    ("resnet50", ("imagenet", 224, 30)),
-    ("vgg16", ("imagenet", 224, 4)),
-    ("simple_cnn", ("none", 128, -1)),
-])
+
+@pytest.mark.parametrize(
+    "backbone, expected",
+    [
+        # (weights, image_size, unfreeze): a pretrained backbone fine-tunes from ImageNet at its own size and
+        # depth; simple_cnn has no ImageNet weights, so it trains from scratch, whole (-1 = all layers)
+        ("mobilenetv2_0.35", ("imagenet", 224, 20)),
+        ("resnet50", ("imagenet", 224, 30)),
+        ("vgg16", ("imagenet", 224, 4)),
+        ("simple_cnn", ("none", 128, -1)),
+    ],
+)
 def test_resolved_fills_what_was_left_to_the_backbone(backbone, expected):
     cfg = TrainConfig(data="/d", backbone=backbone)
-    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("auto", None, None)      # left open
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("auto", None, None)  # left open
     done = cfg.resolved()
     assert (done.weights, done.image_size, done.unfreeze) == expected
-    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("auto", None, None)      # a copy: cfg unchanged
+    assert (cfg.weights, cfg.image_size, cfg.unfreeze) == ("auto", None, None)  # a copy: cfg unchanged
 
 
 def test_resolved_agrees_with_the_registry_for_every_backbone():
@@ -110,7 +127,7 @@ def test_resolved_keeps_what_was_set_explicitly():
     cfg = TrainConfig(data="/d", backbone="mobilenetv2_0.35", weights="/w/mine.h5", image_size=96, unfreeze=5)
     assert cfg.resolved() == cfg
     scratch = TrainConfig(data="/d", backbone="mobilenetv2_0.35", weights="none").resolved()
-    assert (scratch.weights, scratch.unfreeze) == ("none", -1)        # from scratch: everything trains
+    assert (scratch.weights, scratch.unfreeze) == ("none", -1)  # from scratch: everything trains
     assert TrainConfig(data="/d", backbone="simple_cnn", unfreeze=0).resolved().unfreeze == 0
 
 
@@ -119,7 +136,7 @@ def test_a_changed_backbone_carries_the_settings_that_follow_it():
 
     cfg = TrainConfig(data="/d", backbone="simple_cnn", epochs=2, fine_tune_epochs=1)
     assert cfg.resolved().weights == "none"
-    switched = replace(cfg, backbone="mobilenetv2_0.35").resolved()    # the user's switch on the Train page
+    switched = replace(cfg, backbone="mobilenetv2_0.35").resolved()  # the user's switch on the Train page
     assert (switched.weights, switched.image_size, switched.unfreeze) == ("imagenet", 224, 20)
     assert (switched.epochs, switched.fine_tune_epochs) == (2, 1)
     # a config resolved for one backbone pins its values: resolve after the choice, not before
@@ -134,7 +151,7 @@ def test_resolved_is_idempotent_and_round_trips_through_json(tmp_path):
     assert TrainConfig.load(tmp_path / "c.json") == done
     assert json.loads((tmp_path / "c.json").read_text())["weights"] == "imagenet"
     open_cfg = TrainConfig(data="/d")
-    assert TrainConfig.from_dict(open_cfg.to_dict()) == open_cfg           # "auto" round-trips too
+    assert TrainConfig.from_dict(open_cfg.to_dict()) == open_cfg  # "auto" round-trips too
 
 
 def test_resolved_stays_strict():
@@ -154,7 +171,8 @@ def test_one_comparison_job_per_backbone_follows_each_backbone():
     assert {n: (c.backbone, c.weights, c.image_size, c.unfreeze) for n, c in jobs.items()} == {
         "simple_cnn": ("simple_cnn", "none", 128, -1),
         "mobilenetv2_0.35": ("mobilenetv2_0.35", "imagenet", 224, 20),
-        "vgg16": ("vgg16", "imagenet", 224, 4)}
+        "vgg16": ("vgg16", "imagenet", 224, 4),
+    }
     assert all(c.epochs == 3 for c in jobs.values())
     # "imagenet" in a comparison means "where the backbone has them"; the rest stays as set
     mixed = TrainConfig(data="/d", weights="imagenet", image_size=160)
@@ -164,6 +182,7 @@ def test_one_comparison_job_per_backbone_follows_each_backbone():
 
 
 # -- the CLI's flags become a resolved config through the same rule --
+
 
 def _cli_config(*argv, **kwargs):
     from cxrcore.cli import build_parser, config_from_args

@@ -1,4 +1,5 @@
 """Tests for cxrcore.data.index: layout detection, the image index, its cache and the summary."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ COLUMNS = ["path", "label", "split", "patient_id", "width", "height", "mode", "b
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def tiny(path: Path, size: int = 8, mode: str = "L", seed: int = 0) -> Path:
     return write_image(path, size=size, mode=mode, seed=seed)
@@ -51,11 +53,12 @@ def rel_paths(index, root: Path) -> set[str]:
 
 # ---------------------------------------------------------------- layouts
 
+
 def test_class_folders_layout(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("NORMAL", "PNEUMONIA"), per_class=3, size=8)
-    tiny(root / "NORMAL" / "nested" / "deep.png")            # sub-folders are searched
+    tiny(root / "NORMAL" / "nested" / "deep.png")  # sub-folders are searched
     (root / "NORMAL" / "notes.txt").write_text("not an image")
-    tiny(root / "PNEUMONIA" / ".hidden.png")                   # hidden files ignored
+    tiny(root / "PNEUMONIA" / ".hidden.png")  # hidden files ignored
     index = build_index(root)
     assert index.attrs["layout"] == "class-folders"
     assert index.attrs["root"] == str(root.resolve())
@@ -68,22 +71,26 @@ def test_class_folders_layout(tmp_path):
 
 def test_class_folders_skip_mask_folders(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("A", "B"), per_class=2, size=8)
-    tiny(root / "A" / "masks" / "img_000.png")          # a segmentation mask inside a class
-    tiny(root / "masks" / "m.png")                      # a top-level masks folder is not a class
+    tiny(root / "A" / "masks" / "img_000.png")  # a segmentation mask inside a class
+    tiny(root / "masks" / "m.png")  # a top-level masks folder is not a class
     index = build_index(root)
     assert index.attrs["layout"] == "class-folders"
     assert Counter(index["label"]) == {"A": 2, "B": 2}
     assert not index["path"].str.contains("/masks/", regex=False).any()
 
 
-@pytest.mark.parametrize("split_dirs, expected", [
-    (("train", "val", "test"), {"train", "val", "test"}),
-    (("train", "test"), {"train", "test"}),                   # chest_xray style
-    (("train", "valid", "test"), {"train", "val", "test"}),   # 'valid' means val
-])
+@pytest.mark.parametrize(
+    "split_dirs, expected",
+    [
+        (("train", "val", "test"), {"train", "val", "test"}),
+        (("train", "test"), {"train", "test"}),  # chest_xray style
+        (("train", "valid", "test"), {"train", "val", "test"}),  # 'valid' means val
+    ],
+)
 def test_split_folders_layout(tmp_path, split_dirs, expected):
-    root = make_class_folders(tmp_path / "chest_xray", classes=("NORMAL", "PNEUMONIA"), per_class=2,
-                              size=8, split_dirs=split_dirs)
+    root = make_class_folders(
+        tmp_path / "chest_xray", classes=("NORMAL", "PNEUMONIA"), per_class=2, size=8, split_dirs=split_dirs
+    )
     index = build_index(root)
     assert index.attrs["layout"] == "split-folders"
     assert set(index["split"]) == expected
@@ -105,9 +112,13 @@ def test_covid_radiography_layout_ignores_masks(tmp_path):
     (root / "COVID.metadata.csv.txt").write_text("ignored")
     index = build_index(root)
     assert index.attrs["layout"] == "covid-radiography"
-    assert rel_paths(index, root) == {"COVID/images/COVID-1.png", "COVID/images/COVID-2.png",
-                                      "COVID/images/COVID-3.png", "Normal/images/Normal-1.png",
-                                      "Normal/images/Normal-2.png"}
+    assert rel_paths(index, root) == {
+        "COVID/images/COVID-1.png",
+        "COVID/images/COVID-2.png",
+        "COVID/images/COVID-3.png",
+        "Normal/images/Normal-1.png",
+        "Normal/images/Normal-2.png",
+    }
     assert Counter(index["label"]) == {"COVID": 3, "Normal": 2}
     assert set(index["patient_id"]) == {""}
 
@@ -117,10 +128,12 @@ def _manifest_dataset(root: Path) -> list[str]:
     tiny(root / "imgs" / "b.png", seed=2)
     tiny(root / "imgs" / "c.png", seed=3)
     tiny(root / "other" / "person3_virus_9.png", seed=4)
-    return ["imgs/a.png,NORMAL,p1,train",
-            "imgs/b.png,NORMAL,p1,valid",
-            "imgs/c.png,PNEUMONIA,p2,test",
-            "other/person3_virus_9.png,PNEUMONIA,,"]      # no patient id: taken from the name
+    return [
+        "imgs/a.png,NORMAL,p1,train",
+        "imgs/b.png,NORMAL,p1,valid",
+        "imgs/c.png,PNEUMONIA,p2,test",
+        "other/person3_virus_9.png,PNEUMONIA,,",
+    ]  # no patient id: taken from the name
 
 
 @pytest.mark.parametrize("given", ["csv-path", "root-manifest"])
@@ -138,8 +151,12 @@ def test_manifest_layout(tmp_path, given):
     by_name = {Path(p).name: row for p, row in zip(index["path"], index.to_dict("records"))}
     assert set(by_name) == {"a.png", "b.png", "c.png", "person3_virus_9.png"}
     assert by_name["a.png"]["path"] == str(root.resolve() / "imgs" / "a.png")
-    expected = {"a.png": ("NORMAL", "train", "p1"), "b.png": ("NORMAL", "val", "p1"),
-                "c.png": ("PNEUMONIA", "test", "p2"), "person3_virus_9.png": ("PNEUMONIA", "", "person3")}
+    expected = {
+        "a.png": ("NORMAL", "train", "p1"),
+        "b.png": ("NORMAL", "val", "p1"),
+        "c.png": ("PNEUMONIA", "test", "p2"),
+        "person3_virus_9.png": ("PNEUMONIA", "", "person3"),
+    }
     for name, (label, split, patient) in expected.items():
         assert (by_name[name]["label"], by_name[name]["split"], by_name[name]["patient_id"]) == (label, split, patient)
 
@@ -158,7 +175,7 @@ def test_manifest_without_optional_columns(tmp_path):
 def test_scan_layout_lists_rows_without_opening_images(tmp_path, header_reads):
     root = tmp_path / "d"
     (root / "A").mkdir(parents=True)
-    (root / "A" / "not_really.png").write_bytes(b"garbage")   # would fail if it were opened
+    (root / "A" / "not_really.png").write_bytes(b"garbage")  # would fail if it were opened
     got_root, layout, rows = scan_layout(root)
     assert got_root == root.resolve()
     assert layout == "class-folders"
@@ -167,6 +184,7 @@ def test_scan_layout_lists_rows_without_opening_images(tmp_path, header_reads):
 
 
 # ---------------------------------------------------------------- index columns
+
 
 def test_index_columns_and_header_facts(tmp_path):
     root = tmp_path / "d"
@@ -195,7 +213,7 @@ def test_index_header_facts_survive_the_cache(tmp_path, header_reads):
     Image.fromarray(np.zeros((3, 5), dtype=np.uint16)).save(root / "B" / "deep.png")
     first = build_index(root)
     second = build_index(root)
-    assert len(header_reads) == 2                 # the second build read nothing
+    assert len(header_reads) == 2  # the second build read nothing
     dcm = first[first["path"].str.endswith("scan.dcm")].iloc[0]
     assert (dcm["width"], dcm["height"], dcm["mode"]) == (4, 3, "MONOCHROME2 12-bit")
     deep = first[first["path"].str.endswith("deep.png")].iloc[0]
@@ -205,17 +223,21 @@ def test_index_header_facts_survive_the_cache(tmp_path, header_reads):
 
 # ---------------------------------------------------------------- patient ids
 
-@pytest.mark.parametrize("name, patient", [
-    ("person123_virus_456.jpeg", "person123"),
-    ("person7_bacteria_29.jpeg", "person7"),
-    ("IM-0115-0001.jpeg", "IM-0115"),
-    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
-    ("00000013_005.png", "00000013"),
-    ("COVID-12.png", ""),
-    ("train/PNEUMONIA/person1_bacteria_1.jpeg", "person1"),   # folders do not matter
-    ("Normal-7.png", ""),
-    ("random_name.png", ""),
-])
+
+@pytest.mark.parametrize(
+    "name, patient",
+    [
+        ("person123_virus_456.jpeg", "person123"),
+        ("person7_bacteria_29.jpeg", "person7"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+        ("00000013_005.png", "00000013"),
+        ("COVID-12.png", ""),
+        ("train/PNEUMONIA/person1_bacteria_1.jpeg", "person1"),  # folders do not matter
+        ("Normal-7.png", ""),
+        ("random_name.png", ""),
+    ],
+)
 def test_patient_from_filename(name, patient):
     assert patient_from_filename(name) == patient
 
@@ -228,11 +250,16 @@ def test_index_fills_patient_ids_from_names(tmp_path):
     tiny(root / "NORMAL" / "scan.png")
     index = build_index(root)
     got = {Path(p).name: pid for p, pid in zip(index["path"], index["patient_id"])}
-    assert got == {"person5_virus_1.jpeg": "person5", "person5_bacteria_2.jpeg": "person5",
-                   "IM-0001-0001.jpeg": "IM-0001", "scan.png": ""}
+    assert got == {
+        "person5_virus_1.jpeg": "person5",
+        "person5_bacteria_2.jpeg": "person5",
+        "IM-0001-0001.jpeg": "IM-0001",
+        "scan.png": "",
+    }
 
 
 # ---------------------------------------------------------------- errors
+
 
 def _missing(tmp):
     return tmp / "does-not-exist", ["dataset not found", str(tmp / "does-not-exist")]
@@ -298,9 +325,22 @@ def _manifest_no_rows(tmp):
     return write_csv(tmp / "m" / "list.csv", "path,label", []), ["lists no images"]
 
 
-ERROR_CASES = {f.__name__.lstrip("_"): f for f in (
-    _missing, _empty_class, _empty_class_in_split, _no_class_folders, _empty_root, _not_a_csv,
-    _manifest_no_label, _manifest_missing_file, _manifest_bad_split, _manifest_empty_label, _manifest_no_rows)}
+ERROR_CASES = {
+    f.__name__.lstrip("_"): f
+    for f in (
+        _missing,
+        _empty_class,
+        _empty_class_in_split,
+        _no_class_folders,
+        _empty_root,
+        _not_a_csv,
+        _manifest_no_label,
+        _manifest_missing_file,
+        _manifest_bad_split,
+        _manifest_empty_label,
+        _manifest_no_rows,
+    )
+}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
@@ -330,11 +370,12 @@ def test_several_unreadable_images_are_counted(tmp_path):
     with pytest.raises(DataError) as info:
         build_index(root)
     message = str(info.value)
-    assert str((root / "A" / "bad1.png").resolve()) in message   # the first in walk order
+    assert str((root / "A" / "bad1.png").resolve()) in message  # the first in walk order
     assert "2 more" in message
 
 
 # ---------------------------------------------------------------- cache
+
 
 def test_cache_rereads_only_changed_and_new_files(tmp_path, header_reads):
     root = make_class_folders(tmp_path / "d", per_class=4, size=8)
@@ -344,9 +385,9 @@ def test_cache_rereads_only_changed_and_new_files(tmp_path, header_reads):
 
     header_reads.clear()
     build_index(root)
-    assert header_reads == []                                  # unchanged: no header read
+    assert header_reads == []  # unchanged: no header read
 
-    changed = tiny(root / "A" / "img_001.png", size=30, seed=42)   # different size on disk
+    changed = tiny(root / "A" / "img_001.png", size=30, seed=42)  # different size on disk
     added = tiny(root / "B" / "new.png", size=16)
     header_reads.clear()
     third = build_index(root)
@@ -391,7 +432,7 @@ def test_moved_file_gets_its_new_label(tmp_path, header_reads):
     index = build_index(root)
     assert Counter(index["label"]) == {"A": 2, "B": 4}
     assert index.loc[index["path"] == str(moved.resolve()), "label"].item() == "B"
-    assert header_reads == [str(moved.resolve())]              # the others came from the cache
+    assert header_reads == [str(moved.resolve())]  # the others came from the cache
 
 
 def test_manifest_relabel_shows_up_with_cached_headers(tmp_path, header_reads):
@@ -421,11 +462,14 @@ def _cache_file() -> Path:
     return cache_file
 
 
-@pytest.mark.parametrize("content", [
-    "this is \"not a valid\ncache",                    # parses, but has none of the columns
-    "relpath,bytes\nA/img_000.png,12\n",               # some columns missing
-    "",                                                  # empty file
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        'this is "not a valid\ncache',  # parses, but has none of the columns
+        "relpath,bytes\nA/img_000.png,12\n",  # some columns missing
+        "",  # empty file
+    ],
+)
 def test_damaged_cache_is_ignored(tmp_path, header_reads, content):
     root = make_class_folders(tmp_path / "d", per_class=2, size=8)
     build_index(root)
@@ -453,11 +497,12 @@ def test_damaged_cache_row_is_read_again(tmp_path, header_reads):
 
 # ---------------------------------------------------------------- progress
 
+
 @pytest.mark.parametrize("n_per_class", [3, 30])
 def test_progress_ends_with_n_of_n(tmp_path, n_per_class):
     root = make_class_folders(tmp_path / "d", per_class=n_per_class, size=8)
     n = 2 * n_per_class
-    for _ in range(2):                                         # fresh, then from the cache
+    for _ in range(2):  # fresh, then from the cache
         calls = []
         build_index(root, progress=lambda done, total, calls=calls: calls.append((done, total)))
         assert calls, "progress was never called"
@@ -467,6 +512,7 @@ def test_progress_ends_with_n_of_n(tmp_path, n_per_class):
 
 
 # ---------------------------------------------------------------- summarize
+
 
 def test_summarize_class_folders(tmp_path):
     root = tmp_path / "d"

@@ -1,4 +1,5 @@
 """Class activation maps and overlays (cxrcore.explain.cam)."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,8 @@ from cxrcore.explain.cam import (
     to_png_bytes,
 )
 
-SIZE = 32      # toy model input
-SQUARE = 8     # side of the bright square, always inside the top-left 16x16 quadrant
+SIZE = 32  # toy model input
+SQUARE = 8  # side of the bright square, always inside the top-left 16x16 quadrant
 
 
 def _toy_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +33,7 @@ def _toy_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     y = np.arange(n) % 2
     for i in np.flatnonzero(y == 1):
         r, c = rng.integers(1, SIZE // 2 - SQUARE + 1, 2)
-        x[i, r:r + SQUARE, c:c + SQUARE] = 230
+        x[i, r : r + SQUARE, c : c + SQUARE] = 230
     return x, y
 
 
@@ -51,8 +52,7 @@ def toy():
     x_test, y_test = _toy_images(12, seed=100)
     probs = model.predict(x_test.astype(np.float32), verbose=0)
     assert (probs.argmax(1) == y_test).mean() == 1.0, "toy model did not learn the task"
-    return SimpleNamespace(model=model, explainer=Explainer(model, "cnn_conv4"),
-                           x=x_test, y=y_test, probs=probs)
+    return SimpleNamespace(model=model, explainer=Explainer(model, "cnn_conv4"), x=x_test, y=y_test, probs=probs)
 
 
 def _check_map(heat: np.ndarray, shape=(SIZE, SIZE)) -> None:
@@ -63,6 +63,7 @@ def _check_map(heat: np.ndarray, shape=(SIZE, SIZE)) -> None:
 
 
 # --------------------------------------------------------------------------- maps
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
@@ -82,7 +83,7 @@ def test_map_points_at_the_square(toy, method):
     ratios = []
     for i in np.flatnonzero(toy.y == 1)[:4]:
         heat = toy.explainer.heatmap(toy.x[i], class_index=1, method=method)
-        top_left, bottom_right = heat[:SIZE // 2, :SIZE // 2].sum(), heat[SIZE // 2:, SIZE // 2:].sum()
+        top_left, bottom_right = heat[: SIZE // 2, : SIZE // 2].sum(), heat[SIZE // 2 :, SIZE // 2 :].sum()
         ratios.append(top_left / (bottom_right + 1e-6))
         row, col = np.unravel_index(heat.argmax(), heat.shape)
         assert row < SIZE // 2 + 2 and col < SIZE // 2 + 2, (method, row, col)
@@ -98,10 +99,11 @@ def test_class_index_is_respected_and_none_means_predicted(toy):
     np.testing.assert_allclose(auto, e.heatmap(toy.x[i], class_index=1), atol=1e-6)
     # the noise class has no positive evidence in the square: its map avoids the quadrant
     other = e.heatmap(toy.x[i], class_index=0)
-    assert other[:SIZE // 2, :SIZE // 2].sum() < 0.5 * auto[:SIZE // 2, :SIZE // 2].sum()
+    assert other[: SIZE // 2, : SIZE // 2].sum() < 0.5 * auto[: SIZE // 2, : SIZE // 2].sum()
     # score-cam with class None uses the predicted class too
-    np.testing.assert_allclose(e.heatmap(toy.x[i], method="scorecam"),
-                               e.heatmap(toy.x[i], class_index=1, method="scorecam"), atol=1e-5)
+    np.testing.assert_allclose(
+        e.heatmap(toy.x[i], method="scorecam"), e.heatmap(toy.x[i], class_index=1, method="scorecam"), atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -145,8 +147,9 @@ def test_mobilenet_gradcam_at_the_registry_layer():
     from cxrcore.training.model import build_model
 
     model = build_model("mobilenetv2_0.35", 3, image_size=96, weights="none")
-    predictor = SimpleNamespace(model=model,
-                                run=SimpleNamespace(config=lambda: SimpleNamespace(backbone="mobilenetv2_0.35")))
+    predictor = SimpleNamespace(
+        model=model, run=SimpleNamespace(config=lambda: SimpleNamespace(backbone="mobilenetv2_0.35"))
+    )
     e = Explainer.for_predictor(predictor)
     assert e.layer_name == get_backbone("mobilenetv2_0.35").gradcam_layer == "out_relu"
     image = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
@@ -169,7 +172,7 @@ def test_bad_layer_method_and_class_are_value_errors():
         e.heatmap(image, method="lime")
     with pytest.raises(ValueError, match="0..1"):
         e.heatmap(image, class_index=2)
-    assert e._visualizers == {}   # nothing was built for the failed calls
+    assert e._visualizers == {}  # nothing was built for the failed calls
 
 
 def test_constant_and_nan_maps_become_zeros():
@@ -178,11 +181,12 @@ def test_constant_and_nan_maps_become_zeros():
         assert out.dtype == np.float32 and not out.any()
     out = _normalise(np.array([[np.nan, 1.0], [2.0, 3.0]]))
     assert np.all(np.isfinite(out)) and out.max() == 1.0
-    tiny = _normalise(np.array([[0.0, 1e-12], [2e-12, 4e-12]]))   # small but real: kept
+    tiny = _normalise(np.array([[0.0, 1e-12], [2e-12, 4e-12]]))  # small but real: kept
     np.testing.assert_allclose(tiny, [[0, 0.25], [0.5, 1]], atol=1e-6)
 
 
 # --------------------------------------------------------------------------- overlays
+
 
 def _image(h=40, w=30, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -192,8 +196,7 @@ def test_overlay_alpha_endpoints():
     image = _image()
     heat = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(40, 30)
     np.testing.assert_array_equal(overlay(image, heat, alpha=0.0), image)
-    np.testing.assert_array_equal(overlay(image, heat, alpha=1.0, colormap="turbo"),
-                                  apply_colormap(heat, "turbo"))
+    np.testing.assert_array_equal(overlay(image, heat, alpha=1.0, colormap="turbo"), apply_colormap(heat, "turbo"))
     half = overlay(image, heat, alpha=0.5).astype(int)
     expected = (image.astype(int) + apply_colormap(heat, "jet").astype(int)) / 2
     assert np.abs(half - expected).max() <= 1
@@ -203,12 +206,12 @@ def test_overlay_alpha_endpoints():
 def test_overlay_resizes_the_heatmap():
     image = _image(40, 30)
     heat = np.zeros((8, 8), np.float32)
-    heat[:, :4] = 1.0                       # left half hot
+    heat[:, :4] = 1.0  # left half hot
     out = overlay(image, heat, alpha=1.0, colormap="jet")
     assert out.shape == (40, 30, 3)
     left, right = out[:, :5].reshape(-1, 3), out[:, -5:].reshape(-1, 3)
-    assert np.all(left[:, 0] > left[:, 2])       # red side
-    assert np.all(right[:, 2] > right[:, 0])     # blue side
+    assert np.all(left[:, 0] > left[:, 2])  # red side
+    assert np.all(right[:, 2] > right[:, 0])  # blue side
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
@@ -222,10 +225,10 @@ def test_colormap_tables():
     for name in COLORMAPS:
         lut = colormap_lut(name)
         assert lut.shape == (256, 3) and lut.dtype == np.uint8
-        assert len(np.unique(lut, axis=0)) > 100      # interpolated, not a few steps
+        assert len(np.unique(lut, axis=0)) > 100  # interpolated, not a few steps
     jet = colormap_lut("jet")
-    assert jet[0, 2] > 100 and jet[0, 0] < 30          # low end blue
-    assert jet[255, 0] > 100 and jet[255, 2] < 30      # high end red
+    assert jet[0, 2] > 100 and jet[0, 0] < 30  # low end blue
+    assert jet[255, 0] > 100 and jet[255, 2] < 30  # high end red
     np.testing.assert_array_equal(colormap_lut("hot")[0], [0, 0, 0])
     np.testing.assert_array_equal(colormap_lut("hot")[255], [255, 255, 255])
     np.testing.assert_array_equal(apply_colormap(np.array([[0.0, 1.0]]), "jet")[0], jet[[0, 255]])

@@ -13,6 +13,7 @@ result, the summary, the header, the error message, any log record (every logger
 any warning, or anything written to stdout/stderr. About 2,500 files, 15 s on 2 CPU cores
 (half of it importing TensorFlow): marked slow.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,7 +33,7 @@ from cxrcore.data.io import read_header
 from cxrcore.errors import CXRError
 
 SEED = 20240611
-PIECES = sorted({s[i:i + 6] for s in SECRETS for i in range(len(s) - 5)} - {"123456"})  # not digits alone
+PIECES = sorted({s[i : i + 6] for s in SECRETS for i in range(len(s) - 5)} - {"123456"})  # not digits alone
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def predictor(tmp_path_factory):
 
 # ---------------------------------------------------------------- the valid files
 
+
 def _gray(shape, seed: int, high: int = 256, dtype=np.uint8) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, high, shape).astype(dtype)
 
@@ -59,7 +61,7 @@ def _gray(shape, seed: int, high: int = 256, dtype=np.uint8) -> np.ndarray:
 def png_files() -> dict[str, bytes]:
     info = PngInfo()
     info.add_text("PatientName", SECRETS[0])
-    info.add_text("PatientID", SECRETS[1], zip=True)                     # zTXt
+    info.add_text("PatientID", SECRETS[1], zip=True)  # zTXt
     info.add_itxt("InstitutionName", SECRETS[2], lang="en", tkey="Institution")
     out = {}
     for name, pixels in (("png8", _gray((20, 24), 1)), ("png16", _gray((20, 24), 2, 4096, np.uint16))):
@@ -71,13 +73,15 @@ def png_files() -> dict[str, bytes]:
 
 def jpeg_files() -> dict[str, bytes]:
     exif = Image.Exif()
-    exif[0x013B] = SECRETS[0]                        # Artist
-    exif[0x010E] = f"{SECRETS[1]} {SECRETS[2]}"      # ImageDescription
-    exif[0x0112] = 6                                 # Orientation: rotated, so EXIF is read
+    exif[0x013B] = SECRETS[0]  # Artist
+    exif[0x010E] = f"{SECRETS[1]} {SECRETS[2]}"  # ImageDescription
+    exif[0x0112] = 6  # Orientation: rotated, so EXIF is read
     comment = " ".join(SECRETS).encode()
     out = {}
-    for name, img in (("jpeg_gray", Image.fromarray(_gray((20, 24), 3))),
-                      ("jpeg_rgb", Image.fromarray(_gray((20, 24, 3), 4)))):
+    for name, img in (
+        ("jpeg_gray", Image.fromarray(_gray((20, 24), 3))),
+        ("jpeg_rgb", Image.fromarray(_gray((20, 24, 3), 4))),
+    ):
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90, exif=exif.tobytes(), comment=comment)
         out[name] = buf.getvalue()
@@ -91,8 +95,11 @@ def dicom_files(tmp) -> dict[str, bytes]:
 
     def identified(name, pixels, syntax=None, frames=None, luts=True, **attrs):
         """A 16-bit DICOM (with a rescale and a window when ``luts``) carrying the identifiers."""
-        path = write_dicom(tmp / f"{name}.dcm", pixels if frames is None else pixels[0],
-                           **(dict(slope=1.0, intercept=-1024.0, window=(1000.0, 3000.0)) if luts else {}))
+        path = write_dicom(
+            tmp / f"{name}.dcm",
+            pixels if frames is None else pixels[0],
+            **(dict(slope=1.0, intercept=-1024.0, window=(1000.0, 3000.0)) if luts else {}),
+        )
         ds = pydicom.dcmread(path)
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.PatientName, ds.PatientID, ds.InstitutionName = SECRETS
@@ -108,8 +115,9 @@ def dicom_files(tmp) -> dict[str, bytes]:
         return path.read_bytes()
 
     def encapsulated(name, frame: bytes, syntax, **attrs):
-        data = identified(name, np.zeros((16, 16), np.uint16), luts=False, BitsAllocated=8,
-                          BitsStored=8, HighBit=7, **attrs)
+        data = identified(
+            name, np.zeros((16, 16), np.uint16), luts=False, BitsAllocated=8, BitsStored=8, HighBit=7, **attrs
+        )
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.file_meta.TransferSyntaxUID = syntax
         ds.PixelData = encapsulate([frame])
@@ -119,9 +127,11 @@ def dicom_files(tmp) -> dict[str, bytes]:
         return buf.getvalue()
 
     pixels = _gray((16, 16), 5, 4096, np.uint16)
-    out = {"dicom_explicit": identified("explicit", pixels),
-           "dicom_implicit": identified("implicit", pixels, syntax=ImplicitVRLittleEndian),
-           "dicom_frames": identified("frames", [pixels, pixels[::-1]], frames=True)}
+    out = {
+        "dicom_explicit": identified("explicit", pixels),
+        "dicom_implicit": identified("implicit", pixels, syntax=ImplicitVRLittleEndian),
+        "dicom_frames": identified("frames", [pixels, pixels[::-1]], frames=True),
+    }
     ds = pydicom.dcmread(io.BytesIO(out["dicom_explicit"]))
     ds.compress(RLELossless)
     buf = io.BytesIO()
@@ -138,11 +148,12 @@ def dicom_files(tmp) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------- mutations
 
+
 def png_length_offsets(data: bytes) -> list[tuple[int, int, int]]:
     """(offset, size, value) of every chunk length field."""
     out, pos = [], 8
     while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
         out.append((pos, 4, length))
         pos += 12 + length
     return out
@@ -153,7 +164,7 @@ def jpeg_length_offsets(data: bytes) -> list[tuple[int, int, int]]:
     out, pos = [], 2
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         out.append((pos + 2, 2, length))
         if marker == 0xDA:
             break
@@ -183,33 +194,36 @@ def mutations(name: str, data: bytes, rng: np.random.Generator):
         fields = jpeg_length_offsets(data)
     for offset, size, value in fields:
         top = (1 << (8 * size)) - 1
-        for new in {0, 1, value + 1, value + 7, value + 64, max(0, value - 1), top,
-                    int(rng.integers(0, top + 1))}:
+        for new in {0, 1, value + 1, value + 7, value + 64, max(0, value - 1), top, int(rng.integers(0, top + 1))}:
             if new == value or new > top:
                 continue
             order = "big" if not name.startswith("dicom") else "little"
-            yield f"len@{offset}={new}", data[:offset] + new.to_bytes(size, order) + data[offset + size:]
+            yield f"len@{offset}={new}", data[:offset] + new.to_bytes(size, order) + data[offset + size :]
     if name.startswith("dicom"):
         # a length that runs on exactly to the end of a later element: pydicom then parses the
         # rest normally, with those elements' bytes (identifiers among them) inside this value
         for i, (offset, size, _) in enumerate(fields):
-            for later_offset, later_size, later_value in fields[i + 1:i + 6]:
+            for later_offset, later_size, later_value in fields[i + 1 : i + 6]:
                 new = later_offset + later_size + later_value - (offset + size)
                 if new < (1 << (8 * size)) and later_value < 0xFFFFFFFF:
-                    yield f"len@{offset}->{later_offset}", (data[:offset] + new.to_bytes(size, "little")
-                                                            + data[offset + size:])
+                    yield (
+                        f"len@{offset}->{later_offset}",
+                        (data[:offset] + new.to_bytes(size, "little") + data[offset + size :]),
+                    )
 
 
 def corpus(tmp) -> list[tuple[str, bytes]]:
     rng = np.random.default_rng(SEED)
     files = {**png_files(), **jpeg_files(), **dicom_files(tmp)}
-    for name, data in files.items():                            # the identifiers are really in them
+    for name, data in files.items():  # the identifiers are really in them
         assert SECRETS[0].encode() in data, name
-    return [(f"{name}/{label}", mutated) for name, data in files.items()
-            for label, mutated in mutations(name, data, rng)]
+    return [
+        (f"{name}/{label}", mutated) for name, data in files.items() for label, mutated in mutations(name, data, rng)
+    ]
 
 
 # ---------------------------------------------------------------- the test
+
 
 def upload(predictor, name: str, data: bytes) -> str:
     """What the Predict page does with one upload; returns everything it would show."""
@@ -218,7 +232,7 @@ def upload(predictor, name: str, data: bytes) -> str:
         result = predictor.result(name, predictor.probabilities(image)[0])
         facts = dicom_summary(data, name=name)
         return "ok " + repr(result) + repr(facts)
-    except CXRError as exc:                          # ImageDecodeError is one
+    except CXRError as exc:  # ImageDecodeError is one
         return "refused " + str(exc)
 
 
@@ -246,7 +260,7 @@ def test_mutated_uploads_predict_or_are_refused_and_never_leak(predictor, tmp_pa
             try:
                 shown = upload(predictor, name, data)
                 header = indexed(tmp_path / "file", data)
-            except Exception as exc:                 # anything but a CXRError is a bug
+            except Exception as exc:  # anything but a CXRError is a bug
                 crashes.append(f"{label}: {type(exc).__name__}")
                 continue
             heard = [str(w.message) for w in recorded[before:]]
@@ -262,7 +276,7 @@ def test_mutated_uploads_predict_or_are_refused_and_never_leak(predictor, tmp_pa
     for name in {label.split("/")[0] for label in outcomes}:
         assert outcomes[f"{name}/original"] == "ok", name
     counts = {kind: sum(v == kind for v in outcomes.values()) for kind in ("ok", "refused")}
-    assert counts["ok"] > 50 and counts["refused"] > 50, counts       # the mutations do both
+    assert counts["ok"] > 50 and counts["refused"] > 50, counts  # the mutations do both
 
 
 def test_original_dicom_summaries_show_the_safe_fields(tmp_path):

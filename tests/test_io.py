@@ -1,4 +1,5 @@
 """Tests for cxrcore.data.io and cxrcore.data.dicom: decoding, pixel normalisation, headers and DICOM sniffing."""
+
 from __future__ import annotations
 
 import io
@@ -18,15 +19,24 @@ from cxrcore.errors import DataError, ImageDecodeError
 
 # ---------------------------------------------------------------- helpers
 
+
 def save(img: Image.Image, path: Path, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, **kwargs)
     return path
 
 
-def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2",
-                bits_stored: int = 12, slope: float | None = None, intercept: float | None = None,
-                window: tuple[float, float] | None = None, rows_cols: tuple[int, int] | None = None) -> Path:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    rows_cols: tuple[int, int] | None = None,
+) -> Path:
     """A minimal DICOM Part 10 file (16-bit allocated); ``pixels=None`` writes no Pixel Data."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -65,8 +75,8 @@ def png_chunk_offset(data: bytes, chunk: bytes) -> int:
     """Byte offset of the first ``chunk`` (e.g. b"IDAT") in a PNG, at its length field."""
     pos = 8
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        if data[pos + 4:pos + 8] == chunk:
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == chunk:
             return pos
         pos += 12 + length
     raise AssertionError(f"no {chunk!r} chunk")
@@ -78,20 +88,25 @@ def random_gray(size: int = 16, seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------- is_dicom
 
-@pytest.mark.parametrize("data, expected", [
-    (b"\0" * 128 + b"DICM" + b"rest", True),
-    (b"\0" * 128 + b"DICM", True),
-    (b"\0" * 128 + b"DIC", False),            # too short to hold the magic
-    (b"", False),
-    (b"DICM" + b"\0" * 200, False),           # magic at the wrong offset
-    (b"\0" * 128 + b"dicm" + b"\0" * 10, False),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, False),
-])
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"\0" * 128 + b"DICM" + b"rest", True),
+        (b"\0" * 128 + b"DICM", True),
+        (b"\0" * 128 + b"DIC", False),  # too short to hold the magic
+        (b"", False),
+        (b"DICM" + b"\0" * 200, False),  # magic at the wrong offset
+        (b"\0" * 128 + b"dicm" + b"\0" * 10, False),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 200, False),
+    ],
+)
 def test_is_dicom_checks_magic_at_offset_128(data, expected):
     assert is_dicom(data) is expected
 
 
 # ---------------------------------------------------------------- 8-bit formats
+
 
 def test_gray_png_keeps_values_in_three_equal_channels(tmp_path):
     pixels = random_gray(12, seed=1)
@@ -107,13 +122,13 @@ def test_rgb_png_keeps_channels(tmp_path):
     rgb = np.random.default_rng(2).integers(0, 256, (10, 14, 3), dtype=np.uint8)
     path = save(Image.fromarray(rgb), tmp_path / "c.png")
     out = decode_image(path)
-    assert out.shape == (10, 14, 3)            # height, width kept (not square)
+    assert out.shape == (10, 14, 3)  # height, width kept (not square)
     np.testing.assert_array_equal(out, rgb)
 
 
 def test_rgba_png_drops_alpha_without_touching_rgb(tmp_path):
     rgba = np.random.default_rng(3).integers(0, 256, (8, 8, 4), dtype=np.uint8)
-    rgba[0, 0, 3] = 0                          # fully transparent pixel keeps its colour too
+    rgba[0, 0, 3] = 0  # fully transparent pixel keeps its colour too
     path = save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png")
     out = decode_image(path)
     assert out.shape == (8, 8, 3)
@@ -156,9 +171,9 @@ def test_flat_jpeg_decodes_to_about_the_same_colour(tmp_path, mode, colour):
 
 # ---------------------------------------------------------------- high bit depth
 
+
 def test_16bit_png_is_stretched_linearly_min_to_0_max_to_255(tmp_path):
-    pixels = np.array([[1000, 2000, 3000],
-                       [1500, 2500, 1000]], dtype=np.uint16)
+    pixels = np.array([[1000, 2000, 3000], [1500, 2500, 1000]], dtype=np.uint16)
     img = Image.fromarray(pixels)
     assert img.mode == "I;16"
     path = save(img, tmp_path / "deep.png")
@@ -166,7 +181,7 @@ def test_16bit_png_is_stretched_linearly_min_to_0_max_to_255(tmp_path):
     assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
     gray = out[:, :, 0]
     # (v - 1000) / 2000 * 255, rounded
-    expected = (pixels.astype(float) - 1000) / 2000 * 255      # 0, 127.5, 255 / 63.75, 191.25, 0
+    expected = (pixels.astype(float) - 1000) / 2000 * 255  # 0, 127.5, 255 / 63.75, 191.25, 0
     assert gray[0, 0] == 0 and gray[1, 2] == 0 and gray[0, 2] == 255
     assert np.abs(gray.astype(float) - expected).max() <= 1
     assert gray[1, 0] == 64 and gray[1, 1] == 191
@@ -183,8 +198,7 @@ def test_flat_16bit_png_does_not_crash(tmp_path):
 
 # ---------------------------------------------------------------- DICOM
 
-DICOM_PIXELS = np.array([[0, 1024, 2048],
-                         [3072, 4095, 512]], dtype=np.uint16)
+DICOM_PIXELS = np.array([[0, 1024, 2048], [3072, 4095, 512]], dtype=np.uint16)
 
 
 def test_dicom_monochrome2_is_stretched_bright_stays_bright(tmp_path):
@@ -193,8 +207,8 @@ def test_dicom_monochrome2_is_stretched_bright_stays_bright(tmp_path):
     assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
     gray = out[:, :, 0]
     assert gray.min() == 0 and gray.max() == 255
-    assert gray[0, 0] == 0                     # darkest stored value
-    assert gray[1, 1] == 255                   # brightest stored value
+    assert gray[0, 0] == 0  # darkest stored value
+    assert gray[1, 1] == 255  # brightest stored value
     # a positive-slope rescale then a min..max stretch is linear in the stored value
     assert abs(int(gray[0, 2]) - round(2048 / 4095 * 255)) <= 1
     assert gray[0, 1] < gray[0, 2] < gray[1, 0]
@@ -205,8 +219,8 @@ def test_dicom_monochrome2_is_stretched_bright_stays_bright(tmp_path):
 def test_dicom_monochrome1_is_inverted(tmp_path):
     path = write_dicom(tmp_path / "mono1.dcm", DICOM_PIXELS, photometric="MONOCHROME1")
     gray = decode_image(path)[:, :, 0]
-    assert gray[1, 1] == 0                     # the maximum stored value becomes black
-    assert gray[0, 0] == 255                   # the minimum stored value becomes white
+    assert gray[1, 1] == 0  # the maximum stored value becomes black
+    assert gray[0, 0] == 255  # the minimum stored value becomes white
     assert gray[0, 1] > gray[0, 2] > gray[1, 0]
 
 
@@ -233,7 +247,7 @@ def test_dicom_lut_sequences_are_applied_as_pydicom_applies_them(tmp_path, seque
     path = write_dicom(tmp_path / "lut.dcm", pixels)
     ds = pydicom.dcmread(path)
     item = Dataset()
-    item.LUTDescriptor = [2048, 1000, 16]                       # entries, first value mapped, bits
+    item.LUTDescriptor = [2048, 1000, 16]  # entries, first value mapped, bits
     item.LUTData = [int(v) for v in (np.sqrt(np.arange(2048)) * 1000).astype(np.uint16)]
     item["LUTData"].VR = "US"
     setattr(ds, sequence, [item])
@@ -242,7 +256,7 @@ def test_dicom_lut_sequences_are_applied_as_pydicom_applies_them(tmp_path, seque
     values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(float)
     expected = np.rint((values - values.min()) * (255.0 / (values.max() - values.min())))
     np.testing.assert_array_equal(decode_image(path)[:, :, 0], expected)
-    assert len(np.unique(expected)) > 10                        # the LUT did not flatten it
+    assert len(np.unique(expected)) > 10  # the LUT did not flatten it
 
 
 def test_dicom_is_recognised_by_content_even_named_png(tmp_path):
@@ -266,7 +280,7 @@ def test_rgb_dicom_keeps_its_8bit_values(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     out = decode_image(path)
     np.testing.assert_array_equal(out, rgb)
-    out[0, 0] = 0                                # an array of its own, not a view of the file
+    out[0, 0] = 0  # an array of its own, not a view of the file
     assert read_header(path)["mode"] == "RGB 8-bit"
 
 
@@ -278,6 +292,7 @@ def test_dicom_from_bytes_equals_dicom_from_path(tmp_path):
 
 
 # ---------------------------------------------------------------- path vs bytes, prepare_image
+
 
 @pytest.mark.parametrize("suffix, mode", [(".png", "L"), (".png", "RGB"), (".jpg", "L"), (".jpeg", "RGB")])
 def test_path_and_bytes_give_identical_arrays(tmp_path, suffix, mode):
@@ -301,7 +316,7 @@ def test_prepare_image_keeps_flat_value_and_same_size_unchanged(tmp_path):
     flat = write_image(tmp_path / "flat.png", size=12, value=77)
     out = prepare_image(flat, 24)
     assert out.shape == (24, 24, 3)
-    assert (out == 77).all()                   # bilinear resize of a flat image stays flat
+    assert (out == 77).all()  # bilinear resize of a flat image stays flat
     pixels = random_gray(16, seed=7)
     same = save(Image.fromarray(pixels), tmp_path / "same.png")
     np.testing.assert_array_equal(prepare_image(same, 16)[:, :, 0], pixels)
@@ -314,6 +329,7 @@ def test_prepare_image_dicom(tmp_path):
 
 
 # ---------------------------------------------------------------- invalid inputs
+
 
 def _png_bytes(size: int = 32) -> bytes:
     buf = io.BytesIO()
@@ -370,12 +386,16 @@ def test_nonexistent_path_raises_decode_error_naming_it(tmp_path):
 
 # ---------------------------------------------------------------- read_header
 
-@pytest.mark.parametrize("mode, suffix, expected_mode", [
-    ("RGB", ".png", "RGB"),
-    ("L", ".png", "L"),
-    ("RGBA", ".png", "RGBA"),
-    ("L", ".jpg", "L"),
-])
+
+@pytest.mark.parametrize(
+    "mode, suffix, expected_mode",
+    [
+        ("RGB", ".png", "RGB"),
+        ("L", ".png", "L"),
+        ("RGBA", ".png", "RGBA"),
+        ("L", ".jpg", "L"),
+    ],
+)
 def test_read_header_png_and_jpeg(tmp_path, mode, suffix, expected_mode):
     img = Image.new(mode, (20, 10))
     path = save(img, tmp_path / f"h{suffix}")
@@ -403,7 +423,7 @@ def test_read_header_does_not_decode_png_pixels(tmp_path):
     data = _png_bytes(32)
     idat = png_chunk_offset(data, b"IDAT")
     path = tmp_path / "cut.png"
-    path.write_bytes(data[: idat + 8 + 10])    # IHDR intact, pixel data cut short
+    path.write_bytes(data[: idat + 8 + 10])  # IHDR intact, pixel data cut short
     header = read_header(path)
     assert (header["width"], header["height"], header["mode"]) == (32, 32, "L")
     with pytest.raises(ImageDecodeError) as info:
@@ -420,11 +440,14 @@ def test_read_header_does_not_decode_dicom_pixels(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("content", [
-    b"",
-    b"plain text, not an image\n",
-    b"\0" * 128 + b"DICM" + b"\xff" * 20,      # DICOM magic followed by garbage
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"plain text, not an image\n",
+        b"\0" * 128 + b"DICM" + b"\xff" * 20,  # DICOM magic followed by garbage
+    ],
+)
 def test_read_header_unreadable_raises_naming_the_path(tmp_path, content):
     path = tmp_path / "broken.png"
     path.write_bytes(content)
@@ -498,13 +521,13 @@ def length_fields(data: bytes) -> dict[int, tuple[int, int, int]]:
     fp.seek(132)
     meta = fields(fp, False, stop_when=lambda tag, vr, length: tag.group != 2)
     offset, size, length = meta[0x00020010]
-    syntax = data[offset + size:offset + size + length].rstrip(b"\0 ").decode()
+    syntax = data[offset + size : offset + size + length].rstrip(b"\0 ").decode()
     return {**meta, **fields(fp, syntax == "1.2.840.10008.1.2")}
 
 
 def set_length(data: bytes, tag: int, length: int) -> bytes:
     offset, size, _ = length_fields(data)[tag]
-    return data[:offset] + length.to_bytes(size, "little") + data[offset + size:]
+    return data[:offset] + length.to_bytes(size, "little") + data[offset + size :]
 
 
 def swallow(data: bytes, tag: int, through: int) -> bytes:
@@ -536,8 +559,9 @@ class Heard:
 
     def __exit__(self, *exc):
         self._warnings.__exit__(*exc)
-        self.text = "\n".join([self.caplog.text, *(r.getMessage() for r in self.caplog.records),
-                               *(str(w.message) for w in self.recorded)])
+        self.text = "\n".join(
+            [self.caplog.text, *(r.getMessage() for r in self.caplog.records), *(str(w.message) for w in self.recorded)]
+        )
         return False
 
 
@@ -553,8 +577,9 @@ def outcome(fn, *args, **kwargs) -> str:
 def identified(tmp_path) -> bytes:
     pixels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 50
     path = write_dicom(tmp_path / "id.dcm", pixels)
-    return identify(path, BodyPartExamined="CHEST", ViewPosition="PA", PixelSpacing=[0.14, 0.14],
-                    Manufacturer="ACME Imaging").read_bytes()
+    return identify(
+        path, BodyPartExamined="CHEST", ViewPosition="PA", PixelSpacing=[0.14, 0.14], Manufacturer="ACME Imaging"
+    ).read_bytes()
 
 
 def test_corrupt_modality_length_shows_no_identifier(identified, caplog):
@@ -562,13 +587,14 @@ def test_corrupt_modality_length_shows_no_identifier(identified, caplog):
     comes out is 'CR' plus those elements' bytes, and none of it may be shown, logged or warned."""
     data = swallow(identified, 0x00080060, 0x00100020)
     import pydicom
+
     raw = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).get_item(0x00080060).value
-    assert all(s.encode() in raw for s in SECRETS)           # the corruption does what it says
+    assert all(s.encode() in raw for s in SECRETS)  # the corruption does what it says
     with Heard(caplog) as heard:
         facts = dicom_summary(data, name="c.dcm")
         decoded = outcome(decode_image, data, name="c.dcm")
         header = outcome(read_header_of, data)
-    assert "Modality" not in facts                         # not a valid CS value: dropped, not shown
+    assert "Modality" not in facts  # not a valid CS value: dropped, not shown
     assert (facts["Rows"], facts["Columns"], facts["BodyPartExamined"]) == (8, 8, "CHEST")
     assert not leaks(repr(facts) + decoded + header + heard.text)
 
@@ -587,8 +613,7 @@ def test_every_length_corruption_before_the_identifiers_stays_quiet(identified, 
     """Lengths that run on over the identifiers (Specific Character Set's included: pydicom quotes
     an unknown character set in a warning) or stop short of them: no identifier anywhere."""
     last = 0x00100020
-    for data in (swallow(identified, tag, last), set_length(identified, tag, 1),
-                 set_length(identified, tag, 0xFFFF)):
+    for data in (swallow(identified, tag, last), set_length(identified, tag, 1), set_length(identified, tag, 0xFFFF)):
         with Heard(caplog) as heard:
             text = outcome(dicom_summary, data, name="x.dcm") + outcome(decode_image, data, name="x.dcm")
             text += outcome(read_header_of, data)
@@ -609,35 +634,38 @@ def with_raw_text(path: Path, keyword: str, text: str) -> bytes:
     ds.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
     offset, size, _ = length_fields(data)[tag]
-    assert size == 2 and data[offset - 2:offset] == b"LO"
-    return data[:offset - 2] + dictionary_VR(tag).encode() + data[offset:]
+    assert size == 2 and data[offset - 2 : offset] == b"LO"
+    return data[: offset - 2] + dictionary_VR(tag).encode() + data[offset:]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("keyword, value, shown", [
-    ("Modality", "DX", "DX"),
-    ("Modality", "dx", None),                 # CS is upper case
-    ("Modality", "D", None),                  # two letters at least
-    ("Modality", "CR\\DX", None),             # one value
-    ("BodyPartExamined", "CHEST", "CHEST"),
-    ("BodyPartExamined", "LEFT HAND_2", "LEFT HAND_2"),
-    ("BodyPartExamined", "Chest", None),
-    ("BodyPartExamined", "CHEST^X", None),
-    ("ViewPosition", "AP", "AP"),
-    ("ViewPosition", "A" * 17, None),         # CS is 16 characters at most
-    ("PhotometricInterpretation", "MONOCHROME2", "MONOCHROME2"),
-    ("PhotometricInterpretation", "MONOCHROME3", None),
-    ("PixelSpacing", "0.139\\0.139", [0.139, 0.139]),
-    ("PixelSpacing", "1e-1\\.2", [0.1, 0.2]),
-    ("PixelSpacing", "0.1", None),            # two values
-    ("PixelSpacing", "abc\\0.1", None),       # unparsable (raised ValueError before)
-    ("PixelSpacing", "-0.1\\0.1", None),      # not positive
-    ("PixelSpacing", "0\\0.1", None),
-    ("PixelSpacing", "nan\\0.1", None),
-    ("PixelSpacing", "inf\\0.1", None),
-    ("Manufacturer", "ACME", None),           # free text: never shown
-    ("ManufacturerModelName", "X1", None),
-])
+@pytest.mark.parametrize(
+    "keyword, value, shown",
+    [
+        ("Modality", "DX", "DX"),
+        ("Modality", "dx", None),  # CS is upper case
+        ("Modality", "D", None),  # two letters at least
+        ("Modality", "CR\\DX", None),  # one value
+        ("BodyPartExamined", "CHEST", "CHEST"),
+        ("BodyPartExamined", "LEFT HAND_2", "LEFT HAND_2"),
+        ("BodyPartExamined", "Chest", None),
+        ("BodyPartExamined", "CHEST^X", None),
+        ("ViewPosition", "AP", "AP"),
+        ("ViewPosition", "A" * 17, None),  # CS is 16 characters at most
+        ("PhotometricInterpretation", "MONOCHROME2", "MONOCHROME2"),
+        ("PhotometricInterpretation", "MONOCHROME3", None),
+        ("PixelSpacing", "0.139\\0.139", [0.139, 0.139]),
+        ("PixelSpacing", "1e-1\\.2", [0.1, 0.2]),
+        ("PixelSpacing", "0.1", None),  # two values
+        ("PixelSpacing", "abc\\0.1", None),  # unparsable (raised ValueError before)
+        ("PixelSpacing", "-0.1\\0.1", None),  # not positive
+        ("PixelSpacing", "0\\0.1", None),
+        ("PixelSpacing", "nan\\0.1", None),
+        ("PixelSpacing", "inf\\0.1", None),
+        ("Manufacturer", "ACME", None),  # free text: never shown
+        ("ManufacturerModelName", "X1", None),
+    ],
+)
 def test_dicom_summary_shows_only_values_that_pass_their_pattern(tmp_path, keyword, value, shown):
     path = write_dicom(tmp_path / "v.dcm", np.zeros((4, 4), np.uint16))
     facts = dicom_summary(with_raw_text(path, keyword, value), name="v.dcm")
@@ -655,7 +683,7 @@ def test_dicom_summary_bad_vr_and_bad_numbers_do_not_raise_raw_errors(tmp_path):
     path.write_bytes(with_raw_text(path, "PixelSpacing", "abc\\def"))
     ds = pydicom.dcmread(path)
     del ds[0x00280010]
-    ds.add_new(0x00280010, "LO", "Doe^Jane")                 # Rows, with the wrong VR and a name
+    ds.add_new(0x00280010, "LO", "Doe^Jane")  # Rows, with the wrong VR and a name
     ds.save_as(path, enforce_file_format=True)
     facts = dicom_summary(path.read_bytes(), name="bad.dcm")
     assert "Rows" not in facts and "PixelSpacing" not in facts and facts["Columns"] == 4
@@ -675,9 +703,9 @@ def test_decode_error_messages_never_quote_the_file(tmp_path):
     Image.fromarray(random_gray(8)).save(buf, "PNG", pnginfo=info)
     data = buf.getvalue()
     text_at = png_chunk_offset(data, b"tEXt")
-    broken = data[:text_at + 8] + data[text_at + 8:text_at + 30].replace(b"\0", b"x") + b"\xff" * 4
+    broken = data[: text_at + 8] + data[text_at + 8 : text_at + 30].replace(b"\0", b"x") + b"\xff" * 4
     dicom = write_dicom(tmp_path / "d.dcm", np.zeros((4, 4), np.uint16), slope=1.0)
-    dicom = with_raw_text(dicom, "RescaleIntercept", "Doe^Jane")   # float() would quote it
+    dicom = with_raw_text(dicom, "RescaleIntercept", "Doe^Jane")  # float() would quote it
     for data, name in ((broken, "p.png"), (dicom, "d.dcm")):
         with pytest.raises(ImageDecodeError) as err:
             decode_image(data, name=name)
@@ -685,6 +713,7 @@ def test_decode_error_messages_never_quote_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------- pixel limits
+
 
 def rle_dicom(path: Path, rows: int, cols: int, frames: list[bytes] | None = None) -> Path:
     """An RLE Lossless 16-bit DICOM whose frames are ``frames`` (default: one constant-row frame,
@@ -703,6 +732,7 @@ def rle_dicom(path: Path, rows: int, cols: int, frames: list[bytes] | None = Non
         frames = [struct.pack("<16L", 2, 64, 64 + len(high), *([0] * 13)) + high + low]
     write_dicom(path, None, rows_cols=(rows, cols))
     import pydicom
+
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = RLELossless
     if len(frames) > 1:
@@ -719,16 +749,19 @@ def test_dicom_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
     from cxrcore.data import io as io_mod
 
     path = rle_dicom(tmp_path / "huge.dcm", 10_000, 10_000)
-    assert path.stat().st_size < 4_000_000 and 10_000 ** 2 > io_mod.MAX_PIXELS
+    assert path.stat().st_size < 4_000_000 and 10_000**2 > io_mod.MAX_PIXELS
     for fn in (decode_image, read_header):
         with pytest.raises(ImageDecodeError, match="too many pixels"):
             fn(path)
 
 
-@pytest.mark.parametrize("rows_cols, attrs", [
-    ((5000, 5000), {"NumberOfFrames": 4}),                          # frames count
-    ((6000, 6000), {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB", "PlanarConfiguration": 0}),
-])
+@pytest.mark.parametrize(
+    "rows_cols, attrs",
+    [
+        ((5000, 5000), {"NumberOfFrames": 4}),  # frames count
+        ((6000, 6000), {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB", "PlanarConfiguration": 0}),
+    ],
+)
 def test_dicom_pixel_limit_counts_frames_and_samples(tmp_path, rows_cols, attrs):
     import pydicom
 
@@ -736,7 +769,7 @@ def test_dicom_pixel_limit_counts_frames_and_samples(tmp_path, rows_cols, attrs)
     ds = pydicom.dcmread(path)
     for key, value in attrs.items():
         setattr(ds, key, value)
-    ds.PixelData = b"\0" * 64                                    # never read: refused on the header
+    ds.PixelData = b"\0" * 64  # never read: refused on the header
     ds["PixelData"].VR = "OW"
     ds.save_as(path, enforce_file_format=True)
     for fn in (decode_image, read_header):
@@ -748,6 +781,7 @@ def test_multiframe_dicom_decodes_only_the_first_frame(tmp_path):
     """The second frame is not valid RLE: decoding every frame (as before) fails on it."""
     good = rle_dicom(tmp_path / "one.dcm", 6, 8).read_bytes()
     import pydicom
+
     first = pydicom.encaps.get_frame(pydicom.dcmread(io.BytesIO(good)).PixelData, 0)
     path = rle_dicom(tmp_path / "two.dcm", 6, 8, frames=[first, b"\x09" + b"\0" * 63])
     out = decode_image(path)
@@ -769,6 +803,7 @@ def j2k_dicom(path: Path, size: int = 16, siz: tuple[int, int] | None = None) ->
         stream = stream[:8] + struct.pack(">II", *siz) + stream[16:]
     write_dicom(path, None, rows_cols=(size, size), bits_stored=8)
     import pydicom
+
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
@@ -781,7 +816,7 @@ def j2k_dicom(path: Path, size: int = 16, siz: tuple[int, int] | None = None) ->
 
 def test_jpeg2000_dicom_decodes(tmp_path):
     out = decode_image(j2k_dicom(tmp_path / "j2k.dcm"))
-    np.testing.assert_array_equal(out[:, :, 0], random_gray(16, seed=11))   # lossless, 8-bit: kept
+    np.testing.assert_array_equal(out[:, :, 0], random_gray(16, seed=11))  # lossless, 8-bit: kept
 
 
 @pytest.mark.parametrize("siz", [(10_000, 10_000), (20_000, 20_000), (32, 16)])
@@ -801,18 +836,22 @@ def test_png_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
     from cxrcore.data import io as io_mod
 
     data = bytearray(_png_bytes(32))
-    data[16:24] = struct.pack(">II", 10_000, 10_000)            # IHDR width, height (CRC now wrong)
+    data[16:24] = struct.pack(">II", 10_000, 10_000)  # IHDR width, height (CRC now wrong)
     with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
         with pytest.raises(ImageDecodeError, match="too many pixels"):
             decode_image(bytes(data), name="big.png")
-    assert not recorded and 10_000 ** 2 > io_mod.MAX_PIXELS
+    assert not recorded and 10_000**2 > io_mod.MAX_PIXELS
 
 
 def test_no_warnings_filter_is_touched_per_call(tmp_path, monkeypatch):
     """Streamlit sessions are threads: warnings.catch_warnings/simplefilter are process-wide."""
-    paths = [write_image(tmp_path / "a.png"), write_image(tmp_path / "b.jpg"),
-             write_dicom(tmp_path / "c.dcm", DICOM_PIXELS), j2k_dicom(tmp_path / "d.dcm")]
+    paths = [
+        write_image(tmp_path / "a.png"),
+        write_image(tmp_path / "b.jpg"),
+        write_dicom(tmp_path / "c.dcm", DICOM_PIXELS),
+        j2k_dicom(tmp_path / "d.dcm"),
+    ]
     calls = []
     with monkeypatch.context() as patched:
         for name in ("catch_warnings", "simplefilter", "filterwarnings", "resetwarnings"):
@@ -847,17 +886,19 @@ def test_prepare_image_equals_resizing_the_decoded_rgb(tmp_path, kind):
     if kind == "dicom":
         path = write_dicom(tmp_path / "x.dcm", rng.integers(0, 4096, (37, 53)).astype(np.uint16))
     else:
-        img = {"gray": lambda: Image.fromarray(rng.integers(0, 256, (37, 53), dtype=np.uint8)),
-               "rgb": lambda: Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)),
-               "16bit": lambda: Image.fromarray(rng.integers(0, 65535, (37, 53)).astype(np.uint16)),
-               "palette": lambda: Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
-               .convert("P")}[kind]()
+        img = {
+            "gray": lambda: Image.fromarray(rng.integers(0, 256, (37, 53), dtype=np.uint8)),
+            "rgb": lambda: Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)),
+            "16bit": lambda: Image.fromarray(rng.integers(0, 65535, (37, 53)).astype(np.uint16)),
+            "palette": lambda: Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).convert("P"),
+        }[kind]()
         path = save(img, tmp_path / "x.png")
     for size in (16, 53, 90):
         np.testing.assert_array_equal(prepare_image(path, size), resize_rgb(decode_image(path), size))
 
 
 # ---------------------------------------------------------------- accepted formats
+
 
 def _other_format(fmt: str, frames: int = 3, **kwargs) -> bytes:
     images = [Image.fromarray(random_gray(16, seed=s)).convert("RGB") for s in range(frames)]
@@ -869,8 +910,8 @@ def _other_format(fmt: str, frames: int = 3, **kwargs) -> bytes:
 
 
 OTHER_FORMATS = {
-    "GIF": lambda: _other_format("GIF"),                # animated: the first frame was used
-    "TIFF": lambda: _other_format("TIFF"),              # three pages
+    "GIF": lambda: _other_format("GIF"),  # animated: the first frame was used
+    "TIFF": lambda: _other_format("TIFF"),  # three pages
     "BMP": lambda: _other_format("BMP", frames=1),
     "WEBP": lambda: _other_format("WEBP", lossless=True),
     "PPM": lambda: _other_format("PPM", frames=1),
@@ -882,6 +923,7 @@ OTHER_FORMATS = {
 def test_other_formats_are_refused_by_content_naming_the_format(tmp_path, fmt, suffix):
     if fmt == "WEBP":
         from PIL import features
+
         if not features.check("webp"):
             pytest.skip("this Pillow has no WebP support")
     path = tmp_path / f"image{suffix}"
@@ -907,9 +949,11 @@ def test_animated_png_is_refused(tmp_path):
 @pytest.mark.parametrize("content", ["png", "jpeg", "dicom"])
 @pytest.mark.parametrize("suffix", ["", ".gif", ".tif", ".dcm"])
 def test_accepted_formats_are_recognised_by_content_not_name(tmp_path, content, suffix):
-    made = {"png": lambda: write_image(tmp_path / "src.png", seed=3),
-            "jpeg": lambda: write_image(tmp_path / "src.jpg", seed=3),
-            "dicom": lambda: write_dicom(tmp_path / "src.dcm", DICOM_PIXELS)}[content]()
+    made = {
+        "png": lambda: write_image(tmp_path / "src.png", seed=3),
+        "jpeg": lambda: write_image(tmp_path / "src.jpg", seed=3),
+        "dicom": lambda: write_dicom(tmp_path / "src.dcm", DICOM_PIXELS),
+    }[content]()
     path = tmp_path / f"renamed{suffix}"
     path.write_bytes(made.read_bytes())
     np.testing.assert_array_equal(decode_image(path), decode_image(made))
@@ -918,11 +962,15 @@ def test_accepted_formats_are_recognised_by_content_not_name(tmp_path, content, 
 
 # ---------------------------------------------------------------- missing decoders
 
-@pytest.mark.parametrize("syntax, needs", [
-    ("1.2.840.10008.1.2.4.57", "pylibjpeg pylibjpeg-libjpeg"),      # JPEG Lossless
-    ("1.2.840.10008.1.2.4.80", "pylibjpeg pylibjpeg-libjpeg"),      # JPEG-LS Lossless
-    ("1.2.840.10008.1.2.4.201", "pylibjpeg pylibjpeg-openjpeg"),    # HTJ2K Lossless
-])
+
+@pytest.mark.parametrize(
+    "syntax, needs",
+    [
+        ("1.2.840.10008.1.2.4.57", "pylibjpeg pylibjpeg-libjpeg"),  # JPEG Lossless
+        ("1.2.840.10008.1.2.4.80", "pylibjpeg pylibjpeg-libjpeg"),  # JPEG-LS Lossless
+        ("1.2.840.10008.1.2.4.201", "pylibjpeg pylibjpeg-openjpeg"),  # HTJ2K Lossless
+    ],
+)
 def test_missing_decoder_names_the_syntax_and_what_to_install(tmp_path, syntax, needs):
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_decoder
@@ -932,6 +980,7 @@ def test_missing_decoder_names_the_syntax_and_what_to_install(tmp_path, syntax, 
         pytest.skip(f"a decoder for {UID(syntax).name} is installed here")
     path = write_dicom(tmp_path / "c.dcm", None, rows_cols=(4, 4))
     import pydicom
+
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = syntax
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3\x00\x0b\x10\x00\x04\x00\x04\x01\x01\x11\x00\xff\xd9"])
@@ -954,11 +1003,16 @@ def test_decoding_in_threads_gives_the_same_pixels_and_errors(tmp_path):
     """Streamlit sessions are threads: decoding shares no state between calls."""
     from concurrent.futures import ThreadPoolExecutor
 
-    sources = [write_image(tmp_path / "a.png", seed=1), write_image(tmp_path / "b.jpg", seed=2),
-               save(Image.fromarray(random_gray(20, seed=3).astype(np.uint16) * 200), tmp_path / "c.png"),
-               write_dicom(tmp_path / "d.dcm", DICOM_PIXELS, photometric="MONOCHROME1"),
-               j2k_dicom(tmp_path / "e.dcm"), rle_dicom(tmp_path / "f.dcm", 6, 8),
-               OTHER_FORMATS["GIF"](), rle_dicom(tmp_path / "g.dcm", 10_000, 10_000).read_bytes()]
+    sources = [
+        write_image(tmp_path / "a.png", seed=1),
+        write_image(tmp_path / "b.jpg", seed=2),
+        save(Image.fromarray(random_gray(20, seed=3).astype(np.uint16) * 200), tmp_path / "c.png"),
+        write_dicom(tmp_path / "d.dcm", DICOM_PIXELS, photometric="MONOCHROME1"),
+        j2k_dicom(tmp_path / "e.dcm"),
+        rle_dicom(tmp_path / "f.dcm", 6, 8),
+        OTHER_FORMATS["GIF"](),
+        rle_dicom(tmp_path / "g.dcm", 10_000, 10_000).read_bytes(),
+    ]
 
     def result(src) -> bytes | str:
         try:
@@ -967,7 +1021,7 @@ def test_decoding_in_threads_gives_the_same_pixels_and_errors(tmp_path):
             return exc.reason
 
     expected = [result(src) for src in sources]
-    assert sum(isinstance(r, str) for r in expected) == 2          # the GIF and the huge DICOM
+    assert sum(isinstance(r, str) for r in expected) == 2  # the GIF and the huge DICOM
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(result, sources * 12)) == expected * 12
 
@@ -978,11 +1032,11 @@ def deflated(data: bytes, extra: bytes = b"") -> bytes:
 
     fields = length_fields(data)
     offset, _, length = fields[0x00020010]
-    assert data[offset + 2:offset + 2 + length] == b"1.2.840.10008.1.2.1\0"
-    start = max(o + s + n for tag, (o, s, n) in fields.items() if tag >> 16 == 2)   # end of the meta
+    assert data[offset + 2 : offset + 2 + length] == b"1.2.840.10008.1.2.1\0"
+    start = max(o + s + n for tag, (o, s, n) in fields.items() if tag >> 16 == 2)  # end of the meta
     syntax = b"1.2.840.10008.1.2.1.99"
-    meta = data[:offset] + len(syntax).to_bytes(2, "little") + syntax + data[offset + 2 + length:start]
-    assert meta[132:140] == b"\x02\x00\x00\x00UL\x04\x00"                  # the meta group length
+    meta = data[:offset] + len(syntax).to_bytes(2, "little") + syntax + data[offset + 2 + length : start]
+    assert meta[132:140] == b"\x02\x00\x00\x00UL\x04\x00"  # the meta group length
     meta = meta[:140] + (len(meta) - 144).to_bytes(4, "little") + meta[144:]
     squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     return meta + squeeze.compress(data[start:] + extra) + squeeze.flush()
@@ -1006,7 +1060,7 @@ def test_deflated_dicom_decodes_and_a_deflate_bomb_is_refused(tmp_path, monkeypa
 
 def test_read_header_finds_a_jpeg_frame_header_after_large_metadata(tmp_path):
     """Frame headers come after the APP segments (EXIF, ICC profiles of hundreds of kB)."""
-    profile = bytes(range(256)) * 1200                          # 300 kB: split over five APP2 segments
+    profile = bytes(range(256)) * 1200  # 300 kB: split over five APP2 segments
     path = save(Image.new("L", (30, 20), 9), tmp_path / "icc.jpg", icc_profile=profile)
     assert path.stat().st_size > 300_000
     header = read_header(path)

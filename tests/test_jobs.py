@@ -1,4 +1,5 @@
 """Background jobs: real worker processes, a real scheduler, a real SQLite store."""
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,18 @@ def store(tmp_path):
 
 
 def config(data, **changes) -> TrainConfig:
-    base = dict(data=str(data), backbone="simple_cnn", weights="none", image_size=32, batch_size=8, epochs=2,
-                fine_tune_epochs=1, patience=0, reduce_lr_patience=0, head=HeadConfig(dense_units=[8], dropout=0.0))
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        fine_tune_epochs=1,
+        patience=0,
+        reduce_lr_patience=0,
+        head=HeadConfig(dense_units=[8], dropout=0.0),
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -65,8 +76,10 @@ def epochs_done(store, job_id) -> int:
 
 def fingerprint(run: runs.RunDir) -> dict:
     """Content hashes of the files a finished run must never change."""
-    return {name: hashlib.sha256(run.file(name).read_bytes()).hexdigest()
-            for name in (runs.MODEL, runs.HISTORY, runs.METRICS, runs.PREDICTIONS, runs.INFO)}
+    return {
+        name: hashlib.sha256(run.file(name).read_bytes()).hexdigest()
+        for name in (runs.MODEL, runs.HISTORY, runs.METRICS, runs.PREDICTIONS, runs.INFO)
+    }
 
 
 def test_a_submitted_job_runs_to_succeeded_in_its_own_process(store, data, tmp_path):
@@ -78,9 +91,9 @@ def test_a_submitted_job_runs_to_succeeded_in_its_own_process(store, data, tmp_p
     run = runs.RunDir(job["run_dir"])
     for name in (runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.HISTORY, runs.INFO, JOB_LOG):
         assert run.file(name).is_file(), name
-    assert not (run.path / "state").exists()           # resume state is dropped after success
+    assert not (run.path / "state").exists()  # resume state is dropped after success
     assert f"job {job_id}: succeeded" in run.file(JOB_LOG).read_text()
-    history = run.history()                            # the run owns its history; the queue keeps none
+    history = run.history()  # the run owns its history; the queue keeps none
     assert history["epoch"].tolist() == [1, 2, 3] and "val_loss" in history
     assert (job["stage"], job["epoch"], job["epochs"]) == ("finetune", 3, 3)
     assert job["epochs_completed"] == 3 and run.status() == "succeeded"
@@ -108,20 +121,28 @@ def test_cancelling_a_queued_job_never_starts_it(store, data, tmp_path):
     assert job["status"] == "cancelled" and job["run_dir"] is None and job["error"] == "cancelled before it started"
     with pytest.raises(JobError, match="already cancelled"):
         job_queue.cancel(job_id, store=store)
-    Scheduler(store, idle_exit=0).start_jobs()         # nothing left to claim: no worker, no folder
+    Scheduler(store, idle_exit=0).start_jobs()  # nothing left to claim: no worker, no folder
     assert not list((tmp_path / "models").glob("*-simple_cnn"))
 
 
 def test_kill_9_is_recorded_in_the_run_and_resume_carries_the_epochs_over(store, data, tmp_path):
-    job_id = job_queue.submit(config(data, epochs=25, fine_tune_epochs=2, batch_size=4), store=store,
-                              out_dir=tmp_path / "models")
-    wait_for(lambda: (runs.RunDir(store.get(job_id)["run_dir"]).resume_state() or {}).get("epochs_done", 0) >= 3
-             if store.get(job_id)["run_dir"] else False, what="three epochs")
+    job_id = job_queue.submit(
+        config(data, epochs=25, fine_tune_epochs=2, batch_size=4), store=store, out_dir=tmp_path / "models"
+    )
+    wait_for(
+        lambda: (
+            (runs.RunDir(store.get(job_id)["run_dir"]).resume_state() or {}).get("epochs_done", 0) >= 3
+            if store.get(job_id)["run_dir"]
+            else False
+        ),
+        what="three epochs",
+    )
     os.kill(store.get(job_id)["pid"], signal.SIGKILL)
-    job = wait_for(lambda: (j := job_queue.get(job_id, store=store))["state"] == "ended" and j,
-                   what="the crash to be noticed")
+    job = wait_for(
+        lambda: (j := job_queue.get(job_id, store=store))["state"] == "ended" and j, what="the crash to be noticed"
+    )
     run = runs.RunDir(job["run_dir"])
-    assert job["status"] == "failed" == run.status()            # one owner: the run says so, the job shows it
+    assert job["status"] == "failed" == run.status()  # one owner: the run says so, the job shows it
     assert "SIGKILL" in job["error"] and "SIGKILL" in run.error()
     assert run.resume_state()["epochs_done"] >= 3
 
@@ -130,7 +151,7 @@ def test_kill_9_is_recorded_in_the_run_and_resume_carries_the_epochs_over(store,
     assert job["status"] == "succeeded", job["error"]
     assert job["resumed_from_epoch"] >= 3 and job["attempts"] == 2
     history = run.history()
-    assert history["epoch"].tolist() == list(range(1, 28))      # no epoch lost or repeated
+    assert history["epoch"].tolist() == list(range(1, 28))  # no epoch lost or repeated
     assert history["stage"].tolist() == ["frozen"] * 25 + ["finetune"] * 2
     assert run.info()["resumed_from_epoch"] == job["resumed_from_epoch"]
     assert "resuming" in run.file(JOB_LOG).read_text()
@@ -145,10 +166,10 @@ def test_a_finished_run_is_final_whatever_its_job_row_says(store, data, tmp_path
     run = runs.RunDir(job["run_dir"])
     before = fingerprint(run)
     with pytest.raises(JobError, match="already succeeded"):
-        job_queue.cancel(job_id, store=store, force=True)        # a cancel that arrives late changes nothing
-    with sqlite3.connect(store.path) as con:                    # the row as the old design could leave it
+        job_queue.cancel(job_id, store=store, force=True)  # a cancel that arrives late changes nothing
+    with sqlite3.connect(store.path) as con:  # the row as the old design could leave it
         con.execute("UPDATE queue SET outcome = 'cancelled', error = 'killed on request' WHERE id = ?", (job_id,))
-    assert job_queue.get(job_id, store=store)["status"] == "succeeded"   # the run's word wins
+    assert job_queue.get(job_id, store=store)["status"] == "succeeded"  # the run's word wins
     with pytest.raises(RunError, match="already finished"):
         job_queue.resume(job_id, store=store)
     with pytest.raises(RunError, match="already finished"):
@@ -170,20 +191,25 @@ def _claimed(store, job_id, tmp_path, *, resume_run_dir=None):
 
 
 def _worker(store, job_id, token):
-    return subprocess.run([sys.executable, "-m", "cxrcore.jobs.worker", job_id, "--db", str(store.path),
-                           "--token", token], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cxrcore.jobs.worker", job_id, "--db", str(store.path), "--token", token],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_cancel_between_the_claim_and_the_worker_start_wins(store, data, tmp_path):
     """Failure 2, new job: the worker crashed on a missing run directory and left an orphan folder."""
     job_id = store.add(config(data), out_dir=tmp_path / "models")
     token, run = _claimed(store, job_id, tmp_path)
-    job_queue.cancel(job_id, store=store)                        # lands before the worker starts work
+    job_queue.cancel(job_id, store=store)  # lands before the worker starts work
     proc = _worker(store, job_id, token)
     assert proc.returncode == 0, proc.stderr[-2000:]
     job = job_queue.get(job_id, store=store)
     assert job["status"] == "cancelled" and job["error"] == "cancelled before it started"
-    assert not run.path.exists()                                 # no orphan run folder
+    assert not run.path.exists()  # no orphan run folder
 
     # a forced cancel before the worker starts: the worker finds the job is no longer its own
     job_id = store.add(config(data), out_dir=tmp_path / "models")
@@ -208,11 +234,11 @@ def test_a_cancelled_resume_never_trains_its_run(store, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert run.status() == "cancelled" and run.epochs_completed() == done
     assert job_queue.get(job_id, store=store)["status"] == "cancelled"
-    assert run.path.is_dir()                                     # a resumed run's folder is never removed
+    assert run.path.is_dir()  # a resumed run's folder is never removed
 
 
 class _FakeProcess:
-    pid = 2 ** 22 + 11
+    pid = 2**22 + 11
 
     def poll(self):
         return None
@@ -241,9 +267,9 @@ def test_a_running_job_whose_process_is_gone_is_marked_failed(store, data, tmp_p
     job_id = store.add(config(data))
     token = store.claim(job_id)
     run = runs.new_run_dir("simple_cnn", tmp_path / "models")
-    run.update_info(status="running", pid=2 ** 22 + 7, host=__import__("socket").gethostname())
-    store.set_owned(job_id, token, pid=2 ** 22 + 7, run_dir=str(run.path))      # no such process
-    assert job_queue.get(job_id, store=store)["status"] == "interrupted"       # the run's view, before reaping
+    run.update_info(status="running", pid=2**22 + 7, host=__import__("socket").gethostname())
+    store.set_owned(job_id, token, pid=2**22 + 7, run_dir=str(run.path))  # no such process
+    assert job_queue.get(job_id, store=store)["status"] == "interrupted"  # the run's view, before reaping
     Scheduler(store, idle_exit=0).reap()
     job = job_queue.get(job_id, store=store)
     assert job["status"] == "failed" and "is gone" in job["error"]
@@ -254,7 +280,7 @@ def test_two_submissions_queue_and_both_finish(store, data, tmp_path):
     first = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
     second = job_queue.submit(config(data, seed=2), store=store, out_dir=tmp_path / "models")
     wait_for(lambda: store.get(first)["state"] == "running", what="the first job to start")
-    assert store.get(second)["state"] == "queued"                # one at a time on a CPU
+    assert store.get(second)["state"] == "queued"  # one at a time on a CPU
     assert job_queue.wait(second, store=store, timeout=240)["status"] == "succeeded"
     a, b = job_queue.get(first, store=store), job_queue.get(second, store=store)
     assert a["status"] == "succeeded"
@@ -289,13 +315,14 @@ def test_many_readers_while_a_job_writes_see_no_errors(store, data, tmp_path):
 
 
 def test_a_comparison_is_one_job_per_backbone_in_one_group(store, data, tmp_path):
-    group, ids = job_queue.submit_comparison(config(data, weights="imagenet"), ["mobilenetv2_0.35", "simple_cnn"],
-                                             store=store, start_scheduler=False)
+    group, ids = job_queue.submit_comparison(
+        config(data, weights="imagenet"), ["mobilenetv2_0.35", "simple_cnn"], store=store, start_scheduler=False
+    )
     jobs = store.list(group=group)
     assert sorted(j["id"] for j in jobs) == sorted(ids)
     by_backbone = {j["config"]["backbone"]: j["config"] for j in jobs}
     assert by_backbone["mobilenetv2_0.35"]["weights"] == "imagenet"
-    assert by_backbone["simple_cnn"]["weights"] == "none"        # no ImageNet weights exist for it
+    assert by_backbone["simple_cnn"]["weights"] == "none"  # no ImageNet weights exist for it
     assert by_backbone["simple_cnn"]["data"] == by_backbone["mobilenetv2_0.35"]["data"]
 
 
@@ -334,12 +361,18 @@ def test_every_entry_point_uses_one_absolute_models_folder(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert runs.models_dir() == REPO / "models"
     from cxrcore.jobs.store import default_db
+
     assert default_db() == REPO / "models" / "jobs.sqlite"
     monkeypatch.setenv("CXRCORE_MODELS", "relative/models")
-    assert runs.models_dir() == tmp_path / "relative" / "models"           # made absolute where it is read
-    proc = subprocess.run([sys.executable, "-m", "cxrcore", "jobs", "list", "--json"], cwd=tmp_path / "..",
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CXRCORE_MODELS": str(tmp_path / "m"), "PYTHONPATH": str(REPO)})
+    assert runs.models_dir() == tmp_path / "relative" / "models"  # made absolute where it is read
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrcore", "jobs", "list", "--json"],
+        cwd=tmp_path / "..",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CXRCORE_MODELS": str(tmp_path / "m"), "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "m" / "jobs.sqlite").is_file()
 
@@ -356,9 +389,17 @@ def test_an_old_job_database_is_carried_over(tmp_path, data):
                 batches INTEGER, metrics TEXT, error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0,
                 resume INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, resumed_from_epoch INTEGER);
             CREATE TABLE epochs (job_id TEXT, epoch INTEGER, stage TEXT, metrics TEXT, time REAL);""")
-        con.execute("INSERT INTO jobs (id, status, config, out_dir, created, error) VALUES (?, ?, ?, ?, ?, ?)",
-                    ("abc123", "cancelled", json.dumps(config(data).to_dict()), str(tmp_path), 1.0,
-                     "cancelled before it started"))
+        con.execute(
+            "INSERT INTO jobs (id, status, config, out_dir, created, error) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                "abc123",
+                "cancelled",
+                json.dumps(config(data).to_dict()),
+                str(tmp_path),
+                1.0,
+                "cancelled before it started",
+            ),
+        )
     store = JobStore(path)
     job = job_queue.get("abc123", store=store)
     assert job["state"] == "ended" and job["status"] == "cancelled"
@@ -368,14 +409,36 @@ def test_an_old_job_database_is_carried_over(tmp_path, data):
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "cxrcore", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "cxrcore", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_submit_show_list_and_errors(data, tmp_path):
     db = tmp_path / "m" / "jobs.sqlite"
-    proc = cli("jobs", "--db", db, "submit", "--data", data, "--backbone", "simple_cnn", "--image-size", 32,
-               "--epochs", 1, "--fine-tune-epochs", 0, "--out", tmp_path / "m")
+    proc = cli(
+        "jobs",
+        "--db",
+        db,
+        "submit",
+        "--data",
+        data,
+        "--backbone",
+        "simple_cnn",
+        "--image-size",
+        32,
+        "--epochs",
+        1,
+        "--fine-tune-epochs",
+        0,
+        "--out",
+        tmp_path / "m",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     job_id = proc.stdout.strip().splitlines()[-1]
     assert cli("jobs", "--db", db, "wait", job_id).stdout.strip() == "succeeded"
@@ -392,9 +455,24 @@ def test_cli_submit_show_list_and_errors(data, tmp_path):
 
 def test_mirrored_strategy_over_logical_cpus(data, tmp_path):
     """The multi-GPU code path (MirroredStrategy), run on a CPU split into two logical devices."""
-    proc = cli("train", "--data", data, "--backbone", "simple_cnn", "--image-size", 32, "--epochs", 1,
-               "--fine-tune-epochs", 1, "--batch-size", 8, "--out", tmp_path / "m",
-               env={"CXRCORE_CPU_REPLICAS": "2"})
+    proc = cli(
+        "train",
+        "--data",
+        data,
+        "--backbone",
+        "simple_cnn",
+        "--image-size",
+        32,
+        "--epochs",
+        1,
+        "--fine-tune-epochs",
+        1,
+        "--batch-size",
+        8,
+        "--out",
+        tmp_path / "m",
+        env={"CXRCORE_CPU_REPLICAS": "2"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((runs.RunDir(proc.stdout.strip().splitlines()[-1]).file(runs.INFO)).read_text())
     assert info["replicas"] == 2 and info["strategy"] == "mirrored (logical CPUs)"

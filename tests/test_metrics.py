@@ -1,4 +1,5 @@
 """Metrics on tiny cases whose answers were worked out by hand."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ def test_binary_counts_accuracy_sensitivity_specificity():
     assert m["confusion_matrix"] == [[2, 0], [1, 1]]
     assert m["accuracy"] == pytest.approx(0.75)
     pos = m["per_class"]["pos"]
-    assert pos["sensitivity"] == pytest.approx(0.5)      # 1 of 2 positives found
-    assert pos["specificity"] == pytest.approx(1.0)      # no negative called positive
+    assert pos["sensitivity"] == pytest.approx(0.5)  # 1 of 2 positives found
+    assert pos["specificity"] == pytest.approx(1.0)  # no negative called positive
     assert pos["precision"] == pytest.approx(1.0)
     assert pos["f1"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
     assert m["per_class"]["neg"]["precision"] == pytest.approx(2 / 3)
@@ -70,13 +71,13 @@ def test_perfect_scores_give_auc_one():
 
 
 def test_class_without_examples_has_no_auc_not_a_made_up_one():
-    y = [0, 0, 1, 1]   # class "c" never occurs
+    y = [0, 0, 1, 1]  # class "c" never occurs
     probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
     m = classification_metrics(y, probs, ["a", "b", "c"])
     assert m["per_class"]["c"]["auc"] is None
     assert m["roc"]["c"] is None
     assert m["per_class"]["c"]["support"] == 0
-    assert m["macro_auc"] == pytest.approx(1.0)   # mean over the classes that have one
+    assert m["macro_auc"] == pytest.approx(1.0)  # mean over the classes that have one
 
 
 def test_result_is_strict_json():
@@ -100,12 +101,15 @@ def test_per_class_table_has_a_macro_row():
     assert rows[-1]["support"] == 2
 
 
-@pytest.mark.parametrize("y, probs, message", [
-    ([0, 1], np.ones((3, 2)) / 2, "probs must be"),
-    ([0, 1], np.ones((2, 3)) / 3, "probs must be"),
-    ([0, 5], np.ones((2, 2)) / 2, "outside"),
-    ([], np.ones((0, 2)), "no samples"),
-])
+@pytest.mark.parametrize(
+    "y, probs, message",
+    [
+        ([0, 1], np.ones((3, 2)) / 2, "probs must be"),
+        ([0, 1], np.ones((2, 3)) / 3, "probs must be"),
+        ([0, 5], np.ones((2, 2)) / 2, "outside"),
+        ([], np.ones((0, 2)), "no samples"),
+    ],
+)
 def test_invalid_inputs_raise(y, probs, message):
     with pytest.raises(ValueError, match=message):
         classification_metrics(y, probs, ["a", "b"])

@@ -1,4 +1,5 @@
 """Flat models, preprocessing, stage freezing, weights sources, save/reload."""
+
 from __future__ import annotations
 
 import os
@@ -22,13 +23,16 @@ def test_unknown_backbone_lists_the_valid_names():
         get_backbone("resnet51")
 
 
-@pytest.mark.parametrize("mode, pixel, expected", [
-    ("tf", [0, 127.5, 255], [-1, 0, 1]),
-    ("unit", [0, 51, 255], [0, 0.2, 1]),
-    ("caffe", [255, 0, 0], [0 - 103.939, 0 - 116.779, 255 - 123.68]),      # RGB -> BGR, minus means
-    ("torch", [255, 0, 0], [(1 - .485) / .229, (0 - .456) / .224, (0 - .406) / .225]),
-    ("none", [1, 2, 3], [1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "mode, pixel, expected",
+    [
+        ("tf", [0, 127.5, 255], [-1, 0, 1]),
+        ("unit", [0, 51, 255], [0, 0.2, 1]),
+        ("caffe", [255, 0, 0], [0 - 103.939, 0 - 116.779, 255 - 123.68]),  # RGB -> BGR, minus means
+        ("torch", [255, 0, 0], [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0 - 0.406) / 0.225]),
+        ("none", [1, 2, 3], [1, 2, 3]),
+    ],
+)
 def test_preprocess_modes(mode, pixel, expected):
     out = Preprocess(mode)(np.array([[[pixel]]], dtype=np.float32))
     np.testing.assert_allclose(np.asarray(out)[0, 0, 0], expected, rtol=1e-5, atol=1e-5)
@@ -41,14 +45,19 @@ def test_every_backbone_builds_flat_with_its_gradcam_layer(name):
     model = build_model(name, 3, image_size=64, weights="none")
     assert not any(isinstance(layer, keras.Model) for layer in model.layers), "nested model breaks Grad-CAM"
     layer = model.get_layer(spec.gradcam_layer)
-    assert len(layer.output.shape) == 4                        # a spatial feature map
+    assert len(layer.output.shape) == 4  # a spatial feature map
     assert model.get_layer("preprocess").mode == spec.preprocess
     assert model.output.shape == (None, 3)
 
 
 def test_head_options_shape_the_graph():
-    model = build_model("simple_cnn", 2, image_size=32, weights="none",
-                        head=HeadConfig(pooling="flatten", dense_units=[16, 8], dropout=0.5, batch_norm=True))
+    model = build_model(
+        "simple_cnn",
+        2,
+        image_size=32,
+        weights="none",
+        head=HeadConfig(pooling="flatten", dense_units=[16, 8], dropout=0.5, batch_norm=True),
+    )
     names = [layer.name for layer in model.layers if layer.name.startswith("head_")]
     assert names == ["head_pool", "head_bn", "head_dense0", "head_dropout0", "head_dense1", "head_dropout1"]
     assert isinstance(model.get_layer("head_pool"), keras.layers.Flatten)
@@ -68,7 +77,8 @@ def test_stages_freeze_the_backbone_then_unfreeze_top_layers_but_not_batchnorm()
         assert layer.trainable == (not isinstance(layer, keras.layers.BatchNormalization))
     assert count == sum(1 for layer in top if layer.trainable and layer.weights)
     assert set_stage(model, "finetune", unfreeze=-1) == sum(
-        1 for layer in layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization))
+        1 for layer in layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    )
 
 
 def test_a_backbone_without_pretrained_weights_trains_whole():
@@ -126,8 +136,10 @@ def test_a_model_saved_before_the_layer_moved_modules_still_loads(tmp_path):
 
 def test_registry_config_and_cli_load_without_tensorflow():
     """`backbones`, `index` and argument checks answer at once instead of after a TensorFlow import."""
-    code = ("import sys, cxrcore.training.backbones, cxrcore.config, cxrcore.cli, cxrcore.data.index, cxrcore.runs; "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, cxrcore.training.backbones, cxrcore.config, cxrcore.cli, cxrcore.data.index, cxrcore.runs; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -135,8 +147,7 @@ def test_registry_config_and_cli_load_without_tensorflow():
 @needs_weights
 def test_pretrained_file_loads_real_imagenet_weights():
     model = build_model("mobilenetv2_0.35", 2, image_size=96, weights=str(MNV2_035))
-    ref = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(MNV2_035),
-                                         input_shape=(96, 96, 3))
+    ref = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(MNV2_035), input_shape=(96, 96, 3))
     for name in ("Conv1", "block_16_project", "Conv_1_bn"):
         for a, b in zip(model.get_layer(name).get_weights(), ref.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
@@ -153,8 +164,7 @@ print("SAME", bool(np.array_equal(m.get_layer("Conv1").get_weights()[0], ref.get
 
 def _run_python(code, keras_home, **extra_env):
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3", **extra_env}
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -168,10 +178,12 @@ def test_imagenet_path_uses_the_keras_cache(tmp_path):
 
 @pytest.mark.slow
 def test_imagenet_offline_names_the_missing_file_and_where_to_put_it(tmp_path):
-    code = ("from cxrcore.training.model import build_model\n"
-            "from cxrcore.errors import WeightsError\n"
-            "try:\n    build_model('mobilenetv2_0.35', 2, image_size=64, weights='imagenet')\n"
-            "except WeightsError as e:\n    print('ERR', e)\n")
+    code = (
+        "from cxrcore.training.model import build_model\n"
+        "from cxrcore.errors import WeightsError\n"
+        "try:\n    build_model('mobilenetv2_0.35', 2, image_size=64, weights='imagenet')\n"
+        "except WeightsError as e:\n    print('ERR', e)\n"
+    )
     # an unreachable proxy makes the download fail at once, as it does offline
     proc = _run_python(code, tmp_path / "keras", https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     assert "ERR ImageNet weights for mobilenetv2_0.35 are not on this machine" in proc.stdout, proc.stderr[-2000:]

@@ -1,4 +1,5 @@
 """The tf.data pipeline: same pixels as the prediction path, seeded, labelled in class order."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,9 +47,10 @@ def test_augmentation_changes_training_images_only(index):
     aug = AugmentConfig(rotation=30, contrast=0.5)
     plain = next(iter(make_dataset(index, ["A", "B", "C"], 16, batch_size=12)))[0].numpy()
     evald = next(iter(make_dataset(index, ["A", "B", "C"], 16, batch_size=12, augment=aug)))[0].numpy()
-    np.testing.assert_array_equal(plain, evald)          # no augmentation outside training
-    trained = next(iter(make_dataset(index, ["A", "B", "C"], 16, batch_size=12, training=True,
-                                     augment=aug, seed=1)))[0].numpy()
+    np.testing.assert_array_equal(plain, evald)  # no augmentation outside training
+    trained = next(iter(make_dataset(index, ["A", "B", "C"], 16, batch_size=12, training=True, augment=aug, seed=1)))[
+        0
+    ].numpy()
     assert not any(np.array_equal(trained[0], p) for p in plain)
 
 
@@ -65,7 +67,7 @@ def test_a_corrupt_image_surfaces_as_a_data_error_naming_it(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=3)
     idx = build_index(root)
     victim = idx["path"][1]
-    with open(victim, "r+b") as fh:           # keep the header, destroy the pixel data
+    with open(victim, "r+b") as fh:  # keep the header, destroy the pixel data
         fh.seek(40)
         fh.write(b"\0" * 200)
     with pytest.raises(tf.errors.OpError) as info:

@@ -1,4 +1,5 @@
 """plotly builders: the figure carries the data it was given."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,9 @@ from cxrcore.evaluation.metrics import classification_metrics
 
 def metrics():
     y = [0, 0, 1, 1, 2, 2]
-    probs = np.array([[.8, .1, .1], [.4, .5, .1], [.1, .8, .1], [.2, .7, .1], [.1, .1, .8], [.6, .1, .3]])
+    probs = np.array(
+        [[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.6, 0.1, 0.3]]
+    )
     return classification_metrics(y, probs, ["a", "b", "c"])
 
 
@@ -42,13 +45,20 @@ def test_roc_has_a_curve_per_class_with_auc_in_name_and_a_chance_line():
 def test_pr_curves_and_probability_bars():
     assert len(plots.pr_curves(metrics()).data) == 3
     fig = plots.probability_bars({"a": 0.1, "b": 0.7, "c": 0.2})
-    assert list(fig.data[0].y) == ["a", "c", "b"]      # highest last = on top
+    assert list(fig.data[0].y) == ["a", "c", "b"]  # highest last = on top
 
 
 def test_training_curves_mark_the_fine_tuning_stage():
-    hist = pd.DataFrame({"epoch": [1, 2, 3], "stage": ["frozen", "frozen", "finetune"],
-                         "loss": [1, .8, .6], "val_loss": [1.1, .9, .7], "accuracy": [.5, .6, .7],
-                         "val_accuracy": [.4, .5, .6]})
+    hist = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "stage": ["frozen", "frozen", "finetune"],
+            "loss": [1, 0.8, 0.6],
+            "val_loss": [1.1, 0.9, 0.7],
+            "accuracy": [0.5, 0.6, 0.7],
+            "val_accuracy": [0.4, 0.5, 0.6],
+        }
+    )
     fig = plots.training_curves(hist)
     assert {t.name for t in fig.data} == {"loss", "val_loss", "accuracy", "val_accuracy"}
     assert fig.layout.shapes[0].x0 == 2.5

@@ -2,6 +2,7 @@
 
 Skipped (with the reason) on a machine without ``../shared`` (a user's fresh clone).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ pytestmark = [pytest.mark.slow, needs_cxr_dev, needs_weights]
 
 
 def cli(*args, env):
-    proc = subprocess.run([sys.executable, "-m", "cxrcore", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrcore", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -30,8 +37,12 @@ def cli(*args, env):
 def env(tmp_path_factory):
     home = copy_weights_to_keras_home(tmp_path_factory.mktemp("keras"))
     base = {k: v for k, v in os.environ.items() if k != "CXRCORE_MAX_STEPS"}
-    return {**base, "KERAS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3",
-            "CXRCORE_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    return {
+        **base,
+        "KERAS_HOME": str(home),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CXRCORE_CACHE": str(tmp_path_factory.mktemp("cache")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +50,28 @@ def run_dir(env, tmp_path_factory):
     # 64 px is not one of MobileNetV2's weight sizes, so Keras takes the 224 file from KERAS_HOME/models:
     # the standard `weights="imagenet"` path, offline.
     out = tmp_path_factory.mktemp("models")
-    proc = cli("train", "--data", CXR_DEV, "--backbone", "mobilenetv2_0.35", "--weights", "imagenet",
-               "--image-size", 64, "--epochs", 2, "--fine-tune-epochs", 1, "--batch-size", 32,
-               "--out", out, "--seed", 0, env=env)
+    proc = cli(
+        "train",
+        "--data",
+        CXR_DEV,
+        "--backbone",
+        "mobilenetv2_0.35",
+        "--weights",
+        "imagenet",
+        "--image-size",
+        64,
+        "--epochs",
+        2,
+        "--fine-tune-epochs",
+        1,
+        "--batch-size",
+        32,
+        "--out",
+        out,
+        "--seed",
+        0,
+        env=env,
+    )
     return Path(proc.stdout.strip().splitlines()[-1])
 
 

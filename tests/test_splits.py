@@ -1,4 +1,5 @@
 """Label schemes, patient-grouped stratified splits, class weights, leakage."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,15 +11,14 @@ from cxrcore.errors import ConfigError, DataError
 
 
 def frame(rows):
-    return pd.DataFrame([{"path": p, "label": label, "split": s, "patient_id": pid}
-                         for p, label, s, pid in rows])
+    return pd.DataFrame([{"path": p, "label": label, "split": s, "patient_id": pid} for p, label, s, pid in rows])
 
 
 def synthetic_index(n_per_class=(100, 60), with_patients=True):
     rows = []
     for c, n in zip("AB", n_per_class):
         for i in range(n):
-            pid = f"{c}p{i // 3}" if with_patients else ""      # 3 images per patient
+            pid = f"{c}p{i // 3}" if with_patients else ""  # 3 images per patient
             rows.append((f"/d/{c}/{i}.png", c, "", pid))
     return frame(rows)
 
@@ -54,7 +54,7 @@ def test_existing_split_is_kept_and_missing_val_is_carved_from_train():
     out = assign_splits(frame(rows), val_fraction=0.1, seed=0)
     assert (out.loc[out["path"].str.startswith("/te/"), "split"] == "test").all()
     carved = out.loc[out["path"].str.startswith("/tr/"), "split"].value_counts()
-    assert carved["val"] == 8 and carved["train"] == 72   # 10% of each class's 40 training images
+    assert carved["val"] == 8 and carved["train"] == 72  # 10% of each class's 40 training images
 
 
 def test_missing_test_split_is_carved_from_train():
@@ -66,11 +66,15 @@ def test_missing_test_split_is_carved_from_train():
 
 
 def test_label_scheme_filename_rules_rename_merge_drop():
-    idx = frame([("/x/person1_bacteria_1.jpeg", "PNEUMONIA", "", ""),
-                 ("/x/person2_virus_3.jpeg", "PNEUMONIA", "", ""),
-                 ("/x/IM-0001-0001.jpeg", "NORMAL", "", ""),
-                 ("/x/c.png", "COVID", "", ""),
-                 ("/x/o.png", "Other", "", "")])
+    idx = frame(
+        [
+            ("/x/person1_bacteria_1.jpeg", "PNEUMONIA", "", ""),
+            ("/x/person2_virus_3.jpeg", "PNEUMONIA", "", ""),
+            ("/x/IM-0001-0001.jpeg", "NORMAL", "", ""),
+            ("/x/c.png", "COVID", "", ""),
+            ("/x/o.png", "Other", "", ""),
+        ]
+    )
     out = apply_label_scheme(idx, LABEL_PRESETS["pneumonia-subtype"])
     assert out["label"].tolist() == ["Bacterial Pneumonia", "Viral Pneumonia", "NORMAL", "COVID", "Other"]
     scheme = LabelScheme(rename={"NORMAL": "Normal"}, merge={"Abnormal": ["COVID", "PNEUMONIA"]}, drop=["Other"])
@@ -78,12 +82,15 @@ def test_label_scheme_filename_rules_rename_merge_drop():
     assert out["label"].tolist() == ["Abnormal", "Abnormal", "Normal", "Abnormal"]
 
 
-@pytest.mark.parametrize("scheme, message", [
-    (LabelScheme(rename={"Nope": "X"}), "rename: no class named Nope"),
-    (LabelScheme(merge={"X": ["Nope", "Nada"]}), "merge into X: no class named Nada, Nope"),
-    (LabelScheme(drop=["Nope"]), "drop: no class named Nope"),
-    (LabelScheme(drop=["A", "B"]), "leaves no images"),
-])
+@pytest.mark.parametrize(
+    "scheme, message",
+    [
+        (LabelScheme(rename={"Nope": "X"}), "rename: no class named Nope"),
+        (LabelScheme(merge={"X": ["Nope", "Nada"]}), "merge into X: no class named Nada, Nope"),
+        (LabelScheme(drop=["Nope"]), "drop: no class named Nope"),
+        (LabelScheme(drop=["A", "B"]), "leaves no images"),
+    ],
+)
 def test_label_scheme_errors_name_the_problem(scheme, message):
     idx = frame([("/a.png", "A", "", ""), ("/b.png", "B", "", "")])
     with pytest.raises(ConfigError, match=message):
@@ -106,17 +113,21 @@ def test_balanced_class_weights_hand_computed():
 
 
 def test_leakage_report_lists_patients_in_two_splits():
-    idx = frame([("/1", "A", "train", "p1"), ("/2", "A", "test", "p1"), ("/3", "B", "train", "p2"),
-                 ("/4", "B", "train", "")])
+    idx = frame(
+        [("/1", "A", "train", "p1"), ("/2", "A", "test", "p1"), ("/3", "B", "train", "p2"), ("/4", "B", "train", "")]
+    )
     report = leakage_report(idx)
     assert report.to_dict("records") == [{"patient_id": "p1", "splits": "test,train", "images": 2}]
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([("/1", "A", "train", ""), ("/2", "A", "val", "")], "at least two classes"),
-    ([("/1", "A", "train", ""), ("/2", "B", "val", ""), ("/3", "A", "val", "")], "B have no training images"),
-    ([("/1", "A", "train", ""), ("/2", "B", "train", "")], "validation split is empty"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([("/1", "A", "train", ""), ("/2", "A", "val", "")], "at least two classes"),
+        ([("/1", "A", "train", ""), ("/2", "B", "val", ""), ("/3", "A", "val", "")], "B have no training images"),
+        ([("/1", "A", "train", ""), ("/2", "B", "train", "")], "validation split is empty"),
+    ],
+)
 def test_check_trainable_rejects_unusable_splits(rows, message):
     with pytest.raises(DataError, match=message):
         check_trainable(frame(rows))

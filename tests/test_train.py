@@ -1,4 +1,5 @@
 """Two-stage training end to end on tiny synthetic data, and what it leaves on disk."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,19 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config(data, **changes) -> TrainConfig:
-    base = dict(data=str(data), backbone="simple_cnn", weights="none", image_size=32, batch_size=8,
-                epochs=2, fine_tune_epochs=1, head=HeadConfig(dense_units=[8], dropout=0.0),
-                patience=0, reduce_lr_patience=0, seed=1)
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        fine_tune_epochs=1,
+        head=HeadConfig(dense_units=[8], dropout=0.0),
+        patience=0,
+        reduce_lr_patience=0,
+        seed=1,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -31,15 +42,27 @@ def tiny_config(data, **changes) -> TrainConfig:
 def trained(tmp_path_factory):
     root = make_class_folders(tmp_path_factory.mktemp("data") / "d", classes=("dark", "bright"), per_class=30)
     events = []
-    run = train(tiny_config(root, val_fraction=0.2, test_fraction=0.2),
-                out_dir=tmp_path_factory.mktemp("models"), progress=events.append)
+    run = train(
+        tiny_config(root, val_fraction=0.2, test_fraction=0.2),
+        out_dir=tmp_path_factory.mktemp("models"),
+        progress=events.append,
+    )
     return run, events, root
 
 
 def test_run_directory_is_complete(trained):
     run, _, _ = trained
-    for name in (runs.CONFIG, runs.LABELS, runs.SPLIT, runs.HISTORY, runs.MODEL, runs.METRICS, runs.PREDICTIONS,
-                 runs.INFO, runs.LOG):
+    for name in (
+        runs.CONFIG,
+        runs.LABELS,
+        runs.SPLIT,
+        runs.HISTORY,
+        runs.MODEL,
+        runs.METRICS,
+        runs.PREDICTIONS,
+        runs.INFO,
+        runs.LOG,
+    ):
         assert run.file(name).is_file(), name
     assert any(run.file(runs.TENSORBOARD).rglob("events.out.tfevents.*"))
     assert not list(run.path.glob(".*tmp*")), "temporary files left behind"
@@ -62,7 +85,7 @@ def test_history_covers_both_stages_with_the_lower_fine_tuning_rate(trained):
 def test_the_model_learns_the_synthetic_task(trained):
     metrics = json.loads(trained[0].file(runs.METRICS).read_text())
     assert metrics["n"] == 12
-    assert metrics["accuracy"] >= 0.75        # classes differ in brightness by 150 grey levels
+    assert metrics["accuracy"] >= 0.75  # classes differ in brightness by 150 grey levels
 
 
 def test_predictions_csv_matches_the_prediction_path(trained):
@@ -81,9 +104,12 @@ def test_progress_events_report_stage_epoch_and_batch(trained):
     events = trained[1]
     epochs = [e for e in events if e["event"] == "epoch"]
     assert [(e["stage"], e["epoch"], e["epochs"]) for e in epochs] == [
-        ("frozen", 1, 3), ("frozen", 2, 3), ("finetune", 3, 3)]
+        ("frozen", 1, 3),
+        ("frozen", 2, 3),
+        ("finetune", 3, 3),
+    ]
     batches = [e for e in events if e["event"] == "batch"]
-    assert batches[0]["batches"] == 5 and batches[-1]["batch"] == 5   # 36 training images / 8
+    assert batches[0]["batches"] == 5 and batches[-1]["batch"] == 5  # 36 training images / 8
     assert "loss" in epochs[0]["logs"] and "val_loss" in epochs[0]["logs"]
 
 
@@ -130,8 +156,8 @@ def test_each_external_dataset_keeps_its_own_folder_inside_the_run(trained, tmp_
     by_data = {e.source["data"]: e.metrics["n"] for e in run.external_evaluations()}
     assert by_data[str(first.resolve())] == 6 and by_data[str(second.resolve())] == 10
     assert by_data[str(manifest.resolve())] == 4
-    assert {name: run.file(name).read_bytes() for name in before} == before      # the test split's own results
-    again = evaluate_run(run.path, first)                                          # replaces only its own folder
+    assert {name: run.file(name).read_bytes() for name in before} == before  # the test split's own results
+    again = evaluate_run(run.path, first)  # replaces only its own folder
     assert again["out_dir"] == folders[str(first)] and len(run.external_evaluations()) == already + 3
 
 
@@ -149,7 +175,7 @@ def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path
 
     def should_stop():
         calls.append(1)
-        return len(calls) >= 2          # cancel after the second batch of the first epoch
+        return len(calls) >= 2  # cancel after the second batch of the first epoch
 
     run = train(tiny_config(root, batch_size=4, epochs=5), out_dir=tmp_path / "m", should_stop=should_stop)
     info = run.info()
@@ -163,15 +189,16 @@ def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path
 
 
 def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(tmp_path):
-    root = make_class_folders(tmp_path / "d", per_class=20)      # 32 training images: 8 batches of 4
+    root = make_class_folders(tmp_path / "d", per_class=20)  # 32 training images: 8 batches of 4
     calls = []
 
     def should_stop():
         calls.append(1)
-        return len(calls) >= 8 * 2 + 3                   # the third batch of epoch 3
+        return len(calls) >= 8 * 2 + 3  # the third batch of epoch 3
 
-    run = train(tiny_config(root, batch_size=4, epochs=5, fine_tune_epochs=0), out_dir=tmp_path / "m",
-                should_stop=should_stop)
+    run = train(
+        tiny_config(root, batch_size=4, epochs=5, fine_tune_epochs=0), out_dir=tmp_path / "m", should_stop=should_stop
+    )
     assert run.status() == "cancelled"
     assert run.info()["epochs_completed"] == 2 == run.resume_state()["epochs_done"]
     assert run.history()["epoch"].tolist() == [1, 2]
@@ -200,14 +227,17 @@ def test_a_kill_between_checkpoint_and_resume_state_cannot_split_best_epoch_from
 
     root = make_class_folders(tmp_path / "d", per_class=20)
     calls = []
-    run = train(tiny_config(root, batch_size=4, epochs=4, fine_tune_epochs=0), out_dir=tmp_path / "m",
-                should_stop=lambda: calls.append(1) or len(calls) > 8 * 2)      # stops in epoch 3
+    run = train(
+        tiny_config(root, batch_size=4, epochs=4, fine_tune_epochs=0),
+        out_dir=tmp_path / "m",
+        should_stop=lambda: calls.append(1) or len(calls) > 8 * 2,
+    )  # stops in epoch 3
     assert run.resume_state()["epochs_done"] == 2
     # what a kill after epoch 3's checkpoint write and before its resume state leaves behind
     stranger = build_model("simple_cnn", 2, image_size=32, weights="none", head=HeadConfig(dense_units=[8]))
-    stranger.save(tmp_path / "written.keras")               # the checkpoint writes a new file and renames it
+    stranger.save(tmp_path / "written.keras")  # the checkpoint writes a new file and renames it
     (tmp_path / "written.keras").replace(run.file(runs.MODEL))
-    resumed = train(run.config(), run=run, resume=True, should_stop=lambda: True)   # stops at once
+    resumed = train(run.config(), run=run, resume=True, should_stop=lambda: True)  # stops at once
     info = resumed.info()
     history = resumed.history().set_index("epoch")
     assert info["best_epoch"] <= info["epochs_completed"] == 2
@@ -231,7 +261,7 @@ def test_no_training_path_writes_into_a_finished_or_live_run(trained, tmp_path):
     assert evaluate_run(run.path)["accuracy"] == json.loads(files[runs.METRICS])["accuracy"]
     assert {name: run.file(name).read_bytes() for name in files} == files
 
-    live = runs.RunDir(tmp_path / "live")                 # a run whose process is alive (this one)
+    live = runs.RunDir(tmp_path / "live")  # a run whose process is alive (this one)
     live.path.mkdir()
     for name in (runs.CONFIG, runs.LABELS, runs.SPLIT):
         live.file(name).write_bytes(run.file(name).read_bytes())
@@ -239,7 +269,7 @@ def test_no_training_path_writes_into_a_finished_or_live_run(trained, tmp_path):
     assert live.status() == "running"
     with pytest.raises(RunError, match="still training"):
         resume_run(live.path)
-    live.update_info(pid=os.getpid(), pid_started="0", host=socket.gethostname())   # a recycled pid
+    live.update_info(pid=os.getpid(), pid_started="0", host=socket.gethostname())  # a recycled pid
     assert live.status() == "interrupted"
 
 
@@ -249,8 +279,9 @@ def test_bad_data_fails_before_a_run_directory_is_made(tmp_path):
     with pytest.raises(DataError, match="broken.png"):
         train(tiny_config(root), out_dir=tmp_path / "m")
     with pytest.raises(WeightsError, match="missing.h5"):
-        train(tiny_config(root, backbone="mobilenetv2_0.35", weights=str(tmp_path / "missing.h5")),
-              out_dir=tmp_path / "m")
+        train(
+            tiny_config(root, backbone="mobilenetv2_0.35", weights=str(tmp_path / "missing.h5")), out_dir=tmp_path / "m"
+        )
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
 
@@ -282,7 +313,7 @@ def test_uploaded_bytes_and_dicom_take_the_same_prediction_path(trained, tmp_pat
     assert by_bytes["probabilities"] == pytest.approx(by_path["probabilities"], abs=1e-6)
     # the same 8-bit pixels stored as a DICOM (values 0..255 in a 16-bit container) predict the same
     pixels = np.asarray(Image.open(png), dtype=np.uint16)
-    pixels[0, 0], pixels[0, 1] = 0, 255       # pin the range so the min..max stretch is the identity
+    pixels[0, 0], pixels[0, 1] = 0, 255  # pin the range so the min..max stretch is the identity
     Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "pinned.png")
     dicom = write_dicom(tmp_path / "scan.bin", pixels, bits_stored=8)
     as_png = predictor.predict([str(tmp_path / "pinned.png")])[0]

@@ -4,6 +4,7 @@ Results of external data are kept apart from the test split's, one folder per da
 ``<run>/external/`` (:meth:`cxrcore.runs.RunDir.external_dir`), because a model that scores well inside one
 dataset can fall to chance on another hospital's images and the two must not mix.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,8 +18,7 @@ from ..errors import DataError
 from . import metrics
 
 
-def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int,
-                  batch_size: int = 32) -> np.ndarray:
+def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32) -> np.ndarray:
     """Probabilities (n, k) for every image of ``frame``, in row order."""
     import tensorflow as tf
 
@@ -34,16 +34,23 @@ def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: in
 def predictions_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """``path, true_label, pred_label, confidence, correct, prob_<class>...`` per image."""
     pred = probs.argmax(axis=1)
-    table = pd.DataFrame({"path": frame["path"].to_numpy(), "true_label": frame["label"].to_numpy(),
-                          "pred_label": [classes[i] for i in pred], "confidence": probs.max(axis=1)})
+    table = pd.DataFrame(
+        {
+            "path": frame["path"].to_numpy(),
+            "true_label": frame["label"].to_numpy(),
+            "pred_label": [classes[i] for i in pred],
+            "confidence": probs.max(axis=1),
+        }
+    )
     table["correct"] = table["true_label"] == table["pred_label"]
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
     return table
 
 
-def evaluate_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int, out_dir: Path,
-                   batch_size: int = 32) -> dict:
+def evaluate_frame(
+    model, frame: pd.DataFrame, classes: list[str], image_size: int, out_dir: Path, batch_size: int = 32
+) -> dict:
     """Predict, compute metrics and write metrics.json, per_class.csv and predictions.csv."""
     probs = predict_frame(model, frame, classes, image_size, batch_size)
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -55,8 +62,9 @@ def evaluate_frame(model, frame: pd.DataFrame, classes: list[str], image_size: i
     return result
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_unknown: bool = False,
-                 progress=None) -> dict:
+def evaluate_run(
+    run_dir: str | Path, data: str | Path | None = None, *, drop_unknown: bool = False, progress=None
+) -> dict:
     """Evaluate a run's best model on its test split (``data=None``) or on a labelled folder.
 
     A finished run's test metrics are read back, never recomputed or rewritten.
@@ -73,7 +81,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     classes, config = run.labels(), run.config()
     image_size = run.image_size()
     if data is None and run.is_final and run.metrics() is not None:
-        return {**run.metrics(), "out_dir": str(run.path)}   # a finished run's test results never change
+        return {**run.metrics(), "out_dir": str(run.path)}  # a finished run's test results never change
     if data is None:
         frame = run.split()
         frame = frame[frame["split"] == "test"].reset_index(drop=True)
@@ -84,8 +92,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
         frame = apply_label_scheme(build_index(data, progress=progress), config.labels, strict=False)
         unknown = sorted(set(frame["label"]) - set(classes))
         if unknown and not drop_unknown:
-            raise DataError(f"{data} has label(s) the model was not trained on: {', '.join(unknown)} "
-                            f"(model classes: {', '.join(classes)}); drop them with --drop-unknown")
+            raise DataError(
+                f"{data} has label(s) the model was not trained on: {', '.join(unknown)} "
+                f"(model classes: {', '.join(classes)}); drop them with --drop-unknown"
+            )
         frame = frame[frame["label"].isin(classes)].reset_index(drop=True)
         if frame.empty:
             raise DataError(f"{data} has no images of the model's classes ({', '.join(classes)})")
@@ -94,16 +104,28 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, drop_un
     started = time.time()
     result = evaluate_frame(model, frame, classes, image_size, out_dir, batch_size=config.batch_size)
     if data is not None:
-        runs.write_json(out_dir / runs.SOURCE, {"data": str(Path(data).resolve()), "n": result["n"],
-                                               "dropped_unknown": bool(drop_unknown),
-                                               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "seconds": round(time.time() - started, 2)})
+        runs.write_json(
+            out_dir / runs.SOURCE,
+            {
+                "data": str(Path(data).resolve()),
+                "n": result["n"],
+                "dropped_unknown": bool(drop_unknown),
+                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": round(time.time() - started, 2),
+            },
+        )
     return {**result, "out_dir": str(out_dir)}
 
 
 # For comparisons: which way is better, per row of :func:`compare_runs`.
-BETTER = {"accuracy": "max", "macro F1": "max", "macro AUC": "max", "parameters": "min",
-          "training time (s)": "min", "inference (ms / image)": "min"}
+BETTER = {
+    "accuracy": "max",
+    "macro F1": "max",
+    "macro AUC": "max",
+    "parameters": "min",
+    "training time (s)": "min",
+    "inference (ms / image)": "min",
+}
 
 
 def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
@@ -118,11 +140,21 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
         run = runs.RunDir(path)
         info = run.info()
         metrics = run.metrics() or {}
-        column = {"backbone": info.get("backbone"), "accuracy": metrics.get("accuracy"),
-                  "macro F1": metrics.get("macro_f1"), "macro AUC": metrics.get("macro_auc")}
+        column = {
+            "backbone": info.get("backbone"),
+            "accuracy": metrics.get("accuracy"),
+            "macro F1": metrics.get("macro_f1"),
+            "macro AUC": metrics.get("macro_auc"),
+        }
         for name, values in metrics.get("per_class", {}).items():
             column[f"AUC {name}"] = values.get("auc")
-        column.update({"parameters": info.get("params"), "training time (s)": info.get("train_seconds"),
-                       "inference (ms / image)": info.get("inference_ms_per_image"), "test images": metrics.get("n")})
+        column.update(
+            {
+                "parameters": info.get("params"),
+                "training time (s)": info.get("train_seconds"),
+                "inference (ms / image)": info.get("inference_ms_per_image"),
+                "test images": metrics.get("n"),
+            }
+        )
         columns[run.run_id] = column
     return pd.DataFrame(columns)

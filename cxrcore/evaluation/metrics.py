@@ -5,6 +5,7 @@ can be written to ``metrics.json`` and read back by the dashboard unchanged.
 ROC and precision-recall are one-vs-rest per class; a class with no positive (or no
 negative) example has no ROC and its AUC is ``None``, never a made-up number.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,7 @@ def roc_per_class(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> dict:
             out[name] = None
             continue
         fpr, tpr, thresholds = roc_curve(positive, p[:, i])
-        out[name] = {"fpr": _list(fpr), "tpr": _list(tpr), "thresholds": _list(thresholds),
-                     "auc": _num(auc(fpr, tpr))}
+        out[name] = {"fpr": _list(fpr), "tpr": _list(tpr), "thresholds": _list(thresholds), "auc": _num(auc(fpr, tpr))}
     return out
 
 
@@ -80,8 +80,11 @@ def pr_per_class(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> dict:
             out[name] = None
             continue
         precision, recall, _ = precision_recall_curve(positive, p[:, i])
-        out[name] = {"precision": _list(precision), "recall": _list(recall),
-                     "ap": _num(average_precision_score(positive, p[:, i]))}
+        out[name] = {
+            "precision": _list(precision),
+            "recall": _list(recall),
+            "ap": _num(average_precision_score(positive, p[:, i])),
+        }
     return out
 
 
@@ -93,8 +96,9 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     row_sums = cm.sum(axis=1, keepdims=True)
     cm_norm = np.divide(cm, row_sums, out=np.zeros_like(cm, dtype=float), where=row_sums > 0)
-    report = classification_report(y, pred, labels=list(range(k)), target_names=list(classes),
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        y, pred, labels=list(range(k)), target_names=list(classes), output_dict=True, zero_division=0
+    )
     sens, spec = sensitivity_specificity(cm)
     roc = roc_per_class(y, p, classes)
     pr = pr_per_class(y, p, classes)
@@ -103,11 +107,18 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
     aps = [c["ap"] for c in pr.values() if c is not None and c["ap"] is not None]
     micro_fpr, micro_tpr, _ = roc_curve(onehot.ravel(), p.ravel())
     per_class = {
-        name: {"precision": _num(report[name]["precision"]), "recall": _num(report[name]["recall"]),
-               "f1": _num(report[name]["f1-score"]), "support": int(report[name]["support"]),
-               "sensitivity": sens[i], "specificity": spec[i],
-               "auc": roc[name]["auc"] if roc[name] else None, "ap": pr[name]["ap"] if pr[name] else None}
-        for i, name in enumerate(classes)}
+        name: {
+            "precision": _num(report[name]["precision"]),
+            "recall": _num(report[name]["recall"]),
+            "f1": _num(report[name]["f1-score"]),
+            "support": int(report[name]["support"]),
+            "sensitivity": sens[i],
+            "specificity": spec[i],
+            "auc": roc[name]["auc"] if roc[name] else None,
+            "ap": pr[name]["ap"] if pr[name] else None,
+        }
+        for i, name in enumerate(classes)
+    }
     return {
         "classes": list(classes),
         "n": int(y.size),
@@ -137,7 +148,17 @@ def summary(metrics: dict) -> dict:
 def per_class_table(metrics: dict) -> list[dict]:
     """Rows of the classification report (one per class plus macro average) for tables and CSV."""
     rows = [{"class": name, **values} for name, values in metrics["per_class"].items()]
-    rows.append({"class": "macro avg", "precision": metrics["macro_precision"], "recall": metrics["macro_recall"],
-                 "f1": metrics["macro_f1"], "support": metrics["n"], "sensitivity": None,
-                 "specificity": None, "auc": metrics["macro_auc"], "ap": metrics["macro_ap"]})
+    rows.append(
+        {
+            "class": "macro avg",
+            "precision": metrics["macro_precision"],
+            "recall": metrics["macro_recall"],
+            "f1": metrics["macro_f1"],
+            "support": metrics["n"],
+            "sensitivity": None,
+            "specificity": None,
+            "auc": metrics["macro_auc"],
+            "ap": metrics["macro_ap"],
+        }
+    )
     return rows

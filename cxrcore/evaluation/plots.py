@@ -3,6 +3,7 @@
 Inputs are the structures cxrcore already produces: an index DataFrame, a metrics
 dict from :func:`cxrcore.evaluation.metrics.classification_metrics`, a ``history.csv`` frame.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -19,8 +20,13 @@ def class_distribution(index: pd.DataFrame, title: str = "Images per class") -> 
     counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
     fig = go.Figure()
     for split in [s for s in SPLIT_ORDER if s in counts.columns]:
-        fig.add_bar(x=list(counts.index), y=counts[split].tolist(), name=split or "all",
-                    text=counts[split].tolist(), textposition="auto")
+        fig.add_bar(
+            x=list(counts.index),
+            y=counts[split].tolist(),
+            name=split or "all",
+            text=counts[split].tolist(),
+            textposition="auto",
+        )
     fig.update_layout(title=title, barmode="group", xaxis_title="class", yaxis_title="images", **_LAYOUT)
     return fig
 
@@ -30,11 +36,26 @@ def confusion_matrix(metrics: Mapping, normalized: bool = False, title: str | No
     classes = list(metrics["classes"])
     z = metrics["confusion_matrix_normalized" if normalized else "confusion_matrix"]
     text = [[f"{v:.2f}" if normalized else str(int(v)) for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}",
-                               colorscale="Blues", zmin=0, zmax=1 if normalized else None,
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
-    fig.update_layout(title=title or ("Confusion matrix (row-normalised)" if normalized else "Confusion matrix"),
-                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", **_LAYOUT)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=classes,
+            y=classes,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalized else None,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title or ("Confusion matrix (row-normalised)" if normalized else "Confusion matrix"),
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -43,8 +64,12 @@ def roc_curves(metrics: Mapping, title: str = "ROC (one-vs-rest)", name_prefix: 
     fig = go.Figure()
     add_roc_traces(fig, metrics, name_prefix)
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
-    fig.update_layout(title=title, xaxis_title="false positive rate (1 - specificity)",
-                      yaxis_title="true positive rate (sensitivity)", **_LAYOUT)
+    fig.update_layout(
+        title=title,
+        xaxis_title="false positive rate (1 - specificity)",
+        yaxis_title="true positive rate (sensitivity)",
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -53,8 +78,9 @@ def add_roc_traces(fig: go.Figure, metrics: Mapping, name_prefix: str = "") -> g
     for name, curve in metrics["roc"].items():
         if curve is None:
             continue
-        fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines",
-                        name=f"{name_prefix}{name} (AUC {curve['auc']:.3f})")
+        fig.add_scatter(
+            x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name_prefix}{name} (AUC {curve['auc']:.3f})"
+        )
     return fig
 
 
@@ -64,15 +90,16 @@ def pr_curves(metrics: Mapping, title: str = "Precision-recall (one-vs-rest)") -
     for name, curve in metrics["pr"].items():
         if curve is None:
             continue
-        fig.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines",
-                        name=f"{name} (AP {curve['ap']:.3f})")
-    fig.update_layout(title=title, xaxis_title="recall", yaxis_title="precision",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1.02], **_LAYOUT)
+        fig.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines", name=f"{name} (AP {curve['ap']:.3f})")
+    fig.update_layout(
+        title=title, xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1], yaxis_range=[0, 1.02], **_LAYOUT
+    )
     return fig
 
 
-def training_curves(history: pd.DataFrame, metrics: Sequence[str] = ("loss", "accuracy"),
-                    title: str = "Training curves") -> go.Figure:
+def training_curves(
+    history: pd.DataFrame, metrics: Sequence[str] = ("loss", "accuracy"), title: str = "Training curves"
+) -> go.Figure:
     """Train and validation curves per epoch, with the stage change marked."""
     fig = go.Figure()
     if history.empty:
@@ -82,13 +109,18 @@ def training_curves(history: pd.DataFrame, metrics: Sequence[str] = ("loss", "ac
         for prefix, dash in (("", "solid"), ("val_", "dot")):
             column = prefix + metric
             if column in history:
-                fig.add_scatter(x=history["epoch"], y=history[column], mode="lines+markers",
-                                name=column, line=dict(dash=dash))
+                fig.add_scatter(
+                    x=history["epoch"], y=history[column], mode="lines+markers", name=column, line=dict(dash=dash)
+                )
     if "stage" in history and history["stage"].nunique() > 1:
         first_finetune = history.loc[history["stage"] == "finetune", "epoch"]
         if len(first_finetune):
-            fig.add_vline(x=float(first_finetune.iloc[0]) - 0.5, line_dash="dash", line_color="gray",
-                          annotation_text="fine-tuning starts")
+            fig.add_vline(
+                x=float(first_finetune.iloc[0]) - 0.5,
+                line_dash="dash",
+                line_color="gray",
+                annotation_text="fine-tuning starts",
+            )
     fig.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
     return fig
 
@@ -96,8 +128,15 @@ def training_curves(history: pd.DataFrame, metrics: Sequence[str] = ("loss", "ac
 def probability_bars(probabilities: Mapping[str, float], title: str = "Class probabilities") -> go.Figure:
     """Horizontal bars of one image's class probabilities, highest on top."""
     items = sorted(probabilities.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                           text=[f"{v:.1%}" for _, v in items], textposition="auto"))
+    fig = go.Figure(
+        go.Bar(
+            x=[v for _, v in items],
+            y=[k for k, _ in items],
+            orientation="h",
+            text=[f"{v:.1%}" for _, v in items],
+            textposition="auto",
+        )
+    )
     fig.update_layout(title=title, xaxis_range=[0, 1], xaxis_title="probability", **_LAYOUT)
     return fig
 
@@ -114,8 +153,9 @@ def image_sizes(index: pd.DataFrame, title: str = "Image sizes (pixels)") -> go.
 def image_modes(index: pd.DataFrame, title: str = "Pixel formats") -> go.Figure:
     """Bars: images per pixel mode (L = 8-bit gray, RGB, I;16 = 16-bit gray, DICOM ...)."""
     counts = index["mode"].value_counts()
-    fig = go.Figure(go.Bar(x=[str(m) for m in counts.index], y=counts.tolist(), text=counts.tolist(),
-                           textposition="auto"))
+    fig = go.Figure(
+        go.Bar(x=[str(m) for m in counts.index], y=counts.tolist(), text=counts.tolist(), textposition="auto")
+    )
     fig.update_layout(title=title, xaxis_title="mode", yaxis_title="images", **_LAYOUT)
     return fig
 
@@ -128,6 +168,10 @@ def roc_overlay(metrics_by_run: Mapping[str, Mapping], class_name: str, title: s
         if curve:
             fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{run} (AUC {curve['auc']:.3f})")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
-    fig.update_layout(title=title or f"ROC for {class_name}", xaxis_title="false positive rate",
-                      yaxis_title="true positive rate", **_LAYOUT)
+    fig.update_layout(
+        title=title or f"ROC for {class_name}",
+        xaxis_title="false positive rate",
+        yaxis_title="true positive rate",
+        **_LAYOUT,
+    )
     return fig

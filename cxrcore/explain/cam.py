@@ -28,6 +28,7 @@ How tf-keras-vis is used here, and why:
 Overlays use small 256-entry colour lookup tables built from plotly's colour
 scales, so matplotlib is not needed.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -47,6 +48,7 @@ COLORMAPS = tuple(_PLOTLY_SCALES)
 
 # --------------------------------------------------------------------------- colours
 
+
 def _check_colormap(name: str) -> str:
     if name not in _PLOTLY_SCALES:
         raise ValueError(f"unknown colormap {name!r}; choose one of: {', '.join(COLORMAPS)}")
@@ -59,7 +61,7 @@ def _lut(name: str) -> np.ndarray:
 
     anchors = getattr(pc.sequential, _PLOTLY_SCALES[name])
     rgb, _ = pc.convert_colors_to_same_type(list(anchors), colortype="tuple")
-    rgb = np.asarray(rgb, dtype=np.float64)                   # (n, 3) in 0..1
+    rgb = np.asarray(rgb, dtype=np.float64)  # (n, 3) in 0..1
     stops = np.linspace(0.0, 1.0, len(rgb))
     grid = np.linspace(0.0, 1.0, 256)
     table = np.stack([np.interp(grid, stops, rgb[:, c]) for c in range(3)], axis=1)
@@ -87,6 +89,7 @@ def apply_colormap(heatmap01: np.ndarray, name: str = "jet") -> np.ndarray:
 
 # --------------------------------------------------------------------------- images
 
+
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 2:
@@ -107,8 +110,7 @@ def _resize_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
 
 
-def overlay(image_uint8: np.ndarray, heatmap01: np.ndarray, *, colormap: str = "jet",
-            alpha: float = 0.4) -> np.ndarray:
+def overlay(image_uint8: np.ndarray, heatmap01: np.ndarray, *, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
     """Blend a coloured heatmap onto an image: ``(1 - alpha) * image + alpha * colours``.
 
     The heatmap is resized (bilinear) to the image's size when they differ.
@@ -149,6 +151,7 @@ def _normalise(cam: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- explainer
 
+
 class Explainer:
     """Class activation maps of one model at one conv layer.
 
@@ -159,16 +162,19 @@ class Explainer:
     Calls are serialised by a lock, so one Explainer can be shared between threads.
     """
 
-    def __init__(self, model, layer_name: str, *, scorecam_max_n: int = 32,
-                 scorecam_batch_size: int = 32):
+    def __init__(self, model, layer_name: str, *, scorecam_max_n: int = 32, scorecam_batch_size: int = 32):
         names = [layer.name for layer in model.layers]
         if layer_name not in names:
-            raise ValueError(f"layer {layer_name!r} not found in model {model.name!r} "
-                             f"({len(names)} layers; last ones: {', '.join(names[-6:])})")
+            raise ValueError(
+                f"layer {layer_name!r} not found in model {model.name!r} "
+                f"({len(names)} layers; last ones: {', '.join(names[-6:])})"
+            )
         shape = tuple(model.get_layer(layer_name).output.shape)
         if len(shape) != 4:
-            raise ValueError(f"layer {layer_name!r} has output shape {shape}; Grad-CAM needs a "
-                             f"conv feature map (batch, height, width, channels)")
+            raise ValueError(
+                f"layer {layer_name!r} has output shape {shape}; Grad-CAM needs a "
+                f"conv feature map (batch, height, width, channels)"
+            )
         in_shape = tuple(model.inputs[0].shape)
         if len(model.inputs) != 1 or len(in_shape) != 4 or in_shape[-1] != 3 or None in in_shape[1:3]:
             raise ValueError(f"model input must be one (height, width, 3) image, got {in_shape}")
@@ -222,8 +228,7 @@ class Explainer:
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, *self.input_size, 3), tf.float32)
-        forward = tf.function(lambda x: clone(x, training=False), input_signature=[spec],
-                              autograph=False)
+        forward = tf.function(lambda x: clone(x, training=False), input_signature=[spec], autograph=False)
         self._forward = forward
 
         def predict(x, batch_size=None, **_ignored):
@@ -231,7 +236,7 @@ class Explainer:
                 x = x[0]
             x = np.asarray(x, dtype=np.float32)
             step = batch_size or self.scorecam_batch_size
-            return np.concatenate([np.asarray(forward(x[i:i + step])) for i in range(0, len(x), step)])
+            return np.concatenate([np.asarray(forward(x[i : i + step])) for i in range(0, len(x), step)])
 
         object.__setattr__(clone, "predict", predict)
 
@@ -247,11 +252,10 @@ class Explainer:
     def predicted_class(self, image_uint8: np.ndarray) -> int:
         """Index of the class the model predicts for ``image_uint8``."""
         if self._forward is None:
-            self._visualizer("gradcam")       # makes the clone and its forward pass
+            self._visualizer("gradcam")  # makes the clone and its forward pass
         return int(np.argmax(np.asarray(self._forward(self._prepare(image_uint8)))[0]))
 
-    def heatmap(self, image_uint8: np.ndarray, class_index: int | None = None,
-                method: str = "gradcam") -> np.ndarray:
+    def heatmap(self, image_uint8: np.ndarray, class_index: int | None = None, method: str = "gradcam") -> np.ndarray:
         """The class activation map of ``image_uint8``: ``float32`` (H, W) in [0, 1] at the
         model's input size (the image is resized to it first when needed).
 
@@ -260,10 +264,12 @@ class Explainer:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         if class_index is not None:
-            if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) \
-                    or not 0 <= int(class_index) < self.num_classes:
-                raise ValueError(f"class_index must be an integer in 0..{self.num_classes - 1}, "
-                                 f"got {class_index!r}")
+            if (
+                isinstance(class_index, bool)
+                or not isinstance(class_index, (int, np.integer))
+                or not 0 <= int(class_index) < self.num_classes
+            ):
+                raise ValueError(f"class_index must be an integer in 0..{self.num_classes - 1}, got {class_index!r}")
             class_index = int(class_index)
         seed = self._prepare(image_uint8)
         vis = self._visualizer(method)
@@ -271,21 +277,33 @@ class Explainer:
             if method == "scorecam":
                 if class_index is None:
                     class_index = self.predicted_class(seed[0])
-                cam = vis(lambda out: out[:, class_index], seed, penultimate_layer=self.layer_name,
-                          seek_penultimate_conv_layer=False, normalize_cam=False,
-                          max_N=min(self.scorecam_max_n, self.channels),
-                          batch_size=self.scorecam_batch_size)
+                cam = vis(
+                    lambda out: out[:, class_index],
+                    seed,
+                    penultimate_layer=self.layer_name,
+                    seek_penultimate_conv_layer=False,
+                    normalize_cam=False,
+                    max_N=min(self.scorecam_max_n, self.channels),
+                    batch_size=self.scorecam_batch_size,
+                )
             else:
-                if class_index is None:   # the top logit, from the same forward pass
+                if class_index is None:  # the top logit, from the same forward pass
                     import tensorflow as tf
 
                     def score(out):
                         return tf.gather(out, tf.argmax(out, axis=-1), axis=-1, batch_dims=1)
                 else:
+
                     def score(out):
                         return out[:, class_index]
-                cam = vis(score, seed, penultimate_layer=self.layer_name,
-                          seek_penultimate_conv_layer=False, normalize_cam=False)
+
+                cam = vis(
+                    score,
+                    seed,
+                    penultimate_layer=self.layer_name,
+                    seek_penultimate_conv_layer=False,
+                    normalize_cam=False,
+                )
         cam = np.asarray(cam)
         cam = cam.reshape(cam.shape[-2:]) if cam.ndim == 3 else cam
         return _normalise(_resize_map(cam.astype(np.float32), *self.input_size))

@@ -1,4 +1,5 @@
 """What training can run on, found without importing TensorFlow (``nvidia-smi``)."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,12 @@ def hardware_summary() -> dict:
     """``{"gpus": [{"name", "memory_mb"}, ...], "cpu_count": n}``."""
     gpus = []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         for line in out.stdout.strip().splitlines():
             name, _, memory = line.rpartition(",")
             if name.strip():

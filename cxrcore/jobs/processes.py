@@ -1,4 +1,5 @@
 """Process helpers for jobs: detached processes, liveness, kills, exit reasons and file locks."""
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,15 @@ def spawn(module_args: list[str], log, env: dict) -> subprocess.Popen:
     """``python -m <module_args>`` in its own session (closing a terminal or the app does not
     stop it), run from the project root, output appended to ``log`` (closed here)."""
     try:
-        return subprocess.Popen([sys.executable, "-m", *module_args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=str(PROJECT_ROOT), start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", *module_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=str(PROJECT_ROOT),
+            start_new_session=True,
+        )
     finally:
         log.close()
 
@@ -35,7 +43,7 @@ def kill_group(pid: int | None, wait: float = 5.0) -> None:
     deadline = time.time() + wait
     while time.time() < deadline:
         try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)     # our own child: reap it
+            waited, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it
             if waited == pid:
                 return
         except ChildProcessError:

@@ -6,6 +6,7 @@ once it has one (:meth:`cxrcore.runs.RunDir.status`: ``succeeded``, ``failed``, 
 goes through one check (:meth:`cxrcore.runs.RunDir.check_resumable`) whoever asks: a
 finished run is never trained again.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,11 +31,19 @@ def job_view(job: dict) -> dict:
     ``device``, ``epochs_completed`` and ``resumed_from_epoch``."""
     run = runs.RunDir(job["run_dir"]) if job.get("run_dir") else None
     info = run.info() if run is not None and run.file(runs.INFO).exists() else None
-    view = {**job, "backbone": job["config"]["backbone"], "device": None, "epochs_completed": None,
-            "resumed_from_epoch": None}
+    view = {
+        **job,
+        "backbone": job["config"]["backbone"],
+        "device": None,
+        "epochs_completed": None,
+        "resumed_from_epoch": None,
+    }
     if info is not None:
-        view.update(device=info.get("device"), resumed_from_epoch=info.get("resumed_from_epoch"),
-                    epochs_completed=run.epochs_completed())
+        view.update(
+            device=info.get("device"),
+            resumed_from_epoch=info.get("resumed_from_epoch"),
+            epochs_completed=run.epochs_completed(),
+        )
     if job["state"] == "queued":
         status, error = "queued", None
     elif job["state"] == "running" and (job["pid"] is None or worker_alive(job["pid"], job["id"])):
@@ -52,15 +61,22 @@ def get(job_id: str, *, store: JobStore | None = None) -> dict:
     return job_view((store or JobStore()).get(job_id))
 
 
-def list_jobs(*, store: JobStore | None = None, status: str | None = None, group: str | None = None,
-              limit: int = 200) -> list[dict]:
+def list_jobs(
+    *, store: JobStore | None = None, status: str | None = None, group: str | None = None, limit: int = 200
+) -> list[dict]:
     """Jobs, newest first, as :func:`job_view` shows them (optionally only one ``status``)."""
     views = [job_view(j) for j in (store or JobStore()).list(group=group, limit=limit)]
     return [v for v in views if status is None or v["status"] == status]
 
 
-def submit(config: TrainConfig, *, store: JobStore | None = None, group: str | None = None,
-           out_dir: str | Path | None = None, start_scheduler: bool = True) -> str:
+def submit(
+    config: TrainConfig,
+    *,
+    store: JobStore | None = None,
+    group: str | None = None,
+    out_dir: str | Path | None = None,
+    start_scheduler: bool = True,
+) -> str:
     """Queue one training job; returns its id. A scheduler is started if none runs."""
     store = store or JobStore()
     _check_data(config)
@@ -70,8 +86,14 @@ def submit(config: TrainConfig, *, store: JobStore | None = None, group: str | N
     return job_id
 
 
-def submit_comparison(config: TrainConfig, backbones: list[str], *, store: JobStore | None = None,
-                      out_dir: str | Path | None = None, start_scheduler: bool = True) -> tuple[str, list[str]]:
+def submit_comparison(
+    config: TrainConfig,
+    backbones: list[str],
+    *,
+    store: JobStore | None = None,
+    out_dir: str | Path | None = None,
+    start_scheduler: bool = True,
+) -> tuple[str, list[str]]:
     """One job per backbone with the same data and settings, grouped; returns (group, job ids).
     Settings ``config`` leaves open (weights, image size, unfreeze depth) follow each backbone
     (:meth:`TrainConfig.for_backbone`)."""

@@ -8,6 +8,7 @@ running, atomically, with a token) before anything is made for it, then runs as
 directory, the owner of the run's outcome. A job that cannot start (its run directory was
 deleted, a folder cannot be written) ends with the reason, and the queue goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,15 @@ class Scheduler:
     ``gpus_per_job="all"`` gives every job all GPUs instead (MirroredStrategy), one at a time.
     """
 
-    def __init__(self, store: JobStore, *, max_jobs: int | None = None, gpus_per_job: str = "1",
-                 idle_exit: float | None = 60.0, poll: float = 0.5):
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        max_jobs: int | None = None,
+        gpus_per_job: str = "1",
+        idle_exit: float | None = 60.0,
+        poll: float = 0.5,
+    ):
         self.store = store
         self.gpus = gpu_count()
         self.gpus_per_job = gpus_per_job
@@ -88,8 +96,11 @@ class Scheduler:
                 if time.time() - (job["updated"] or 0) > _CLAIM_GRACE:
                     self._died(job, job["token"], "its scheduler stopped before starting the worker process")
             elif not worker_alive(job["pid"], job["id"]):
-                self._died(job, job["token"], f"worker process {job['pid']} is gone (machine restarted, or its "
-                                              "scheduler was killed)")
+                self._died(
+                    job,
+                    job["token"],
+                    f"worker process {job['pid']} is gone (machine restarted, or its scheduler was killed)",
+                )
 
     def _free_gpu(self) -> str | None:
         if self.gpus == 0:
@@ -118,7 +129,7 @@ class Scheduler:
         """Claim ``job`` and start its worker; a job that cannot start ends with the reason."""
         token = self.store.claim(job["id"], gpu=gpu)
         if token is None:
-            return                                          # cancelled between the query and the claim
+            return  # cancelled between the query and the claim
         try:
             run = self._run_dir(job)
             self.store.set_owned(job["id"], token, run_dir=str(run.path))
@@ -130,8 +141,10 @@ class Scheduler:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        log.write(f"\n==== job {job['id']} attempt {job['attempts'] + 1} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                  f" ====\n".encode())
+        log.write(
+            f"\n==== job {job['id']} attempt {job['attempts'] + 1} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            f" ====\n".encode()
+        )
         log.flush()
         proc = spawn(["cxrcore.jobs.worker", job["id"], "--db", str(self.store.path), "--token", token], log, env)
         self.children[job["id"]] = (proc, gpu, token)
@@ -179,6 +192,9 @@ def ensure_scheduler(store: JobStore) -> bool:
     if scheduler_running(store):
         return False
     idle = os.environ.get("CXRCORE_SCHEDULER_IDLE_EXIT", "60")
-    spawn(["cxrcore", "jobs", "--db", str(store.path), "worker", "--idle-exit", idle],
-          open(store.path.with_name("jobs-scheduler.log"), "ab"), dict(os.environ))
+    spawn(
+        ["cxrcore", "jobs", "--db", str(store.path), "worker", "--idle-exit", idle],
+        open(store.path.with_name("jobs-scheduler.log"), "ab"),
+        dict(os.environ),
+    )
     return True

@@ -10,6 +10,7 @@ Only a job that ended before it had a run keeps its outcome and reason here.
 ``<models>/jobs.sqlite`` is in WAL mode, so the dashboard, the CLI and the workers read and
 write at once; every write is one short ``BEGIN IMMEDIATE`` transaction.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -111,9 +112,11 @@ class JobStore:
         try:
             try:
                 con.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:      # nothing to roll back: say what happened
-                raise JobError(f"the job database {self.path} is busy ({exc}; waited {self.timeout:g} s for "
-                               "another process's write)") from None
+            except sqlite3.OperationalError as exc:  # nothing to roll back: say what happened
+                raise JobError(
+                    f"the job database {self.path} is busy ({exc}; waited {self.timeout:g} s for "
+                    "another process's write)"
+                ) from None
             try:
                 yield con
                 con.execute("COMMIT")
@@ -137,8 +140,10 @@ class JobStore:
     def get(self, job_id: str) -> dict:
         """A job row by id or unique id prefix (the prefix matched literally: ``_`` and ``%`` are
         characters, not wildcards)."""
-        rows = self._read("SELECT * FROM queue WHERE id = ? OR substr(id, 1, ?) = ? ORDER BY id = ? DESC",
-                          (job_id, len(job_id), job_id, job_id))
+        rows = self._read(
+            "SELECT * FROM queue WHERE id = ? OR substr(id, 1, ?) = ? ORDER BY id = ? DESC",
+            (job_id, len(job_id), job_id, job_id),
+        )
         if not rows or not job_id:
             raise JobError(f"no job {job_id}")
         if len(rows) > 1 and rows[0]["id"] != job_id:
@@ -167,8 +172,9 @@ class JobStore:
 
     def for_run(self, run_dir: str | Path) -> dict | None:
         """The newest job that trains ``run_dir``, if any."""
-        rows = self._read("SELECT * FROM queue WHERE run_dir = ? ORDER BY created DESC LIMIT 1",
-                          (str(Path(run_dir).resolve()),))
+        rows = self._read(
+            "SELECT * FROM queue WHERE run_dir = ? ORDER BY created DESC LIMIT 1", (str(Path(run_dir).resolve()),)
+        )
         return _decode(rows[0]) if rows else None
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -176,17 +182,32 @@ class JobStore:
         return bool(rows and rows[0]["cancel_requested"])
 
     # -- changes ----------------------------------------------------------------------------
-    def add(self, config: TrainConfig, *, group: str | None = None, out_dir: str | Path | None = None,
-            run_dir: str | Path | None = None) -> str:
+    def add(
+        self,
+        config: TrainConfig,
+        *,
+        group: str | None = None,
+        out_dir: str | Path | None = None,
+        run_dir: str | Path | None = None,
+    ) -> str:
         """Queue a job; with ``run_dir`` it resumes that run instead of starting a new one."""
         config.validate()
         job_id = uuid.uuid4().hex[:10]
         with self._write() as con:
-            con.execute("INSERT INTO queue (id, group_id, state, config, out_dir, run_dir, resume, created, updated) "
-                        "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                        (job_id, group, json.dumps(config.to_dict()), str(Path(out_dir or runs.models_dir()).resolve()),
-                         str(Path(run_dir).resolve()) if run_dir else None, 1 if run_dir else 0,
-                         time.time(), time.time()))
+            con.execute(
+                "INSERT INTO queue (id, group_id, state, config, out_dir, run_dir, resume, created, updated) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    group,
+                    json.dumps(config.to_dict()),
+                    str(Path(out_dir or runs.models_dir()).resolve()),
+                    str(Path(run_dir).resolve()) if run_dir else None,
+                    1 if run_dir else 0,
+                    time.time(),
+                    time.time(),
+                ),
+            )
         return job_id
 
     def claim(self, job_id: str, gpu: str | None = None) -> str | None:
@@ -194,11 +215,15 @@ class JobStore:
         longer queued (cancelled in between). Every later write of this attempt names the token."""
         token = uuid.uuid4().hex
         with self._write() as con:
-            claimed = con.execute(
-                "UPDATE queue SET state = 'running', token = ?, pid = NULL, gpu = ?, started = ?, updated = ?, "
-                "finished = NULL, attempts = attempts + 1, stage = NULL, epoch = NULL, epochs = NULL, batch = NULL, "
-                "batches = NULL, metrics = NULL WHERE id = ? AND state = 'queued'",
-                (token, gpu, time.time(), time.time(), job_id)).rowcount == 1
+            claimed = (
+                con.execute(
+                    "UPDATE queue SET state = 'running', token = ?, pid = NULL, gpu = ?, started = ?, updated = ?, "
+                    "finished = NULL, attempts = attempts + 1, stage = NULL, epoch = NULL, epochs = NULL, "
+                    "batch = NULL, batches = NULL, metrics = NULL WHERE id = ? AND state = 'queued'",
+                    (token, gpu, time.time(), time.time(), job_id),
+                ).rowcount
+                == 1
+            )
         return token if claimed else None
 
     def set_owned(self, job_id: str, token: str, **fields) -> bool:
@@ -207,20 +232,25 @@ class JobStore:
             fields["metrics"] = json.dumps(fields["metrics"])
         return self._update("id = ? AND token = ? AND state = 'running'", (job_id, token), fields)
 
-    def end(self, job_id: str, token: str | None = None, *, outcome: str | None = None,
-            error: str | None = None) -> bool:
+    def end(
+        self, job_id: str, token: str | None = None, *, outcome: str | None = None, error: str | None = None
+    ) -> bool:
         """running -> ended (only ``token``'s attempt, when given). ``outcome``/``error`` are kept
         for a job whose run has no record of its own; True when this call ended it."""
         where, args = ("id = ? AND state = 'running'", (job_id,))
         if token is not None:
             where, args = where + " AND token = ?", (job_id, token)
-        return self._update(where, args, {"state": "ended", "finished": time.time(), "outcome": outcome,
-                                          "error": error})
+        return self._update(
+            where, args, {"state": "ended", "finished": time.time(), "outcome": outcome, "error": error}
+        )
 
     def cancel_queued(self, job_id: str) -> bool:
         """queued -> ended (cancelled before it started); True when it was still queued."""
-        return self._update("id = ? AND state = 'queued'", (job_id,), {
-            "state": "ended", "finished": time.time(), "outcome": "cancelled", "error": "cancelled before it started"})
+        return self._update(
+            "id = ? AND state = 'queued'",
+            (job_id,),
+            {"state": "ended", "finished": time.time(), "outcome": "cancelled", "error": "cancelled before it started"},
+        )
 
     def request_cancel(self, job_id: str) -> bool:
         """Ask a running job to stop at its next batch; True when it is running."""
@@ -228,10 +258,22 @@ class JobStore:
 
     def requeue(self, job_id: str, *, resume: bool, run_dir: str | None) -> bool:
         """ended -> queued for another attempt; True when it had ended."""
-        return self._update("id = ? AND state = 'ended'", (job_id,), {
-            "state": "queued", "resume": 1 if resume else 0, "run_dir": run_dir, "cancel_requested": 0,
-            "token": None, "pid": None, "finished": None, "outcome": None, "error": None,
-            **{k: None for k in _PROGRESS}})
+        return self._update(
+            "id = ? AND state = 'ended'",
+            (job_id,),
+            {
+                "state": "queued",
+                "resume": 1 if resume else 0,
+                "run_dir": run_dir,
+                "cancel_requested": 0,
+                "token": None,
+                "pid": None,
+                "finished": None,
+                "outcome": None,
+                "error": None,
+                **{k: None for k in _PROGRESS},
+            },
+        )
 
 
 def _decode(row: dict) -> dict:

@@ -8,6 +8,7 @@ batch, and ends its claim. How the run went is recorded by training in the run d
 SIGTERM (a shutdown, ``kill``) is a graceful cancel: the job stops at the next batch,
 keeps its best checkpoint and can be resumed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ class JobReporter:
         if kind == "batch" and now - self._last < self.interval and event["batch"] != event["batches"]:
             return
         self._last = now
-        fields = dict(stage=event["stage"], epoch=event["epoch"], epochs=event["epochs"], batch=event["batch"],
-                      batches=event["batches"])
+        fields = dict(
+            stage=event["stage"],
+            epoch=event["epoch"],
+            epochs=event["epochs"],
+            batch=event["batch"],
+            batches=event["batches"],
+        )
         if kind == "epoch":
             fields["metrics"] = event["logs"]
         self.store.set_owned(self.job_id, self.token, **fields)
@@ -100,9 +106,11 @@ def run_job(job_id: str, db: str, token: str) -> int:
     try:
         if job["resume"]:
             from ..training.train import resume_run
+
             resume_run(run.path, progress=reporter, should_stop=check)
         else:
             from ..training.train import train
+
             train(TrainConfig.from_dict(job["config"]), run=run, progress=reporter, should_stop=check)
     except CXRError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -1,4 +1,5 @@
 """Keras callbacks for training side effects: checkpoint, history, progress, cancellation."""
+
 from __future__ import annotations
 
 import math
@@ -100,24 +101,40 @@ class HistoryLog(_EpochRecorder):
         if not self.complete():
             return
         lr = self.model.optimizer.learning_rate
-        self.rows.append({"epoch": epoch + 1, "stage": self.stage, **_clean(logs),
-                          "learning_rate": float(keras.ops.convert_to_numpy(lr)),
-                          "seconds": round(time.time() - self._started, 3)})
+        self.rows.append(
+            {
+                "epoch": epoch + 1,
+                "stage": self.stage,
+                **_clean(logs),
+                "learning_rate": float(keras.ops.convert_to_numpy(lr)),
+                "seconds": round(time.time() - self._started, 3),
+            }
+        )
         write_csv(self.path, pd.DataFrame(self.rows))
 
 
 class Progress(_EpochRecorder):
     """Report ``{"event", "stage", "epoch", "epochs", "batch", "batches", "logs"}`` to a function."""
 
-    def __init__(self, report: Callable[[dict], None], batches: int, epochs: int, every: int = 1,
-                 cancel: Cancel | None = None):
+    def __init__(
+        self, report: Callable[[dict], None], batches: int, epochs: int, every: int = 1, cancel: Cancel | None = None
+    ):
         super().__init__(cancel)
         self.report, self.batches, self.epochs, self.every = report, batches, epochs, max(1, every)
         self.stage, self.epoch = "", 0
 
     def _send(self, event: str, batch: int, logs):
-        self.report({"event": event, "stage": self.stage, "epoch": self.epoch, "epochs": self.epochs,
-                     "batch": batch, "batches": self.batches, "logs": _clean(logs)})
+        self.report(
+            {
+                "event": event,
+                "stage": self.stage,
+                "epoch": self.epoch,
+                "epochs": self.epochs,
+                "batch": batch,
+                "batches": self.batches,
+                "logs": _clean(logs),
+            }
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
@@ -186,7 +203,15 @@ class ResumeState(_EpochRecorder):
 
     def _write(self, epochs_done: int, complete: bool) -> None:
         best = self.checkpoint.best_epoch
-        write_json(self.folder / RESUME_FILE, {
-            "stage": self.stage, "stage_start": self.stage_start, "epochs_done": epochs_done,
-            "stage_complete": complete, "model": self._model_file, "best_epoch": best,
-            "best_val_loss": self.checkpoint.best if best is not None else None})
+        write_json(
+            self.folder / RESUME_FILE,
+            {
+                "stage": self.stage,
+                "stage_start": self.stage_start,
+                "epochs_done": epochs_done,
+                "stage_complete": complete,
+                "model": self._model_file,
+                "best_epoch": best,
+                "best_val_loss": self.checkpoint.best if best is not None else None,
+            },
+        )

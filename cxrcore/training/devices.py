@@ -8,6 +8,7 @@
 
 Call :func:`configure_devices` before anything else initialises TensorFlow's runtime.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,6 +65,11 @@ def configure_devices(mixed_precision: bool = False) -> tuple[tf.distribute.Stra
             strategy, kind = tf.distribute.get_strategy(), "default"
     use_mixed = bool(mixed_precision and gpus)
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
-    return strategy, {"device": f"GPU ({', '.join(names)})" if gpus else "CPU", "gpus": names,
-                      "replicas": int(strategy.num_replicas_in_sync), "strategy": kind,
-                      "mixed_precision": use_mixed, "chief": chief}
+    return strategy, {
+        "device": f"GPU ({', '.join(names)})" if gpus else "CPU",
+        "gpus": names,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "strategy": kind,
+        "mixed_precision": use_mixed,
+        "chief": chief,
+    }

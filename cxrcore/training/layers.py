@@ -5,6 +5,7 @@ do their backbone's own preprocessing inside the graph, in a :class:`Preprocess`
 layer, so a saved ``model.keras`` needs nothing but its input to predict. Importing this
 module registers the layer for loading (as ``cxrcore>Preprocess``).
 """
+
 from __future__ import annotations
 
 import keras

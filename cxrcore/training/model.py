@@ -4,6 +4,7 @@ The backbone's layers are wired directly between the input and the head (no nest
 ``Model``), which keeps every conv layer reachable for Grad-CAM. Layer names:
 ``image`` (input), ``preprocess``, the backbone's own names, ``head_*``, ``predictions``.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ def keras_models_dir() -> Path:
     Keras reads ``KERAS_HOME`` once, when it is imported."""
     try:
         from keras.src.backend.config import keras_home
+
         return Path(keras_home()) / "models"
     except ImportError:  # a future Keras that moved it
         return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
@@ -50,11 +52,18 @@ def _missing_download(exc: Exception, spec: Backbone) -> WeightsError:
     return WeightsError(
         f"ImageNet weights for {spec.name} are not on this machine and could not be downloaded: "
         f"put {fname} in {keras_models_dir()}/ (Keras's cache; KERAS_HOME moves it) "
-        f"or pass --weights PATH to a weights file")
+        f"or pass --weights PATH to a weights file"
+    )
 
 
-def build_model(backbone: str, num_classes: int, *, image_size: int | None = None,
-                weights: str = "imagenet", head: HeadConfig | None = None) -> keras.Model:
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    image_size: int | None = None,
+    weights: str = "imagenet",
+    head: HeadConfig | None = None,
+) -> keras.Model:
     """Backbone + head, softmax over ``num_classes``; input is (size, size, 3) RGB in 0..255."""
     spec = get_backbone(backbone)
     head = head or HeadConfig()
@@ -70,8 +79,9 @@ def build_model(backbone: str, num_classes: int, *, image_size: int | None = Non
             base = constructor(include_top=False, weights=source, input_tensor=x, **spec.kwargs)
         except (ValueError, OSError) as exc:
             if source not in (None, "imagenet"):
-                raise WeightsError(f"weights file {source} cannot be loaded into {spec.name}: "
-                                   f"{str(exc).splitlines()[0]}") from None
+                raise WeightsError(
+                    f"weights file {source} cannot be loaded into {spec.name}: {str(exc).splitlines()[0]}"
+                ) from None
             raise
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
             if source == "imagenet" and "fetch failure" in str(exc):
@@ -103,9 +113,13 @@ def _head(x, head: HeadConfig):
 
 def backbone_layers(model: keras.Model) -> list:
     """The backbone's layers, in graph order (input, preprocessing and head excluded)."""
-    return [layer for layer in model.layers
-            if layer.name not in _NON_BACKBONE and not layer.name.startswith("head_")
-            and not isinstance(layer, keras.layers.InputLayer)]
+    return [
+        layer
+        for layer in model.layers
+        if layer.name not in _NON_BACKBONE
+        and not layer.name.startswith("head_")
+        and not isinstance(layer, keras.layers.InputLayer)
+    ]
 
 
 def set_stage(model: keras.Model, stage: str, *, unfreeze: int = 0, pretrained: bool = True) -> int:
@@ -126,7 +140,7 @@ def set_stage(model: keras.Model, stage: str, *, unfreeze: int = 0, pretrained: 
     if stage == "frozen":
         chosen = []
     elif stage == "finetune":
-        chosen = layers if unfreeze < 0 else layers[len(layers) - unfreeze:] if unfreeze else []
+        chosen = layers if unfreeze < 0 else layers[len(layers) - unfreeze :] if unfreeze else []
     else:
         raise ValueError(f"unknown stage {stage!r}")
     chosen_ids = {id(layer) for layer in chosen}
@@ -158,4 +172,5 @@ def load_model(path: str | Path) -> keras.Model:
         return keras.saving.load_model(str(path), compile=False)
     except (OSError, ValueError, FileNotFoundError) as exc:
         from ..errors import RunError
+
         raise RunError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None

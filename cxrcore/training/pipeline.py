@@ -6,6 +6,7 @@ the same function the prediction path uses. Decoded, resized images are cached a
 Augmentation uses Keras preprocessing layers on whole batches, after the cache, in a
 sequential map, so a given seed gives the same batches on every run.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,9 +60,18 @@ def _loader(image_size: int):
     return tf_load
 
 
-def make_dataset(frame: pd.DataFrame, classes: list[str], image_size: int, *, batch_size: int = 32,
-                 training: bool = False, augment: AugmentConfig | None = None, seed: int = 42,
-                 cache: bool = True, max_steps: int | None = None) -> tf.data.Dataset:
+def make_dataset(
+    frame: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    *,
+    batch_size: int = 32,
+    training: bool = False,
+    augment: AugmentConfig | None = None,
+    seed: int = 42,
+    cache: bool = True,
+    max_steps: int | None = None,
+) -> tf.data.Dataset:
     """Batches of ``(float32 images in 0..255, one-hot labels)`` in the order of ``classes``.
 
     ``training`` shuffles (reshuffled each epoch, seeded) and applies ``augment``.

@@ -6,6 +6,7 @@ training) can reuse them: :func:`prepare_data`, :func:`cxrcore.training.devices.
 :func:`compile_for_stage`, :func:`run_stage`, :func:`finish_run`. After every epoch the
 full model (optimizer included) is kept in ``<run>/state/`` so a killed run can resume.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,21 +43,24 @@ def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list
     """Index, relabel and split the dataset; returns the frame (with ``split``) and the classes."""
     index = build_index(config.data, progress=progress)
     frame = apply_label_scheme(index, config.labels) if not config.labels.is_identity else index
-    frame = assign_splits(frame, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                          seed=config.seed)
+    frame = assign_splits(frame, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
     return frame, check_trainable(frame)
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    return {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
-            "adamax": keras.optimizers.Adamax, "sgd": lambda learning_rate: keras.optimizers.SGD(
-                learning_rate=learning_rate, momentum=0.9)}[name](learning_rate=learning_rate)
+    return {
+        "adam": keras.optimizers.Adam,
+        "rmsprop": keras.optimizers.RMSprop,
+        "adamax": keras.optimizers.Adamax,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9),
+    }[name](learning_rate=learning_rate)
 
 
 def make_loss(config: TrainConfig) -> keras.losses.Loss:
     if config.focal_loss:
-        return keras.losses.CategoricalFocalCrossentropy(gamma=config.focal_gamma,
-                                                         label_smoothing=config.label_smoothing)
+        return keras.losses.CategoricalFocalCrossentropy(
+            gamma=config.focal_gamma, label_smoothing=config.label_smoothing
+        )
     return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
 
 
@@ -65,23 +69,38 @@ def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretr
     unfreeze = config.unfreeze if config.unfreeze is not None else get_backbone(config.backbone).unfreeze
     n = set_stage(model, stage, unfreeze=unfreeze, pretrained=pretrained)
     lr = config.learning_rate * (config.fine_tune_lr_factor if stage == "finetune" else 1.0)
-    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=make_loss(config),
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, lr),
+        loss=make_loss(config),
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
     return n
 
 
-def run_stage(model, train_ds, val_ds, *, initial_epoch: int, final_epoch: int, config: TrainConfig,
-              callbacks: list, class_weight) -> int:
+def run_stage(
+    model, train_ds, val_ds, *, initial_epoch: int, final_epoch: int, config: TrainConfig, callbacks: list, class_weight
+) -> int:
     """Fit one stage from ``initial_epoch`` up to ``final_epoch``; returns epochs completed overall."""
     stage_callbacks = list(callbacks)
     if config.patience:
         stage_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
     if config.reduce_lr_patience:
-        stage_callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                                 patience=config.reduce_lr_patience, min_lr=1e-7))
+        stage_callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-7
+            )
+        )
     try:
-        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=final_epoch,
-                            callbacks=stage_callbacks, class_weight=class_weight, shuffle=False, verbose=0)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=initial_epoch,
+            epochs=final_epoch,
+            callbacks=stage_callbacks,
+            class_weight=class_weight,
+            shuffle=False,
+            verbose=0,
+        )
     except tf.errors.OpError as exc:
         raise (decode_error_from(exc) or exc) from None
     return initial_epoch + len(history.epoch)
@@ -106,9 +125,16 @@ def _inference_ms(model: keras.Model, image_size: int, repeats: int = 10) -> flo
     return round((time.perf_counter() - started) / repeats * 1000, 2)
 
 
-def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.RunDir | None = None,
-          progress: ProgressFn = None, should_stop: Callable[[], bool] | None = None,
-          data_progress=None, resume: bool = False) -> runs.RunDir:
+def train(
+    config: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    run: runs.RunDir | None = None,
+    progress: ProgressFn = None,
+    should_stop: Callable[[], bool] | None = None,
+    data_progress=None,
+    resume: bool = False,
+) -> runs.RunDir:
     """Train ``config`` end to end and return its run directory.
 
     ``progress(event)`` receives batch and epoch events (see :class:`Progress`);
@@ -121,7 +147,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
     run that succeeded, or whose process is still alive, is refused
     (:meth:`cxrcore.runs.RunDir.check_resumable`). Use :func:`resume_run` for that.
     """
-    config = config.resolved()            # weights, size and unfreeze depth left open follow the backbone
+    config = config.resolved()  # weights, size and unfreeze depth left open follow the backbone
     spec = get_backbone(config.backbone)
     image_size = config.image_size or spec.input_size
     if resume:
@@ -144,15 +170,19 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
     started = time.time()
     try:
         with strategy.scope():
-            return _train(config, spec, image_size, frame, classes, run, progress, should_stop, started,
-                          devices, resume)
+            return _train(
+                config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume
+            )
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
-        if run.is_final:        # stopped after it had finished: a finished run is never rewritten
+        if run.is_final:  # stopped after it had finished: a finished run is never rewritten
             raise
-        run.update_info(status="cancelled" if cancelled else "failed",
-                        error=None if cancelled else (str(exc).splitlines() or [type(exc).__name__])[0],
-                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"), train_seconds=round(time.time() - started, 1))
+        run.update_info(
+            status="cancelled" if cancelled else "failed",
+            error=None if cancelled else (str(exc).splitlines() or [type(exc).__name__])[0],
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            train_seconds=round(time.time() - started, 1),
+        )
         log.error("training %s: %s", "cancelled" if cancelled else "failed", exc)
         raise
     finally:
@@ -161,8 +191,9 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, run: runs.R
         keras.mixed_precision.set_global_policy("float32")
 
 
-def resume_run(run_dir: str | Path, *, progress: ProgressFn = None,
-               should_stop: Callable[[], bool] | None = None) -> runs.RunDir:
+def resume_run(
+    run_dir: str | Path, *, progress: ProgressFn = None, should_stop: Callable[[], bool] | None = None
+) -> runs.RunDir:
     """Continue a run from its last completed epoch with its own configuration: the one resume
     path (``train --resume``, a resumed background job, the dashboard's Resume button). A
     finished run, or one whose process is alive, is refused with the reason."""
@@ -171,8 +202,9 @@ def resume_run(run_dir: str | Path, *, progress: ProgressFn = None,
     return train(run.config(), run=run, progress=progress, should_stop=should_stop, resume=True)
 
 
-def _restore(run: runs.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, resume_state: ResumeState,
-             state: dict) -> keras.Model:
+def _restore(
+    run: runs.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint, resume_state: ResumeState, state: dict
+) -> keras.Model:
     """Model (with optimizer state), history rows and best checkpoint of an interrupted run, as
     they were at its last completed epoch (later writes of a killed epoch are undone)."""
     folder = run.path / runs.STATE_DIR
@@ -190,16 +222,17 @@ def _restore(run: runs.RunDir, history: HistoryLog, checkpoint: AtomicCheckpoint
         checkpoint.best, checkpoint.best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
         resume_state.keep_best()
     elif "best_epoch" not in state and len(past) and "val_loss" in past and run.file(runs.MODEL).exists():
-        best_row = past.loc[past["val_loss"].idxmin()]     # resume state written before best.keras existed
+        best_row = past.loc[past["val_loss"].idxmin()]  # resume state written before best.keras existed
         checkpoint.best, checkpoint.best_epoch = float(best_row["val_loss"]), int(best_row["epoch"])
-    elif run.file(runs.MODEL).exists():      # written during the killed epoch: not a completed one
+    elif run.file(runs.MODEL).exists():  # written during the killed epoch: not a completed one
         run.file(runs.MODEL).unlink()
     log.info("resuming %s after epoch %d (stage %s)", run.run_id, done, state["stage"])
     return model
 
 
-def _train(config, spec, image_size, frame, classes, run, progress, should_stop, started, devices,
-           resume) -> runs.RunDir:
+def _train(
+    config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume
+) -> runs.RunDir:
     keras.utils.set_random_seed(config.seed)
     pretrained = config.weights not in ("none", "")
     state = run.resume_state() if resume else None
@@ -212,22 +245,51 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         runs.write_csv(run.file(runs.SPLIT), frame)
     counts = frame["split"].value_counts().to_dict()
     info = run.update_info(
-        run_id=run.run_id, status="running", error=None, backbone=spec.name, image_size=image_size,
-        classes=classes, data=frame.attrs.get("root", config.data), layout=frame.attrs.get("layout", ""),
-        n_train=int(counts.get("train", 0)), n_val=int(counts.get("val", 0)), n_test=int(counts.get("test", 0)),
-        tensorflow=tf.__version__, keras=keras.__version__, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        finished=None, **runs.this_process(),
-        resumed_from_epoch=int(state["epochs_done"]) if state else None, **devices)
-    log.info("run %s: %s at %d px on %s (%s strategy, %d replica(s)); classes %s; train/val/test %d/%d/%d",
-             run.run_id, spec.name, image_size, devices["device"], devices["strategy"], devices["replicas"],
-             classes, info["n_train"], info["n_val"], info["n_test"])
+        run_id=run.run_id,
+        status="running",
+        error=None,
+        backbone=spec.name,
+        image_size=image_size,
+        classes=classes,
+        data=frame.attrs.get("root", config.data),
+        layout=frame.attrs.get("layout", ""),
+        n_train=int(counts.get("train", 0)),
+        n_val=int(counts.get("val", 0)),
+        n_test=int(counts.get("test", 0)),
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        finished=None,
+        **runs.this_process(),
+        resumed_from_epoch=int(state["epochs_done"]) if state else None,
+        **devices,
+    )
+    log.info(
+        "run %s: %s at %d px on %s (%s strategy, %d replica(s)); classes %s; train/val/test %d/%d/%d",
+        run.run_id,
+        spec.name,
+        image_size,
+        devices["device"],
+        devices["strategy"],
+        devices["replicas"],
+        classes,
+        info["n_train"],
+        info["n_val"],
+        info["n_test"],
+    )
     leaked = leakage_report(frame)
     if len(leaked):
         log.warning("%d patient(s) have images in more than one split (the layout's own split)", len(leaked))
 
     max_steps = config.max_steps or max_steps_from_env()
-    make = dict(classes=classes, image_size=image_size, batch_size=config.batch_size, seed=config.seed,
-                cache=config.cache, max_steps=max_steps)
+    make = dict(
+        classes=classes,
+        image_size=image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        cache=config.cache,
+        max_steps=max_steps,
+    )
     train_ds = make_dataset(frame[frame["split"] == "train"], training=True, augment=config.augment, **make)
     val_ds = make_dataset(frame[frame["split"] == "val"], **make)
     weights = class_weights(frame.loc[frame["split"] == "train", "label"], classes, config.class_weights)
@@ -240,19 +302,31 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
     else:
         if resume:
             log.info("no completed epoch to resume from; starting %s again from epoch 1", run.run_id)
-        model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights,
-                            head=config.head)
-    callbacks = [cancel, checkpoint, history, resume_state,
-                 keras.callbacks.TensorBoard(str(run.file(runs.TENSORBOARD)), write_graph=False)]
+        model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights, head=config.head)
+    callbacks = [
+        cancel,
+        checkpoint,
+        history,
+        resume_state,
+        keras.callbacks.TensorBoard(str(run.file(runs.TENSORBOARD)), write_graph=False),
+    ]
     reporter = None
     if progress is not None:
-        reporter = Progress(progress, int(train_ds.cardinality().numpy()), config.epochs + config.fine_tune_epochs,
-                            cancel=cancel)
+        reporter = Progress(
+            progress, int(train_ds.cardinality().numpy()), config.epochs + config.fine_tune_epochs, cancel=cancel
+        )
         callbacks.append(reporter)
     run.update_info(params=int(model.count_params()))
     if progress is not None:
-        progress({"event": "start", "run_dir": str(run.path), "device": devices["device"],
-                  "replicas": devices["replicas"], "resumed_from_epoch": info["resumed_from_epoch"]})
+        progress(
+            {
+                "event": "start",
+                "run_dir": str(run.path),
+                "device": devices["device"],
+                "replicas": devices["replicas"],
+                "resumed_from_epoch": info["resumed_from_epoch"],
+            }
+        )
 
     done = int(state["epochs_done"]) if state else 0
     order = {"frozen": 0, "finetune": 1}
@@ -260,11 +334,11 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         if epochs <= 0 or cancel.cancelled:
             continue
         if state and order[stage] < order[state["stage"]]:
-            continue                                     # finished before the interruption
+            continue  # finished before the interruption
         if state and stage == state["stage"]:
             if state["stage_complete"]:
                 continue
-            start = int(state["stage_start"])            # continue this stage, optimizer state intact
+            start = int(state["stage_start"])  # continue this stage, optimizer state intact
         else:
             start = done
             trainable = compile_for_stage(model, config, stage, pretrained)
@@ -276,10 +350,18 @@ def _train(config, spec, image_size, frame, classes, run, progress, should_stop,
         resume_state.stage_start = start
         if reporter is not None:
             reporter.stage = stage
-        done = run_stage(model, train_ds, val_ds, initial_epoch=done, final_epoch=start + epochs, config=config,
-                         callbacks=callbacks, class_weight=weights)
+        done = run_stage(
+            model,
+            train_ds,
+            val_ds,
+            initial_epoch=done,
+            final_epoch=start + epochs,
+            config=config,
+            callbacks=callbacks,
+            class_weight=weights,
+        )
         if not cancel.epoch_complete:
-            done -= 1                                    # Keras counts the epoch it was stopped in
+            done -= 1  # Keras counts the epoch it was stopped in
         if not cancel.cancelled:
             resume_state.mark_stage_complete(done)
     result = finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
@@ -296,17 +378,35 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
         checkpoint.save()
     train_seconds = round(time.time() - started, 1)
     best = keras.saving.load_model(str(run.file(runs.MODEL)), compile=False)
-    fields = dict(epochs_completed=epochs_done, best_epoch=checkpoint.best_epoch,
-                  best_val_loss=checkpoint.best if checkpoint.best_epoch else None,
-                  train_seconds=train_seconds, inference_ms_per_image=_inference_ms(best, image_size))
+    fields = dict(
+        epochs_completed=epochs_done,
+        best_epoch=checkpoint.best_epoch,
+        best_val_loss=checkpoint.best if checkpoint.best_epoch else None,
+        train_seconds=train_seconds,
+        inference_ms_per_image=_inference_ms(best, image_size),
+    )
     test = frame[frame["split"] == "test"]
     if not cancelled and len(test):
-        result = evaluate_frame(best, test.reset_index(drop=True), classes, image_size, run.path,
-                                batch_size=config.batch_size)
-        log.info("test: accuracy %.4f, macro F1 %.4f, macro AUC %s", result["accuracy"], result["macro_f1"],
-                 result["macro_auc"])
-    run.update_info(status="cancelled" if cancelled else "succeeded", error=None,
-                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
-    log.info("run %s %s after %d epoch(s), %.1f s", run.run_id, "cancelled" if cancelled else "finished",
-             epochs_done, train_seconds)
+        result = evaluate_frame(
+            best, test.reset_index(drop=True), classes, image_size, run.path, batch_size=config.batch_size
+        )
+        log.info(
+            "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
+            result["accuracy"],
+            result["macro_f1"],
+            result["macro_auc"],
+        )
+    run.update_info(
+        status="cancelled" if cancelled else "succeeded",
+        error=None,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **fields,
+    )
+    log.info(
+        "run %s %s after %d epoch(s), %.1f s",
+        run.run_id,
+        "cancelled" if cancelled else "finished",
+        epochs_done,
+        train_seconds,
+    )
     return run
