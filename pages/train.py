@@ -39,7 +39,7 @@ st.info(f"Training runs on: **{hw['text']}**", icon=":material/memory:")
 try:
     _, info = load_index(path)
     classes = list(info["classes"])
-except Exception as exc:
+except CXRError as exc:  # a missing folder, an empty class, an unreadable image
     show_error(exc)
     st.stop()
 
