@@ -107,7 +107,8 @@ def test_predict_and_external_evaluation_on_real_images(run_dir, env, tmp_path):
             shutil.copy(CXR_DEV / rel, external / label)
     summary = json.loads(cli("evaluate", run_dir, "--data", external, env=env).stdout.strip().splitlines()[-1])
     assert summary["n"] == 24
-    assert (run_dir / "external" / "site_b" / "metrics.json").is_file()
+    (saved,) = (run_dir / "external").glob("*-site_b-*/metrics.json")  # one folder per dataset
+    assert json.loads(saved.read_text())["n"] == 24
     image = CXR_DEV / manifest["path"][0]
     result = json.loads(cli("predict", run_dir, image, env=env).stdout.strip().splitlines()[-1])
     assert result["image"] == str(image)
