@@ -346,3 +346,13 @@ def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_fro
     queue.cancel(job["id"], store=JobStore(default_db()))
     assert queue.get(job["id"])["status"] == "interrupted"  # the run's word once the queue lets go
     assert runs.RunDir(run.path).status() == "interrupted"
+
+
+def test_the_dashboard_listens_on_this_machine_only_by_default():
+    """Failure 12: the dashboard listened on every network interface (anyone on the network could
+    browse local folders, upload and queue training). The browser test starts the server from this
+    config and reaches it on 127.0.0.1."""
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] in ("localhost", "127.0.0.1")
