@@ -24,25 +24,30 @@ def demo(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", n_per_class=12, image_size=64)
 
 
+def tiny_config(data, **changes) -> TrainConfig:
+    """A simple_cnn run on ``data`` that trains in seconds."""
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs=1,
+        fine_tune_epochs=1,
+        patience=0,
+        reduce_lr_patience=0,
+        head=HeadConfig(dense_units=[8]),
+    )
+    return TrainConfig(**{**base, **changes})
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, demo):
     """A models folder with two finished tiny runs."""
     out = tmp_path_factory.mktemp("models")
     for seed in (1, 2):
         train(
-            TrainConfig(
-                data=str(demo),
-                backbone="simple_cnn",
-                weights="none",
-                image_size=32,
-                batch_size=8,
-                epochs=1,
-                fine_tune_epochs=1,
-                patience=0,
-                reduce_lr_patience=0,
-                seed=seed,
-                head=HeadConfig(dense_units=[8]),
-            ),
+            tiny_config(demo, seed=seed),
             out_dir=out,
         )
     return out
@@ -312,18 +317,7 @@ def test_an_interrupted_run_reads_the_same_on_evaluate_and_train_and_resumes_fro
     monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)  # queue only: nothing trains here
     calls = []
     run = train(
-        TrainConfig(
-            data=str(demo),
-            backbone="simple_cnn",
-            weights="none",
-            image_size=32,
-            batch_size=8,
-            epochs=3,
-            fine_tune_epochs=0,
-            patience=0,
-            reduce_lr_patience=0,
-            head=HeadConfig(dense_units=[8]),
-        ),
+        tiny_config(demo, epochs=3, fine_tune_epochs=0),
         out_dir=models,
         should_stop=lambda: calls.append(1) or len(calls) > 4,
     )  # stops in epoch 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..runs import PROJECT_ROOT
+from ..runs import PROJECT_ROOT, process_alive
 
 
 def spawn(module_args: list[str], log, env: dict) -> subprocess.Popen:
@@ -56,13 +55,9 @@ def kill_group(pid: int | None, wait: float = 5.0) -> None:
 
 
 def worker_alive(pid: int | None, job_id: str) -> bool:
-    """Whether ``pid`` is still this job's worker (not a recycled pid)."""
-    if not pid:
+    """Whether ``pid`` is still this job's worker (not a recycled pid: its command line names the job)."""
+    if not process_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():
         try:
