@@ -16,6 +16,7 @@ Class signal (learnable by a small CNN, but not from any single pixel):
 Images are grouped into synthetic patients (1-3 images each, same anatomy with
 small variations); patient ids are unique across classes.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -77,16 +78,14 @@ def _sample_lesions(rng: np.random.Generator, label: str, lung_dx: float) -> lis
             lower = rng.random() < 0.75
             y = rng.uniform(0.05, 0.32) if lower else rng.uniform(-0.45, -0.05)
             x = side * (lung_dx + rng.uniform(0.03, 0.12))
-            lesions.append((x, y, rng.uniform(0.10, 0.16), rng.uniform(0.09, 0.14),
-                            rng.uniform(0.40, 0.55)))
+            lesions.append((x, y, rng.uniform(0.10, 0.16), rng.uniform(0.09, 0.14), rng.uniform(0.40, 0.55)))
     elif label == "COVID":
         for side in (-1.0, 1.0):
             n = int(rng.integers(3, 5))
             for y0 in np.linspace(-0.28, 0.36, n):  # spread over zones: diffuse
                 y = y0 + rng.uniform(-0.06, 0.06)
                 x = side * (lung_dx + rng.uniform(0.08, 0.20))  # peripheral
-                lesions.append((x, y, rng.uniform(0.07, 0.12), rng.uniform(0.08, 0.13),
-                                rng.uniform(0.16, 0.24)))
+                lesions.append((x, y, rng.uniform(0.07, 0.12), rng.uniform(0.08, 0.13), rng.uniform(0.16, 0.24)))
     return lesions
 
 
@@ -94,13 +93,19 @@ def _sample_patient(rng: np.random.Generator, label: str) -> dict:
     lung_dx = rng.uniform(0.33, 0.39)
     return {
         "label": label,
-        "cx": rng.normal(0.0, 0.04), "cy": rng.normal(0.0, 0.04),
-        "sx": rng.uniform(0.92, 1.06), "sy": rng.uniform(0.92, 1.06),
+        "cx": rng.normal(0.0, 0.04),
+        "cy": rng.normal(0.0, 0.04),
+        "sx": rng.uniform(0.92, 1.06),
+        "sy": rng.uniform(0.92, 1.06),
         "angle": rng.normal(0.0, 0.03),
-        "lung_dx": lung_dx, "lung_ax": rng.uniform(0.24, 0.29),
-        "lung_ay": rng.uniform(0.68, 0.76), "dome": rng.uniform(0.40, 0.50),
-        "heart_ax": rng.uniform(0.22, 0.30), "heart_ay": rng.uniform(0.18, 0.24),
-        "body": rng.uniform(0.55, 0.65), "lung_depth": rng.uniform(0.35, 0.40),
+        "lung_dx": lung_dx,
+        "lung_ax": rng.uniform(0.24, 0.29),
+        "lung_ay": rng.uniform(0.68, 0.76),
+        "dome": rng.uniform(0.40, 0.50),
+        "heart_ax": rng.uniform(0.22, 0.30),
+        "heart_ay": rng.uniform(0.18, 0.24),
+        "body": rng.uniform(0.55, 0.65),
+        "lung_depth": rng.uniform(0.35, 0.40),
         "rib_phase": rng.uniform(0.0, 1.0),
         "lesions": _sample_lesions(rng, label, lung_dx),
     }
@@ -126,7 +131,7 @@ def _anatomy(X: np.ndarray, Y: np.ndarray, p: dict):
         lungs = np.maximum(lungs, lung)
         # posterior rib arcs: bands curving down towards the lateral wall
         d = side * (X - 0.5 * xs)
-        phase = (Y - 0.9 * d ** 2 - 0.3 * d) / 0.15 + p["rib_phase"]
+        phase = (Y - 0.9 * d**2 - 0.3 * d) / 0.15 + p["rib_phase"]
         marks += lung * ((1.0 + np.cos(2.0 * np.pi * phase)) / 2.0) ** 4
         # hilar vessels: lungs brighter towards the hilum
         marks += 1.5 * lung * _gaussian(X, Y, side * 0.17, -0.02, 0.16, 0.22)
@@ -134,7 +139,7 @@ def _anatomy(X: np.ndarray, Y: np.ndarray, p: dict):
     img = img - p["lung_depth"] * lungs + 0.045 * marks * (1.0 - central)
     img = img + 0.10 * central * body
     # clavicles (rising laterally) and spine
-    clav = np.exp(-(((Y + 0.60 + 0.25 * np.abs(X) - 0.35 * X ** 2) / 0.03) ** 2))
+    clav = np.exp(-(((Y + 0.60 + 0.25 * np.abs(X) - 0.35 * X**2) / 0.03) ** 2))
     clav = clav * (np.abs(X) < 0.75) * (np.abs(X) > 0.07)
     spine = np.exp(-((X / 0.05) ** 2)) * body
     return img + 0.08 * clav + 0.05 * spine, lungs
@@ -143,8 +148,9 @@ def _anatomy(X: np.ndarray, Y: np.ndarray, p: dict):
 def _lesion_field(X, Y, lesions, rng) -> np.ndarray:
     field = np.zeros_like(X)
     for x, y, sx, sy, amp in lesions:  # small per-image jitter of each finding
-        field += amp * rng.uniform(0.85, 1.15) * _gaussian(
-            X, Y, x + rng.normal(0, 0.015), y + rng.normal(0, 0.015), sx, sy)
+        field += (
+            amp * rng.uniform(0.85, 1.15) * _gaussian(X, Y, x + rng.normal(0, 0.015), y + rng.normal(0, 0.015), sx, sy)
+        )
     return 0.6 * np.tanh(field / 0.6)  # overlapping findings saturate softly
 
 
@@ -185,7 +191,8 @@ def _prepare_out_dir(root: pathlib.Path) -> None:
             raise FileExistsError(
                 f"Refusing to write the demo dataset into {root}: the folder already "
                 f"contains files and is not a cxrcore demo dataset (no {SYNTHETIC_MARKER}). "
-                "Choose a new or empty folder.")
+                "Choose a new or empty folder."
+            )
     root.mkdir(parents=True, exist_ok=True)
 
 
@@ -198,11 +205,13 @@ def _marker_text(n_per_class: int, image_size: int, seed: int) -> str:
         "meaning. Do not use them to train or evaluate anything meant for real use.\n"
         "The labels (" + ", ".join(DEMO_CLASSES) + ") and patient ids are invented.\n\n"
         "Generator parameters:\n"
-        f"  n_per_class = {n_per_class}\n  image_size = {image_size}\n  seed = {seed}\n")
+        f"  n_per_class = {n_per_class}\n  image_size = {image_size}\n  seed = {seed}\n"
+    )
 
 
-def make_demo_dataset(out_dir, *, n_per_class: int = 150, image_size: int = 128,
-                      seed: int = 0, progress: Progress | None = None) -> pathlib.Path:
+def make_demo_dataset(
+    out_dir, *, n_per_class: int = 150, image_size: int = 128, seed: int = 0, progress: Progress | None = None
+) -> pathlib.Path:
     """Write a synthetic class-per-folder dataset and return its root folder.
 
     Layout: ``out_dir/<class>/synthetic_p{patient:04d}_{image:02d}.png`` (8-bit
@@ -220,8 +229,7 @@ def make_demo_dataset(out_dir, *, n_per_class: int = 150, image_size: int = 128,
     root = pathlib.Path(out_dir)
     _prepare_out_dir(root)
     # marker first, so that even an interrupted run is recognised as demo data
-    (root / SYNTHETIC_MARKER).write_text(_marker_text(n_per_class, image_size, seed),
-                                         encoding="utf-8", newline="\n")
+    (root / SYNTHETIC_MARKER).write_text(_marker_text(n_per_class, image_size, seed), encoding="utf-8", newline="\n")
 
     rng = np.random.default_rng(seed)
     axis = np.linspace(-1.0, 1.0, image_size)
@@ -238,13 +246,11 @@ def make_demo_dataset(out_dir, *, n_per_class: int = 150, image_size: int = 128,
             n_images = min(remaining, int(rng.integers(1, 4)))
             for k in range(n_images):
                 rel = f"{label}/synthetic_p{patient_no:04d}_{k:02d}.png"
-                Image.fromarray(_render(rng, patient, xx, yy)).save(
-                    root / rel, format="PNG", pnginfo=info)
+                Image.fromarray(_render(rng, patient, xx, yy)).save(root / rel, format="PNG", pnginfo=info)
                 rows.append((rel, label, f"p{patient_no:04d}", "synthetic"))
                 done += 1
                 if progress is not None:
                     progress(done, total)
             remaining -= n_images
-    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(
-        root / MANIFEST_NAME, index=False, lineterminator="\n")
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(root / MANIFEST_NAME, index=False, lineterminator="\n")
     return root

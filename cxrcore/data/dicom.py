@@ -17,6 +17,7 @@ sequence item is not: pydicom still parses undefined-length sequences it skips, 
 corrupt file could in principle put one there). Nothing touches the warnings filters,
 which are process-wide while Streamlit sessions are threads.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,6 +48,7 @@ from .io import (
 
 # ---------------------------------------------------------------- DICOM: reading
 
+
 def _rle_decoded_length(segment: bytes, limit: int) -> int:
     """How many bytes a DICOM RLE (PackBits) segment decodes to, counting stops past ``limit``.
 
@@ -56,10 +58,10 @@ def _rle_decoded_length(segment: bytes, limit: int) -> int:
     pos, total, end = 0, 0, len(segment)
     while pos < end and total <= limit:
         head = segment[pos]
-        if head < 128:                          # a literal run of head + 1 bytes
+        if head < 128:  # a literal run of head + 1 bytes
             total += min(head + 1, end - pos - 1)
             pos += head + 2
-        elif head > 128:                        # one byte repeated 257 - head times
+        elif head > 128:  # one byte repeated 257 - head times
             total += 257 - head if pos + 1 < end else 0
             pos += 2
         else:
@@ -74,7 +76,7 @@ def _pydicom():
     import pydicom.config
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)   # after import: it sets WARNING
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # after import: it sets WARNING
     return pydicom
 
 
@@ -86,15 +88,15 @@ def _elements(data: bytes, pos: int, *, implicit: bool, little: bool):
     """(tag, value offset, length) of consecutive data elements from ``pos`` (no nesting)."""
     order = "<" if little else ">"
     while pos + 8 <= len(data):
-        group, element = struct.unpack(order + "HH", data[pos:pos + 4])
-        if implicit or not b"AA" <= data[pos + 4:pos + 6] <= b"ZZ":     # as pydicom reads it
-            (length,), start = struct.unpack(order + "I", data[pos + 4:pos + 8]), pos + 8
-        elif data[pos + 4:pos + 6] in _LONG_VRS:
+        group, element = struct.unpack(order + "HH", data[pos : pos + 4])
+        if implicit or not b"AA" <= data[pos + 4 : pos + 6] <= b"ZZ":  # as pydicom reads it
+            (length,), start = struct.unpack(order + "I", data[pos + 4 : pos + 8]), pos + 8
+        elif data[pos + 4 : pos + 6] in _LONG_VRS:
             if pos + 12 > len(data):
                 return
-            (length,), start = struct.unpack(order + "I", data[pos + 8:pos + 12]), pos + 12
+            (length,), start = struct.unpack(order + "I", data[pos + 8 : pos + 12]), pos + 12
         else:
-            (length,), start = struct.unpack(order + "H", data[pos + 6:pos + 8]), pos + 8
+            (length,), start = struct.unpack(order + "H", data[pos + 6 : pos + 8]), pos + 8
         yield (group << 16) | element, start, length
         if length == 0xFFFFFFFF:
             return
@@ -108,7 +110,7 @@ def _file_meta(data: bytes, label: str) -> tuple[str, int]:
         if tag >> 16 != 0x0002:
             break
         if tag == 0x00020010:
-            syntax = data[start:start + length].rstrip(b"\0 ")
+            syntax = data[start : start + length].rstrip(b"\0 ")
         end = start + length
     if syntax is None or not re.fullmatch(rb"[0-9.]{1,64}", syntax):
         raise ImageDecodeError(label, "invalid DICOM (no valid transfer syntax in the file meta information)")
@@ -135,14 +137,14 @@ def _charset_to_blank(data: bytes, start: int, syntax: str, label: str) -> tuple
     Also checks what pydicom would do blindly with a deflated data set: inflate it all (a
     few MB can inflate to gigabytes).
     """
-    head = _inflated_head(data, start, label) if syntax == _DEFLATED else data[start:start + 65536]
+    head = _inflated_head(data, start, label) if syntax == _DEFLATED else data[start : start + 65536]
     # pydicom reads a data set as implicit or explicit VR by its first element, whatever the
     # syntax says (implicit unless that element's VR is two capitals); so does this walk
     implicit = len(head) < 6 or not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)
     for tag, value_at, length in _elements(head, 0, implicit=implicit, little=syntax != _EXPLICIT_BE):
         if tag > 0x00080005:
             break
-        if tag == 0x00080005 and not _defined_charset(head[value_at:value_at + length]):
+        if tag == 0x00080005 and not _defined_charset(head[value_at : value_at + length]):
             if syntax == _DEFLATED:
                 raise ImageDecodeError(label, "invalid DICOM (bad Specific Character Set)")
             return start + value_at, length
@@ -151,16 +153,16 @@ def _charset_to_blank(data: bytes, start: int, syntax: str, label: str) -> tuple
 
 def _inflated_head(data: bytes, start: int, label: str) -> bytes:
     """The first 64 kB of a deflated data set, after checking the whole inflates to a sane size."""
-    limit = 4 * MAX_PIXELS + (1 << 24)        # 32-bit samples at the pixel limit, plus the header
+    limit = 4 * MAX_PIXELS + (1 << 24)  # 32-bit samples at the pixel limit, plus the header
     inflater, total, head = zlib.decompressobj(-zlib.MAX_WBITS), 0, b""
     try:
         for at in range(start, len(data), 1 << 20):
-            chunk = data[at:at + (1 << 20)]
+            chunk = data[at : at + (1 << 20)]
             while chunk:
                 out = inflater.decompress(chunk, 1 << 24)
                 total += len(out)
                 if len(head) < 65536:
-                    head += out[:65536 - len(head)]
+                    head += out[: 65536 - len(head)]
                 if total > limit:
                     raise ImageDecodeError(label, "invalid DICOM (the deflated data set inflates to too much data)")
                 chunk = inflater.unconsumed_tail
@@ -171,13 +173,27 @@ def _inflated_head(data: bytes, start: int, label: str) -> bytes:
 
 #: Elements read from a file; every other element is skipped unread (names and ids among them).
 _TAGS = {
-    "SpecificCharacterSet": 0x00080005, "Modality": 0x00080060, "BodyPartExamined": 0x00180015,
-    "ViewPosition": 0x00185101, "SamplesPerPixel": 0x00280002, "PhotometricInterpretation": 0x00280004,
-    "PlanarConfiguration": 0x00280006, "NumberOfFrames": 0x00280008, "Rows": 0x00280010,
-    "Columns": 0x00280011, "PixelSpacing": 0x00280030, "BitsAllocated": 0x00280100,
-    "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103, "WindowCenter": 0x00281050,
-    "WindowWidth": 0x00281051, "RescaleIntercept": 0x00281052, "RescaleSlope": 0x00281053,
-    "VOILUTFunction": 0x00281056, "ModalityLUTSequence": 0x00283000, "VOILUTSequence": 0x00283010,
+    "SpecificCharacterSet": 0x00080005,
+    "Modality": 0x00080060,
+    "BodyPartExamined": 0x00180015,
+    "ViewPosition": 0x00185101,
+    "SamplesPerPixel": 0x00280002,
+    "PhotometricInterpretation": 0x00280004,
+    "PlanarConfiguration": 0x00280006,
+    "NumberOfFrames": 0x00280008,
+    "Rows": 0x00280010,
+    "Columns": 0x00280011,
+    "PixelSpacing": 0x00280030,
+    "BitsAllocated": 0x00280100,
+    "BitsStored": 0x00280101,
+    "PixelRepresentation": 0x00280103,
+    "WindowCenter": 0x00281050,
+    "WindowWidth": 0x00281051,
+    "RescaleIntercept": 0x00281052,
+    "RescaleSlope": 0x00281053,
+    "VOILUTFunction": 0x00281056,
+    "ModalityLUTSequence": 0x00283000,
+    "VOILUTSequence": 0x00283010,
 }
 _PIXEL_DATA = 0x7FE00010
 
@@ -197,7 +213,7 @@ def _read_dicom(src: bytes | BinaryIO, label: str, *, pixels: bool):
     if blank is not None:
         at, length = blank
         data += b"" if isinstance(src, bytes) else src.read()
-        data = data[:at] + b" " * min(length, len(data) - at) + data[at + length:]
+        data = data[:at] + b" " * min(length, len(data) - at) + data[at + length :]
     if isinstance(src, bytes) or blank is not None or syntax == _DEFLATED:
         fp = _io.BytesIO(data)
     else:
@@ -219,8 +235,21 @@ _CS = re.compile(r"[A-Z0-9 _]{1,16}")
 _MODALITY = re.compile(r"[A-Z]{2,16}")
 _DS = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _IS = re.compile(r"\+?\d{1,12}")
-_PHOTOMETRIC_TERMS = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422",
-                     "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "HSV", "ARGB", "CMYK")
+_PHOTOMETRIC_TERMS = (
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "PALETTE COLOR",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "HSV",
+    "ARGB",
+    "CMYK",
+)
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
@@ -340,7 +369,7 @@ def _lut(ds, keyword: str, pixel_representation: int, label: str) -> tuple[list[
     entries, first, bits = descriptor
     entries = entries or 65536
     if pixel_representation == 1 and first >= 32768:
-        first -= 65536                          # "US or SS": signed when the pixels are
+        first -= 65536  # "US or SS": signed when the pixels are
     if bits != 8 and not 10 <= bits <= 16 or len(raw[0]) < 2 * entries:
         raise ImageDecodeError(label, f"invalid DICOM (bad {keyword})")
     return [entries % 65536, first, bits], raw[0]
@@ -354,8 +383,9 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
     frames = req(_frames(ds), keyword="NumberOfFrames")
     samples = req(_int(ds, _TAGS["SamplesPerPixel"], 1, 4), keyword="SamplesPerPixel")
     _check_pixels(label, rows * columns * frames * samples)
-    photometric = req(_code(ds, _TAGS["PhotometricInterpretation"], _PHOTOMETRIC_TERMS),
-                      keyword="PhotometricInterpretation")
+    photometric = req(
+        _code(ds, _TAGS["PhotometricInterpretation"], _PHOTOMETRIC_TERMS), keyword="PhotometricInterpretation"
+    )
     bits_allocated = _int(ds, _TAGS["BitsAllocated"], 1, 64)
     bits_allocated = req(bits_allocated if bits_allocated in (1, 8, 16, 32, 64) else None, keyword="BitsAllocated")
     bits_stored = req(_int(ds, _TAGS["BitsStored"], 1, bits_allocated), keyword="BitsStored")
@@ -380,12 +410,23 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
         raw = _raw(ds, _PIXEL_DATA, ("OB", "OW"))
         pixel_data = req(raw[0] if raw and raw[0] else None, keyword="Pixel Data")
     return _DicomImage(
-        syntax=syntax, rows=rows, columns=columns, frames=frames, samples=samples, photometric=photometric,
-        bits_allocated=bits_allocated, bits_stored=bits_stored, pixel_representation=pixel_representation,
-        planar=planar, rescale=(slope[0], intercept[0]) if slope and intercept else None,
-        window=(center[0], width[0]) if center and width else None, voi_function=voi_function,
+        syntax=syntax,
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        samples=samples,
+        photometric=photometric,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=pixel_representation,
+        planar=planar,
+        rescale=(slope[0], intercept[0]) if slope and intercept else None,
+        window=(center[0], width[0]) if center and width else None,
+        voi_function=voi_function,
         modality_lut=_lut(ds, "ModalityLUTSequence", pixel_representation, label),
-        voi_lut=_lut(ds, "VOILUTSequence", pixel_representation, label), pixel_data=pixel_data)
+        voi_lut=_lut(ds, "VOILUTSequence", pixel_representation, label),
+        pixel_data=pixel_data,
+    )
 
 
 # ---------------------------------------------------------------- DICOM: decoding
@@ -394,23 +435,34 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
 # (pydicom.pixels.decoders: pylibjpeg's plugins, pyjpegls, or python-gdcm; Pillow covers
 # JPEG baseline, 8-bit JPEG extended and JPEG 2000; RLE and deflate need nothing).
 _INSTALL = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",     # JPEG Baseline
-    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",     # JPEG Extended (12-bit)
-    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",     # JPEG Lossless
-    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",     # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",     # JPEG-LS Lossless (or pyjpegls)
-    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",     # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",    # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",    # JPEG 2000
-    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",   # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",   # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",   # HTJ2K
-    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",            # RLE Lossless
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS Lossless (or pyjpegls)
+    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE Lossless
 }
-_JPEG_FAMILY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
-_J2K_FAMILY = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-               "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_JPEG_FAMILY = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+)
+_J2K_FAMILY = (
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+)
 _RLE = "1.2.840.10008.1.2.5"
 
 
@@ -430,8 +482,11 @@ def _decoder(img: _DicomImage, label: str):
         raise ImageDecodeError(label, f"DICOM pixel data in {_syntax_name(img.syntax)} is not supported") from None
     pillow_only = decoder.available_plugins == ("pillow",)
     if not decoder.is_available or (pillow_only and img.syntax == "1.2.840.10008.1.2.4.51" and img.bits_stored > 8):
-        raise ImageDecodeError(label, f"no decoder for DICOM pixel data in {_syntax_name(img.syntax)} is "
-                                      f"installed: pip install {_INSTALL.get(img.syntax, 'pylibjpeg')}")
+        raise ImageDecodeError(
+            label,
+            f"no decoder for DICOM pixel data in {_syntax_name(img.syntax)} is "
+            f"installed: pip install {_INSTALL.get(img.syntax, 'pylibjpeg')}",
+        )
     return decoder
 
 
@@ -449,11 +504,10 @@ def _check_first_frame(img: _DicomImage, label: str) -> None:
             raise ImageDecodeError(label, "invalid DICOM (bad RLE frame)")
         count, *offsets = struct.unpack("<16L", frame[:64])
         ends = [*offsets[:count], len(frame)][1:]
-        limit = expected + expected // 64 + 64       # room for an encoder's padding, not for a bomb
+        limit = expected + expected // 64 + 64  # room for an encoder's padding, not for a bomb
         for start, end in zip(offsets[:count], ends, strict=False):
             if not 64 <= start <= end <= len(frame) or _rle_decoded_length(frame[start:end], limit) > limit:
-                raise ImageDecodeError(label, "invalid DICOM (an RLE segment decodes to more than the "
-                                              "frame's pixels)")
+                raise ImageDecodeError(label, "invalid DICOM (an RLE segment decodes to more than the frame's pixels)")
         return
     size = _jpeg_size(frame) if img.syntax in _JPEG_FAMILY else _j2k_size(frame)
     if size is None:
@@ -475,11 +529,16 @@ def _decoding_dataset(img: _DicomImage):
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta[0x00020010] = element(0x00020010, "UI", img.syntax)
-    for tag, vr, value in ((0x00280002, "US", img.samples), (0x00280004, "CS", img.photometric),
-                           (0x00280010, "US", img.rows), (0x00280011, "US", img.columns),
-                           (0x00280100, "US", img.bits_allocated), (0x00280101, "US", img.bits_stored),
-                           (0x00280102, "US", img.bits_stored - 1),
-                           (0x00280103, "US", img.pixel_representation)):
+    for tag, vr, value in (
+        (0x00280002, "US", img.samples),
+        (0x00280004, "CS", img.photometric),
+        (0x00280010, "US", img.rows),
+        (0x00280011, "US", img.columns),
+        (0x00280100, "US", img.bits_allocated),
+        (0x00280101, "US", img.bits_stored),
+        (0x00280102, "US", img.bits_stored - 1),
+        (0x00280103, "US", img.pixel_representation),
+    ):
         ds[tag] = element(tag, vr, value)
     if img.samples > 1:
         ds[0x00280006] = element(0x00280006, "US", img.planar)
@@ -533,11 +592,12 @@ def _decode_dicom(data: bytes, label: str) -> np.ndarray:
     except MemoryError:
         raise ImageDecodeError(label, "not enough memory to decode it") from None
     except Exception:  # decoders raise many types; their messages are not ours to show
-        raise ImageDecodeError(label, f"invalid DICOM (the pixel data in {_syntax_name(syntax)} "
-                                      f"cannot be decoded)") from None
+        raise ImageDecodeError(
+            label, f"invalid DICOM (the pixel data in {_syntax_name(syntax)} cannot be decoded)"
+        ) from None
     if arr.dtype != np.uint8:
         arr = _stretch(arr)
-    elif not arr.flags.writeable:               # a view of the file's bytes (view_only above)
+    elif not arr.flags.writeable:  # a view of the file's bytes (view_only above)
         arr = arr.copy()
     return _gray_or_rgb(arr)
 
@@ -552,8 +612,9 @@ def _dicom_header(fh: BinaryIO, label: str) -> dict:
     _check_pixels(label, rows * columns * frames * req(samples, keyword="SamplesPerPixel"))
     photometric = "MONOCHROME2"
     if _TAGS["PhotometricInterpretation"] in ds:
-        photometric = req(_code(ds, _TAGS["PhotometricInterpretation"], _PHOTOMETRIC_TERMS),
-                          keyword="PhotometricInterpretation")
+        photometric = req(
+            _code(ds, _TAGS["PhotometricInterpretation"], _PHOTOMETRIC_TERMS), keyword="PhotometricInterpretation"
+        )
     bits = req(_int(ds, _TAGS["BitsStored"], 1, 64), keyword="BitsStored") if _TAGS["BitsStored"] in ds else 8
     return {"width": columns, "height": rows, "mode": f"{photometric} {bits}-bit", "format": "DICOM"}
 
@@ -562,8 +623,16 @@ def _dicom_header(fh: BinaryIO, label: str) -> dict:
 # Manufacturer and ManufacturerModelName are not among them: they are free text (LO, any
 # words), so no pattern can tell "Philips Medical Systems" from "General Hospital" or a
 # name run on into them by a corrupt length, and the model does not need them.
-SAFE_DICOM_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "Rows", "Columns",
-                   "BitsStored", "PixelSpacing")
+SAFE_DICOM_TAGS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PixelSpacing",
+)
 
 
 def dicom_summary(src: ImageSource, *, name: str | None = None) -> dict:

@@ -13,6 +13,7 @@ Supported layouts (detected in this order):
 ``covid-radiography``  ``ROOT/<Class>/images/*.png`` with ``masks/`` ignored
 ``class-folders``      ``ROOT/<class>/*.png|jpg|jpeg|dcm`` (sub-folders are searched too)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,18 +29,27 @@ from .io import IMAGE_EXTENSIONS, read_header
 
 INDEX_COLUMNS = ["path", "label", "split", "patient_id", "width", "height", "mode", "bytes"]
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 _IGNORED_DIRS = {"masks", "mask", "__macosx"}
-LAYOUTS_HELP = ("class folders (ROOT/<class>/*.png), split folders (ROOT/train|val|test/<class>/...), "
-                "COVID-19 Radiography (ROOT/<Class>/images/*.png) or a CSV manifest (path,label[,patient_id][,split])")
+LAYOUTS_HELP = (
+    "class folders (ROOT/<class>/*.png), split folders (ROOT/train|val|test/<class>/...), "
+    "COVID-19 Radiography (ROOT/<Class>/images/*.png) or a CSV manifest (path,label[,patient_id][,split])"
+)
 
 # Patient ids encoded in well-known file names.
 PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),   # pediatric pneumonia set
-    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),             # its NORMAL images
-    re.compile(r"^(\d{8})_\d{3}$"),                                       # NIH ChestX-ray14
-    re.compile(r"^synthetic_(p\d+)_\d+$"),                                # cxrcore demo data
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),  # pediatric pneumonia set
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),  # its NORMAL images
+    re.compile(r"^(\d{8})_\d{3}$"),  # NIH ChestX-ray14
+    re.compile(r"^synthetic_(p\d+)_\d+$"),  # cxrcore demo data
 )
 
 Progress = Callable[[int, int], None] | None
@@ -60,8 +70,9 @@ def _is_image(path: Path) -> bool:
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in _IGNORED_DIRS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in _IGNORED_DIRS
+    )
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -81,8 +92,15 @@ def _class_folder_rows(folder: Path, root: Path, split: str) -> list[dict]:
         images = _images_under(class_dir)
         if not images:
             raise DataError(f"class folder {class_dir} has no images (PNG, JPEG or DICOM)")
-        rows.extend({"relpath": p.relative_to(root).as_posix(), "label": class_dir.name,
-                     "split": split, "patient_id": patient_from_filename(p.name)} for p in images)
+        rows.extend(
+            {
+                "relpath": p.relative_to(root).as_posix(),
+                "label": class_dir.name,
+                "split": split,
+                "patient_id": patient_from_filename(p.name),
+            }
+            for p in images
+        )
     return rows
 
 
@@ -94,8 +112,10 @@ def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
         raise DataError(f"cannot read manifest {csv_path}: {exc}") from None
     missing = {"path", "label"} - set(table.columns)
     if missing:
-        raise DataError(f"manifest {csv_path} lacks column(s) {', '.join(sorted(missing))}; "
-                        "expected path,label[,patient_id][,split]")
+        raise DataError(
+            f"manifest {csv_path} lacks column(s) {', '.join(sorted(missing))}; "
+            "expected path,label[,patient_id][,split]"
+        )
     if table.empty:
         raise DataError(f"manifest {csv_path} lists no images")
     rows = []
@@ -106,16 +126,21 @@ def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
             raise DataError(f"manifest {csv_path}: image {rec['path']} has an empty label")
         split_raw = rec.get("split", "").strip().lower()
         if split_raw and split_raw not in _SPLIT_ALIASES:
-            raise DataError(f"manifest {csv_path}: unknown split '{rec['split']}' for {rec['path']} "
-                            "(use train, val or test)")
+            raise DataError(
+                f"manifest {csv_path}: unknown split '{rec['split']}' for {rec['path']} (use train, val or test)"
+            )
         patient = rec.get("patient_id", "").strip() or patient_from_filename(path.name)
-        rows.append({"relpath": os.path.relpath(full, root) if path.is_absolute() else path.as_posix(),
-                     "label": rec["label"].strip(), "split": _SPLIT_ALIASES.get(split_raw, ""),
-                     "patient_id": patient})
+        rows.append(
+            {
+                "relpath": os.path.relpath(full, root) if path.is_absolute() else path.as_posix(),
+                "label": rec["label"].strip(),
+                "split": _SPLIT_ALIASES.get(split_raw, ""),
+                "patient_id": patient,
+            }
+        )
     absent = [r["relpath"] for r in rows if not (root / r["relpath"]).is_file()]
     if absent:
-        raise DataError(f"manifest {csv_path}: {len(absent)} listed file(s) do not exist, "
-                        f"first: {root / absent[0]}")
+        raise DataError(f"manifest {csv_path}: {len(absent)} listed file(s) do not exist, first: {root / absent[0]}")
     return root, rows
 
 
@@ -153,8 +178,15 @@ def scan_layout(data: str | os.PathLike) -> tuple[Path, str, list[dict]]:
             images = _images_under(folder)
             if not images:
                 raise DataError(f"class folder {class_dir} has no images (PNG, JPEG or DICOM)")
-            rows.extend({"relpath": p.relative_to(root).as_posix(), "label": class_dir.name, "split": "",
-                         "patient_id": patient_from_filename(p.name)} for p in images)
+            rows.extend(
+                {
+                    "relpath": p.relative_to(root).as_posix(),
+                    "label": class_dir.name,
+                    "split": "",
+                    "patient_id": patient_from_filename(p.name),
+                }
+                for p in images
+            )
         return root, layout, rows
     return root, layout, _class_folder_rows(root, root, "")
 
@@ -179,8 +211,13 @@ def _load_cache(path: Path) -> dict[str, dict]:
     cache = {}
     for r in table.to_dict("records"):
         try:
-            cache[r["relpath"]] = {"bytes": int(r["bytes"]), "mtime_ns": int(r["mtime_ns"]),
-                                   "width": int(r["width"]), "height": int(r["height"]), "mode": r["mode"]}
+            cache[r["relpath"]] = {
+                "bytes": int(r["bytes"]),
+                "mtime_ns": int(r["mtime_ns"]),
+                "width": int(r["width"]),
+                "height": int(r["height"]),
+                "mode": r["mode"],
+            }
         except (TypeError, ValueError):
             continue  # a damaged row: that file's header is read again
     return cache
@@ -219,8 +256,16 @@ def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache
                 bad.append(exc)
                 header = None
         if header is not None:
-            records.append({"relpath": row["relpath"], "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                            "width": header["width"], "height": header["height"], "mode": header["mode"]})
+            records.append(
+                {
+                    "relpath": row["relpath"],
+                    "bytes": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "width": header["width"],
+                    "height": header["height"],
+                    "mode": header["mode"],
+                }
+            )
         if progress is not None and (i + 1 == total or (i + 1) % 50 == 0):
             progress(i + 1, total)
     if bad:
@@ -232,11 +277,22 @@ def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache
         except OSError:
             pass  # a read-only cache directory only costs speed
     facts = {r["relpath"]: r for r in records}
-    frame = pd.DataFrame([
-        {"path": str(root / r["relpath"]), "label": r["label"], "split": r["split"],
-         "patient_id": r["patient_id"], "width": facts[r["relpath"]]["width"],
-         "height": facts[r["relpath"]]["height"], "mode": facts[r["relpath"]]["mode"],
-         "bytes": facts[r["relpath"]]["bytes"]} for r in rows], columns=INDEX_COLUMNS)
+    frame = pd.DataFrame(
+        [
+            {
+                "path": str(root / r["relpath"]),
+                "label": r["label"],
+                "split": r["split"],
+                "patient_id": r["patient_id"],
+                "width": facts[r["relpath"]]["width"],
+                "height": facts[r["relpath"]]["height"],
+                "mode": facts[r["relpath"]]["mode"],
+                "bytes": facts[r["relpath"]]["bytes"],
+            }
+            for r in rows
+        ],
+        columns=INDEX_COLUMNS,
+    )
     frame.attrs.update(root=str(root), layout=layout)
     return frame
 
@@ -250,8 +306,10 @@ def summarize(index: pd.DataFrame) -> dict:
         "layout": index.attrs.get("layout", ""),
         "images": int(len(index)),
         "classes": {str(k): int(v) for k, v in per_class.sort_index().items()},
-        "by_split": {str(label): {str(s or "unassigned"): int(n) for s, n in row.items() if n}
-                     for label, row in counts.iterrows()},
+        "by_split": {
+            str(label): {str(s or "unassigned"): int(n) for s, n in row.items() if n}
+            for label, row in counts.iterrows()
+        },
         "patients": int(index.loc[index["patient_id"] != "", "patient_id"].nunique()),
         "imbalance_ratio": float(per_class.max() / per_class.min()) if len(per_class) else 0.0,
         "modes": {str(k): int(v) for k, v in index["mode"].value_counts().items()},

@@ -33,6 +33,7 @@ blocks of rows, so a large 16-bit image never gets a full-size float64 copy.
 
 Privacy: what is read, logged and shown from a file is described in :mod:`cxrcore.data.dicom`.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -95,6 +96,7 @@ def _check_pixels(label: str, pixels: int) -> None:
 
 # ---------------------------------------------------------------- format sniffing and headers
 
+
 def _sniff(data: bytes) -> str:
     """``"DICOM"``, ``"PNG"``, ``"JPEG"``, another format's name (Pillow's), or ``""``."""
     if is_dicom(data):
@@ -104,7 +106,7 @@ def _sniff(data: bytes) -> str:
     if data.startswith(_JPEG_MAGIC):
         return "JPEG"
     Image.init()
-    for fmt, (_, accept) in Image.OPEN.items():   # each plugin's own check of the first bytes
+    for fmt, (_, accept) in Image.OPEN.items():  # each plugin's own check of the first bytes
         try:
             if accept is not None and accept(data[:16]):
                 return fmt
@@ -126,7 +128,7 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}   # F7: JPEG-LS (SOF55)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # F7: JPEG-LS (SOF55)
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
@@ -149,22 +151,22 @@ def _jpeg_walk(data: bytes) -> tuple[tuple[int, int, int] | None, bool]:
         if data[pos] != 0xFF:
             return None, True
         marker = data[pos + 1]
-        if marker == 0xFF:                      # fill byte
+        if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:   # no length field
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
             pos += 2
             continue
-        if marker in (0xD9, 0xDA):              # end of image, start of scan: headers are over
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: headers are over
             break
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if length < 2:
             return None, True
         if marker in _JPEG_SOF:
             if pos + 10 > len(data):
                 return best, False
-            height = int.from_bytes(data[pos + 5:pos + 7], "big")
-            width = int.from_bytes(data[pos + 7:pos + 9], "big")
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
             size = (width, height, data[pos + 9])
             if best is None or math.prod(size) > math.prod(best):
                 best = size
@@ -176,28 +178,28 @@ def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, components) from a JPEG 2000 codestream's SIZ marker (or a JP2 file's
     codestream and image header, whichever is larger)."""
     pos, header = 0, None
-    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):     # JP2 boxes around the codestream
+    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):  # JP2 boxes around the codestream
         pos = 12
         while True:
             if pos + 8 > len(data):
                 return None
-            length, box = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+            length, box = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
             start = pos + 8
             if length == 1:
-                length, start = int.from_bytes(data[pos + 8:pos + 16], "big"), pos + 16
+                length, start = int.from_bytes(data[pos + 8 : pos + 16], "big"), pos + 16
             if box == b"jp2c":
                 pos = start
                 break
-            if box == b"jp2h" and data[start + 4:start + 8] == b"ihdr" and start + 18 <= len(data):
-                height, width, components = struct.unpack(">IIH", data[start + 8:start + 18])
+            if box == b"jp2h" and data[start + 4 : start + 8] == b"ihdr" and start + 18 <= len(data):
+                height, width, components = struct.unpack(">IIH", data[start + 8 : start + 18])
                 header = (width, height, components)
             if length < start - pos:
                 return None
             pos += length
-    if data[pos:pos + 4] != b"\xff\x4f\xff\x51" or pos + 42 > len(data):
+    if data[pos : pos + 4] != b"\xff\x4f\xff\x51" or pos + 42 > len(data):
         return None
-    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[pos + 8:pos + 24])
-    (csiz,) = struct.unpack(">H", data[pos + 40:pos + 42])
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[pos + 8 : pos + 24])
+    (csiz,) = struct.unpack(">H", data[pos + 40 : pos + 42])
     size = (max(0, xsiz - xosiz), max(0, ysiz - yosiz), csiz)
     return size if header is None or math.prod(size) >= math.prod(header) else header
 
@@ -273,6 +275,7 @@ def _gray_or_rgb(arr: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- PNG and JPEG
 
+
 def _pil_image(fp, head: bytes, fmt: str, label: str) -> Image.Image:
     """The PNG or JPEG in ``fp``, opened (not decoded) once the size in its header passed the
     pixel limit: Pillow is never asked to open more (it would warn, or raise over twice its limit).
@@ -313,15 +316,17 @@ def _decode_pil(data: bytes, fmt: str, label: str, size: int | None) -> np.ndarr
             if img.mode not in ("L", "RGB"):
                 img = img.convert("RGB")
             if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)   # Pillow's pixels: no numpy copy
+                img = img.resize((size, size), Image.BILINEAR)  # Pillow's pixels: no numpy copy
             return np.asarray(img, dtype=np.uint8)
         high = np.asarray(img)
-    del img                                     # Pillow's copy of the pixels: the stretch needs `high`
+    del img  # Pillow's copy of the pixels: the stretch needs `high`
     gray = _stretch(high)
     del high
     return gray if size is None else _resize(gray, size)
 
+
 # ---------------------------------------------------------------- public API
+
 
 def _decode(data: bytes, label: str, size: int | None = None) -> np.ndarray:
     """Gray (2-D) or RGB ``uint8`` pixels of any accepted file, resized when ``size`` is given."""
@@ -406,7 +411,7 @@ def read_header(path: str | os.PathLike) -> dict:
             fmt = _sniff(head)
             if fmt not in ("PNG", "JPEG"):
                 raise _refuse_format(label, fmt)
-            while fmt == "JPEG" and not _jpeg_walk(head)[1]:   # EXIF, ICC profiles... before the frame
+            while fmt == "JPEG" and not _jpeg_walk(head)[1]:  # EXIF, ICC profiles... before the frame
                 more = fh.read(len(head))
                 if not more:
                     break
@@ -417,7 +422,7 @@ def read_header(path: str | os.PathLike) -> dict:
     except ImageDecodeError:
         raise
     except OSError as exc:
-        if fmt in ("", "DICOM"):                # opening or reading the file
+        if fmt in ("", "DICOM"):  # opening or reading the file
             raise ImageDecodeError(label, exc.strerror or type(exc).__name__) from None
         raise ImageDecodeError(label, _pil_reason(exc, fmt)) from None
     except Exception as exc:  # Pillow raises SyntaxError, ValueError, ...

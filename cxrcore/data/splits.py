@@ -5,6 +5,7 @@ all images of one patient land in one split. Images without a patient id are the
 own group. A split that the layout already has (split folders, a ``split`` column)
 is kept; only a missing validation or test split is carved out of ``train``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,9 @@ def apply_label_scheme(index: pd.DataFrame, scheme: LabelScheme, *, strict: bool
     def check(classes, what):
         unknown = sorted(set(classes) - set(out["label"]))
         if unknown and strict:
-            raise ConfigError(f"{what}: no class named {', '.join(unknown)} "
-                              f"(classes: {', '.join(sorted(out['label'].unique()))})")
+            raise ConfigError(
+                f"{what}: no class named {', '.join(unknown)} (classes: {', '.join(sorted(out['label'].unique()))})"
+            )
 
     check(scheme.rename, "rename")
     out["label"] = out["label"].replace(scheme.rename)
@@ -75,29 +77,32 @@ def _grouped_split(frame: pd.DataFrame, fractions: dict[str, float], rng: np.ran
     return groups.map(assignment)
 
 
-def assign_splits(index: pd.DataFrame, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                  seed: int = 42) -> pd.DataFrame:
+def assign_splits(
+    index: pd.DataFrame, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42
+) -> pd.DataFrame:
     """Fill the ``split`` column (train / val / test), keeping splits the layout already has."""
     out = index.copy()
     rng = np.random.default_rng(seed)
     has = set(out["split"]) - {""}
     if not has:
-        out["split"] = _grouped_split(out, {"test": test_fraction, "val": val_fraction,
-                                            "train": 1.0 - test_fraction - val_fraction}, rng).values
+        out["split"] = _grouped_split(
+            out, {"test": test_fraction, "val": val_fraction, "train": 1.0 - test_fraction - val_fraction}, rng
+        ).values
     else:
         unassigned = out["split"] == ""
         if unassigned.any():  # a manifest that gives splits for some rows only
             out.loc[unassigned, "split"] = _grouped_split(
-                out[unassigned], {"test": test_fraction, "val": val_fraction,
-                                  "train": 1 - test_fraction - val_fraction}, rng).values
+                out[unassigned],
+                {"test": test_fraction, "val": val_fraction, "train": 1 - test_fraction - val_fraction},
+                rng,
+            ).values
         for missing, fraction in (("val", val_fraction), ("test", test_fraction)):
             if missing in set(out["split"]) or fraction <= 0:
                 continue
             train = out["split"] == "train"
             if train.sum() < 2:
                 raise DataError("not enough training images to carve out a validation split")
-            out.loc[train, "split"] = _grouped_split(
-                out[train], {missing: fraction, "train": 1 - fraction}, rng).values
+            out.loc[train, "split"] = _grouped_split(out[train], {missing: fraction, "train": 1 - fraction}, rng).values
     out.attrs.update(index.attrs)
     return out
 
@@ -128,8 +133,9 @@ def class_weights(labels: pd.Series, classes: list[str], mode: str = "balanced")
 def leakage_report(index: pd.DataFrame) -> pd.DataFrame:
     """Patients whose images fall in more than one split: ``patient_id, splits, images``."""
     known = index[index["patient_id"] != ""]
-    per = known.groupby("patient_id").agg(splits=("split", lambda s: ",".join(sorted(set(s)))),
-                                          n_splits=("split", "nunique"), images=("path", "size"))
+    per = known.groupby("patient_id").agg(
+        splits=("split", lambda s: ",".join(sorted(set(s)))), n_splits=("split", "nunique"), images=("path", "size")
+    )
     leaked = per[per["n_splits"] > 1].drop(columns="n_splits").reset_index()
     return leaked.sort_values("patient_id").reset_index(drop=True)
 
