@@ -7,7 +7,8 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     predict              the prediction path for files and uploaded bytes
     cli                  ``python -m cxrcore ...``
     data/io              image headers, decoding (PNG/JPEG/DICOM), the one pixel-normalisation function
-    data/dicom           DICOM reading, validation, decoding and the non-identifying dicom_summary
+    data/dicom           DICOM reading, validated values and the non-identifying dicom_summary
+    data/dicom_pixels    DICOM decoders and the size checks before them (first frame only)
     data/index           dataset layouts and the cached image index
     data/splits          label schemes, patient-grouped splits, class weights, leakage checks
     data/demo            synthetic demo dataset (clearly marked as synthetic)

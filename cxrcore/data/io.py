@@ -337,7 +337,7 @@ def _decode(data: bytes, label: str, size: int | None = None) -> np.ndarray:
         raise _refuse_format(label, fmt)
     try:
         if fmt == "DICOM":
-            from .dicom import _decode_dicom  # here, not at import: dicom.py imports this module
+            from .dicom_pixels import _decode_dicom  # here, not at import: it imports this module
 
             arr = _decode_dicom(data, label)
             if arr.shape[0] >= 1 and arr.shape[1] >= 1 and size is not None:
