@@ -193,6 +193,45 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _with_ci(value, bounds: dict | None) -> str:
+    if value is None:
+        return "n/a"
+    if not bounds or bounds.get("ci_low") is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({bounds['ci_low']:.3f}-{bounds['ci_high']:.3f})"
+
+
+def report_lines(result: dict) -> list[str]:
+    """The evaluation as text: headline and per-class metrics, each with its 95% interval."""
+    ci = result.get("ci", {})
+    lines = [
+        "  "
+        + "  ".join(
+            f"{name} {_with_ci(result[key], ci.get(key))}"
+            for name, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro AUC", "macro_auc"))
+        )
+    ]
+    for name, row in result["per_class"].items():
+        row_ci = row.get("ci", {})
+        shown = "  ".join(
+            f"{key} {_with_ci(row.get(key), row_ci.get(key))}"
+            for key in ("sensitivity", "specificity", "ppv", "npv", "auc")
+        )
+        lines.append(f"  {name:<20} {shown}  n {row['support']}")
+    boot = result.get("bootstrap")
+    lines.append(
+        f"  95% intervals: bootstrap over {boot['patients']} patients, {boot['resamples']} resamples"
+        + (
+            f" ({boot['images_without_patient_id']} images without a patient id counted as their own patient)"
+            if boot["images_without_patient_id"]
+            else ""
+        )
+        if boot
+        else "  no intervals: evaluated before they existed"
+    )
+    return lines
+
+
 def cmd_evaluate(args) -> int:
     from .runs import RunDir
 
@@ -205,13 +244,8 @@ def cmd_evaluate(args) -> int:
     from .evaluation.metrics import summary
 
     result = evaluate_run(args.run_dir, args.data, drop_unknown=args.drop_unknown)
-    for name, row in result["per_class"].items():
-        auc = "n/a" if row["auc"] is None else f"{row['auc']:.4f}"
-        print(
-            f"  {name:<24} precision {row['precision']:.4f}  recall {row['recall']:.4f}  "
-            f"f1 {row['f1']:.4f}  auc {auc}  n {row['support']}",
-            file=sys.stderr,
-        )
+    for line in report_lines(result):
+        print(line, file=sys.stderr)
     print(f"results written to {result['out_dir']}", file=sys.stderr)
     print(json.dumps(summary(result)))
     return 0

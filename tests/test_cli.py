@@ -98,12 +98,18 @@ def test_train_writes_a_complete_run(run_dir):
 
 
 def test_evaluate_prints_the_summary_last(run_dir, demo):
-    summary = json.loads(last_line(cli("evaluate", run_dir).stdout))
-    assert set(summary) == {"accuracy", "macro_f1", "macro_auc", "n"}
+    proc = cli("evaluate", run_dir)
+    summary = json.loads(last_line(proc.stdout))
+    assert set(summary) == {"accuracy", "macro_f1", "macro_auc", "n", "ci", "bootstrap"}
     stored = json.loads((run_dir / "metrics.json").read_text())
     assert summary["n"] == stored["n"] and summary["accuracy"] == pytest.approx(stored["accuracy"])
+    bounds = summary["ci"]["accuracy"]  # every number comes with its 95% interval
+    assert bounds["ci_low"] <= summary["accuracy"] <= bounds["ci_high"]
+    assert summary["bootstrap"]["resamples"] == 1000 and summary["bootstrap"]["unit"] == "patient"
+    assert f"accuracy {summary['accuracy']:.3f} ({bounds['ci_low']:.3f}-{bounds['ci_high']:.3f})" in proc.stderr
+    assert "95% intervals: bootstrap over" in proc.stderr
     external = json.loads(last_line(cli("evaluate", run_dir, "--data", demo).stdout))
-    assert external["n"] == 60
+    assert external["n"] == 60 and external["ci"]["macro_auc"]["ci_low"] is not None
     (saved,) = (run_dir / "external").glob("*-demo-*/metrics.json")
     assert json.loads(saved.read_text())["n"] == 60
 

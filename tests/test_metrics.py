@@ -84,7 +84,15 @@ def test_result_is_strict_json():
     m = classification_metrics([0, 1, 1], binary([0.2, 0.9, 0.6]), ["n", "p"])
     text = json.dumps(m, allow_nan=False)  # ROC thresholds start at +inf: must be mapped to null
     assert json.loads(text)["roc"]["p"]["thresholds"][0] is None
-    assert summary(m) == {"accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0, "n": 3}
+    shown = summary(m)
+    assert {k: shown[k] for k in ("accuracy", "macro_f1", "macro_auc", "n")} == {
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+        "macro_auc": 1.0,
+        "n": 3,
+    }
+    assert shown["ci"]["accuracy"] == {"ci_low": 1.0, "ci_high": 1.0}  # every resample is all correct
+    assert shown["bootstrap"]["patients"] == 3 and shown["bootstrap"]["images_without_patient_id"] == 3
 
 
 def test_sensitivity_specificity_from_matrix():

@@ -51,10 +51,12 @@ def predictions_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]
 def evaluate_frame(
     model, frame: pd.DataFrame, classes: list[str], image_size: int, out_dir: Path, batch_size: int = 32
 ) -> dict:
-    """Predict, compute metrics and write metrics.json, per_class.csv and predictions.csv."""
+    """Predict, compute metrics (with 95% intervals by bootstrap over the frame's patients) and write
+    metrics.json, per_class.csv and predictions.csv."""
     probs = predict_frame(model, frame, classes, image_size, batch_size)
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    result = metrics.classification_metrics(y, probs, classes)
+    patients = frame["patient_id"].tolist() if "patient_id" in frame else None
+    result = metrics.classification_metrics(y, probs, classes, patient_ids=patients)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / runs.METRICS, result)
     runs.write_csv(out_dir / runs.PER_CLASS, pd.DataFrame(metrics.per_class_table(result)))

@@ -21,6 +21,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from .intervals import DEFAULT_RESAMPLES, bootstrap_intervals
+
 
 def _num(value) -> float | None:
     value = float(value)
@@ -88,8 +90,22 @@ def pr_per_class(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> dict:
     return out
 
 
-def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict:
-    """All test-set metrics for integer labels ``y_true`` and probabilities ``probs`` (n, k)."""
+def classification_metrics(
+    y_true: Sequence[int],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    patient_ids: Sequence[str] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """All test-set metrics for integer labels ``y_true`` and probabilities ``probs`` (n, k).
+
+    With ``resamples`` > 0, 95% intervals by bootstrap over patients (``patient_ids``; an
+    image without one is its own patient) sit beside the values: ``ci`` for accuracy,
+    macro F1 and macro AUC, ``per_class[c]["ci"]`` for sensitivity, specificity, PPV, NPV,
+    AUC and AP, and ``bootstrap`` saying how they were made (:mod:`.intervals`).
+    """
     y, p = _check(y_true, probs, classes)
     k = len(classes)
     pred = p.argmax(axis=1)
@@ -100,6 +116,7 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
         y, pred, labels=list(range(k)), target_names=list(classes), output_dict=True, zero_division=0
     )
     sens, spec = sensitivity_specificity(cm)
+    ppv, npv = predictive_values(cm)
     roc = roc_per_class(y, p, classes)
     pr = pr_per_class(y, p, classes)
     onehot = np.eye(k)[y]
@@ -114,12 +131,14 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
             "support": int(report[name]["support"]),
             "sensitivity": sens[i],
             "specificity": spec[i],
+            "ppv": ppv[i],
+            "npv": npv[i],
             "auc": roc[name]["auc"] if roc[name] else None,
             "ap": pr[name]["ap"] if pr[name] else None,
         }
         for i, name in enumerate(classes)
     }
-    return {
+    result = {
         "classes": list(classes),
         "n": int(y.size),
         "accuracy": _num((pred == y).mean()),
@@ -138,27 +157,66 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
         "roc_micro": {"fpr": _list(micro_fpr), "tpr": _list(micro_tpr)},
         "pr": pr,
     }
+    if resamples > 0:
+        found = bootstrap_intervals(y, p, classes, patient_ids, resamples=resamples, seed=seed)
+        result["ci"], result["bootstrap"] = found["ci"], found["bootstrap"]
+        for name in classes:
+            per_class[name]["ci"] = found["per_class"][name]
+    return result
+
+
+def predictive_values(cm: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Per-class one-vs-rest PPV (precision) and NPV from a confusion matrix."""
+    cm = np.asarray(cm, dtype=float)
+    total = cm.sum()
+    ppv, npv = [], []
+    for i in range(cm.shape[0]):
+        tp = cm[i, i]
+        fn = cm[i].sum() - tp
+        fp = cm[:, i].sum() - tp
+        tn = total - tp - fn - fp
+        ppv.append(_num(tp / (tp + fp)) if tp + fp else None)
+        npv.append(_num(tn / (tn + fn)) if tn + fn else None)
+    return ppv, npv
 
 
 def summary(metrics: dict) -> dict:
-    """The headline numbers: accuracy, macro F1, macro AUC and n."""
-    return {key: metrics[key] for key in ("accuracy", "macro_f1", "macro_auc", "n")}
+    """The headline numbers: accuracy, macro F1, macro AUC and n, with their intervals (``ci``)
+    and how they were made (``bootstrap``) when the evaluation has them."""
+    out = {key: metrics[key] for key in ("accuracy", "macro_f1", "macro_auc", "n")}
+    if "ci" in metrics:
+        out["ci"] = metrics["ci"]
+        out["bootstrap"] = metrics["bootstrap"]
+    return out
 
 
 def per_class_table(metrics: dict) -> list[dict]:
     """Rows of the classification report (one per class plus macro average) for tables and CSV."""
-    rows = [{"class": name, **values} for name, values in metrics["per_class"].items()]
-    rows.append(
-        {
-            "class": "macro avg",
-            "precision": metrics["macro_precision"],
-            "recall": metrics["macro_recall"],
-            "f1": metrics["macro_f1"],
-            "support": metrics["n"],
-            "sensitivity": None,
-            "specificity": None,
-            "auc": metrics["macro_auc"],
-            "ap": metrics["macro_ap"],
-        }
-    )
+    rows = []
+    for name, values in metrics["per_class"].items():
+        row = {"class": name, **{k: v for k, v in values.items() if k != "ci"}}
+        for metric, bounds in values.get("ci", {}).items():
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = bounds["ci_low"], bounds["ci_high"]
+        rows.append(row)
+    macro = {
+        "class": "macro avg",
+        "precision": metrics["macro_precision"],
+        "recall": metrics["macro_recall"],
+        "f1": metrics["macro_f1"],
+        "support": metrics["n"],
+        "sensitivity": None,
+        "specificity": None,
+        "auc": metrics["macro_auc"],
+        "ap": metrics["macro_ap"],
+    }
+    if "ci" in metrics:
+        macro["f1_ci_low"], macro["f1_ci_high"] = (
+            metrics["ci"]["macro_f1"]["ci_low"],
+            metrics["ci"]["macro_f1"]["ci_high"],
+        )
+        macro["auc_ci_low"], macro["auc_ci_high"] = (
+            metrics["ci"]["macro_auc"]["ci_low"],
+            metrics["ci"]["macro_auc"]["ci_high"],
+        )
+    rows.append(macro)
     return rows
