@@ -232,6 +232,29 @@ def report_lines(result: dict) -> list[str]:
     return lines
 
 
+def cmd_audit(args) -> int:
+    from .data.audit import audit
+
+    result = audit(args.data, folds=args.folds, use_cache=not args.no_cache)
+    shortcut = result["shortcut"]
+    print(f"{result['images']} images, classes {result['classes']}", file=sys.stderr)
+    print(
+        f"  patient leak: {result['patient_leak']['patients']} patient(s) in more than one split "
+        f"({result['patient_leak']['images_without_patient_id']} images without a patient id)",
+        file=sys.stderr,
+    )
+    print(
+        f"  duplicates: {result['duplicates']['groups']} group(s) of identical files, "
+        f"{result['duplicates']['across_splits']} across splits",
+        file=sys.stderr,
+    )
+    print(f"  {'WARNING: ' if shortcut['flagged'] else ''}{shortcut['message']}", file=sys.stderr)
+    for source, mix in (result["sources"] or {}).items():
+        print(f"  source {source}: {mix}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .runs import RunDir
 
@@ -468,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="also decode every image")
     p.add_argument("--csv", help="write the index to this CSV file")
     p.set_defaults(func=cmd_index)
+    p = sub.add_parser("audit", help="audit a dataset before training: leaks, duplicates, shortcuts; JSON last")
+    p.add_argument("data")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the shortcut check")
+    p.add_argument("--no-cache", action="store_true", help="compute again even if a cached result exists")
+    p.set_defaults(func=cmd_audit)
     p = sub.add_parser("train", help="train a model; prints the run directory last")
     _add_train_options(p)
     p.add_argument(

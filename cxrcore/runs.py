@@ -332,6 +332,7 @@ class RunDir:
             "epochs_completed": self.epochs_completed(),
             "image_size": info.get("image_size"),
             "accuracy": metrics.get("accuracy"),
+            "accuracy_ci": metrics.get("ci", {}).get("accuracy"),
             "macro_f1": metrics.get("macro_f1"),
             "macro_auc": metrics.get("macro_auc"),
         }

@@ -4,6 +4,7 @@ import streamlit as st
 
 from cxrcore import runs as run_files
 from cxrcore.evaluation import plots
+from cxrcore.evaluation.compare import bootstrap_caption, compare_table, has_intervals, level_percent
 from cxrcore.evaluation.evaluate import BETTER, compare_runs
 from cxrcore.explain.cam import METHOD_LABELS
 from pages.shared import CXRError, analyse, no_models, require_app, run_label, show_error, trained_runs
@@ -30,9 +31,11 @@ if len(chosen) < 2:
     st.stop()
 
 table = compare_runs([r["path"] for r in chosen])
+run_metrics = {r["run_id"]: run_files.RunDir(r["path"]).metrics() for r in chosen}
 
 
-def highlight(row):
+def best_style(row):
+    """Green where a row's point value is the best (numbers of ``compare_runs``, not the text)."""
     rule = BETTER.get(row.name) or ("max" if row.name.startswith("AUC ") else None)
     values = row.apply(lambda v: v if isinstance(v, (int, float)) else None).astype(float)
     if rule is None or values.isna().all():
@@ -41,11 +44,49 @@ def highlight(row):
     return ["background-color: #d7f5dd; font-weight: 600" if v == best else "" for v in values]
 
 
-st.subheader("Metrics (best in green)")
-st.dataframe(table.style.apply(highlight, axis=1).format(precision=3, na_rep="n/a"), width="stretch")
-st.caption("Test-split metrics are only comparable between runs trained on the same data and split.")
+def cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
 
-metrics = {r["run_id"]: m for r in chosen if (m := run_files.RunDir(r["path"]).metrics()) is not None}
+
+styles = table.apply(best_style, axis=1, result_type="broadcast")
+display = table.apply(lambda column: column.map(cell))
+intervals = compare_table(run_metrics)
+display.update(intervals.reindex(index=display.index, columns=display.columns).dropna(how="all"))
+
+st.subheader("Metrics (best in green)")
+st.dataframe(
+    display.style.apply(lambda _: styles, axis=None), width="stretch", height=35 * (len(display) + 1) + 3
+)  # every row in view
+notes = ["Test-split metrics are only comparable between runs trained on the same data and split."]
+with_ci = [run_id for run_id, m in run_metrics.items() if has_intervals(m)]
+if with_ci:
+    notes.append(
+        f"Metric cells: value ({level_percent(run_metrics[with_ci[0]])} CI low–high). Green marks the best "
+        "point value; where the intervals overlap, that ranking may well not hold on new data."
+    )
+    captions = {bootstrap_caption(run_metrics[run_id]) for run_id in with_ci}
+    if len(captions) == 1:
+        notes.append(captions.pop())
+    else:
+        notes += [f"`{run_id}`: {bootstrap_caption(run_metrics[run_id])}" for run_id in with_ci]
+st.caption("  \n".join(notes))
+without = [run_id for run_id, m in run_metrics.items() if m is not None and not has_intervals(m)]
+if without:
+    st.warning(
+        f"No confidence intervals for {', '.join(f'`{r}`' for r in without)}: evaluated before intervals existed, "
+        "so those numbers are point estimates only (marked *no CI*). Re-evaluate to get them: "
+        + ", ".join(
+            f"`python -m cxrcore evaluate {run_files.RunDir(r['path']).path}`" for r in chosen if r["run_id"] in without
+        )
+        + ".",
+        icon=":material/error:",
+    )
+
+metrics = {run_id: m for run_id, m in run_metrics.items() if m is not None}
 if metrics:
     classes = sorted({c for m in metrics.values() for c in m["classes"]})
     cls = st.selectbox("ROC for class", classes, key="compare_class")

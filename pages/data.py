@@ -1,5 +1,6 @@
-"""Data: pick a dataset; its classes, splits, image formats, samples, augmentation and leakage."""
+"""Data: pick a dataset; its classes, splits, image formats, samples, augmentation, leakage and shortcuts."""
 
+import pandas as pd
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
@@ -8,6 +9,7 @@ from cxrcore.evaluation import plots
 from pages.shared import (
     CXRError,
     current_dataset,
+    dataset_audit,
     demo_dir,
     load_index,
     recent_datasets,
@@ -145,3 +147,39 @@ if st.button("Look for duplicate files (reads every image)", key="data_dups"):
             f"{dups['hash'].nunique()} groups of identical files; {cross} of them span more than one split."
         )
         st.dataframe(dups, width="stretch")
+
+# -- shortcut check --------------------------------------------------------------------------
+st.subheader("Shortcut check")
+st.caption(
+    "Can the labels be told apart without looking at the lungs? A small classifier sees only statistics "
+    "of each image that carry no anatomy (intensity histogram and percentiles, the border band, size, pixel "
+    "format); its accuracy, cross-validated by patient, is compared with chance (the largest class's share). "
+    "Well above chance, the classes differ by how their images were made, and a model can learn that instead "
+    "of the disease. Computed once per dataset, then cached."
+)
+
+
+@st.fragment
+def shortcut_section() -> None:
+    try:
+        with st.spinner("Checking for shortcuts: reads every image once (about 10 s per 1,000 images)..."):
+            result = dataset_audit(path)
+    except CXRError as exc:
+        show_error(exc)
+        return
+    shortcut = result["shortcut"]
+    if shortcut["accuracy"] is None:
+        st.info(f"No shortcut check: {shortcut['message']}.")
+        return
+    cols = st.columns(3)
+    cols[0].metric("Accuracy from image statistics alone", f"{shortcut['accuracy']:.2f}")
+    cols[0].caption(f"95% CI {shortcut['ci_low']:.2f}–{shortcut['ci_high']:.2f} ({shortcut['folds']}-fold, by patient)")
+    cols[1].metric("Chance", f"{shortcut['chance']:.2f}")
+    cols[2].metric("Above chance", f"{shortcut['accuracy'] - shortcut['chance']:+.2f}")
+    (st.error if shortcut["flagged"] else st.success)(shortcut["message"])
+    if result["sources"]:
+        st.markdown("**Images per class and source** (from the manifest's source column)")
+        st.dataframe(pd.DataFrame(result["sources"]).T.fillna(0).astype(int), width="stretch")
+
+
+shortcut_section()

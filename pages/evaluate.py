@@ -8,7 +8,15 @@ import streamlit as st
 from cxrcore import runs
 from cxrcore.data.io import prepare_image
 from cxrcore.evaluation import plots
-from cxrcore.evaluation.metrics import per_class_table
+from cxrcore.evaluation.compare import (
+    bootstrap_caption,
+    format_interval,
+    has_intervals,
+    interval,
+    level_percent,
+    report_display,
+    report_table,
+)
 from cxrcore.jobs import queue as job_queue
 from pages.shared import CXRError, jobs, pick_run, require_app, show_error
 
@@ -25,29 +33,70 @@ st.caption(
 )
 
 
-def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str) -> None:
-    """Everything about one evaluation (test split or an external folder)."""
+def reevaluate_command(data: str | None) -> str:
+    """The CLI line that redoes an evaluation (now with intervals): the test split's without ``data``."""
+    return f"python -m cxrcore evaluate {run.path}" + (f" --data {data}" if data else "")
+
+
+def headline(metrics: dict, name: str) -> str:
+    """``"0.857 (95% CI 0.71–0.95)"``, or the value and why it has no interval."""
+    value = metrics.get(name)
+    if value is None:
+        return "n/a"
+    if not has_intervals(metrics):
+        return f"{value:.3f} (no interval)"
+    return f"{value:.3f} ({level_percent(metrics)} CI {format_interval(interval(metrics, name))})"
+
+
+def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str, data: str | None = None) -> None:
+    """Everything about one evaluation (test split or an external folder); ``data`` is the folder
+    an external evaluation was made on (None for the test split)."""
+    with_ci = has_intervals(metrics)
+    if not with_ci:
+        st.warning(
+            "This evaluation has **no confidence intervals**: it was evaluated before intervals existed, "
+            "so the numbers below are point estimates only. Re-evaluate it to get them: "
+            f"`{reevaluate_command(data)}`.",
+            icon=":material/error:",
+        )
     c = st.columns(4)
-    c[0].metric("Accuracy", f"{metrics['accuracy']:.3f}")
-    c[1].metric("Macro F1", f"{metrics['macro_f1']:.3f}")
-    c[2].metric("Macro AUC", "n/a" if metrics["macro_auc"] is None else f"{metrics['macro_auc']:.3f}")
+    for col, (label, name) in zip(c, (("Accuracy", "accuracy"), ("Macro F1", "macro_f1"), ("Macro AUC", "macro_auc"))):
+        value = metrics.get(name)
+        col.metric(label, "n/a" if value is None else f"{value:.3f}")
+        if value is None:
+            col.caption("undefined for this data")
+        elif with_ci:
+            col.caption(f"{level_percent(metrics)} CI {format_interval(interval(metrics, name))}")
+        else:
+            col.caption("no interval (evaluated before intervals existed)")
     c[3].metric("Images", metrics["n"])
-    left, right = st.columns(2)
-    normalized = left.toggle("Normalise rows", key=f"{key}_norm")
-    left.plotly_chart(plots.confusion_matrix(metrics, normalized=normalized), width="stretch", key=f"{key}_cm")
-    right.plotly_chart(plots.roc_curves(metrics), width="stretch", key=f"{key}_roc")
-    left, right = st.columns(2)
-    left.plotly_chart(plots.pr_curves(metrics), width="stretch", key=f"{key}_pr")
-    report = pd.DataFrame(per_class_table(metrics)).set_index("class").apply(pd.to_numeric)
-    right.markdown("**Classification report** (one-vs-rest sensitivity and specificity)")
-    right.dataframe(report.style.format(precision=3, na_rep="n/a"), width="stretch")
-    right.download_button(
+    patients = (metrics.get("bootstrap") or {}).get("patients")
+    if patients is not None:
+        c[3].caption(f"{patients:,} patient{'' if patients == 1 else 's'}")
+    if with_ci:
+        st.caption(bootstrap_caption(metrics))
+    report = report_table(metrics)
+    st.markdown("**Classification report** (one-vs-rest, per class)")
+    st.dataframe(report_display(report, metrics), width="stretch")
+    st.caption(
+        f"Each cell: value ({level_percent(metrics)} CI low–high). Sensitivity is recall and PPV is precision; "
+        "per-class F1 and macro AP have no interval. The CSV has every number, with `_ci_low` / `_ci_high` columns."
+        if with_ci
+        else "Point estimates only: this evaluation has no intervals (see above)."
+    )
+    st.download_button(
         "Download metrics (CSV)",
         report.to_csv().encode(),
         file_name=f"{key}_metrics.csv",
         mime="text/csv",
         key=f"{key}_download",
     )
+    left, right = st.columns(2)
+    normalized = left.toggle("Normalise rows", key=f"{key}_norm")
+    left.plotly_chart(plots.confusion_matrix(metrics, normalized=normalized), width="stretch", key=f"{key}_cm")
+    right.plotly_chart(plots.roc_curves(metrics), width="stretch", key=f"{key}_roc")
+    left, _ = st.columns(2)
+    left.plotly_chart(plots.pr_curves(metrics), width="stretch", key=f"{key}_pr")
     mistakes(predictions, metrics["classes"], key)
 
 
@@ -157,7 +206,7 @@ with tabs[2]:
         if test:
             delta = loaded.metrics["accuracy"] - test.metrics["accuracy"]
             st.markdown(
-                f"Accuracy **{loaded.metrics['accuracy']:.3f}** on `{loaded.source.get('data', name)}` "
-                f"against **{test.metrics['accuracy']:.3f}** on the run's own test split ({delta:+.3f})."
+                f"Accuracy **{headline(loaded.metrics, 'accuracy')}** on `{loaded.source.get('data', name)}` "
+                f"against **{headline(test.metrics, 'accuracy')}** on the run's own test split ({delta:+.3f})."
             )
-        metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}")
+        metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}", data=loaded.source.get("data"))

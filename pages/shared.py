@@ -108,6 +108,14 @@ def load_index(path: str) -> tuple[pd.DataFrame, dict]:
 
 
 @st.cache_data(show_spinner=False, ttl=300, max_entries=16)
+def dataset_audit(path: str) -> dict:
+    """The data audit (cxrcore.data.audit; cached on disk per dataset too)."""
+    from cxrcore.data.audit import audit
+
+    return audit(path)
+
+
+@st.cache_data(show_spinner=False, ttl=300, max_entries=16)
 def split_preview(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
     """The split training would use with these settings."""
     from cxrcore.data.splits import assign_splits
@@ -161,7 +169,13 @@ def trained_runs() -> list[dict]:
 
 
 def run_label(run: dict) -> str:
-    acc = f" · acc {run['accuracy']:.3f}" if run.get("accuracy") is not None else ""
+    acc, ci = run.get("accuracy"), run.get("accuracy_ci") or {}
+    acc = (
+        ""
+        if acc is None
+        else f" · acc {acc:.3f}"
+        + (f" ({ci['ci_low']:.2f}–{ci['ci_high']:.2f})" if ci.get("ci_low") is not None else " (no CI)")
+    )
     return f"{run['run_id']} · {run['backbone']}{acc}"
 
 
@@ -221,6 +235,7 @@ __all__ = [
     "set_dataset",
     "load_index",
     "split_preview",
+    "dataset_audit",
     "predictor",
     "explainer",
     "jobs",

@@ -99,6 +99,23 @@ def test_data_page_shows_the_synthetic_demo_dataset(app):
     assert "Synthetic demo data" in texts(at)
     assert "No patient appears in more than one split" in texts(at)
     assert len(at.get("image")) >= 1  # sample grid and augmentation preview
+    # the shortcut check: accuracy from image statistics alone, its interval, and chance (12 of 36 per class)
+    assert metrics["Chance"] == "0.33"
+    accuracy = float(metrics["Accuracy from image statistics alone"])
+    assert 0.0 <= accuracy <= 1.0
+    assert any(c.value.startswith("95% CI ") and "by patient" in c.value for c in at.caption)
+    assert "by chance" in texts(at)
+
+
+def test_data_page_flags_classes_told_apart_by_brightness_alone(app, tmp_path):
+    from test_audit import brightness_only, write_set
+
+    at = app("pages/data.py")
+    at.text_input(key="data_path").set_value(str(write_set(tmp_path / "bright", brightness_only)))
+    at.button(key="data_open").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("without looking at the lungs" in e.value for e in at.error)
 
 
 def test_data_page_reports_a_bad_folder_and_keeps_working(app, tmp_path):
@@ -350,3 +367,152 @@ def test_the_dashboard_listens_on_this_machine_only_by_default():
 
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] in ("localhost", "127.0.0.1")
+
+
+# Confidence intervals: "a metric shown without its interval is a bug".
+def with_intervals(metrics: dict) -> dict:
+    """``metrics`` as an evaluation with bootstrap intervals writes it, with known numbers."""
+    metrics = {**metrics, "accuracy": 0.857, "macro_f1": 0.856, "macro_auc": 0.963}
+    metrics["ci"] = {
+        "accuracy": {"ci_low": 0.71, "ci_high": 0.95},
+        "macro_f1": {"ci_low": 0.69, "ci_high": 0.94},
+        "macro_auc": {"ci_low": 0.88, "ci_high": 0.99},
+    }
+    metrics["bootstrap"] = {
+        "resamples": 1000,
+        "level": 0.95,
+        "seed": 0,
+        "unit": "patient",
+        "patients": 18,
+        "images_without_patient_id": 3,
+    }
+    per_class = {}
+    for i, (name, values) in enumerate(metrics["per_class"].items()):
+        values = {**values, "sensitivity": 0.8, "ppv": 0.75, "npv": 0.9, "auc": 0.9 + i / 100}
+        ci = {k: {"ci_low": 0.5, "ci_high": 0.97} for k in ("sensitivity", "specificity", "ppv", "npv", "ap")}
+        ci["auc"] = {"ci_low": 0.61 + i / 100, "ci_high": 0.99}
+        if i == 0:
+            ci["npv"] = {"ci_low": None, "ci_high": None}  # undefined for this resample set
+        per_class[name] = {**values, "ci": ci}
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def without_intervals(metrics: dict) -> dict:
+    """``metrics`` as an evaluation made before intervals existed wrote it."""
+    metrics = {k: v for k, v in metrics.items() if k not in ("ci", "bootstrap")}
+    drop = ("ci", "ppv", "npv")
+    metrics["per_class"] = {c: {k: v for k, v in m.items() if k not in drop} for c, m in metrics["per_class"].items()}
+    return metrics
+
+
+def rewrite_metrics(models, change) -> None:
+    """Apply ``change(i, metrics)`` to every evaluation (test split and external) of the ``i``-th
+    run under ``models``, newest first."""
+    import json
+
+    from cxrcore import runs
+
+    for i, row in enumerate(runs.list_runs(models)):
+        for path in runs.RunDir(row["path"]).path.rglob(runs.METRICS):
+            path.write_text(json.dumps(change(i, json.loads(path.read_text()))))
+
+
+@pytest.fixture
+def models_with_intervals(models, tmp_path):
+    """A copy of ``models`` whose newer run's test metrics carry known intervals; the older run's
+    were made before intervals existed."""
+    import shutil
+
+    out = tmp_path / "models"
+    shutil.copytree(models, out)
+    rewrite_metrics(out, lambda i, m: with_intervals(m) if i == 0 else without_intervals(m))
+    return out
+
+
+@pytest.fixture
+def models_without_intervals(models, tmp_path):
+    """A copy of ``models`` evaluated before intervals existed."""
+    import shutil
+
+    out = tmp_path / "models"
+    shutil.copytree(models, out)
+    rewrite_metrics(out, lambda i, m: without_intervals(m))
+    return out
+
+
+def record_downloads(monkeypatch) -> dict[str, bytes]:
+    """File name -> bytes of every file the app hands to Streamlit's media storage (downloads)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files, original = {}, MemoryMediaFileStorage.load_and_get_id
+
+    def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+        if filename and isinstance(path_or_data, bytes):
+            files[filename] = path_or_data
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", load_and_get_id)
+    return files
+
+
+def test_evaluate_page_shows_every_headline_metric_with_its_interval(app, models_with_intervals, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models_with_intervals))
+    downloads = record_downloads(monkeypatch)
+    at = app("pages/evaluate.py")  # the newest run, the one with intervals
+    assert [m.value for m in at.metric[:3]] == ["0.857", "0.856", "0.963"]
+    captions = [c.value for c in at.caption]
+    for interval in ("95% CI 0.71–0.95", "95% CI 0.69–0.94", "95% CI 0.88–0.99"):
+        assert interval in captions
+    assert "18 patients" in captions
+    assert any(
+        "bootstrap over 18 patients, 1,000 resamples; 3 images without a patient id counted as their own patient" in c
+        for c in captions
+    )
+    assert "no confidence intervals" not in texts(at).lower()
+    report = at.dataframe[0].value
+    first = report.index[0]
+    assert report.loc[first, "AUC"] == "0.900 (0.61–0.99)"
+    assert report.loc[first, "NPV"] == "0.900 (CI undefined)"
+    assert report.loc[first, "Sensitivity"] == "0.800 (0.50–0.97)"
+    assert report.loc["macro avg", "F1"] == "0.856 (0.69–0.94)"
+    assert report.loc["macro avg", "AUC"] == "0.963 (0.88–0.99)"
+    assert "Precision" not in report.columns  # it is PPV, shown with its interval
+    csv = pd.read_csv(io.BytesIO(downloads["evaluate_test_metrics.csv"]), index_col=0)
+    for name in ("sensitivity", "specificity", "ppv", "npv", "auc", "ap"):
+        assert {f"{name}_ci_low", f"{name}_ci_high"} <= set(csv.columns)
+    assert csv.loc[first, "auc"] == pytest.approx(0.9) and csv.loc[first, "auc_ci_low"] == pytest.approx(0.61)
+    assert csv.loc[first, "npv_ci_low"] != csv.loc[first, "npv_ci_low"]  # undefined: an empty cell, not a number
+    assert csv.loc["macro avg", "f1_ci_high"] == pytest.approx(0.94)
+
+
+def test_evaluate_page_without_intervals_says_so(app, models_without_intervals, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models_without_intervals))
+    at = app("pages/evaluate.py")
+    assert "no confidence intervals" in texts(at).lower()
+    assert "evaluated before intervals existed" in texts(at)
+    assert "python -m cxrcore evaluate" in texts(at)
+    captions = [c.value for c in at.caption]
+    headline = ("Accuracy", "Macro F1", "Macro AUC")
+    shown = [m for m in at.metric if m.label in headline and m.value != "n/a"]  # an undefined AUC: nothing to qualify
+    assert shown and captions.count("no interval (evaluated before intervals existed)") == len(shown)
+    assert not any("95% CI" in c for c in captions)
+
+
+def test_compare_page_shows_intervals_and_marks_runs_without_them(app, models_with_intervals, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models_with_intervals))
+    at = app("pages/compare.py")
+    table = at.dataframe[0].value
+    new, old = table.columns[:2]  # newest first: the run with intervals, then the one without
+    assert table.loc["accuracy", new] == "0.857 (0.71–0.95)"
+    assert table.loc["macro F1", new] == "0.856 (0.69–0.94)"
+    assert table.loc["macro AUC", new] == "0.963 (0.88–0.99)"
+    aucs = [row for row in table.index if row.startswith("AUC ")]
+    assert aucs and all("(0.6" in table.loc[row, new] for row in aucs)
+    assert [table.loc[row, old][-7:] for row in ("accuracy", "macro F1")] == ["(no CI)", "(no CI)"]
+    assert all(table.loc[row, old] == "n/a" or table.loc[row, old].endswith("(no CI)") for row in aucs)
+    assert table.loc["backbone", new] == "simple_cnn"
+    assert any("bootstrap over 18 patients" in c.value for c in at.caption)
+    assert any(f"No confidence intervals for `{old}`" in w.value for w in at.warning)

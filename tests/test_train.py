@@ -136,6 +136,26 @@ def test_external_validation_is_kept_apart_from_the_test_split(trained, tmp_path
     assert run.file(runs.METRICS).read_text() == before
 
 
+def test_test_metrics_written_before_intervals_get_them_added_beside_the_values(trained, tmp_path):
+    import shutil
+
+    run, _, _ = trained
+    copy = runs.RunDir(shutil.copytree(run.path, tmp_path / "old-run"))
+    stored = json.loads(copy.file(runs.METRICS).read_text())
+    old = {k: v for k, v in stored.items() if k not in ("ci", "bootstrap")}  # as written before intervals
+    old["per_class"] = {
+        name: {k: v for k, v in values.items() if k not in ("ci", "ppv", "npv")}
+        for name, values in stored["per_class"].items()
+    }
+    copy.file(runs.METRICS).write_text(json.dumps(old))
+    result = evaluate_run(copy.path)
+    assert result["ci"]["accuracy"]["ci_low"] <= result["accuracy"] <= result["ci"]["accuracy"]["ci_high"]
+    assert result["ci"] == stored["ci"] and result["bootstrap"] == stored["bootstrap"]  # same data, same seed
+    saved = json.loads(copy.file(runs.METRICS).read_text())
+    assert {k: saved[k] for k in old if k != "per_class"} == {k: v for k, v in old.items() if k != "per_class"}
+    assert saved["per_class"] == stored["per_class"]
+
+
 def test_each_external_dataset_keeps_its_own_folder_inside_the_run(trained, tmp_path):
     """Failure 3: /a/hospitalA/test and /b/hospitalB/test shared external/test (the second replaced the
     first), and a manifest named `...csv` made the folder `external/..`, overwriting the test metrics."""

@@ -27,7 +27,10 @@ import pandas as pd
 from ..errors import DataError, ImageDecodeError
 from .io import IMAGE_EXTENSIONS, read_header
 
-INDEX_COLUMNS = ["path", "label", "split", "patient_id", "width", "height", "mode", "bytes"]
+INDEX_COLUMNS = ["path", "label", "split", "patient_id", "source", "width", "height", "mode", "bytes"]
+#: manifest columns that name where an image came from (a hospital, a site, a public set); the
+#: first one present becomes the index's ``source`` (empty when none is known)
+SOURCE_COLUMNS = ("source", "source_repo", "hospital", "site")
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
     "train": "train",
@@ -119,6 +122,7 @@ def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
     if table.empty:
         raise DataError(f"manifest {csv_path} lists no images")
     rows = []
+    source_column = next((c for c in SOURCE_COLUMNS if c in table.columns), None)
     for rec in table.to_dict("records"):
         path = Path(rec["path"])
         full = path if path.is_absolute() else root / path
@@ -136,6 +140,7 @@ def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
                 "label": rec["label"].strip(),
                 "split": _SPLIT_ALIASES.get(split_raw, ""),
                 "patient_id": patient,
+                "source": rec[source_column].strip() if source_column else "",
             }
         )
     absent = [r["relpath"] for r in rows if not (root / r["relpath"]).is_file()]
@@ -284,6 +289,7 @@ def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache
                 "label": r["label"],
                 "split": r["split"],
                 "patient_id": r["patient_id"],
+                "source": r.get("source", ""),
                 "width": facts[r["relpath"]]["width"],
                 "height": facts[r["relpath"]]["height"],
                 "mode": facts[r["relpath"]]["mode"],

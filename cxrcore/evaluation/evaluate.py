@@ -16,6 +16,7 @@ import pandas as pd
 from .. import runs
 from ..errors import DataError
 from . import metrics
+from .intervals import bootstrap_intervals
 
 
 def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32) -> np.ndarray:
@@ -83,7 +84,8 @@ def evaluate_run(
     classes, config = run.labels(), run.config()
     image_size = run.image_size()
     if data is None and run.is_final and run.metrics() is not None:
-        return {**run.metrics(), "out_dir": str(run.path)}  # a finished run's test results never change
+        stored = run.metrics()  # a finished run's test results never change; intervals may be added beside them
+        return {**(stored if "ci" in stored else _add_intervals(run, stored)), "out_dir": str(run.path)}
     if data is None:
         frame = run.split()
         frame = frame[frame["split"] == "test"].reset_index(drop=True)
@@ -117,6 +119,30 @@ def evaluate_run(
             },
         )
     return {**result, "out_dir": str(out_dir)}
+
+
+def _add_intervals(run: runs.RunDir, stored: dict) -> dict:
+    """Intervals (and PPV, NPV) for test metrics written before they existed, from the run's own
+    per-image predictions: the stored values are kept as they are, the new ones added beside them."""
+    table = run.test_evaluation().predictions()
+    classes = stored["classes"]
+    if table.empty or any(f"prob_{c}" not in table for c in classes):
+        return stored
+    split = run.split().set_index("path")["patient_id"]
+    found = bootstrap_intervals(
+        table["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(),
+        table[[f"prob_{c}" for c in classes]].to_numpy(float),
+        classes,
+        table["path"].map(split).fillna("").tolist(),
+    )
+    ppv, npv = metrics.predictive_values(stored["confusion_matrix"])
+    added = {**stored, "ci": found["ci"], "bootstrap": found["bootstrap"]}
+    added["per_class"] = {
+        name: {**values, "ppv": ppv[i], "npv": npv[i], "ci": found["per_class"][name]}
+        for i, (name, values) in enumerate(stored["per_class"].items())
+    }
+    runs.write_json(run.file(runs.METRICS), added)
+    return added
 
 
 # For comparisons: which way is better, per row of :func:`compare_runs`.

@@ -6,7 +6,7 @@ as its own patient, and the result says how many did). Each resample is a vector
 counts per patient; every metric is computed from count-weighted sums, so the whole
 bootstrap is a few matrix products, not a loop over resamples.
 
-Metrics (one-vs-rest per class): sensitivity, specificity, PPV, NPV, ROC-AUC, average
+Metrics (one-vs-rest per class): sensitivity, specificity, PPV, NPV, F1, ROC-AUC, average
 precision; overall: accuracy, macro F1, macro AUC. The weighted AUC is the Mann-Whitney
 statistic (ties count a half) and the weighted average precision is scikit-learn's
 step-wise definition, so with all weights 1 both equal ``roc_auc_score`` and
@@ -23,7 +23,7 @@ import numpy as np
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
-PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "auc", "ap")
+PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc", "ap")
 OVERALL = ("accuracy", "macro_f1", "macro_auc")
 
 
@@ -90,6 +90,7 @@ def bootstrap_distribution(
         "npv": _ratio(tn, tn + fn),
     }
     f1 = np.nan_to_num(_ratio(2 * tp, 2 * tp + fp + fn))  # no support, no calls: 0, as sklearn
+    per_class["f1"] = f1
     aucs, aps = zip(*(weighted_auc_ap(weights, y == c, probs[:, c]) for c in range(k)))
     per_class["auc"], per_class["ap"] = np.stack(aucs, axis=1), np.stack(aps, axis=1)
     defined = np.isfinite(per_class["auc"])

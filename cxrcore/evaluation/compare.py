@@ -1,0 +1,195 @@
+"""Metrics with their confidence intervals, as tables and text for people to read.
+
+Pure functions over ``metrics.json`` dicts (:mod:`cxrcore.evaluation.metrics`). An evaluation made
+before intervals existed has no ``ci``: its numbers are shown as such (``has_intervals`` is false)
+and never as if they were complete. A bound may be ``None`` (undefined for that resample set,
+e.g. a class with no positives).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from .metrics import per_class_table
+
+HEADLINE = {"accuracy": "accuracy", "macro F1": "macro_f1", "macro AUC": "macro_auc"}
+PER_CLASS_INTERVALS = ("sensitivity", "specificity", "ppv", "npv", "auc", "ap")
+# The macro-average row of the classification report: column -> headline metric whose interval it has.
+MACRO_ROW = {"f1": "macro_f1", "auc": "macro_auc"}
+NO_INTERVAL = "no CI"
+
+
+def has_intervals(metrics: Mapping | None) -> bool:
+    """Whether this evaluation was made with intervals (a ``ci`` block)."""
+    return bool(metrics) and isinstance(metrics.get("ci"), Mapping)
+
+
+def _number(value) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _bounds(entry) -> tuple[float | None, float | None] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    return _number(entry.get("ci_low")), _number(entry.get("ci_high"))
+
+
+def interval(metrics: Mapping | None, name: str, cls: str | None = None) -> tuple[float | None, float | None] | None:
+    """``(low, high)`` of a headline metric (``cls`` None) or of a class's metric; None when the
+    evaluation recorded no interval for it."""
+    if not metrics:
+        return None
+    if cls is None:
+        return _bounds((metrics.get("ci") or {}).get(name))
+    values = (metrics.get("per_class") or {}).get(cls) or {}
+    return _bounds((values.get("ci") or {}).get(name))
+
+
+def level_percent(metrics: Mapping | None) -> str:
+    """``"95%"`` from ``bootstrap.level`` (95% when not recorded)."""
+    level = _number(((metrics or {}).get("bootstrap") or {}).get("level")) or 0.95
+    return f"{level * 100:g}%"
+
+
+def format_interval(bounds: tuple[float | None, float | None] | None, digits: int = 2) -> str:
+    """``"0.71–0.95"``; ``"undefined"`` where both bounds are missing, ``"?"`` for one missing."""
+    if bounds is None:
+        return NO_INTERVAL
+    low, high = bounds
+    if low is None and high is None:
+        return "undefined"
+    return "–".join("?" if b is None else f"{b:.{digits}f}" for b in (low, high))
+
+
+def format_value(value, bounds: tuple[float | None, float | None] | None, *, digits: int = 3) -> str:
+    """``"0.857 (0.71–0.95)"``; ``"0.857 (no CI)"`` without an interval; ``"n/a"`` without a value."""
+    value = _number(value)
+    if value is None:
+        return "n/a"
+    if bounds is None:
+        return f"{value:.{digits}f} ({NO_INTERVAL})"
+    if bounds == (None, None):
+        return f"{value:.{digits}f} (CI undefined)"
+    return f"{value:.{digits}f} ({format_interval(bounds)})"
+
+
+def bootstrap_caption(metrics: Mapping | None) -> str | None:
+    """How the intervals were made, in one sentence (None without intervals)."""
+    if not has_intervals(metrics):
+        return None
+    boot = metrics.get("bootstrap") or {}
+    resamples = boot.get("resamples")
+    resamples = f"{int(resamples):,} resamples" if isinstance(resamples, (int, float)) else "resamples"
+    unit = boot.get("unit") or "image"
+    if unit == "patient" and boot.get("patients") is not None:
+        over = f"{int(boot['patients']):,} patient{'' if int(boot['patients']) == 1 else 's'}"
+    else:
+        over = f"{int(metrics.get('n') or 0):,} images"
+    text = f"{level_percent(metrics)} intervals: bootstrap over {over}, {resamples}"
+    orphans = int(boot.get("images_without_patient_id") or 0)
+    if unit == "patient" and orphans:
+        text += (
+            f"; {orphans:,} image{'' if orphans == 1 else 's'} without a patient id counted as "
+            f"{'its' if orphans == 1 else 'their'} own patient"
+        )
+    if boot.get("seed") is not None:
+        text += f" (seed {boot['seed']})"
+    return text + "."
+
+
+def report_table(metrics: Mapping) -> pd.DataFrame:
+    """The classification report, indexed by class (plus ``macro avg``), numbers only, with
+    ``<metric>_ci_low`` / ``<metric>_ci_high`` beside every metric that has an interval
+    (for the CSV download). Works on evaluations with and without intervals."""
+    frame = pd.DataFrame(per_class_table(dict(metrics))).set_index("class")
+    if not has_intervals(metrics):
+        return frame.apply(pd.to_numeric, errors="coerce")
+    for cls in frame.index:
+        pairs = (
+            {col: interval(metrics, name) for col, name in MACRO_ROW.items()}
+            if cls not in (metrics.get("per_class") or {})
+            else {name: interval(metrics, name, cls) for name in PER_CLASS_INTERVALS}
+        )
+        for col, bounds in pairs.items():
+            if bounds is None:
+                continue
+            for side, bound in zip(("ci_low", "ci_high"), bounds):
+                column = f"{col}_{side}"
+                if column not in frame.columns or pd.isna(frame.at[cls, column]):
+                    frame.loc[cls, column] = bound
+    frame = frame.apply(pd.to_numeric, errors="coerce")
+    order = []
+    for col in frame.columns:
+        if col.endswith(("_ci_low", "_ci_high")):
+            continue
+        order += [col] + [c for c in (f"{col}_ci_low", f"{col}_ci_high") if c in frame.columns]
+    return frame[order + [c for c in frame.columns if c not in order]]
+
+
+def report_display(report: pd.DataFrame, metrics: Mapping) -> pd.DataFrame:
+    """``report_table`` for reading: each metric one text cell ``"0.857 (0.71–0.95)"``. With
+    intervals, precision and recall are left out (they are PPV and sensitivity, which have them)."""
+    with_ci = has_intervals(metrics)
+    columns = [c for c in report.columns if not c.endswith(("_ci_low", "_ci_high"))]
+    if with_ci and "ppv" in columns:
+        columns = [c for c in columns if c not in ("precision", "recall")]
+    order = ["support", "sensitivity", "specificity", "ppv", "npv", "auc", "ap", "precision", "recall", "f1"]
+    columns = [c for c in order if c in columns] + [c for c in columns if c not in order]
+    out = pd.DataFrame(index=report.index)
+    for col in columns:
+        cells = []
+        for cls in report.index:
+            value = report.at[cls, col]
+            if col == "support":
+                cells.append("" if pd.isna(value) else f"{int(value):,}")
+            elif not with_ci:
+                cells.append("n/a" if pd.isna(value) else f"{value:.3f}")
+            else:
+                cells.append(format_value(None if pd.isna(value) else value, _cell_bounds(report, metrics, cls, col)))
+        out[col] = cells
+    names = {"ppv": "PPV", "npv": "NPV", "auc": "AUC", "ap": "AP", "f1": "F1"}
+    return out.rename(columns=lambda c: names.get(c, c.capitalize()))
+
+
+def _cell_bounds(report: pd.DataFrame, metrics: Mapping, cls: str, col: str):
+    if cls in (metrics.get("per_class") or {}):
+        return interval(metrics, col, cls)
+    if col in MACRO_ROW:
+        return interval(metrics, MACRO_ROW[col])
+    low, high = f"{col}_ci_low", f"{col}_ci_high"
+    if low in report.columns and high in report.columns:
+        lo, hi = report.at[cls, low], report.at[cls, high]
+        if not (pd.isna(lo) and pd.isna(hi)):
+            return (None if pd.isna(lo) else float(lo), None if pd.isna(hi) else float(hi))
+    return None
+
+
+def compare_table(runs: Mapping[str, Mapping | None]) -> pd.DataFrame:
+    """Run id -> test metrics (None where a run has none) to text cells with intervals: rows
+    accuracy, macro F1, macro AUC and ``AUC <class>``, one column per run (the row names of
+    :func:`cxrcore.evaluation.evaluate.compare_runs`)."""
+    columns = {}
+    for run_id, metrics in runs.items():
+        metrics = metrics or {}
+        with_ci = has_intervals(metrics)
+        column = {
+            row: (
+                format_value(metrics.get(key), interval(metrics, key))
+                if with_ci
+                else format_value(metrics.get(key), None)
+            )
+            for row, key in HEADLINE.items()
+        }
+        for cls, values in (metrics.get("per_class") or {}).items():
+            column[f"AUC {cls}"] = format_value(values.get("auc"), interval(metrics, "auc", cls) if with_ci else None)
+        columns[run_id] = column
+    return pd.DataFrame(columns).fillna("n/a")
