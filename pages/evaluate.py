@@ -17,6 +17,7 @@ from cxrcore.evaluation.compare import (
     report_display,
     report_table,
 )
+from cxrcore.evaluation.sanity import learned_nothing
 from cxrcore.jobs import queue as job_queue
 from pages.shared import CXRError, jobs, pick_run, require_app, show_error
 
@@ -31,6 +32,8 @@ st.caption(
     f"{info.get('backbone')} at {run.image_size()} px · trained on `{info.get('data')}` · "
     f"{info.get('device', '?')} · {epochs} epoch{'' if epochs == 1 else 's'} completed · status {status}"
 )
+if (verdict := learned_nothing(run)) is not None:
+    st.error(verdict, icon=":material/block:")
 
 
 def reevaluate_command(data: str | None) -> str:
@@ -97,7 +100,42 @@ def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str, data: str |
     right.plotly_chart(plots.roc_curves(metrics), width="stretch", key=f"{key}_roc")
     left, _ = st.columns(2)
     left.plotly_chart(plots.pr_curves(metrics), width="stretch", key=f"{key}_pr")
+    calibration_view(metrics, key)
     mistakes(predictions, metrics["classes"], key)
+
+
+def calibration_table(calibration: dict) -> pd.DataFrame:
+    """ECE and Brier before (raw) and after (calibrated) per class, plus their mean."""
+    names = list(calibration["ece"]["before"])
+    return pd.DataFrame(
+        {
+            f"{measure} {when}": [calibration[key][when].get(n) for n in names]
+            for measure, key in (("ECE", "ece"), ("Brier", "brier"))
+            for when in ("before", "after")
+        },
+        index=pd.Index(names, name="class"),
+    )
+
+
+def calibration_view(metrics: dict, key: str) -> None:
+    """The Calibration row: reliability diagram, ECE and Brier before/after, the temperature."""
+    st.markdown("**Calibration**")
+    calibration = metrics.get("calibration")
+    if not calibration:
+        st.info("Probabilities not calibrated (trained before calibration existed).")
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(plots.reliability_diagram(metrics), width="stretch", key=f"{key}_reliability")
+    right.markdown(
+        f"Temperature **{calibration['temperature']:.3f}**, fitted on the `{calibration.get('fitted_on', 'val')}` "
+        "split: every probability shown is `softmax(log p / T)` (T > 1 softens over-confident outputs; the "
+        "predicted class never changes)."
+    )
+    right.dataframe(calibration_table(calibration).style.format("{:.4f}", na_rep="n/a"), width="stretch")
+    right.caption(
+        f"One-vs-rest per class; ECE over {calibration.get('bins', 15)} equal-width bins; before = raw model "
+        "output, after = calibrated. Lower is better for both."
+    )
 
 
 def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:

@@ -10,6 +10,7 @@ from cxrcore import runs as run_files
 from cxrcore.config import AUTO, LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
 from cxrcore.errors import ConfigError, CXRError
 from cxrcore.evaluation import plots
+from cxrcore.evaluation.sanity import learned_nothing
 from cxrcore.jobs import queue as job_queue
 from cxrcore.jobs.hardware import hardware_summary
 from cxrcore.training.backbones import REGISTRY
@@ -322,7 +323,10 @@ def live_jobs() -> None:
                     show_error(exc)
             if job["status"] != "running" or not job["run_dir"]:
                 continue
-            history = run_files.RunDir(job["run_dir"]).history()
+            run = run_files.RunDir(job["run_dir"])
+            history = run.history()
+            if (verdict := learned_nothing(run)) is not None:  # say it now, not after the last epoch
+                st.warning(verdict)
             if job["batches"]:
                 eta = _fmt_eta(job_queue.eta_seconds(job, history))
                 st.progress(

@@ -516,3 +516,20 @@ def test_compare_page_shows_intervals_and_marks_runs_without_them(app, models_wi
     assert table.loc["backbone", new] == "simple_cnn"
     assert any("bootstrap over 18 patients" in c.value for c in at.caption)
     assert any(f"No confidence intervals for `{old}`" in w.value for w in at.warning)
+
+
+def test_evaluate_page_says_plainly_when_a_run_learned_nothing(app, models, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    source = sorted(p for p in models.iterdir() if (p / "metrics.json").exists())[0]
+    run = shutil.copytree(source, tmp_path / "models" / source.name)
+    metrics = json.loads((run / "metrics.json").read_text())
+    k = len(metrics["classes"])
+    metrics["confusion_matrix"] = [[6 if j == 0 else 0 for j in range(k)] for _ in range(k)]  # all called class 0
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setenv("CXRCORE_MODELS", str(tmp_path / "models"))
+    at = app("pages/evaluate.py")
+    verdicts = [e.value for e in at.error if "This run learned nothing" in e.value]
+    assert verdicts and f"calls 100% of the test images {metrics['classes'][0]}" in verdicts[0]
+    assert "Likely causes" in verdicts[0]

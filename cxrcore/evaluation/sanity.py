@@ -1,0 +1,73 @@
+"""Whether a run learned anything, said plainly.
+
+A model that calls every image "Normal" has a confusion matrix, an accuracy and curves
+like any other; shown as a result, it misleads. :func:`learned_nothing` looks at what
+the run's own files say (its test predictions, its validation accuracy per epoch and its
+configuration) and returns a sentence naming what went wrong and the likely causes, or
+None when the run learned something.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CXRError
+from ..runs import RunDir
+
+#: predictions "collapse" when one class takes at least this share of them
+COLLAPSE_SHARE = 0.95
+#: validation accuracy "never left" the majority rate when its best is at most this far above it
+MAJORITY_MARGIN = 0.01
+#: epochs a run needs before its validation accuracy is judged
+MIN_EPOCHS = 3
+
+
+def _causes(run: RunDir) -> list[str]:
+    try:
+        config = run.config()
+    except CXRError:  # a run without a readable config: no causes to name
+        return []
+    causes = []
+    if config.weights == "none" and config.backbone != "simple_cnn":
+        causes.append(f"no pretrained weights ({config.backbone} trained from scratch)")
+    if config.epochs + config.fine_tune_epochs < 5:
+        causes.append(f"too few epochs ({config.epochs} + {config.fine_tune_epochs})")
+    if config.learning_rate > 1e-2:
+        causes.append(f"a learning rate too high ({config.learning_rate:g})")
+    return causes or ["too few epochs, a learning rate too high, or no pretrained weights"]
+
+
+def learned_nothing(run: RunDir) -> str | None:
+    """A plain sentence when the run's test predictions collapse to one class or its validation
+    accuracy never left the majority-class rate; None otherwise (or when there is too little to
+    judge). Works on a run still training (history only)."""
+    findings = []
+    metrics = run.metrics()
+    if metrics and len(metrics.get("classes", [])) > 1:
+        predicted = np.asarray(metrics["confusion_matrix"]).sum(axis=0)
+        top = int(predicted.argmax())
+        if predicted.sum() and predicted[top] >= COLLAPSE_SHARE * predicted.sum():
+            findings.append(
+                f"it calls {predicted[top] / predicted.sum():.0%} of the test images {metrics['classes'][top]}"
+            )
+    history = run.history()
+    if len(history) >= MIN_EPOCHS and "val_accuracy" in history and run.file("split.csv").exists():
+        split = run.split()
+        val = split.loc[split["split"] == "val", "label"]
+        if len(val):
+            majority = float(val.value_counts(normalize=True).max())
+            best = float(history["val_accuracy"].max())
+            if best <= majority + MAJORITY_MARGIN:
+                findings.append(
+                    f"its validation accuracy never rose above {best:.2f}, the share of the largest class "
+                    f"({majority:.2f}) in {len(history)} epochs"
+                )
+    if not findings:
+        return None
+    return (
+        "This run learned nothing: "
+        + "; ".join(findings)
+        + ". Its metrics are those of a model that guesses one class, not a result. Likely causes: "
+        + "; ".join(_causes(run))
+        + "."
+    )
