@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from .errors import CXRError
 
@@ -69,6 +70,24 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="cap batches per epoch (smoke tests)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="parent folder of the run directory (default: models/)")
+    p.add_argument(
+        "--external",
+        action="append",
+        metavar="DATA",
+        help="a labelled dataset from elsewhere, evaluated once the model is trained (repeatable)",
+    )
+    p.add_argument(
+        "--external-map",
+        action="append",
+        metavar="NAME=CLASS",
+        help="an external class name as a model class, e.g. Pneumonia=Abnormal (repeatable)",
+    )
+    p.add_argument(
+        "--external-skip-unknown",
+        action="store_true",
+        default=None,
+        help="skip external images of classes the model does not know (default: refuse)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
@@ -81,7 +100,7 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
     """
     from dataclasses import replace
 
-    from .config import AUTO, LABEL_PRESETS, TrainConfig, extend_scheme
+    from .config import AUTO, LABEL_PRESETS, TrainConfig, extend_scheme, parse_pairs
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     if args.backbone is not None and args.backbone != config.backbone:
@@ -114,6 +133,12 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
     config = replace(config, **{k: getattr(args, k) for k in simple if getattr(args, k) is not None})
     if args.augment is not None:
         config.augment = parse_augment(args.augment)
+    if args.external:
+        config.external = [str(Path(d).expanduser().resolve()) for d in args.external]
+    if args.external_map:
+        config.external_map = {**config.external_map, **parse_pairs(args.external_map, "--external-map")}
+    if args.external_skip_unknown is not None:
+        config.external_skip_unknown = True
     head = {
         k: getattr(args, a)
         for k, a in (("pooling", "pooling"), ("dropout", "dropout"), ("batch_norm", "head_batch_norm"))
@@ -229,7 +254,20 @@ def report_lines(result: dict) -> list[str]:
         if boot
         else "  no intervals: evaluated before they existed"
     )
+    calibration = result.get("calibration")
+    if calibration:
+        ece = calibration["ece"]
+        lines.append(
+            f"  calibration: temperature {calibration['temperature']:.3f}, "
+            f"ECE {_fmt(ece['before'].get('mean'))} -> {_fmt(ece['after'].get('mean'))}"
+        )
+    else:
+        lines.append("  calibration: none (trained before calibration existed)")
     return lines
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def cmd_audit(args) -> int:
@@ -263,10 +301,13 @@ def cmd_evaluate(args) -> int:
         from .data.index import scan_layout
 
         scan_layout(args.data)
+    from .config import parse_pairs
     from .evaluation.evaluate import evaluate_run
     from .evaluation.metrics import summary
 
-    result = evaluate_run(args.run_dir, args.data, drop_unknown=args.drop_unknown)
+    result = evaluate_run(
+        args.run_dir, args.data, drop_unknown=args.drop_unknown, label_map=parse_pairs(args.label_map, "--map")
+    )
     for line in report_lines(result):
         print(line, file=sys.stderr)
     print(f"results written to {result['out_dir']}", file=sys.stderr)
@@ -509,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="another labelled folder (external validation)")
     p.add_argument("--drop-unknown", action="store_true", help="skip images of classes the model does not know")
+    p.add_argument(
+        "--map",
+        action="append",
+        metavar="NAME=CLASS",
+        dest="label_map",
+        help="a class name of --data as a model class, e.g. Pneumonia=Abnormal (repeatable)",
+    )
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="predict images; one JSON line each")
     p.add_argument("run_dir")

@@ -144,6 +144,10 @@ class TrainConfig:
     cache: bool = True  # keep decoded, resized images in memory
     max_steps: int | None = None  # cap on batches per epoch (quick checks)
     seed: int = 42
+    # external validation: labelled datasets evaluated once the model is trained, each kept apart
+    external: list[str] = field(default_factory=list)
+    external_map: dict[str, str] = field(default_factory=dict)  # an external class -> a model class
+    external_skip_unknown: bool = False  # skip external images of classes the model does not know
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,6 +238,15 @@ class TrainConfig:
             ),
             (self.image_size is None or 32 <= self.image_size <= 1024, "image_size must be between 32 and 1024"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (
+                isinstance(self.external, list) and all(isinstance(d, str) and d.strip() for d in self.external),
+                "external must be a list of dataset paths",
+            ),
+            (
+                isinstance(self.external_map, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in self.external_map.items()),
+                "external_map must map external class names to model class names",
+            ),
             (
                 0 <= self.augment.zoom < 1
                 and 0 <= self.augment.contrast < 1

@@ -4,7 +4,8 @@ Every consumer (the CLI, the dashboard, Grad-CAM, comparisons) predicts through
 :class:`Predictor`, which prepares pixels with :func:`cxrcore.data.io.prepare_image`
 (as training did) and calls the model through one compiled ``tf.function``: an eager
 call or ``model.predict`` costs 5-10x more per image on a CPU, which a single upload
-should not pay.
+should not pay. Its probabilities are calibrated with the run's temperature
+(:meth:`cxrcore.runs.RunDir.temperature`, 1.0 for runs trained before calibration existed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import runs
 from .data.io import ImageSource, prepare_image
+from .evaluation.calibration import apply_temperature
 from .training.model import inference_function, load_model
 
 
@@ -27,6 +29,7 @@ class Predictor:
         self.model = load_model(self.run.require_model())
         self.labels = self.run.labels()
         self.image_size = self.run.image_size()
+        self.temperature = self.run.temperature()
         self._forward = inference_function(self.model, self.image_size)
 
     def prepare(self, source: ImageSource, name: str | None = None) -> np.ndarray:
@@ -34,7 +37,7 @@ class Predictor:
         return prepare_image(source, self.image_size, name=name)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Probabilities (n, k) for prepared images (n, size, size, 3)."""
+        """Calibrated probabilities (n, k) for prepared images (n, size, size, 3)."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
@@ -42,7 +45,7 @@ class Predictor:
             np.asarray(self._forward(images[i : i + batch_size]), dtype=float)
             for i in range(0, len(images), batch_size)
         ]
-        return np.concatenate(out, axis=0)
+        return apply_temperature(np.concatenate(out, axis=0), self.temperature)
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[dict]:
         """One result per source: ``{"image", "label", "confidence", "probabilities"}``.

@@ -7,6 +7,7 @@
     model.keras       best checkpoint            metrics.json    test-split metrics
     predictions.csv   per-image test results     run.json        status, process, device, timings
     train.log         the training log           tensorboard/    TensorBoard logs
+    calibration.json  the temperature fitted on the validation split (runs trained before it: none)
     state/            resume state (until the run succeeds)
     external/<name>/  evaluations on other labelled data, one folder per dataset
 
@@ -39,7 +40,7 @@ from .errors import RunError
 
 CONFIG, LABELS, SPLIT, HISTORY = "config.json", "labels.json", "split.csv", "history.csv"
 MODEL, METRICS, PREDICTIONS, INFO = "model.keras", "metrics.json", "predictions.csv", "run.json"
-PER_CLASS, SOURCE = "per_class.csv", "source.json"
+PER_CLASS, SOURCE, CALIBRATION = "per_class.csv", "source.json", "calibration.json"
 LOG, TENSORBOARD, EXTERNAL, STATE_DIR = "train.log", "tensorboard", "external", "state"
 RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
 
@@ -272,6 +273,26 @@ class RunDir:
         if not self.has_model():
             raise RunError(f"{self.path} has no trained model ({MODEL}); did its training finish?")
         return self.file(MODEL)
+
+    def calibration(self) -> dict | None:
+        """``calibration.json``: ``{"temperature", "fitted_on", ...}``; None for a run without one
+        (trained before calibration existed, or with no validation images)."""
+        try:
+            found = json.loads(self.file(CALIBRATION).read_text())
+        except (OSError, ValueError):
+            return None
+        temperature = found.get("temperature") if isinstance(found, dict) else None
+        if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+            return None
+        return found
+
+    def temperature(self) -> float:
+        """The temperature its probabilities are divided by (in log space); 1.0 when it has none."""
+        found = self.calibration()
+        return float(found["temperature"]) if found else 1.0
+
+    def write_calibration(self, calibration: dict) -> None:
+        write_json(self.file(CALIBRATION), calibration)
 
     def history(self) -> pd.DataFrame:
         """One row per completed epoch over both stages (empty before the first)."""

@@ -17,7 +17,7 @@ from cxrcore.evaluation.compare import (
     report_display,
     report_table,
 )
-from cxrcore.evaluation.sanity import learned_nothing
+from cxrcore.evaluation.sanity import learned_nothing, transfer_drop
 from cxrcore.jobs import queue as job_queue
 from pages.shared import CXRError, jobs, pick_run, require_app, show_error
 
@@ -247,4 +247,6 @@ with tabs[2]:
                 f"Accuracy **{headline(loaded.metrics, 'accuracy')}** on `{loaded.source.get('data', name)}` "
                 f"against **{headline(test.metrics, 'accuracy')}** on the run's own test split ({delta:+.3f})."
             )
+            if (drop := transfer_drop(test.metrics, loaded.metrics)) is not None:
+                st.warning(drop, icon=":material/trending_down:")
         metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}", data=loaded.source.get("data"))

@@ -7,7 +7,16 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore import runs as run_files
-from cxrcore.config import AUTO, LABEL_PRESETS, AugmentConfig, HeadConfig, LabelScheme, TrainConfig, extend_scheme
+from cxrcore.config import (
+    AUTO,
+    LABEL_PRESETS,
+    AugmentConfig,
+    HeadConfig,
+    LabelScheme,
+    TrainConfig,
+    extend_scheme,
+    parse_pairs,
+)
 from cxrcore.errors import ConfigError, CXRError
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.sanity import learned_nothing
@@ -149,6 +158,19 @@ seed = c[0].number_input("Seed", 0, 2**31 - 1, 42, key="train_seed")
 mixed = c[1].checkbox("Mixed precision (GPU only)", key="train_mixed", disabled=not hw["gpus"])
 max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, key="train_max_steps")
 
+st.subheader("External validation")
+st.caption(
+    "Labelled data from elsewhere (another hospital, another public set), evaluated once the model is trained "
+    "and kept apart from the test split: a model that scores well inside one dataset can fall to chance on "
+    "another's. Its classes must map to the model's; that is checked before training starts."
+)
+c = st.columns([3, 2, 1])
+external = c[0].text_area("Datasets (one folder or CSV manifest per line)", key="train_external", height=80)
+external_map = c[1].text_input(
+    "Map their class names (NAME=CLASS; ...)", key="train_external_map", placeholder="Pneumonia=Abnormal"
+)
+external_skip = c[2].checkbox("Skip unknown classes", key="train_external_skip")
+
 
 def build_config(backbone: str) -> TrainConfig:
     """The settings as the user left them: weights, size and unfreeze depth may still be open."""
@@ -192,6 +214,9 @@ def build_config(backbone: str) -> TrainConfig:
         cache=cache,
         max_steps=int(max_steps) or None,
         seed=int(seed),
+        external=[line.strip() for line in external.splitlines() if line.strip()],
+        external_map=parse_pairs([m for m in external_map.split(";") if m.strip()], "external class map"),
+        external_skip_unknown=external_skip,
     ).validate()
 
 

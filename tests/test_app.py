@@ -533,3 +533,28 @@ def test_evaluate_page_says_plainly_when_a_run_learned_nothing(app, models, tmp_
     verdicts = [e.value for e in at.error if "This run learned nothing" in e.value]
     assert verdicts and f"calls 100% of the test images {metrics['classes'][0]}" in verdicts[0]
     assert "Likely causes" in verdicts[0]
+
+
+def test_evaluate_page_shows_calibration_and_says_when_a_run_has_none(app, models, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    at = app("pages/evaluate.py")
+    assert "**Calibration**" in [m.value for m in at.markdown]
+    assert any("Temperature **" in m.value and "fitted on the `val` split" in m.value for m in at.markdown)
+    table = next(t.value for t in at.dataframe if "ECE before" in t.value.columns)
+    assert list(table.columns) == ["ECE before", "ECE after", "Brier before", "Brier after"]
+    assert "mean" in table.index
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Reliability") for t in titles)
+
+    source = sorted(p for p in models.iterdir() if (p / "metrics.json").exists())[0]
+    run = shutil.copytree(source, tmp_path / "models" / source.name)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("calibration")  # as evaluated before calibration existed
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "calibration.json").unlink()
+    monkeypatch.setenv("CXRCORE_MODELS", str(tmp_path / "models"))
+    at = app("pages/evaluate.py")
+    assert "not calibrated (trained before calibration existed)" in texts(at)

@@ -108,6 +108,7 @@ def test_evaluate_prints_the_summary_last(run_dir, demo):
     assert summary["bootstrap"]["resamples"] == 1000 and summary["bootstrap"]["unit"] == "patient"
     assert f"accuracy {summary['accuracy']:.3f} ({bounds['ci_low']:.3f}-{bounds['ci_high']:.3f})" in proc.stderr
     assert "95% intervals: bootstrap over" in proc.stderr
+    assert "calibration: temperature " in proc.stderr and " -> " in proc.stderr
     external = json.loads(last_line(cli("evaluate", run_dir, "--data", demo).stdout))
     assert external["n"] == 60 and external["ci"]["macro_auc"]["ci_low"] is not None
     (saved,) = (run_dir / "external").glob("*-demo-*/metrics.json")

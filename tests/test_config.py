@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,31 @@ def test_cli_backbone_over_a_saved_config_lets_its_settings_follow(tmp_path):
     assert (same.backbone, same.weights, same.image_size, same.epochs) == ("simple_cnn", "none", 128, 2)
     kept = _cli_config("--config", str(tmp_path / "c.json"), "--backbone", "vgg16", "--image-size", "64")
     assert (kept.weights, kept.image_size) == ("imagenet", 64)
+
+
+def test_external_validation_options_from_the_command_line(tmp_path):
+    from cxrcore.cli import build_parser, config_from_args
+
+    (tmp_path / "A").mkdir()
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--backbone",
+            "simple_cnn",
+            "--external",
+            str(tmp_path / "b"),
+            "--external",
+            "c",
+            "--external-map",
+            "Pneumonia=Abnormal",
+            "--external-skip-unknown",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.external == [str((tmp_path / "b").resolve()), str(Path("c").resolve())]
+    assert config.external_map == {"Pneumonia": "Abnormal"} and config.external_skip_unknown
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="external_map"):
+        TrainConfig(external_map={"a": 1}).validate()

@@ -91,7 +91,7 @@ def test_intervals_sit_beside_the_values_and_are_reproducible():
         bounds = first["ci"][name]
         assert bounds["ci_low"] <= first[name] <= bounds["ci_high"], name
     pos = first["per_class"]["pos"]
-    assert set(pos["ci"]) == {"sensitivity", "specificity", "ppv", "npv", "auc", "ap"}
+    assert set(pos["ci"]) == {"sensitivity", "specificity", "ppv", "npv", "f1", "auc", "ap"}
     assert pos["ppv"] == pytest.approx(pos["precision"])
     assert pos["ci"]["sensitivity"]["ci_low"] <= pos["sensitivity"] <= pos["ci"]["sensitivity"]["ci_high"]
     assert "ci" not in classification_metrics(y, probs, ["neg", "pos"], resamples=0)

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from cxrcore.config import TrainConfig
-from cxrcore.evaluation.sanity import learned_nothing
+from cxrcore.evaluation.sanity import learned_nothing, transfer_drop
 from cxrcore.runs import RunDir
 
 
@@ -49,3 +49,26 @@ def test_a_run_that_learned_is_left_alone(tmp_path):
     run = make_run(tmp_path, confusion=[[9, 1], [2, 8]], val_accuracy=(0.6, 0.7, 0.8))
     assert learned_nothing(run) is None
     assert learned_nothing(make_run(tmp_path / "early", val_accuracy=(0.6, 0.6))) is None  # too early to judge
+
+
+def test_an_external_drop_beyond_the_intervals_is_called_out():
+    inside = {
+        "accuracy": 0.96,
+        "macro_auc": 0.99,
+        "ci": {"accuracy": {"ci_low": 0.93, "ci_high": 0.98}, "macro_auc": {"ci_low": 0.98, "ci_high": 1.0}},
+    }
+    far = {
+        "accuracy": 0.51,
+        "macro_auc": 0.50,
+        "ci": {"accuracy": {"ci_low": 0.48, "ci_high": 0.55}, "macro_auc": {"ci_low": 0.46, "ci_high": 0.54}},
+    }
+    near = {
+        "accuracy": 0.93,
+        "macro_auc": 0.97,
+        "ci": {"accuracy": {"ci_low": 0.88, "ci_high": 0.95}, "macro_auc": {"ci_low": 0.95, "ci_high": 0.985}},
+    }
+    message = transfer_drop(inside, far)
+    assert "accuracy 0.510 (95% CI 0.480-0.550) against 0.960 (0.930-0.980) inside" in message
+    assert "macro AUC 0.500" in message
+    assert transfer_drop(inside, near) is None  # the intervals overlap: chance may explain the gap
+    assert transfer_drop({"accuracy": 0.9}, far) is None  # no intervals inside: nothing to compare

@@ -100,6 +100,32 @@ def test_predictions_csv_matches_the_prediction_path(trained):
     assert set(table["path"]) == set(split.loc[split["split"] == "test", "path"])
 
 
+def test_the_run_is_calibrated_on_validation_and_every_probability_uses_it(trained):
+    from cxrcore.evaluation.calibration import apply_temperature
+
+    run = trained[0]
+    stored = json.loads(run.file(runs.CALIBRATION).read_text())
+    temperature = run.temperature()
+    assert temperature == stored["temperature"] and np.isfinite(temperature) and temperature > 0
+    assert stored["fitted_on"] == "val" and stored["n"] == 12
+    calibration = run.metrics()["calibration"]
+    assert calibration["temperature"] == temperature and calibration["fitted_on"] == "val"
+    for when in ("before", "after"):
+        assert set(calibration["ece"][when]) == {"bright", "dark", "mean"}
+        assert 0 <= calibration["ece"][when]["mean"] <= 1
+        assert set(calibration["brier"][when]) == {"bright", "dark", "mean"}
+    assert sum(calibration["reliability"]["bright"]["count"]) == 12
+    predictor = Predictor(run.path)
+    path = run.split().query("split == 'test'")["path"].iloc[0]
+    image = predictor.prepare(path)
+    raw = np.asarray(predictor.model(image[None].astype(np.float32), training=False), dtype=float)
+    got = predictor.predict([path])[0]["probabilities"]
+    expected = apply_temperature(raw, temperature)[0]
+    np.testing.assert_allclose([got[c] for c in predictor.labels], expected, atol=1e-5)
+    # a run trained before calibration existed predicts its raw outputs
+    assert runs.RunDir(run.path / "nowhere").temperature() == 1.0
+
+
 def test_progress_events_report_stage_epoch_and_batch(trained):
     events = trained[1]
     epochs = [e for e in events if e["event"] == "epoch"]
@@ -379,3 +405,19 @@ def test_compare_runs_lines_up_metrics_and_costs(trained):
     assert column["parameters"] == run.info()["params"] > 0
     assert column["inference (ms / image)"] > 0
     assert set(BETTER) <= set(table.index)
+
+
+def test_external_sets_are_checked_before_training_and_evaluated_after(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
+    other = make_class_folders(tmp_path / "site_b", classes=("dark", "light"), per_class=4)
+    models = tmp_path / "m"
+    # "light" is no class of the model: refused before anything is trained or written
+    with pytest.raises(DataError, match=r"not trained on: light .*--external-map"):
+        train(tiny_config(root, external=[str(other)]), out_dir=models)
+    assert not models.exists() or not any(models.iterdir())
+    run = train(tiny_config(root, external=[str(other)], external_map={"light": "bright"}), out_dir=models)
+    (evaluation,) = run.external_evaluations()
+    assert evaluation.source["data"] == str(other.resolve()) and evaluation.metrics["n"] == 8
+    assert evaluation.metrics["classes"] == run.labels() and "ci" in evaluation.metrics
+    skipped = train(tiny_config(root, external=[str(other)], external_skip_unknown=True), out_dir=models)
+    assert skipped.external_evaluations()[0].metrics["n"] == 4  # only "dark"

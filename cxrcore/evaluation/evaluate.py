@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import runs
 from ..errors import DataError
+from . import calibration as calib
 from . import metrics
 from .intervals import bootstrap_intervals
 
@@ -49,15 +50,53 @@ def predictions_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]
     return table
 
 
+def labels_of(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    return frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+
+
+def fit_calibration(
+    model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32, fitted_on: str = "val"
+) -> dict:
+    """Fit the temperature on ``frame`` (the validation split): what ``calibration.json`` holds."""
+    raw = predict_frame(model, frame, classes, image_size, batch_size)
+    y = labels_of(frame, classes)
+    temperature = calib.fit_temperature(raw, y)
+    scaled = calib.apply_temperature(raw, temperature)
+    return {
+        "temperature": temperature,
+        "fitted_on": fitted_on,
+        "n": int(len(y)),
+        "nll_before": calib.nll(raw, y),
+        "nll_after": calib.nll(scaled, y),
+        "ece_mean_before": float(np.nanmean(calib.expected_calibration_error(raw, y))),
+        "ece_mean_after": float(np.nanmean(calib.expected_calibration_error(scaled, y))),
+    }
+
+
 def evaluate_frame(
-    model, frame: pd.DataFrame, classes: list[str], image_size: int, out_dir: Path, batch_size: int = 32
+    model,
+    frame: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    out_dir: Path,
+    batch_size: int = 32,
+    calibration: dict | None = None,
 ) -> dict:
     """Predict, compute metrics (with 95% intervals by bootstrap over the frame's patients) and write
-    metrics.json, per_class.csv and predictions.csv."""
-    probs = predict_frame(model, frame, classes, image_size, batch_size)
-    y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    metrics.json, per_class.csv and predictions.csv.
+
+    With the run's ``calibration`` (:meth:`cxrcore.runs.RunDir.calibration`), every metric and
+    ``prob_<class>`` column is of the calibrated probabilities, and ``metrics["calibration"]``
+    holds ECE and Brier before (raw) and after (calibrated) with the reliability diagram's points."""
+    raw = predict_frame(model, frame, classes, image_size, batch_size)
+    y = labels_of(frame, classes)
+    probs = calib.apply_temperature(raw, float(calibration["temperature"])) if calibration else raw
     patients = frame["patient_id"].tolist() if "patient_id" in frame else None
     result = metrics.classification_metrics(y, probs, classes, patient_ids=patients)
+    if calibration:
+        result["calibration"] = calib.calibration_report(
+            raw, y, classes, float(calibration["temperature"]), fitted_on=calibration.get("fitted_on", "val")
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / runs.METRICS, result)
     runs.write_csv(out_dir / runs.PER_CLASS, pd.DataFrame(metrics.per_class_table(result)))
@@ -66,18 +105,22 @@ def evaluate_frame(
 
 
 def evaluate_run(
-    run_dir: str | Path, data: str | Path | None = None, *, drop_unknown: bool = False, progress=None
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    drop_unknown: bool = False,
+    label_map: dict[str, str] | None = None,
+    progress=None,
 ) -> dict:
     """Evaluate a run's best model on its test split (``data=None``) or on a labelled folder.
 
     A finished run's test metrics are read back, never recomputed or rewritten.
-    The folder is read with the same layouts and the run's own label scheme. Labels the
-    model does not know raise :class:`DataError` unless ``drop_unknown``. Returns the
-    metrics dict, with ``out_dir`` added.
+    The folder is read with the same layouts, the run's own label scheme and its external class
+    mapping (``config.external_map``, plus ``label_map``). Labels the model does not know raise
+    :class:`DataError` unless ``drop_unknown``. Returns the metrics dict, with ``out_dir`` added.
     """
-    from ..data.index import build_index
-    from ..data.splits import apply_label_scheme
     from ..training.model import load_model
+    from .external import external_frame
 
     run = runs.RunDir(run_dir)
     model_path = run.require_model()
@@ -93,20 +136,16 @@ def evaluate_run(
             raise DataError(f"{run.path} has no test split to evaluate; pass --data FOLDER")
         out_dir = run.path
     else:
-        frame = apply_label_scheme(build_index(data, progress=progress), config.labels, strict=False)
-        unknown = sorted(set(frame["label"]) - set(classes))
-        if unknown and not drop_unknown:
-            raise DataError(
-                f"{data} has label(s) the model was not trained on: {', '.join(unknown)} "
-                f"(model classes: {', '.join(classes)}); drop them with --drop-unknown"
-            )
-        frame = frame[frame["label"].isin(classes)].reset_index(drop=True)
-        if frame.empty:
-            raise DataError(f"{data} has no images of the model's classes ({', '.join(classes)})")
+        label_map = {**config.external_map, **(label_map or {})}
+        frame = external_frame(
+            data, classes, config.labels, label_map=label_map, skip_unknown=drop_unknown, progress=progress
+        )
         out_dir = run.external_dir(data)
     model = load_model(model_path)
     started = time.time()
-    result = evaluate_frame(model, frame, classes, image_size, out_dir, batch_size=config.batch_size)
+    result = evaluate_frame(
+        model, frame, classes, image_size, out_dir, batch_size=config.batch_size, calibration=run.calibration()
+    )
     if data is not None:
         runs.write_json(
             out_dir / runs.SOURCE,

@@ -175,3 +175,33 @@ def roc_overlay(metrics_by_run: Mapping[str, Mapping], class_name: str, title: s
         **_LAYOUT,
     )
     return fig
+
+
+def reliability_diagram(metrics: Mapping, title: str = "Reliability (calibrated, one-vs-rest)") -> go.Figure:
+    """Observed frequency against mean predicted probability per bin, one line per class (marker
+    size follows the images in the bin), plus the diagonal of perfect calibration. Needs
+    ``metrics["calibration"]`` (:func:`cxrcore.evaluation.calibration.calibration_report`)."""
+    fig = go.Figure()
+    calibration = metrics.get("calibration") or {}
+    for name, points in (calibration.get("reliability") or {}).items():
+        counts = points["count"]
+        biggest = max(counts) if counts else 1
+        fig.add_scatter(
+            x=points["predicted"],
+            y=points["observed"],
+            mode="lines+markers",
+            name=str(name),
+            marker=dict(size=[6 + 12 * c / biggest for c in counts]),
+            customdata=counts,
+            hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>%{customdata} image(s)",
+        )
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="perfect")
+    fig.update_layout(
+        title=title,
+        xaxis_title="mean predicted probability",
+        yaxis_title="observed frequency",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1.02],
+        **_LAYOUT,
+    )
+    return fig

@@ -71,3 +71,25 @@ def learned_nothing(run: RunDir) -> str | None:
         + "; ".join(_causes(run))
         + "."
     )
+
+
+def transfer_drop(internal: dict, external: dict) -> str | None:
+    """A plain sentence when a metric on external data falls below the internal test split's by
+    more than their 95% intervals explain (the intervals do not overlap); None otherwise."""
+    drops = []
+    for key, name in (("accuracy", "accuracy"), ("macro_auc", "macro AUC")):
+        inside, outside = internal.get("ci", {}).get(key) or {}, external.get("ci", {}).get(key) or {}
+        if outside.get("ci_high") is not None and inside.get("ci_low") is not None:
+            if outside["ci_high"] < inside["ci_low"]:
+                drops.append(
+                    f"{name} {external[key]:.3f} (95% CI {outside['ci_low']:.3f}-{outside['ci_high']:.3f}) against "
+                    f"{internal[key]:.3f} ({inside['ci_low']:.3f}-{inside['ci_high']:.3f}) inside"
+                )
+    if not drops:
+        return None
+    return (
+        "On this data the model does worse than on its own test split by more than chance explains: "
+        + "; ".join(drops)
+        + ". It does not transfer as it is: the images differ from the training data (source, scanner, "
+        "processing, population). Trust the external figure, not the internal one, for data like this."
+    )

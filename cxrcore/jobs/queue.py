@@ -120,6 +120,12 @@ def _check_data(config: TrainConfig) -> None:
     if not config.data:
         raise JobError("the job has no dataset (config.data is empty)")
     scan_layout(config.data)
+    if config.external:  # every external set must be labelled as the model's classes
+        from ..data.index import build_index
+        from ..data.splits import apply_label_scheme, check_trainable
+        from ..evaluation.external import check_external
+
+        check_external(config, check_trainable(apply_label_scheme(build_index(config.data), config.labels)))
 
 
 def cancel(job_id: str, *, store: JobStore | None = None, force: bool = False, wait: float = 0.0) -> dict:

@@ -27,7 +27,8 @@ from ..config import TrainConfig
 from ..data.index import build_index
 from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 from ..errors import RunError
-from ..evaluation.evaluate import evaluate_frame
+from ..evaluation.evaluate import evaluate_frame, fit_calibration
+from ..evaluation.external import check_external
 from ..runs import write_csv
 from .backbones import get_backbone
 from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState
@@ -162,6 +163,7 @@ def train(
             raise RunError(f"{run.path} already holds a run; train into a new directory or resume it")
         resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
         frame, classes = prepare_data(config, progress=data_progress)
+        check_external(config, classes)  # an external set that could not be evaluated fails now, not after
     strategy, devices = configure_devices(config.mixed_precision)
     if not devices["chief"]:  # multi-worker: only the chief writes the real run directory
         run = runs.new_run_dir(config.backbone, tempfile.mkdtemp(prefix="cxrcore-worker-"))
@@ -170,9 +172,10 @@ def train(
     started = time.time()
     try:
         with strategy.scope():
-            return _train(
-                config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume
-            )
+            _train(config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume)
+        if run.is_final:
+            evaluate_external(run, config)
+        return run
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
         if run.is_final:  # stopped after it had finished: a finished run is never rewritten
@@ -189,6 +192,27 @@ def train(
         logging.getLogger("cxrcore").removeHandler(handler)
         handler.close()
         keras.mixed_precision.set_global_policy("float32")
+
+
+def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
+    """Evaluate the finished model on each of ``config.external``, each kept apart in the run's
+    ``external/``. A set that fails now (an image became unreadable) is logged; the run stands."""
+    from ..errors import CXRError
+    from ..evaluation.evaluate import evaluate_run
+
+    for data in config.external:
+        try:
+            result = evaluate_run(run.path, data, drop_unknown=config.external_skip_unknown)
+        except CXRError as exc:
+            log.error("external validation on %s failed: %s", data, exc)
+            continue
+        log.info(
+            "external %s: accuracy %.4f, macro AUC %s (%d images)",
+            data,
+            result["accuracy"],
+            result["macro_auc"],
+            result["n"],
+        )
 
 
 def resume_run(
@@ -371,7 +395,8 @@ def _train(
 
 
 def finish_run(run, model, checkpoint, frame, classes, image_size, config, epochs_done, cancelled, started):
-    """Make sure a best model exists, evaluate it on the test split, record the outcome."""
+    """Make sure a best model exists, fit its temperature on the validation split (calibration.json),
+    evaluate it (calibrated) on the test split, record the outcome."""
     if checkpoint.best_epoch is None:
         log.warning("no finite val_loss was seen; saving the last weights as the model")
         checkpoint.set_model(model)
@@ -385,10 +410,27 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
         train_seconds=train_seconds,
         inference_ms_per_image=_inference_ms(best, image_size),
     )
+    val = frame[frame["split"] == "val"]
+    if not cancelled and len(val):
+        calibration = fit_calibration(best, val.reset_index(drop=True), classes, image_size, config.batch_size)
+        run.write_calibration(calibration)
+        log.info(
+            "calibration: temperature %.3f fitted on %d validation image(s), mean ECE %.4f -> %.4f",
+            calibration["temperature"],
+            calibration["n"],
+            calibration["ece_mean_before"],
+            calibration["ece_mean_after"],
+        )
     test = frame[frame["split"] == "test"]
     if not cancelled and len(test):
         result = evaluate_frame(
-            best, test.reset_index(drop=True), classes, image_size, run.path, batch_size=config.batch_size
+            best,
+            test.reset_index(drop=True),
+            classes,
+            image_size,
+            run.path,
+            batch_size=config.batch_size,
+            calibration=run.calibration(),
         )
         log.info(
             "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
