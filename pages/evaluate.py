@@ -82,8 +82,8 @@ def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str, data: str |
     st.markdown("**Classification report** (one-vs-rest, per class)")
     st.dataframe(report_display(report, metrics), width="stretch")
     st.caption(
-        f"Each cell: value ({level_percent(metrics)} CI low–high). Sensitivity is recall and PPV is precision; "
-        "per-class F1 and macro AP have no interval. The CSV has every number, with `_ci_low` / `_ci_high` columns."
+        f"Each cell: value ({level_percent(metrics)} CI low–high). Sensitivity is recall and PPV is precision. "
+        "The CSV has every number, with `_ci_low` / `_ci_high` columns."
         if with_ci
         else "Point estimates only: this evaluation has no intervals (see above)."
     )

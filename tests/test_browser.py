@@ -161,8 +161,12 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
             page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=90_000)
             wait_idle(page)
             if heading == "Data":  # the shortcut check runs last, in its own fragment
-                page.get_by_text("by chance", exact=False).first.wait_for(timeout=120_000)
+                verdict = page.get_by_text("by chance", exact=False).first
+                verdict.wait_for(timeout=120_000)
                 wait_idle(page)
+                verdict.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / "data-shortcut-check.png"))
+                page.get_by_role("heading", name=heading, exact=True).scroll_into_view_if_needed()
             assert page.locator('[data-testid="stException"]').count() == 0, f"{heading} page raised"
             nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
             assert "Evaluate" in nav and "shared" not in nav, f"not the app's navigation: {nav!r}"

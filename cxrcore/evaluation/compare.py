@@ -18,7 +18,7 @@ from .metrics import per_class_table
 HEADLINE = {"accuracy": "accuracy", "macro F1": "macro_f1", "macro AUC": "macro_auc"}
 PER_CLASS_INTERVALS = ("sensitivity", "specificity", "ppv", "npv", "auc", "ap")
 # The macro-average row of the classification report: column -> headline metric whose interval it has.
-MACRO_ROW = {"f1": "macro_f1", "auc": "macro_auc"}
+MACRO_ROW = {"f1": "macro_f1", "auc": "macro_auc", "ap": "macro_ap"}
 NO_INTERVAL = "no CI"
 
 

@@ -7,7 +7,7 @@ counts per patient; every metric is computed from count-weighted sums, so the wh
 bootstrap is a few matrix products, not a loop over resamples.
 
 Metrics (one-vs-rest per class): sensitivity, specificity, PPV, NPV, F1, ROC-AUC, average
-precision; overall: accuracy, macro F1, macro AUC. The weighted AUC is the Mann-Whitney
+precision; overall: accuracy, macro F1, macro AUC, macro AP. The weighted AUC is the Mann-Whitney
 statistic (ties count a half) and the weighted average precision is scikit-learn's
 step-wise definition, so with all weights 1 both equal ``roc_auc_score`` and
 ``average_precision_score``. Intervals are percentile intervals; a metric undefined in
@@ -24,7 +24,7 @@ import numpy as np
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
 PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc", "ap")
-OVERALL = ("accuracy", "macro_f1", "macro_auc")
+OVERALL = ("accuracy", "macro_f1", "macro_auc", "macro_ap")
 
 
 def patient_groups(patient_ids: Sequence[str] | None, n: int) -> tuple[np.ndarray, int]:
@@ -93,12 +93,16 @@ def bootstrap_distribution(
     per_class["f1"] = f1
     aucs, aps = zip(*(weighted_auc_ap(weights, y == c, probs[:, c]) for c in range(k)))
     per_class["auc"], per_class["ap"] = np.stack(aucs, axis=1), np.stack(aps, axis=1)
-    defined = np.isfinite(per_class["auc"])
-    macro_auc = _ratio(np.where(defined, per_class["auc"], 0.0).sum(axis=1), defined.sum(axis=1))
+
+    def macro(values: np.ndarray) -> np.ndarray:  # the mean over the classes a resample defines
+        defined = np.isfinite(values)
+        return _ratio(np.where(defined, values, 0.0).sum(axis=1), defined.sum(axis=1))
+
     overall = {
         "accuracy": _ratio(weights @ (pred == y).astype(float), total[:, 0]),
         "macro_f1": f1.mean(axis=1),
-        "macro_auc": macro_auc,
+        "macro_auc": macro(per_class["auc"]),
+        "macro_ap": macro(per_class["ap"]),
     }
     return overall, per_class
 

@@ -209,14 +209,9 @@ def per_class_table(metrics: dict) -> list[dict]:
         "auc": metrics["macro_auc"],
         "ap": metrics["macro_ap"],
     }
-    if "ci" in metrics:
-        macro["f1_ci_low"], macro["f1_ci_high"] = (
-            metrics["ci"]["macro_f1"]["ci_low"],
-            metrics["ci"]["macro_f1"]["ci_high"],
-        )
-        macro["auc_ci_low"], macro["auc_ci_high"] = (
-            metrics["ci"]["macro_auc"]["ci_low"],
-            metrics["ci"]["macro_auc"]["ci_high"],
-        )
+    for column, key in (("f1", "macro_f1"), ("auc", "macro_auc"), ("ap", "macro_ap")):
+        bounds = metrics.get("ci", {}).get(key)
+        if bounds:
+            macro[f"{column}_ci_low"], macro[f"{column}_ci_high"] = bounds["ci_low"], bounds["ci_high"]
     rows.append(macro)
     return rows
