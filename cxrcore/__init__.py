@@ -27,6 +27,7 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     jobs/queue           submit, cancel, resume and wait: the actions on jobs
     jobs/scheduler       starts queued jobs as worker processes and watches them
     jobs/worker          one job's process (python -m cxrcore.jobs.worker)
+    jobs/commands        ``python -m cxrcore jobs ...``
     jobs/processes       detached processes, liveness, kills and file locks
     jobs/hardware        GPUs and CPUs, without importing TensorFlow
 

@@ -34,7 +34,7 @@ def parse_augment(text: str):
     return AugmentConfig(**values)
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset folder or CSV manifest")
     p.add_argument("--config", help="start from this config.json (flags override it)")
     p.add_argument("--backbone", help="registry name (see `backbones`)")
@@ -356,172 +356,6 @@ def cmd_backbones(args) -> int:
     return 0
 
 
-def _jobs_store(args):
-    from .jobs.store import JobStore
-
-    return JobStore(args.db)
-
-
-_JOB_FIELDS = (
-    "id",
-    "group_id",
-    "status",
-    "state",
-    "backbone",
-    "pid",
-    "device",
-    "gpu",
-    "stage",
-    "epoch",
-    "epochs",
-    "batch",
-    "batches",
-    "epochs_completed",
-    "run_dir",
-    "error",
-    "attempts",
-    "resumed_from_epoch",
-    "created",
-    "started",
-    "finished",
-)
-
-
-def cmd_jobs_submit(args) -> int:
-    from .jobs.queue import submit, submit_comparison
-
-    names = [b.strip() for b in (args.backbone or "").split(",") if b.strip()]
-    if len(names) > 1:
-        args.backbone = names[0]
-        config = config_from_args(args, resolve=False)  # weights, size, unfreeze follow each backbone
-        group, ids = submit_comparison(config, names, store=_jobs_store(args), out_dir=args.out)
-        print(f"comparison {group}: {len(ids)} jobs queued", file=sys.stderr)
-        for job_id in ids:
-            print(job_id)
-        return 0
-    config = config_from_args(args)
-    print(submit(config, store=_jobs_store(args), out_dir=args.out))
-    return 0
-
-
-def cmd_jobs_list(args) -> int:
-    from .jobs.queue import list_jobs
-
-    jobs = list_jobs(store=_jobs_store(args), status=args.status, group=args.group)
-    if args.json:
-        print(json.dumps([{k: j[k] for k in _JOB_FIELDS} for j in jobs]))
-        return 0
-    if not jobs:
-        print(
-            "no jobs yet: submit one with `python -m cxrcore jobs submit --data DATA --backbone NAME`", file=sys.stderr
-        )
-        return 0
-    print(f"{'id':<12}{'status':<12}{'backbone':<18}{'progress':<22}{'group':<14}error")
-    for j in jobs:
-        where = f"{j['stage'] or ''} {j['epoch'] or 0}/{j['epochs'] or '?'}" if j["stage"] else ""
-        print(
-            f"{j['id']:<12}{j['status']:<12}{j['backbone']:<18}{where:<22}{j['group_id'] or '':<14}{j['error'] or ''}"
-        )
-    return 0
-
-
-def cmd_jobs_show(args) -> int:
-    from .jobs.queue import get
-    from .runs import RunDir
-
-    job = get(args.job_id, store=_jobs_store(args))
-    out = {k: job[k] for k in _JOB_FIELDS}
-    out["metrics"] = job["metrics"]
-    history = RunDir(job["run_dir"]).history() if args.history and job["run_dir"] else None
-    out["history"] = history.to_dict("records") if history is not None else None
-    print(json.dumps(out))
-    return 0
-
-
-def cmd_jobs_cancel(args) -> int:
-    from .jobs.queue import cancel
-
-    job = cancel(args.job_id, store=_jobs_store(args), force=args.force, wait=0 if args.no_wait else args.timeout)
-    print(
-        f"job {job['id']}: {job['status']}" + (" (cancel requested)" if job["status"] == "running" else ""),
-        file=sys.stderr,
-    )
-    print(job["status"])
-    return 0
-
-
-def cmd_jobs_resume(args) -> int:
-    from .jobs.queue import resume
-
-    job = resume(args.job_id, store=_jobs_store(args))
-    print(job["id"])
-    return 0
-
-
-def cmd_jobs_wait(args) -> int:
-    from .jobs.queue import wait
-
-    job = wait(args.job_id, store=_jobs_store(args), timeout=args.timeout)
-    print(job["status"])
-    return 0 if job["status"] == "succeeded" else 1
-
-
-def cmd_jobs_worker(args) -> int:
-    from .jobs.scheduler import Scheduler
-
-    scheduler = Scheduler(
-        _jobs_store(args), max_jobs=args.max_jobs, gpus_per_job=args.gpus_per_job, idle_exit=args.idle_exit or None
-    )
-    print(
-        f"scheduler for {scheduler.store.path}: up to {scheduler.max_jobs} job(s) at once, {scheduler.gpus} GPU(s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    scheduler.run()
-    return 0
-
-
-def _add_jobs_parser(sub) -> None:
-    jobs = sub.add_parser("jobs", help="background training jobs")
-    jobs.add_argument("--db", help="job database (default: the project's models/jobs.sqlite; CXRCORE_MODELS moves it)")
-    jsub = jobs.add_subparsers(dest="jobs_command", required=True)
-    p = jsub.add_parser("submit", help="queue a training job (options as for train); prints the job id last")
-    _add_train_options(p)
-    p.epilog = "--backbone a,b,c queues a comparison: one job per backbone, same data and settings"
-    p.set_defaults(func=cmd_jobs_submit)
-    p = jsub.add_parser("list", help="jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
-    p.add_argument("--group")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_jobs_list)
-    p = jsub.add_parser("show", help="one job as JSON")
-    p.add_argument("job_id")
-    p.add_argument("--history", action="store_true", help="include per-epoch metrics")
-    p.set_defaults(func=cmd_jobs_show)
-    p = jsub.add_parser("cancel", help="stop a job at its next batch (kill it if it does not stop in time)")
-    p.add_argument("job_id")
-    p.add_argument("--force", action="store_true", help="kill the worker process now")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing (default 60)")
-    p.add_argument("--no-wait", action="store_true", help="only ask the job to stop")
-    p.set_defaults(func=cmd_jobs_cancel)
-    p = jsub.add_parser(
-        "resume",
-        help="queue an ended job again: its run continues from its last completed "
-        "epoch (a finished run is final and refused)",
-    )
-    p.add_argument("job_id")
-    p.set_defaults(func=cmd_jobs_resume)
-    p = jsub.add_parser("wait", help="wait for a job to finish; prints its status")
-    p.add_argument("job_id")
-    p.add_argument("--timeout", type=float, default=3600.0)
-    p.set_defaults(func=cmd_jobs_wait)
-    p = jsub.add_parser("worker", help="run the scheduler in the foreground")
-    p.add_argument("--max-jobs", type=int, help="jobs at once (default: one per GPU, one on a CPU)")
-    p.add_argument("--gpus-per-job", choices=["1", "all"], default="1")
-    p.add_argument("--idle-exit", type=float, default=60.0, help="exit after this many idle seconds (0 = never)")
-    p.set_defaults(func=cmd_jobs_worker)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cxrcore", description="Train, evaluate and explain chest X-ray classifiers."
@@ -538,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="compute again even if a cached result exists")
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("train", help="train a model; prints the run directory last")
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -568,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)
-    _add_jobs_parser(sub)
+    from .jobs.commands import add_jobs_parser  # here: it imports this module's train options
+
+    add_jobs_parser(sub)
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
