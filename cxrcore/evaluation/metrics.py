@@ -45,19 +45,23 @@ def _check(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> 
     return y, p
 
 
+def _one_vs_rest(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class one-vs-rest true positives, false negatives, false positives and true negatives."""
+    cm = np.asarray(cm, dtype=float)
+    tp = np.diag(cm)
+    fn, fp = cm.sum(axis=1) - tp, cm.sum(axis=0) - tp
+    return tp, fn, fp, cm.sum() - tp - fn - fp
+
+
+def _rates(num: np.ndarray, den: np.ndarray) -> list[float | None]:
+    """``num / den`` per class; None where ``den`` is 0 (a rate with nothing to count)."""
+    return [_num(n / d) if d else None for n, d in zip(num, den)]
+
+
 def sensitivity_specificity(cm: np.ndarray) -> tuple[list[float | None], list[float | None]]:
     """Per-class one-vs-rest sensitivity (recall) and specificity from a confusion matrix."""
-    cm = np.asarray(cm, dtype=float)
-    total = cm.sum()
-    sens, spec = [], []
-    for i in range(cm.shape[0]):
-        tp = cm[i, i]
-        fn = cm[i].sum() - tp
-        fp = cm[:, i].sum() - tp
-        tn = total - tp - fn - fp
-        sens.append(_num(tp / (tp + fn)) if tp + fn else None)
-        spec.append(_num(tn / (tn + fp)) if tn + fp else None)
-    return sens, spec
+    tp, fn, fp, tn = _one_vs_rest(cm)
+    return _rates(tp, tp + fn), _rates(tn, tn + fp)
 
 
 def roc_per_class(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> dict:
@@ -167,17 +171,8 @@ def classification_metrics(
 
 def predictive_values(cm: np.ndarray) -> tuple[list[float | None], list[float | None]]:
     """Per-class one-vs-rest PPV (precision) and NPV from a confusion matrix."""
-    cm = np.asarray(cm, dtype=float)
-    total = cm.sum()
-    ppv, npv = [], []
-    for i in range(cm.shape[0]):
-        tp = cm[i, i]
-        fn = cm[i].sum() - tp
-        fp = cm[:, i].sum() - tp
-        tn = total - tp - fn - fp
-        ppv.append(_num(tp / (tp + fp)) if tp + fp else None)
-        npv.append(_num(tn / (tn + fn)) if tn + fn else None)
-    return ppv, npv
+    tp, fn, fp, tn = _one_vs_rest(cm)
+    return _rates(tp, tp + fp), _rates(tn, tn + fn)
 
 
 def summary(metrics: dict) -> dict:

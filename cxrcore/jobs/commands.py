@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..cli import add_train_options, config_from_args
+from .queue import STATUSES
 
 
 def _jobs_store(args):
@@ -144,7 +145,7 @@ def add_jobs_parser(sub) -> None:
     p.epilog = "--backbone a,b,c queues a comparison: one job per backbone, same data and settings"
     p.set_defaults(func=cmd_jobs_submit)
     p = jsub.add_parser("list", help="jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    p.add_argument("--status", choices=STATUSES)
     p.add_argument("--group")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs_list)

@@ -21,9 +21,8 @@ from .processes import kill_group, worker_alive
 from .scheduler import ensure_scheduler
 from .store import JobError, JobStore
 
-#: statuses a job can show; the last three are its run's
+#: statuses a job can show; all but the first two are its run's
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-ENDED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
 def job_view(job: dict) -> dict:
