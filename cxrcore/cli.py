@@ -54,6 +54,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--focal-gamma", type=float)
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", help="e.g. flip,rotation=10,zoom=0.1,contrast=0.1,brightness=0.1")
+    p.add_argument(
+        "--crop-border", type=float, help="fraction of width and height cut from each side before resizing (0-0.4)"
+    )
+    p.add_argument(
+        "--equalize", action="store_true", default=None, help="histogram-equalise every image (training and after)"
+    )
     p.add_argument("--pooling", choices=["avg", "max", "flatten"])
     p.add_argument("--dense-units", help="head dense layers, e.g. 256,128 ('' for none)")
     p.add_argument("--dropout", type=float)
@@ -133,6 +139,12 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
     config = replace(config, **{k: getattr(args, k) for k in simple if getattr(args, k) is not None})
     if args.augment is not None:
         config.augment = parse_augment(args.augment)
+    if args.crop_border is not None or args.equalize is not None:
+        config.pixels = replace(
+            config.pixels,
+            crop_border=config.pixels.crop_border if args.crop_border is None else args.crop_border,
+            equalize=config.pixels.equalize if args.equalize is None else args.equalize,
+        )
     if args.external:
         config.external = [str(Path(d).expanduser().resolve()) for d in args.external]
     if args.external_map:

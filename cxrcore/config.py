@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.io import PixelRules
 from .errors import ConfigError, WeightsError
 
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
@@ -136,6 +137,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pixels: PixelRules = field(default_factory=PixelRules)  # crop, equalise: training, evaluation and prediction
     head: HeadConfig = field(default_factory=HeadConfig)
     labels: LabelScheme = field(default_factory=LabelScheme)
     val_fraction: float = 0.1
@@ -275,7 +277,7 @@ def _build(cls, data: Any, where: str):
         raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        sub = {"augment": AugmentConfig, "head": HeadConfig, "labels": LabelScheme}.get(name)
+        sub = {"augment": AugmentConfig, "pixels": PixelRules, "head": HeadConfig, "labels": LabelScheme}.get(name)
         kwargs[name] = _build(sub, value, f"{where}.{name}") if sub and cls is TrainConfig else value
     try:
         return cls(**kwargs)

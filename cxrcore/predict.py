@@ -29,12 +29,13 @@ class Predictor:
         self.model = load_model(self.run.require_model())
         self.labels = self.run.labels()
         self.image_size = self.run.image_size()
+        self.pixels = self.run.pixel_rules()
         self.temperature = self.run.temperature()
         self._forward = inference_function(self.model, self.image_size)
 
     def prepare(self, source: ImageSource, name: str | None = None) -> np.ndarray:
         """``uint8`` (size, size, 3): exactly what the model sees."""
-        return prepare_image(source, self.image_size, name=name)
+        return prepare_image(source, self.image_size, name=name, rules=self.pixels)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Calibrated probabilities (n, k) for prepared images (n, size, size, 3)."""

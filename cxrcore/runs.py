@@ -184,6 +184,11 @@ class RunDir:
 
         return get_backbone(config.backbone).input_size
 
+    def pixel_rules(self):
+        """The pixel rules (:class:`cxrcore.data.io.PixelRules`) every image this run's model sees goes
+        through; the defaults for runs trained before they existed."""
+        return self.config().pixels
+
     # -- outcome -----------------------------------------------------------------------------
     def status(self) -> str:
         """``new`` (nothing started yet), ``running``, ``interrupted`` (its process is gone

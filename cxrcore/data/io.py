@@ -23,6 +23,12 @@ Pixel rules (documented once, here):
 * The result is resized to ``size x size`` with bilinear filtering (aspect ratio
   not kept, as in the reference notebooks) and returned as ``uint8`` RGB.
   Backbone-specific preprocessing happens inside the model (see backbones.py).
+* Optional rules, chosen per run (:class:`PixelRules`, the run's ``config.pixels``) and
+  applied to every image the run's model sees, in training, evaluation and prediction:
+  ``crop_border`` cuts that fraction of the width and the height from each side before
+  resizing (film edges, burned-in markers, collimation); ``equalize`` equalises the
+  histogram of the resized image's gray levels (each channel for a colour image), which
+  takes away most of the differences in exposure and contrast between sites.
 
 Limits: an image may hold at most :data:`MAX_PIXELS` pixels (for DICOM: rows x columns
 x frames x samples), read from its header before anything is decoded: the PNG IHDR,
@@ -42,12 +48,13 @@ import math
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageDecodeError
+from ..errors import ConfigError, ImageDecodeError
 
 ImageSource = str | os.PathLike | bytes
 
@@ -381,10 +388,59 @@ def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
     return _resize(arr, size)
 
 
-def prepare_image(src: ImageSource, size: int, *, name: str | None = None) -> np.ndarray:
-    """The model's view of an image: decoded, normalised, resized; ``uint8`` (size, size, 3)."""
+@dataclass(frozen=True)
+class PixelRules:
+    """A run's optional pixel rules (see the module docstring); the defaults change nothing."""
+
+    crop_border: float = 0.0  # fraction of width and height cut from each side, before resizing
+    equalize: bool = False  # histogram equalisation after resizing
+
+    def __post_init__(self):
+        if isinstance(self.crop_border, bool) or not isinstance(self.crop_border, (int, float)):
+            raise ConfigError(f"pixels.crop_border must be a number, got {self.crop_border!r}")
+        if not 0 <= self.crop_border < 0.4:
+            raise ConfigError(f"pixels.crop_border must be in [0, 0.4), got {self.crop_border}")
+        if not isinstance(self.equalize, bool):
+            raise ConfigError(f"pixels.equalize must be true or false, got {self.equalize!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == PixelRules()
+
+    def describe(self) -> str:
+        """``"as decoded"``, or the rules in words, e.g. ``"10% border cropped, equalised"``."""
+        parts = [f"{self.crop_border:.0%} border cropped"] if self.crop_border else []
+        parts += ["histogram equalised"] if self.equalize else []
+        return ", ".join(parts) or "as decoded"
+
+
+def crop_border(arr: np.ndarray, fraction: float) -> np.ndarray:
+    """``arr`` without ``fraction`` of its height and width on each side (at least one pixel is kept)."""
+    if not fraction:
+        return arr
+    h, w = arr.shape[:2]
+    dy, dx = min(int(round(h * fraction)), (h - 1) // 2), min(int(round(w * fraction)), (w - 1) // 2)
+    return arr[dy : h - dy, dx : w - dx]
+
+
+def equalize(arr: np.ndarray) -> np.ndarray:
+    """Histogram equalisation of ``uint8`` gray (2-D) or RGB pixels, each channel on its own."""
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
+    return np.asarray(ImageOps.equalize(img), dtype=np.uint8)
+
+
+def prepare_image(
+    src: ImageSource, size: int, *, name: str | None = None, rules: PixelRules | None = None
+) -> np.ndarray:
+    """The model's view of an image: decoded, normalised, resized, with the run's ``rules``
+    applied; ``uint8`` (size, size, 3)."""
     label = _describe(src, name)
-    return _to_rgb(_decode(_read_bytes(src, label), label, size))
+    data = _read_bytes(src, label)
+    if rules is None or rules.is_default:
+        return _to_rgb(_decode(data, label, size))
+    arr = _decode(data, label, None if rules.crop_border else size)
+    arr = _resize(crop_border(arr, rules.crop_border), size)
+    return _to_rgb(equalize(arr) if rules.equalize else arr)
 
 
 def read_header(path: str | os.PathLike) -> dict:

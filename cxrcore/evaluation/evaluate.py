@@ -20,13 +20,15 @@ from . import metrics
 from .intervals import bootstrap_intervals
 
 
-def predict_frame(model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32) -> np.ndarray:
-    """Probabilities (n, k) for every image of ``frame``, in row order."""
+def predict_frame(
+    model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32, pixels=None
+) -> np.ndarray:
+    """Probabilities (n, k) for every image of ``frame``, in row order, prepared with the run's ``pixels`` rules."""
     import tensorflow as tf
 
     from ..training.pipeline import decode_error_from, make_dataset
 
-    ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False)
+    ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False, pixels=pixels)
     try:
         return np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), dtype=float)
     except tf.errors.OpError as exc:
@@ -55,10 +57,16 @@ def labels_of(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 
 def fit_calibration(
-    model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32, fitted_on: str = "val"
+    model,
+    frame: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    batch_size: int = 32,
+    fitted_on: str = "val",
+    pixels=None,
 ) -> dict:
     """Fit the temperature on ``frame`` (the validation split): what ``calibration.json`` holds."""
-    raw = predict_frame(model, frame, classes, image_size, batch_size)
+    raw = predict_frame(model, frame, classes, image_size, batch_size, pixels)
     y = labels_of(frame, classes)
     temperature = calib.fit_temperature(raw, y)
     scaled = calib.apply_temperature(raw, temperature)
@@ -81,6 +89,7 @@ def evaluate_frame(
     out_dir: Path,
     batch_size: int = 32,
     calibration: dict | None = None,
+    pixels=None,
 ) -> dict:
     """Predict, compute metrics (with 95% intervals by bootstrap over the frame's patients) and write
     metrics.json, per_class.csv and predictions.csv.
@@ -88,7 +97,7 @@ def evaluate_frame(
     With the run's ``calibration`` (:meth:`cxrcore.runs.RunDir.calibration`), every metric and
     ``prob_<class>`` column is of the calibrated probabilities, and ``metrics["calibration"]``
     holds ECE and Brier before (raw) and after (calibrated) with the reliability diagram's points."""
-    raw = predict_frame(model, frame, classes, image_size, batch_size)
+    raw = predict_frame(model, frame, classes, image_size, batch_size, pixels)
     y = labels_of(frame, classes)
     probs = calib.apply_temperature(raw, float(calibration["temperature"])) if calibration else raw
     patients = frame["patient_id"].tolist() if "patient_id" in frame else None
@@ -144,7 +153,14 @@ def evaluate_run(
     model = load_model(model_path)
     started = time.time()
     result = evaluate_frame(
-        model, frame, classes, image_size, out_dir, batch_size=config.batch_size, calibration=run.calibration()
+        model,
+        frame,
+        classes,
+        image_size,
+        out_dir,
+        batch_size=config.batch_size,
+        calibration=run.calibration(),
+        pixels=config.pixels,
     )
     if data is not None:
         runs.write_json(

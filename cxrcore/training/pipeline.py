@@ -18,7 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from ..config import AugmentConfig
-from ..data.io import prepare_image
+from ..data.io import PixelRules, prepare_image
 from ..errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -48,9 +48,9 @@ def build_augmenter(augment: AugmentConfig, seed: int) -> keras.Sequential | Non
     return keras.Sequential(layers, name="augment")
 
 
-def _loader(image_size: int):
+def _loader(image_size: int, pixels: PixelRules | None):
     def load(path):
-        return prepare_image(path.decode() if isinstance(path, bytes) else str(path), image_size)
+        return prepare_image(path.decode() if isinstance(path, bytes) else str(path), image_size, rules=pixels)
 
     def tf_load(path):
         image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
@@ -71,8 +71,10 @@ def make_dataset(
     seed: int = 42,
     cache: bool = True,
     max_steps: int | None = None,
+    pixels: PixelRules | None = None,
 ) -> tf.data.Dataset:
-    """Batches of ``(float32 images in 0..255, one-hot labels)`` in the order of ``classes``.
+    """Batches of ``(float32 images in 0..255, one-hot labels)`` in the order of ``classes``,
+    each image prepared with the run's ``pixels`` rules.
 
     ``training`` shuffles (reshuffled each epoch, seeded) and applies ``augment``.
     Rows whose label is not in ``classes`` raise :class:`DataError`.
@@ -86,7 +88,7 @@ def make_dataset(
     labels = frame["label"].map(lookup).to_numpy(np.int32)
     paths = frame["path"].astype(str).to_numpy()
     ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = ds.map(_loader(image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(_loader(image_size, pixels), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(tf.one_hot(labels, len(classes))))
     if cache:
         ds = ds.cache()
@@ -116,9 +118,11 @@ def decode_error_from(exc: Exception) -> DataError | None:
     return DataError(match.group(1).strip()) if match else None
 
 
-def augment_preview(path: str, image_size: int, augment: AugmentConfig, n: int = 5, seed: int = 0) -> list[np.ndarray]:
-    """The image as the model sees it, then ``n`` augmented versions (uint8 RGB)."""
-    image = prepare_image(path, image_size)
+def augment_preview(
+    path: str, image_size: int, augment: AugmentConfig, n: int = 5, seed: int = 0, pixels: PixelRules | None = None
+) -> list[np.ndarray]:
+    """The image as the model sees it (with the ``pixels`` rules), then ``n`` augmented versions (uint8 RGB)."""
+    image = prepare_image(path, image_size, rules=pixels)
     augmenter = build_augmenter(augment, seed)
     if augmenter is None:
         return [image]

@@ -313,6 +313,7 @@ def _train(
         seed=config.seed,
         cache=config.cache,
         max_steps=max_steps,
+        pixels=config.pixels,
     )
     train_ds = make_dataset(frame[frame["split"] == "train"], training=True, augment=config.augment, **make)
     val_ds = make_dataset(frame[frame["split"] == "val"], **make)
@@ -412,7 +413,9 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
     )
     val = frame[frame["split"] == "val"]
     if not cancelled and len(val):
-        calibration = fit_calibration(best, val.reset_index(drop=True), classes, image_size, config.batch_size)
+        calibration = fit_calibration(
+            best, val.reset_index(drop=True), classes, image_size, config.batch_size, pixels=config.pixels
+        )
         run.write_calibration(calibration)
         log.info(
             "calibration: temperature %.3f fitted on %d validation image(s), mean ECE %.4f -> %.4f",
@@ -431,6 +434,7 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
             run.path,
             batch_size=config.batch_size,
             calibration=run.calibration(),
+            pixels=config.pixels,
         )
         log.info(
             "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
