@@ -75,6 +75,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", dest="cache", action="store_false", default=None)
     p.add_argument("--max-steps", type=int, help="cap batches per epoch (smoke tests)")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--target-sensitivity", type=float, help="operating point chosen on validation per class (default 0.95)"
+    )
     p.add_argument("--out", help="parent folder of the run directory (default: models/)")
     p.add_argument(
         "--external",
@@ -135,6 +138,7 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
         "cache",
         "max_steps",
         "seed",
+        "target_sensitivity",
     ]
     config = replace(config, **{k: getattr(args, k) for k in simple if getattr(args, k) is not None})
     if args.augment is not None:
@@ -335,12 +339,31 @@ def cmd_predict(args) -> int:
 
     predictor = Predictor(args.run_dir)
     failed = 0
-    for result in predictor.predict_each(args.images):
+    for result in predictor.predict_each(args.images, operating_point=args.operating_point):
         if "error" in result:
             failed += 1
             print(f"error: {result['error']}", file=sys.stderr)
+        else:
+            print(prediction_line(result), file=sys.stderr)
         print(json.dumps(result))
     return 2 if failed else 0
+
+
+def prediction_line(result: dict) -> str:
+    """One prediction for people: the top class, the decision and, when so, that the image is unlike
+    anything the model was trained on."""
+    line = f"{result['image']}: {result['label']} {result['confidence']:.1%} (calibrated)"
+    decision = result.get("decision")
+    if decision:
+        positive = ", ".join(decision["positive"]) or "none"
+        line += f"; positive at {decision['name']}: {positive}"
+    unlike = result.get("unlike_training")
+    if unlike and unlike["flagged"]:
+        line += (
+            f"; UNLIKE THE TRAINING DATA (feature distance {unlike['score']:.1f} > {unlike['threshold']:.1f}): "
+            "the probabilities above mean little for this image"
+        )
+    return line
 
 
 def cmd_demo_data(args) -> int:
@@ -407,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict images; one JSON line each")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
+    p.add_argument(
+        "--operating-point",
+        choices=["sensitivity", "youden"],
+        default="sensitivity",
+        help="the thresholds a decision is made at (chosen on validation; default: the target sensitivity)",
+    )
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("demo-data", help="write the synthetic demo dataset")
     p.add_argument("out_dir")

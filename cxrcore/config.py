@@ -146,6 +146,7 @@ class TrainConfig:
     cache: bool = True  # keep decoded, resized images in memory
     max_steps: int | None = None  # cap on batches per epoch (quick checks)
     seed: int = 42
+    target_sensitivity: float = 0.95  # the operating point chosen on validation for each class
     # external validation: labelled datasets evaluated once the model is trained, each kept apart
     external: list[str] = field(default_factory=list)
     external_map: dict[str, str] = field(default_factory=dict)  # an external class -> a model class
@@ -240,6 +241,7 @@ class TrainConfig:
             ),
             (self.image_size is None or 32 <= self.image_size <= 1024, "image_size must be between 32 and 1024"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (0 < self.target_sensitivity < 1, "target_sensitivity must be between 0 and 1 (e.g. 0.95)"),
             (
                 isinstance(self.external, list) and all(isinstance(d, str) and d.strip() for d in self.external),
                 "external must be a list of dataset paths",

@@ -8,6 +8,9 @@
     predictions.csv   per-image test results     run.json        status, process, device, timings
     train.log         the training log           tensorboard/    TensorBoard logs
     calibration.json  the temperature fitted on the validation split (runs trained before it: none)
+    operating_points.json  decision thresholds per class, chosen on the validation split
+    ood.npz           the training split's feature statistics: how unlike the training data an image is
+    MODEL_CARD.md     the model card: data, training, results with intervals, limitations
     state/            resume state (until the run succeeds)
     external/<name>/  evaluations on other labelled data, one folder per dataset
 
@@ -41,6 +44,7 @@ from .errors import RunError
 CONFIG, LABELS, SPLIT, HISTORY = "config.json", "labels.json", "split.csv", "history.csv"
 MODEL, METRICS, PREDICTIONS, INFO = "model.keras", "metrics.json", "predictions.csv", "run.json"
 PER_CLASS, SOURCE, CALIBRATION = "per_class.csv", "source.json", "calibration.json"
+OPERATING_POINTS, FEATURE_STATS, MODEL_CARD = "operating_points.json", "ood.npz", "MODEL_CARD.md"
 LOG, TENSORBOARD, EXTERNAL, STATE_DIR = "train.log", "tensorboard", "external", "state"
 RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
 
@@ -298,6 +302,38 @@ class RunDir:
 
     def write_calibration(self, calibration: dict) -> None:
         write_json(self.file(CALIBRATION), calibration)
+
+    def operating_points(self) -> dict | None:
+        """``operating_points.json`` (:mod:`cxrcore.evaluation.operating_points`): thresholds per class
+        chosen on the validation split; None for a run without them."""
+        try:
+            found = json.loads(self.file(OPERATING_POINTS).read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) and isinstance(found.get("thresholds"), dict) else None
+
+    def write_operating_points(self, points: dict) -> None:
+        write_json(self.file(OPERATING_POINTS), points)
+
+    def feature_stats(self):
+        """The training split's feature statistics (:class:`cxrcore.evaluation.ood.FeatureStats`) that
+        say how unlike the training data an image is; None for a run without them."""
+        from .evaluation.ood import FeatureStats
+
+        try:
+            return FeatureStats.load(self.file(FEATURE_STATS))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def write_feature_stats(self, stats) -> None:
+        stats.save(self.file(FEATURE_STATS))
+
+    def model_card(self) -> str | None:
+        """``MODEL_CARD.md`` as written by :mod:`cxrcore.evaluation.model_card`; None before it exists."""
+        try:
+            return self.file(MODEL_CARD).read_text()
+        except OSError:
+            return None
 
     def history(self) -> pd.DataFrame:
         """One row per completed epoch over both stages (empty before the first)."""

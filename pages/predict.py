@@ -6,6 +6,7 @@ import streamlit as st
 
 from cxrcore.data.dicom import dicom_summary
 from cxrcore.evaluation import plots
+from cxrcore.evaluation.operating_points import KIND_NAMES, KINDS
 from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
 from pages.shared import NOTICE, CXRError, analyse, pick_run, require_app, show_error
 
@@ -17,7 +18,15 @@ run = pick_run("predict_run")
 if run is None:
     st.stop()
 
-c = st.columns(3)
+c = st.columns(4)
+operating_point = c[3].radio(
+    "Decision at",
+    list(KINDS),
+    format_func=KIND_NAMES.get,
+    key="predict_operating_point",
+    help="Thresholds chosen on the run's validation split: the target sensitivity misses few cases "
+    "(the default); Youden's J balances sensitivity and specificity.",
+)
 method = c[0].selectbox(
     "Explanation",
     list(METHOD_LABELS),
@@ -43,11 +52,20 @@ for upload in uploads:
     st.subheader(upload.name)
     try:
         with st.spinner("Predicting and explaining..."):
-            result = analyse(run["path"], upload.name, data, method, colormap, alpha)
+            result = analyse(run["path"], upload.name, data, method, colormap, alpha, operating_point)
         facts = dicom_summary(data, name=upload.name)
     except CXRError as exc:  # an unreadable upload: say which and why, go on with the others
         show_error(exc)
         continue
+    unlike = result["unlike_training"]
+    if unlike and unlike["flagged"]:
+        st.error(
+            "This image is unlike anything the model was trained on (feature distance "
+            f"{unlike['score']:.1f}, beyond {unlike['threshold']:.1f}, the {unlike['percentile']:g}th percentile of "
+            "its validation images). The probabilities below mean little for it: it may not be a chest X-ray, "
+            "or it comes from a very different source.",
+            icon=":material/report:",
+        )
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
     middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['label']}", width="stretch")
@@ -56,6 +74,16 @@ for upload in uploads:
         width="stretch",
         key=f"predict_probs_{upload.file_id}",
     )
+    decision = result["decision"]
+    if decision:
+        positive = ", ".join(decision["positive"]) or "none of the classes"
+        right.markdown(f"**Decision at {decision['name']}:** {positive}")
+        right.caption(
+            "Positive where the calibrated probability reaches the class's threshold: "
+            + ", ".join(f"{c} ≥ {t:.3f}" for c, t in decision["thresholds"].items() if t is not None)
+        )
+    else:
+        right.caption("This run was trained before operating points existed: no decision, only probabilities.")
     right.download_button(
         "Download overlay (PNG)",
         to_png_bytes(result["overlay"]),

@@ -251,12 +251,14 @@ __all__ = [
 ]
 
 
-def analyse(run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float) -> dict:
-    """One upload through one run: prediction, heatmap and overlay (raises ImageDecodeError)."""
+def analyse(
+    run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float, operating_point: str
+) -> dict:
+    """One upload through one run: prediction (with its decision and the unlike-the-training-data
+    check), heatmap and overlay (raises ImageDecodeError)."""
     from cxrcore.explain.cam import overlay
 
     model = predictor(run_dir)
-    image = model.prepare(data, name)
-    result = model.result(name, model.probabilities(image)[0])
+    image, result = model.predict_image(data, name, operating_point)
     heat = explainer(run_dir).heatmap(image, class_index=model.labels.index(result["label"]), method=method)
     return {**result, "input": image, "overlay": overlay(image, heat, colormap=colormap, alpha=alpha)}

@@ -16,23 +16,35 @@ import pandas as pd
 from .. import runs
 from ..errors import DataError
 from . import calibration as calib
-from . import metrics
+from . import metrics, model_card, ood, operating_points
 from .intervals import bootstrap_intervals
 
 
 def predict_frame(
-    model, frame: pd.DataFrame, classes: list[str], image_size: int, batch_size: int = 32, pixels=None
-) -> np.ndarray:
-    """Probabilities (n, k) for every image of ``frame``, in row order, prepared with the run's ``pixels`` rules."""
+    model,
+    frame: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    batch_size: int = 32,
+    pixels=None,
+    features: bool = False,
+):
+    """Raw probabilities (n, k) for every image of ``frame``, in row order, prepared with the run's
+    ``pixels`` rules; with ``features``, ``(probabilities, pooled backbone features (n, d))``."""
     import tensorflow as tf
 
+    from ..training.model import feature_model
     from ..training.pipeline import decode_error_from, make_dataset
 
     ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False, pixels=pixels)
+    network = feature_model(model) if features else model
     try:
-        return np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), dtype=float)
+        out = network.predict(ds.map(lambda x, y: x), verbose=0)
     except tf.errors.OpError as exc:
         raise (decode_error_from(exc) or exc) from None
+    if features:
+        return np.asarray(out[0], dtype=float), np.asarray(out[1], dtype=float)
+    return np.asarray(out, dtype=float)
 
 
 def predictions_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -56,48 +68,54 @@ def labels_of(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
 
 
-def fit_calibration(
-    model,
-    frame: pd.DataFrame,
-    classes: list[str],
-    image_size: int,
-    batch_size: int = 32,
-    fitted_on: str = "val",
-    pixels=None,
-) -> dict:
-    """Fit the temperature on ``frame`` (the validation split): what ``calibration.json`` holds."""
-    raw = predict_frame(model, frame, classes, image_size, batch_size, pixels)
-    y = labels_of(frame, classes)
+def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
+    """What a finished run learns from its validation split (``frame`` holds its split column), once,
+    with one pass over the validation images and one over the training images:
+
+    - the temperature (``calibration.json``);
+    - the operating points on calibrated probabilities (``operating_points.json``);
+    - the training split's feature statistics and the unlike-the-training-data threshold (``ood.npz``).
+
+    Returns the calibration dict (for the log)."""
+    classes, config, size = run.labels(), run.config(), run.image_size()
+    val = frame[frame["split"] == "val"].reset_index(drop=True)
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    raw, val_features = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=True)
+    y = labels_of(val, classes)
     temperature = calib.fit_temperature(raw, y)
     scaled = calib.apply_temperature(raw, temperature)
-    return {
+    calibration = {
         "temperature": temperature,
-        "fitted_on": fitted_on,
+        "fitted_on": "val",
         "n": int(len(y)),
         "nll_before": calib.nll(raw, y),
         "nll_after": calib.nll(scaled, y),
         "ece_mean_before": float(np.nanmean(calib.expected_calibration_error(raw, y))),
         "ece_mean_after": float(np.nanmean(calib.expected_calibration_error(scaled, y))),
     }
+    run.write_calibration(calibration)
+    run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
+    if len(train) >= 2:
+        _, train_features = predict_frame(model, train, classes, size, config.batch_size, config.pixels, features=True)
+        run.write_feature_stats(ood.fit(train_features, labels_of(train, classes), val_features))
+    return calibration
 
 
-def evaluate_frame(
-    model,
-    frame: pd.DataFrame,
-    classes: list[str],
-    image_size: int,
-    out_dir: Path,
-    batch_size: int = 32,
-    calibration: dict | None = None,
-    pixels=None,
-) -> dict:
-    """Predict, compute metrics (with 95% intervals by bootstrap over the frame's patients) and write
-    metrics.json, per_class.csv and predictions.csv.
+def evaluate_frame(run: runs.RunDir, model, frame: pd.DataFrame, out_dir: Path) -> dict:
+    """Predict ``frame`` with the run's model, compute metrics (with 95% intervals by bootstrap over the
+    frame's patients) and write metrics.json, per_class.csv and predictions.csv to ``out_dir``.
 
-    With the run's ``calibration`` (:meth:`cxrcore.runs.RunDir.calibration`), every metric and
-    ``prob_<class>`` column is of the calibrated probabilities, and ``metrics["calibration"]``
-    holds ECE and Brier before (raw) and after (calibrated) with the reliability diagram's points."""
-    raw = predict_frame(model, frame, classes, image_size, batch_size, pixels)
+    Everything the run learned from its validation split is applied: every metric and ``prob_<class>``
+    column is of calibrated probabilities (``metrics["calibration"]`` holds ECE and Brier before and
+    after, with the reliability diagram's points), ``metrics["operating_points"]`` what the
+    validation-chosen thresholds give on these images, and ``metrics["ood"]`` how many images are
+    unlike the training data (per image in predictions.csv: ``ood_score``, ``unlike_training``)."""
+    classes, config = run.labels(), run.config()
+    calibration, points, stats = run.calibration(), run.operating_points(), run.feature_stats()
+    found = predict_frame(
+        model, frame, classes, run.image_size(), config.batch_size, config.pixels, features=stats is not None
+    )
+    raw, features = found if stats is not None else (found, None)
     y = labels_of(frame, classes)
     probs = calib.apply_temperature(raw, float(calibration["temperature"])) if calibration else raw
     patients = frame["patient_id"].tolist() if "patient_id" in frame else None
@@ -106,10 +124,18 @@ def evaluate_frame(
         result["calibration"] = calib.calibration_report(
             raw, y, classes, float(calibration["temperature"]), fitted_on=calibration.get("fitted_on", "val")
         )
+    if points:
+        result["operating_points"] = operating_points.evaluate(probs, y, classes, points, patients)
+    table = predictions_table(frame, probs, classes)
+    if stats is not None:
+        scores = stats.scores(features)
+        result["ood"] = ood.summary(stats, scores)
+        table["ood_score"] = scores
+        table["unlike_training"] = scores > stats.threshold
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / runs.METRICS, result)
     runs.write_csv(out_dir / runs.PER_CLASS, pd.DataFrame(metrics.per_class_table(result)))
-    runs.write_csv(out_dir / runs.PREDICTIONS, predictions_table(frame, probs, classes))
+    runs.write_csv(out_dir / runs.PREDICTIONS, table)
     return result
 
 
@@ -134,10 +160,12 @@ def evaluate_run(
     run = runs.RunDir(run_dir)
     model_path = run.require_model()
     classes, config = run.labels(), run.config()
-    image_size = run.image_size()
     if data is None and run.is_final and run.metrics() is not None:
         stored = run.metrics()  # a finished run's test results never change; intervals may be added beside them
-        return {**(stored if "ci" in stored else _add_intervals(run, stored)), "out_dir": str(run.path)}
+        stored = stored if "ci" in stored else _add_intervals(run, stored)
+        if run.model_card() is None:
+            model_card.write(run)
+        return {**stored, "out_dir": str(run.path)}
     if data is None:
         frame = run.split()
         frame = frame[frame["split"] == "test"].reset_index(drop=True)
@@ -152,16 +180,7 @@ def evaluate_run(
         out_dir = run.external_dir(data)
     model = load_model(model_path)
     started = time.time()
-    result = evaluate_frame(
-        model,
-        frame,
-        classes,
-        image_size,
-        out_dir,
-        batch_size=config.batch_size,
-        calibration=run.calibration(),
-        pixels=config.pixels,
-    )
+    result = evaluate_frame(run, model, frame, out_dir)
     if data is not None:
         runs.write_json(
             out_dir / runs.SOURCE,
@@ -173,6 +192,7 @@ def evaluate_run(
                 "seconds": round(time.time() - started, 2),
             },
         )
+    model_card.write(run)
     return {**result, "out_dir": str(out_dir)}
 
 

@@ -70,6 +70,58 @@ def weighted_auc_ap(weights: np.ndarray, positive: np.ndarray, scores: np.ndarra
     return auc, ap
 
 
+def decision_rates(weights: np.ndarray, truth: np.ndarray, called: np.ndarray) -> tuple[tuple, dict[str, np.ndarray]]:
+    """Weighted one-vs-rest counts ``(tp, fn, fp, tn)`` and rates (sensitivity, specificity, PPV, NPV),
+    each (R, k), for decisions ``called`` (n, k of 0/1) against ``truth`` (n, k one-hot)."""
+    total = weights.sum(axis=1, keepdims=True)
+    tp = weights @ (truth * called)
+    fn = weights @ (truth * (1 - called))
+    fp = weights @ ((1 - truth) * called)
+    tn = total - tp - fn - fp
+    rates = {
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+    }
+    return (tp, fn, fp, tn), rates
+
+
+def percentile_interval(values: np.ndarray, level: float = DEFAULT_LEVEL, enough: int = 0) -> dict:
+    """``{ci_low, ci_high}``: the percentile interval of a metric's finite values over resamples
+    (``None`` for both when fewer than ``enough`` resamples define it)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.size < enough:
+        return {"ci_low": None, "ci_high": None}
+    low, high = np.percentile(finite, [50 * (1 - level), 50 * (1 + level)])
+    return {"ci_low": float(low), "ci_high": float(high)}
+
+
+def decision_intervals(
+    y_true: Sequence[int],
+    called: np.ndarray,
+    patient_ids: Sequence[str] | None = None,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> list[dict]:
+    """Per class (one-vs-rest) of yes/no decisions ``called`` (n, k): sensitivity, specificity, PPV and
+    NPV, each with its interval by bootstrap over patients: ``[{"sensitivity": v, ..., "ci": {...}}, ...]``."""
+    y = np.asarray(y_true, dtype=int)
+    called = np.asarray(called, dtype=float)
+    truth = np.eye(called.shape[1])[y]
+    _, point = decision_rates(np.ones((1, y.size)), truth, called)
+    groups, _ = patient_groups(patient_ids, y.size)
+    _, spread = decision_rates(resample_weights(groups, resamples, seed), truth, called)
+    out = []
+    for c in range(called.shape[1]):
+        row = {name: (float(v[0, c]) if np.isfinite(v[0, c]) else None) for name, v in point.items()}
+        row["ci"] = {name: percentile_interval(v[:, c], level, resamples // 2) for name, v in spread.items()}
+        out.append(row)
+    return out
+
+
 def bootstrap_distribution(
     y: np.ndarray, probs: np.ndarray, weights: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -78,17 +130,7 @@ def bootstrap_distribution(
     k = probs.shape[1]
     pred = probs.argmax(axis=1)
     truth, called = np.eye(k)[y], np.eye(k)[pred]
-    total = weights.sum(axis=1, keepdims=True)
-    tp = weights @ (truth * called)
-    fn = weights @ (truth * (1 - called))
-    fp = weights @ ((1 - truth) * called)
-    tn = total - tp - fn - fp
-    per_class = {
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
-    }
+    (tp, fn, fp, tn), per_class = decision_rates(weights, truth, called)
     f1 = np.nan_to_num(_ratio(2 * tp, 2 * tp + fp + fn))  # no support, no calls: 0, as sklearn
     per_class["f1"] = f1
     aucs, aps = zip(*(weighted_auc_ap(weights, y == c, probs[:, c]) for c in range(k)))
@@ -99,7 +141,7 @@ def bootstrap_distribution(
         return _ratio(np.where(defined, values, 0.0).sum(axis=1), defined.sum(axis=1))
 
     overall = {
-        "accuracy": _ratio(weights @ (pred == y).astype(float), total[:, 0]),
+        "accuracy": _ratio(weights @ (pred == y).astype(float), weights.sum(axis=1)),
         "macro_f1": f1.mean(axis=1),
         "macro_auc": macro(per_class["auc"]),
         "macro_ap": macro(per_class["ap"]),
@@ -123,14 +165,9 @@ def bootstrap_intervals(
     groups, without_id = patient_groups(patient_ids, y.size)
     weights = resample_weights(groups, resamples, seed)
     overall, per_class = bootstrap_distribution(y, probs, weights)
-    enough = resamples // 2
 
     def interval(values: np.ndarray) -> dict:
-        finite = values[np.isfinite(values)]
-        if finite.size == 0 or finite.size < enough:
-            return {"ci_low": None, "ci_high": None}
-        low, high = np.percentile(finite, [50 * (1 - level), 50 * (1 + level)])
-        return {"ci_low": float(low), "ci_high": float(high)}
+        return percentile_interval(values, level, resamples // 2)
 
     return {
         "ci": {name: interval(values) for name, values in overall.items()},

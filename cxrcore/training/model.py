@@ -166,6 +166,15 @@ def inference_function(model: keras.Model, image_size: int):
     return tf.function(forward, input_signature=[spec], autograph=False)
 
 
+def feature_model(model: keras.Model) -> keras.Model:
+    """``model`` with a second output: the global average of the backbone's last feature map (the
+    input of the head's ``head_pool`` layer), the features :mod:`cxrcore.evaluation.ood` compares.
+    Outputs ``[probabilities, features]``."""
+    feature_map = model.get_layer("head_pool").input
+    pooled = keras.layers.GlobalAveragePooling2D(name="ood_features")(feature_map)
+    return keras.Model(model.inputs, [model.outputs[0], pooled], name=f"{model.name}_with_features")
+
+
 def load_model(path: str | Path) -> keras.Model:
     """Load a saved ``model.keras`` (the Preprocess layer is registered on import)."""
     try:

@@ -27,7 +27,8 @@ from ..config import TrainConfig
 from ..data.index import build_index
 from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 from ..errors import RunError
-from ..evaluation.evaluate import evaluate_frame, fit_calibration
+from ..evaluation import model_card
+from ..evaluation.evaluate import evaluate_frame, fit_on_validation
 from ..evaluation.external import check_external
 from ..runs import write_csv
 from .backbones import get_backbone
@@ -175,6 +176,7 @@ def train(
             _train(config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume)
         if run.is_final:
             evaluate_external(run, config)
+            model_card.write(run)
         return run
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
@@ -396,8 +398,9 @@ def _train(
 
 
 def finish_run(run, model, checkpoint, frame, classes, image_size, config, epochs_done, cancelled, started):
-    """Make sure a best model exists, fit its temperature on the validation split (calibration.json),
-    evaluate it (calibrated) on the test split, record the outcome."""
+    """Make sure a best model exists, learn from the validation split what evaluation and prediction
+    apply (temperature, operating points, feature statistics: :func:`fit_on_validation`), evaluate
+    it on the test split, record the outcome."""
     if checkpoint.best_epoch is None:
         log.warning("no finite val_loss was seen; saving the last weights as the model")
         checkpoint.set_model(model)
@@ -411,12 +414,8 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
         train_seconds=train_seconds,
         inference_ms_per_image=_inference_ms(best, image_size),
     )
-    val = frame[frame["split"] == "val"]
-    if not cancelled and len(val):
-        calibration = fit_calibration(
-            best, val.reset_index(drop=True), classes, image_size, config.batch_size, pixels=config.pixels
-        )
-        run.write_calibration(calibration)
+    if not cancelled and (frame["split"] == "val").any():
+        calibration = fit_on_validation(run, best, frame)
         log.info(
             "calibration: temperature %.3f fitted on %d validation image(s), mean ECE %.4f -> %.4f",
             calibration["temperature"],
@@ -426,16 +425,7 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
         )
     test = frame[frame["split"] == "test"]
     if not cancelled and len(test):
-        result = evaluate_frame(
-            best,
-            test.reset_index(drop=True),
-            classes,
-            image_size,
-            run.path,
-            batch_size=config.batch_size,
-            calibration=run.calibration(),
-            pixels=config.pixels,
-        )
+        result = evaluate_frame(run, best, test.reset_index(drop=True), run.path)
         log.info(
             "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
             result["accuracy"],

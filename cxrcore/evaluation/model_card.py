@@ -1,0 +1,300 @@
+"""A model card per run (``MODEL_CARD.md``): what the model is, what it was trained on, how well it does
+with what uncertainty, where it fails, and what it must not be used for.
+
+Written at the end of training and rewritten after each evaluation, from the run's own files only
+(:class:`cxrcore.runs.RunDir`), so it never says more than was measured. The limitations are
+stated from the measured facts: a shortcut the data audit found, an external set where the model
+fell, a small test split, images without patient ids, a run that learned nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import runs
+from ..errors import CXRError
+from . import sanity
+from .compare import bootstrap_caption, format_value, has_intervals, interval
+from .operating_points import KIND_NAMES, KINDS
+
+#: a test split smaller than this gets a limitation about its wide intervals
+SMALL_TEST = 200
+INTENDED_USE = (
+    "Research software for studying chest X-ray classifiers: comparing backbones, measuring how they "
+    "transfer, and seeing what they look at. **It is not a medical device and must not be used to "
+    "diagnose, triage or treat patients.** A clinical use needs a prospective validation on the "
+    "intended population, equipment and workflow, and regulatory approval."
+)
+
+
+def _v(metrics: dict, key: str, cls: str | None = None) -> str:
+    value = (metrics.get("per_class", {}).get(cls) or {}).get(key) if cls else metrics.get(key)
+    return format_value(value, interval(metrics, key, cls) if has_intervals(metrics) else None)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _audit(data: str) -> dict | None:
+    """The data audit of the training folder (cached by :mod:`cxrcore.data.audit`); None when the
+    folder is gone or cannot be audited."""
+    from ..data.audit import audit
+
+    if not data or not Path(data).exists():
+        return None
+    try:
+        return audit(data)
+    except (CXRError, OSError, ValueError):
+        return None
+
+
+def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[str]:
+    lines = ["## Data", "", f"- Training folder: `{config.data}`"]
+    if not config.labels.is_identity:
+        lines.append(f"- Label scheme: {config.labels.__dict__}")
+    try:
+        split = run.split()
+    except CXRError:
+        return [*lines, "- The split is not recorded."]
+    counts = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+    order = [s for s in ("train", "val", "test") if s in counts.columns]
+    rows = [[label, *(int(counts.at[label, s]) for s in order)] for label in counts.index]
+    rows.append(["**all**", *(int(counts[s].sum()) for s in order)])
+    lines += ["", *_table(["class", *order], rows)]
+    patients = split["patient_id"].astype(str)
+    known = int((patients != "").sum())
+    lines += ["", f"- Patient ids known for {known:,} of {len(split):,} images; splits are grouped by patient."]
+    if found_audit:
+        shortcut = found_audit.get("shortcut") or {}
+        if shortcut.get("accuracy") is not None:
+            lines.append(
+                f"- Data audit, shortcut check: image statistics without anatomy predict the label with "
+                f"{shortcut['accuracy']:.2f} accuracy ({shortcut['ci_low']:.2f}–{shortcut['ci_high']:.2f}) against "
+                f"{shortcut['chance']:.2f} chance" + (" — **flagged**." if shortcut.get("flagged") else ".")
+            )
+        leak = found_audit.get("patient_leak") or {}
+        dups = found_audit.get("duplicates") or {}
+        lines.append(
+            f"- Data audit: {leak.get('patients', 0)} patient(s) across splits, "
+            f"{dups.get('groups', 0)} group(s) of identical files ({dups.get('across_splits', 0)} across splits)."
+        )
+        for source, mix in (found_audit.get("sources") or {}).items():
+            lines.append(f"- Source `{source}`: " + ", ".join(f"{n} {label}" for label, n in mix.items()))
+    return lines
+
+
+def _training_section(run: runs.RunDir, config) -> list[str]:
+    info = run.info()
+    rows = [
+        ["backbone", config.backbone],
+        ["weights", config.weights],
+        ["input size", f"{run.image_size()} px"],
+        ["pixel rules", config.pixels.describe()],
+        ["epochs (frozen + fine-tuned)", f"{config.epochs} + {config.fine_tune_epochs} (unfreeze {config.unfreeze})"],
+        ["epochs completed", info.get("epochs_completed")],
+        ["optimizer, learning rate", f"{config.optimizer}, {config.learning_rate:g}"],
+        ["class weights", config.class_weights],
+        ["augmentation", ", ".join(f"{k}={v}" for k, v in config.augment.__dict__.items() if v) or "none"],
+        ["seed", config.seed],
+        ["parameters", f"{info['params']:,}" if isinstance(info.get("params"), int) else "n/a"],
+        ["training time", f"{info['train_seconds']:.0f} s" if info.get("train_seconds") else "n/a"],
+    ]
+    return ["## Training", "", *_table(["setting", "value"], rows)]
+
+
+def _results_section(metrics: dict) -> list[str]:
+    lines = ["## Results on the test split", ""]
+    lines += [
+        f"- Accuracy {_v(metrics, 'accuracy')}, macro F1 {_v(metrics, 'macro_f1')}, "
+        f"macro AUC {_v(metrics, 'macro_auc')} on {metrics.get('n', 0):,} images."
+    ]
+    caption = bootstrap_caption(metrics)
+    if caption:
+        lines.append(f"- {caption}")
+    rows = [
+        [cls, *(_v(metrics, key, cls) for key in ("sensitivity", "specificity", "ppv", "npv", "auc"))]
+        for cls in metrics.get("classes", [])
+    ]
+    return [*lines, "", *_table(["class", "sensitivity", "specificity", "PPV", "NPV", "AUC"], rows)]
+
+
+def _calibration_section(metrics: dict) -> list[str]:
+    found = metrics.get("calibration")
+    if not found:
+        return ["## Calibration", "", "- Not calibrated: probabilities are the network's own (trained before it)."]
+    ece, brier = found["ece"], found["brier"]
+    return [
+        "## Calibration",
+        "",
+        f"- Temperature {found['temperature']:.3f}, fitted on the {found.get('fitted_on', 'val')} split; "
+        "every probability shown is divided by it (in log space).",
+        f"- Test mean ECE {ece['before']['mean']:.4f} before, {ece['after']['mean']:.4f} after; "
+        f"mean Brier {brier['before']['mean']:.4f} before, {brier['after']['mean']:.4f} after.",
+    ]
+
+
+def _points_rows(found: dict) -> list[list]:
+    rows = []
+    for cls, kinds in found["classes"].items():
+        for kind in KINDS:
+            point = kinds.get(kind)
+            if point is None:
+                rows.append([cls, KIND_NAMES[kind], "none", "", "", "", ""])
+                continue
+            cells = [
+                format_value(point.get(m), _bounds(point, m)) for m in ("sensitivity", "specificity", "ppv", "npv")
+            ]
+            rows.append([cls, KIND_NAMES[kind], f"{point['threshold']:.3f}", *cells])
+    return rows
+
+
+def _bounds(point: dict, name: str):
+    ci = (point.get("ci") or {}).get(name) or {}
+    return (ci.get("ci_low"), ci.get("ci_high")) if ci else None
+
+
+def _points_section(metrics: dict) -> list[str]:
+    found = metrics.get("operating_points")
+    if not found:
+        return []
+    header = ["class", "operating point", "threshold", "sensitivity", "specificity", "PPV", "NPV"]
+    return [
+        "## Operating points",
+        "",
+        f"- Thresholds on calibrated probabilities, chosen on the validation split (target sensitivity "
+        f"{found['target_sensitivity']:.2f}, and Youden's J), applied unchanged here; test split results:",
+        "",
+        *_table(header, _points_rows(found)),
+    ]
+
+
+def _external_section(metrics: dict, evaluations: list) -> list[str]:
+    lines = ["## External validation", ""]
+    if not evaluations:
+        return [*lines, "- None yet: the model has only been tested on images from the sources it was trained on."]
+    header = ["data", "images", "accuracy", "macro AUC", "AUC drop", "unlike training"]
+    rows = []
+    for found in evaluations:
+        outside = found.metrics
+        drop = (
+            f"{metrics['macro_auc'] - outside['macro_auc']:+.3f}".replace("+", "−", 1)
+            if metrics.get("macro_auc") is not None and outside.get("macro_auc") is not None
+            else "n/a"
+        )
+        flagged = (outside.get("ood") or {}).get("fraction_flagged")
+        rows.append(
+            [
+                f"`{found.source.get('data', found.name)}`",
+                f"{outside.get('n', 0):,}",
+                _v(outside, "accuracy"),
+                _v(outside, "macro_auc"),
+                drop,
+                "n/a" if flagged is None else f"{flagged:.0%}",
+            ]
+        )
+    return [*lines, *_table(header, rows)]
+
+
+def limitations(run: runs.RunDir, metrics: dict, evaluations: list, found_audit: dict | None) -> list[str]:
+    """The limitations, each a sentence from a measured fact."""
+    out = []
+    nothing = sanity.learned_nothing(run)
+    if nothing:
+        out.append(nothing)
+    shortcut = (found_audit or {}).get("shortcut") or {}
+    if shortcut.get("flagged"):
+        out.append(
+            f"The training labels can be told apart without looking at the lungs (image statistics alone: "
+            f"{shortcut['accuracy']:.2f} accuracy against {shortcut['chance']:.2f} chance): the classes differ in "
+            "how their images were made, and the model can have learned that instead of disease."
+        )
+    for found in evaluations:
+        warning = sanity.transfer_drop(metrics, found.metrics)
+        if warning:
+            out.append(f"On `{found.source.get('data', found.name)}`: {warning}")
+    if not evaluations:
+        out.append(
+            "No external validation: the test split comes from the same sources as the training data, so its "
+            "figures say nothing about other hospitals, scanners or populations."
+        )
+    if metrics and metrics.get("n", 0) < SMALL_TEST:
+        out.append(f"The test split is small ({metrics.get('n', 0)} images): the intervals above are wide.")
+    orphans = int((metrics.get("bootstrap") or {}).get("images_without_patient_id") or 0)
+    if orphans:
+        out.append(
+            f"{orphans:,} test image(s) have no patient id: images of one patient may sit in more than one split, "
+            "which makes the test figures optimistic."
+        )
+    out.append(
+        "Calibration and operating points were fitted on the validation split, from the training sources; on other "
+        "data the probabilities and the sensitivity at each threshold can differ (see external validation)."
+    )
+    return out
+
+
+def render(run: runs.RunDir) -> str:
+    """The model card of ``run``, as Markdown."""
+    config = run.config()
+    metrics = run.metrics() or {}
+    evaluations = run.external_evaluations()
+    found_audit = _audit(config.data)
+    lines = [
+        f"# Model card: {run.run_id}",
+        "",
+        f"*Written by CXR Lab on {time.strftime('%Y-%m-%d %H:%M')} from the run's own files. Status: {run.status()}.*",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Model",
+        "",
+        f"- {config.backbone} classifying {', '.join(run.labels())} (output order), input {run.image_size()} px, "
+        f"pixel rules: {config.pixels.describe()}.",
+        "",
+        *_data_section(run, config, found_audit),
+        "",
+        *_training_section(run, config),
+        "",
+    ]
+    if metrics:
+        lines += [
+            *_results_section(metrics),
+            "",
+            *_calibration_section(metrics),
+            "",
+            *_points_section(metrics),
+            "",
+        ]
+        ood = metrics.get("ood")
+        if ood:
+            lines += [
+                "## Images unlike the training data",
+                "",
+                f"- Threshold: the {ood['percentile']:g}th percentile of the validation images' feature distance "
+                f"({ood['threshold']:.2f}); {ood['flagged']} of {ood['n']} test images ({ood['fraction_flagged']:.1%}) "
+                "are beyond it. Prediction says so beside the probabilities.",
+                "",
+            ]
+    else:
+        lines += ["## Results", "", "- No test results: the run has not finished.", ""]
+    lines += [*_external_section(metrics, evaluations), "", "## Limitations", ""]
+    lines += [f"- {item}" for item in limitations(run, metrics, evaluations, found_audit)]
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+def write(run: runs.RunDir) -> Path | None:
+    """Write ``MODEL_CARD.md`` into the run directory; returns its path (None, logged, when the run's
+    files cannot be read: a card never fails the training or evaluation that asked for it)."""
+    import logging
+
+    path = run.file(runs.MODEL_CARD)
+    try:
+        runs.write_atomic(path, render(run))
+    except (CXRError, OSError) as exc:
+        logging.getLogger("cxrcore").error("model card of %s not written: %s", run.run_id, exc)
+        return None
+    return path
