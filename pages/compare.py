@@ -5,7 +5,7 @@ import streamlit as st
 from cxrcore import runs as run_files
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.compare import bootstrap_caption, compare_table, has_intervals, level_percent
-from cxrcore.evaluation.evaluate import BETTER, compare_runs
+from cxrcore.evaluation.evaluate import better, compare_runs, external_results
 from cxrcore.explain.cam import METHOD_LABELS
 from pages.shared import CXRError, analyse, no_models, require_app, run_label, show_error, trained_runs
 
@@ -36,7 +36,7 @@ run_metrics = {r["run_id"]: run_files.RunDir(r["path"]).metrics() for r in chose
 
 def best_style(row):
     """Green where a row's point value is the best (numbers of ``compare_runs``, not the text)."""
-    rule = BETTER.get(row.name) or ("max" if row.name.startswith("AUC ") else None)
+    rule = better(row.name)
     values = row.apply(lambda v: v if isinstance(v, (int, float)) else None).astype(float)
     if rule is None or values.isna().all():
         return [""] * len(row)
@@ -54,14 +54,17 @@ def cell(value) -> str:
 
 styles = table.apply(best_style, axis=1, result_type="broadcast")
 display = table.apply(lambda column: column.map(cell))
-intervals = compare_table(run_metrics)
+intervals = compare_table(run_metrics, external_results([r["path"] for r in chosen]))
 display.update(intervals.reindex(index=display.index, columns=display.columns).dropna(how="all"))
 
 st.subheader("Metrics (best in green)")
 st.dataframe(
     display.style.apply(lambda _: styles, axis=None), width="stretch", height=35 * (len(display) + 1) + 3
 )  # every row in view
-notes = ["Test-split metrics are only comparable between runs trained on the same data and split."]
+notes = [
+    "Test-split metrics are only comparable between runs trained on the same data and split; rows named "
+    "`<dataset>: ...` are external validation (Evaluate page), comparable between runs evaluated on that dataset."
+]
 with_ci = [run_id for run_id, m in run_metrics.items() if has_intervals(m)]
 if with_ci:
     notes.append(
@@ -107,13 +110,15 @@ if upload is not None:
     cols = st.columns(len(chosen))
     for col, r in zip(cols, chosen):
         try:
-            result = analyse(r["path"], upload.name, upload.getvalue(), method, "jet", 0.4)
+            result = analyse(r["path"], upload.name, upload.getvalue(), method, "jet", 0.4, "sensitivity")
         except CXRError as exc:
             with col:
                 show_error(exc)
             continue
         col.image(result["overlay"], caption=r["run_id"], width="stretch")
         col.markdown(f"**{result['label']}** ({result['confidence']:.1%})")
+        if result["unlike_training"] and result["unlike_training"]["flagged"]:
+            col.warning("Unlike this model's training data: its probabilities mean little here.")
         col.plotly_chart(
             plots.probability_bars(result["probabilities"], title=r["backbone"]),
             width="stretch",

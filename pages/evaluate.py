@@ -7,15 +7,17 @@ import streamlit as st
 
 from cxrcore import runs
 from cxrcore.data.io import prepare_image
-from cxrcore.evaluation import plots
+from cxrcore.evaluation import model_card, plots
 from cxrcore.evaluation.compare import (
     bootstrap_caption,
     format_interval,
     has_intervals,
     interval,
     level_percent,
+    operating_points_table,
     report_display,
     report_table,
+    side_by_side,
 )
 from cxrcore.evaluation.sanity import learned_nothing, transfer_drop
 from cxrcore.jobs import queue as job_queue
@@ -39,16 +41,6 @@ if (verdict := learned_nothing(run)) is not None:
 def reevaluate_command(data: str | None) -> str:
     """The CLI line that redoes an evaluation (now with intervals): the test split's without ``data``."""
     return f"python -m cxrcore evaluate {run.path}" + (f" --data {data}" if data else "")
-
-
-def headline(metrics: dict, name: str) -> str:
-    """``"0.857 (95% CI 0.71–0.95)"``, or the value and why it has no interval."""
-    value = metrics.get(name)
-    if value is None:
-        return "n/a"
-    if not has_intervals(metrics):
-        return f"{value:.3f} (no interval)"
-    return f"{value:.3f} ({level_percent(metrics)} CI {format_interval(interval(metrics, name))})"
 
 
 def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str, data: str | None = None) -> None:
@@ -94,6 +86,8 @@ def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str, data: str |
         mime="text/csv",
         key=f"{key}_download",
     )
+    unlike_view(metrics)
+    operating_points_view(metrics, key)
     left, right = st.columns(2)
     normalized = left.toggle("Normalise rows", key=f"{key}_norm")
     left.plotly_chart(plots.confusion_matrix(metrics, normalized=normalized), width="stretch", key=f"{key}_cm")
@@ -102,6 +96,38 @@ def metrics_view(metrics: dict, predictions: pd.DataFrame, key: str, data: str |
     left.plotly_chart(plots.pr_curves(metrics), width="stretch", key=f"{key}_pr")
     calibration_view(metrics, key)
     mistakes(predictions, metrics["classes"], key)
+
+
+def unlike_view(metrics: dict) -> None:
+    """How many of these images are unlike the training data (the feature-distance check)."""
+    found = metrics.get("ood")
+    if not found:
+        return
+    text = (
+        f"**{found['flagged']:,} of {found['n']:,} images ({found['fraction_flagged']:.1%}) are unlike the training "
+        f"data**: beyond the {found['percentile']:g}th percentile of the validation images' feature distance "
+        f"({found['threshold']:.1f}); about {100 - found['percentile']:g}% would be expected for images like them."
+    )
+    if found["fraction_flagged"] > 2 * (100 - found["percentile"]) / 100 + 0.02:
+        st.warning(text + " These images differ from what the model learned from.", icon=":material/report:")
+    else:
+        st.caption(text)
+
+
+def operating_points_view(metrics: dict, key: str) -> None:
+    """The decision thresholds chosen on validation, and what they give on these images."""
+    table = operating_points_table(metrics)
+    if table.empty:
+        return
+    found = metrics["operating_points"]
+    st.markdown("**Operating points** (marked on the ROC)")
+    st.dataframe(table, width="stretch", hide_index=True, key=f"{key}_points")
+    st.caption(
+        f"Thresholds on calibrated probabilities, chosen on the validation split (target sensitivity "
+        f"{found['target_sensitivity']:.2f}, and Youden's J) and applied unchanged here: an image is positive for "
+        "a class when its probability is at or above the threshold. A sensitivity below the target here means "
+        "the threshold does not carry over to these images."
+    )
 
 
 def calibration_table(calibration: dict) -> pd.DataFrame:
@@ -151,7 +177,7 @@ def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
         col = cols[i % 4]
         probs = ", ".join(f"{c} {row[f'prob_{c}']:.2f}" for c in classes if f"prob_{c}" in row)
         try:
-            col.image(prepare_image(row["path"], 192), width="stretch")
+            col.image(prepare_image(row["path"], 192, rules=run.pixel_rules()), width="stretch")
         except CXRError as exc:
             col.error(str(exc))
         col.caption(
@@ -174,7 +200,7 @@ def resume_offer() -> None:
             show_error(exc)
 
 
-tabs = st.tabs(["Test split", "Training curves", "External validation"])
+tabs = st.tabs(["Test split", "Training curves", "External validation", "Model card"])
 with tabs[0]:
     test = run.test_evaluation()
     if status == "running":
@@ -242,11 +268,30 @@ with tabs[2]:
         )
         loaded = externals[name]
         if test:
-            delta = loaded.metrics["accuracy"] - test.metrics["accuracy"]
             st.markdown(
-                f"Accuracy **{headline(loaded.metrics, 'accuracy')}** on `{loaded.source.get('data', name)}` "
-                f"against **{headline(test.metrics, 'accuracy')}** on the run's own test split ({delta:+.3f})."
+                f"`{loaded.source.get('data', name)}` against the run's own test split "
+                f"({level_percent(loaded.metrics)} intervals):"
             )
+            st.dataframe(side_by_side(test.metrics, loaded.metrics), width="stretch")
             if (drop := transfer_drop(test.metrics, loaded.metrics)) is not None:
                 st.warning(drop, icon=":material/trending_down:")
         metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}", data=loaded.source.get("data"))
+
+with tabs[3]:
+    card = run.model_card()
+    if card is None and run.is_final:
+        with st.spinner("Writing the model card (the data audit runs once per dataset)..."):
+            model_card.write(run)
+        card = run.model_card()
+    if card is None:
+        st.info("The model card is written when the run finishes, and refreshed by each evaluation.")
+    else:
+        c = st.columns([1, 1, 3])
+        c[0].download_button(
+            "Download MODEL_CARD.md", card.encode(), file_name=f"{run.run_id}_MODEL_CARD.md", mime="text/markdown"
+        )
+        if c[1].button("Refresh", key="evaluate_card_refresh", help="Write it again from the run's files"):
+            model_card.write(run)
+            card = run.model_card()
+        c[2].caption(f"`{run.file(runs.MODEL_CARD)}`")
+        st.markdown(card)

@@ -173,23 +173,96 @@ def _cell_bounds(report: pd.DataFrame, metrics: Mapping, cls: str, col: str):
     return None
 
 
-def compare_table(runs: Mapping[str, Mapping | None]) -> pd.DataFrame:
+def _cell(metrics: Mapping, key: str) -> str:
+    return format_value(metrics.get(key), interval(metrics, key) if has_intervals(metrics) else None)
+
+
+def compare_table(
+    runs: Mapping[str, Mapping | None], external: Mapping[str, Mapping[str, Mapping]] | None = None
+) -> pd.DataFrame:
     """Run id -> test metrics (None where a run has none) to text cells with intervals: rows
-    accuracy, macro F1, macro AUC and ``AUC <class>``, one column per run (the row names of
+    accuracy, macro F1, macro AUC and ``AUC <class>``, then ``<dataset>: accuracy`` and
+    ``<dataset>: macro AUC`` for each external dataset in ``external`` (run id -> dataset -> metrics,
+    :func:`cxrcore.evaluation.evaluate.external_results`); one column per run (the row names of
     :func:`cxrcore.evaluation.evaluate.compare_runs`)."""
+    from .evaluate import EXTERNAL_ROWS
+
+    external = external or {}
+    datasets = sorted({name for found in external.values() for name in found})
     columns = {}
     for run_id, metrics in runs.items():
         metrics = metrics or {}
         with_ci = has_intervals(metrics)
-        column = {
-            row: (
-                format_value(metrics.get(key), interval(metrics, key))
-                if with_ci
-                else format_value(metrics.get(key), None)
-            )
-            for row, key in HEADLINE.items()
-        }
+        column = {row: _cell(metrics, key) for row, key in HEADLINE.items()}
         for cls, values in (metrics.get("per_class") or {}).items():
             column[f"AUC {cls}"] = format_value(values.get("auc"), interval(metrics, "auc", cls) if with_ci else None)
+        for dataset in datasets:
+            found = (external.get(run_id) or {}).get(dataset)
+            for row, key in EXTERNAL_ROWS.items():
+                column[f"{dataset}: {row}"] = _cell(found, key) if found else "not evaluated"
         columns[run_id] = column
     return pd.DataFrame(columns).fillna("n/a")
+
+
+def _point_cell(point: Mapping, name: str) -> str:
+    ci = (point.get("ci") or {}).get(name)
+    return format_value(point.get(name), (ci.get("ci_low"), ci.get("ci_high")) if ci else None)
+
+
+def operating_points_table(metrics: Mapping) -> pd.DataFrame:
+    """The operating points of an evaluation as text cells: one row per class and operating point, with
+    the threshold (chosen on validation) and the sensitivity, specificity, PPV and NPV it gives on these
+    images with their intervals. Empty for an evaluation without operating points."""
+    from .operating_points import KIND_NAMES, KINDS
+
+    found = metrics.get("operating_points") or {}
+    rows = []
+    for cls, kinds in (found.get("classes") or {}).items():
+        for kind in KINDS:
+            point = kinds.get(kind)
+            row = {"class": cls, "operating point": KIND_NAMES[kind]}
+            if point is None:
+                row["threshold"] = "none (the validation split could not choose one)"
+            else:
+                row["threshold"] = f"{point['threshold']:.4g}"
+                row.update({label: _point_cell(point, name) for label, name in _RATES.items()})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["class", "operating point", "threshold", *_RATES]).fillna("")
+
+
+_RATES = {"sensitivity": "sensitivity", "specificity": "specificity", "PPV": "ppv", "NPV": "npv"}
+SIDE_BY_SIDE = {"accuracy": "accuracy", "macro F1": "macro_f1", "macro AUC": "macro_auc", "macro AP": "macro_ap"}
+
+
+def side_by_side(internal: Mapping, external: Mapping) -> pd.DataFrame:
+    """Internal (the run's test split) and external results of the same metrics, with the change:
+    rows accuracy, macro F1, macro AUC, macro AP, images and the share unlike the training data."""
+    rows = []
+    for label, key in SIDE_BY_SIDE.items():
+        inside, outside = _number(internal.get(key)), _number(external.get(key))
+        rows.append(
+            {
+                "metric": label,
+                "internal (test split)": format_value(inside, interval(internal, key)),
+                "external": format_value(outside, interval(external, key)),
+                "change": "n/a" if inside is None or outside is None else f"{outside - inside:+.3f}",
+            }
+        )
+    rows.append(
+        {
+            "metric": "images",
+            "internal (test split)": f"{internal.get('n', 0):,}",
+            "external": f"{external.get('n', 0):,}",
+            "change": "",
+        }
+    )
+    shares = [(m.get("ood") or {}).get("fraction_flagged") for m in (internal, external)]
+    rows.append(
+        {
+            "metric": "unlike the training data",
+            "internal (test split)": "n/a" if shares[0] is None else f"{shares[0]:.1%}",
+            "external": "n/a" if shares[1] is None else f"{shares[1]:.1%}",
+            "change": "",
+        }
+    )
+    return pd.DataFrame(rows).set_index("metric")

@@ -229,15 +229,43 @@ BETTER = {
     "training time (s)": "min",
     "inference (ms / image)": "min",
 }
+#: the external rows of a comparison, per dataset: row suffix -> metrics.json key
+EXTERNAL_ROWS = {"accuracy": "accuracy", "macro AUC": "macro_auc"}
+
+
+def better(row: str) -> str | None:
+    """``"max"`` or ``"min"``: which way is better for a row of :func:`compare_runs` (None: neither)."""
+    if row in BETTER:
+        return BETTER[row]
+    if row.startswith("AUC ") or row.rsplit(": ", 1)[-1] in EXTERNAL_ROWS:
+        return "max"
+    return None
+
+
+def external_results(run_dirs: list[str | Path]) -> dict[str, dict[str, dict]]:
+    """``{run_id: {dataset: metrics}}``: each run's saved external evaluations, keyed by the dataset's
+    folder name so that runs evaluated on the same data line up (the full path where two names clash)."""
+    found = {runs.RunDir(p).run_id: runs.RunDir(p).external_evaluations() for p in run_dirs}
+    paths = {e.source.get("data") or e.name for evaluations in found.values() for e in evaluations}
+    names = [Path(p).name for p in paths]
+    label = {p: (Path(p).name if names.count(Path(p).name) == 1 else p) for p in paths}
+    return {
+        run_id: {label[e.source.get("data") or e.name]: e.metrics for e in reversed(evaluations)}
+        for run_id, evaluations in found.items()
+    }
 
 
 def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     """Metrics of several runs side by side: one row per metric, one column per run.
 
     Rows: backbone, accuracy, macro F1, macro AUC, ``AUC <class>`` per class, parameters,
-    training time, inference time per image and test images; missing values where a run
-    has no test metrics. :data:`BETTER` says which rows are better high or low.
+    training time, inference time per image and test images, then for every external dataset
+    any of the runs was evaluated on, ``<dataset>: accuracy`` and ``<dataset>: macro AUC``;
+    missing values where a run has no such result. :func:`better` says which rows are better
+    high or low.
     """
+    external = external_results(run_dirs)
+    datasets = sorted({name for found in external.values() for name in found})
     columns = {}
     for path in run_dirs:
         run = runs.RunDir(path)
@@ -259,5 +287,9 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
                 "test images": metrics.get("n"),
             }
         )
+        for dataset in datasets:
+            found = external[run.run_id].get(dataset) or {}
+            for row, key in EXTERNAL_ROWS.items():
+                column[f"{dataset}: {row}"] = found.get(key)
         columns[run.run_id] = column
     return pd.DataFrame(columns)

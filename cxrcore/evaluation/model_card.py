@@ -15,8 +15,7 @@ from pathlib import Path
 from .. import runs
 from ..errors import CXRError
 from . import sanity
-from .compare import bootstrap_caption, format_value, has_intervals, interval
-from .operating_points import KIND_NAMES, KINDS
+from .compare import bootstrap_caption, format_value, has_intervals, interval, operating_points_table
 
 #: a test split smaller than this gets a limitation about its wide intervals
 SMALL_TEST = 200
@@ -136,38 +135,18 @@ def _calibration_section(metrics: dict) -> list[str]:
     ]
 
 
-def _points_rows(found: dict) -> list[list]:
-    rows = []
-    for cls, kinds in found["classes"].items():
-        for kind in KINDS:
-            point = kinds.get(kind)
-            if point is None:
-                rows.append([cls, KIND_NAMES[kind], "none", "", "", "", ""])
-                continue
-            cells = [
-                format_value(point.get(m), _bounds(point, m)) for m in ("sensitivity", "specificity", "ppv", "npv")
-            ]
-            rows.append([cls, KIND_NAMES[kind], f"{point['threshold']:.3f}", *cells])
-    return rows
-
-
-def _bounds(point: dict, name: str):
-    ci = (point.get("ci") or {}).get(name) or {}
-    return (ci.get("ci_low"), ci.get("ci_high")) if ci else None
-
-
 def _points_section(metrics: dict) -> list[str]:
     found = metrics.get("operating_points")
     if not found:
         return []
-    header = ["class", "operating point", "threshold", "sensitivity", "specificity", "PPV", "NPV"]
+    table = operating_points_table(metrics)
     return [
         "## Operating points",
         "",
         f"- Thresholds on calibrated probabilities, chosen on the validation split (target sensitivity "
         f"{found['target_sensitivity']:.2f}, and Youden's J), applied unchanged here; test split results:",
         "",
-        *_table(header, _points_rows(found)),
+        *_table(list(table.columns), table.to_numpy().tolist()),
     ]
 
 

@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
+_COLORS = qualitative.Plotly
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=50))
 SPLIT_ORDER = ("train", "val", "test", "")
 
@@ -60,9 +62,11 @@ def confusion_matrix(metrics: Mapping, normalized: bool = False, title: str | No
 
 
 def roc_curves(metrics: Mapping, title: str = "ROC (one-vs-rest)", name_prefix: str = "") -> go.Figure:
-    """One ROC curve per class with its AUC in the legend, plus the chance diagonal."""
+    """One ROC curve per class with its AUC in the legend, plus the chance diagonal; where the
+    evaluation has operating points, each is marked where it lands on these images."""
     fig = go.Figure()
     add_roc_traces(fig, metrics, name_prefix)
+    add_operating_points(fig, metrics)
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
     fig.update_layout(
         title=title,
@@ -74,13 +78,45 @@ def roc_curves(metrics: Mapping, title: str = "ROC (one-vs-rest)", name_prefix: 
 
 
 def add_roc_traces(fig: go.Figure, metrics: Mapping, name_prefix: str = "") -> go.Figure:
-    """Add a run's per-class ROC curves to ``fig`` (used to overlay several runs)."""
-    for name, curve in metrics["roc"].items():
+    """Add a run's per-class ROC curves to ``fig`` (used to overlay several runs), one colour per class."""
+    for i, (name, curve) in enumerate(metrics["roc"].items()):
         if curve is None:
             continue
         fig.add_scatter(
-            x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name_prefix}{name} (AUC {curve['auc']:.3f})"
+            x=curve["fpr"],
+            y=curve["tpr"],
+            mode="lines",
+            line=dict(color=_COLORS[i % len(_COLORS)]),
+            name=f"{name_prefix}{name} (AUC {curve['auc']:.3f})",
         )
+    return fig
+
+
+_SYMBOLS = {"sensitivity": "circle", "youden": "diamond"}
+
+
+def add_operating_points(fig: go.Figure, metrics: Mapping) -> go.Figure:
+    """Mark each class's operating points (chosen on validation) at the false positive rate and
+    sensitivity they give on these images, in the class's colour."""
+    from .operating_points import KIND_NAMES
+
+    found = (metrics.get("operating_points") or {}).get("classes") or {}
+    for i, name in enumerate(metrics.get("classes", list(found))):
+        for kind, point in (found.get(name) or {}).items():
+            if not point or point.get("sensitivity") is None or point.get("specificity") is None:
+                continue
+            fig.add_scatter(
+                x=[1 - point["specificity"]],
+                y=[point["sensitivity"]],
+                mode="markers",
+                marker=dict(
+                    symbol=_SYMBOLS.get(kind, "x"),
+                    size=11,
+                    color=_COLORS[i % len(_COLORS)],
+                    line=dict(color="black", width=1),
+                ),
+                name=f"{name} at {KIND_NAMES.get(kind, kind)} (threshold {point['threshold']:.3g})",
+            )
     return fig
 
 
