@@ -17,6 +17,7 @@ from cxrcore.config import (
     extend_scheme,
     parse_pairs,
 )
+from cxrcore.data.io import PixelRules
 from cxrcore.errors import ConfigError, CXRError
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.sanity import learned_nothing
@@ -148,6 +149,31 @@ augment = AugmentConfig(
     contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
     brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"),
 )
+c = st.columns([1, 1, 3])
+pixels = PixelRules(
+    crop_border=float(
+        c[0].number_input(
+            "Crop border (fraction per side)",
+            0.0,
+            0.35,
+            0.0,
+            0.05,
+            key="train_crop_border",
+            help="Cut this share of the width and height from each side before resizing: film edges, markers, "
+            "collimation. Applied in training, evaluation and prediction.",
+        )
+    ),
+    equalize=c[1].checkbox(
+        "Equalise histogram",
+        key="train_equalize",
+        help="Histogram equalisation of every image (training, evaluation and prediction): evens out exposure and "
+        "contrast between sites.",
+    ),
+)
+c[2].caption(
+    "Pixel rules are part of the run: its model sees every image through them, at training and after. "
+    "The README's external-validation table shows what each changed on cxr-dev -> another hospital."
+)
 c = st.columns(4)
 pooling = c[0].selectbox("Pooling", ["avg", "max", "flatten"], key="train_pooling")
 units = c[1].text_input("Dense units (comma-separated, empty = none)", "256", key="train_units")
@@ -157,6 +183,16 @@ c = st.columns(4)
 seed = c[0].number_input("Seed", 0, 2**31 - 1, 42, key="train_seed")
 mixed = c[1].checkbox("Mixed precision (GPU only)", key="train_mixed", disabled=not hw["gpus"])
 max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, key="train_max_steps")
+target_sensitivity = c[3].number_input(
+    "Target sensitivity",
+    0.5,
+    0.999,
+    0.95,
+    0.01,
+    key="train_target_sensitivity",
+    help="Per class, the decision threshold chosen on the validation split to reach this sensitivity "
+    "(Youden's J is chosen too). Evaluate and Predict show both.",
+)
 
 st.subheader("External validation")
 st.caption(
@@ -206,6 +242,7 @@ def build_config(backbone: str) -> TrainConfig:
         focal_gamma=float(gamma),
         label_smoothing=float(smoothing),
         augment=augment,
+        pixels=pixels,
         head=HeadConfig(pooling=pooling, dense_units=dense, dropout=float(dropout), batch_norm=head_bn),
         labels=labels,
         val_fraction=float(val_fraction),
@@ -214,6 +251,7 @@ def build_config(backbone: str) -> TrainConfig:
         cache=cache,
         max_steps=int(max_steps) or None,
         seed=int(seed),
+        target_sensitivity=float(target_sensitivity),
         external=[line.strip() for line in external.splitlines() if line.strip()],
         external_map=parse_pairs([m for m in external_map.split(";") if m.strip()], "external class map"),
         external_skip_unknown=external_skip,
@@ -264,6 +302,7 @@ with plan_box:
                         "stage 1 epochs": cfg.epochs,
                         "stage 2 epochs": cfg.fine_tune_epochs,
                         "stage 2 unfreezes": _unfrozen(cfg),
+                        "pixels": cfg.pixels.describe(),
                         "Grad-CAM layer": REGISTRY[cfg.backbone].gradcam_layer,
                     }
                     for cfg in planned

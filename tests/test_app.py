@@ -154,6 +154,12 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at.multiselect(key="train_backbones").set_value(["simple_cnn", "mobilenet_0.25"])
     at.number_input(key="train_epochs").set_value(1)
     at.number_input(key="train_ft_epochs").set_value(0)
+    at.number_input(key="train_crop_border").set_value(0.1)
+    at.checkbox(key="train_equalize").check()
+    at.number_input(key="train_target_sensitivity").set_value(0.9)
+    at.run()
+    plan = next(t.value for t in at.dataframe if "pixels" in t.value.columns)
+    assert set(plan["pixels"]) == {"10% border cropped, histogram equalised"}
     at.button[0].click()
     at.run()
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
@@ -162,6 +168,8 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     store = JobStore(default_db())
     queued = store.list()
     assert sorted(j["config"]["backbone"] for j in queued) == ["mobilenet_0.25", "simple_cnn"]
+    assert all(j["config"]["pixels"] == {"crop_border": 0.1, "equalize": True} for j in queued)
+    assert all(j["config"]["target_sensitivity"] == 0.9 for j in queued)
     assert len({j["group_id"] for j in queued}) == 1
     for job in queued:  # do not train here
         if job["state"] in ("queued", "running"):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from cxrcore.config import AugmentConfig, HeadConfig, LabelScheme, TrainConfig
+from cxrcore.data.io import PixelRules
 from cxrcore.errors import ConfigError, WeightsError
 
 
@@ -19,10 +21,13 @@ def test_round_trip_through_json(tmp_path):
         augment=AugmentConfig(flip=True, rotation=5),
         head=HeadConfig(pooling="flatten", dense_units=[64, 32]),
         labels=LabelScheme(merge={"Abnormal": ["A", "B"]}),
+        pixels=PixelRules(crop_border=0.1, equalize=True),
+        target_sensitivity=0.9,
     )
     cfg.save(tmp_path / "c.json")
     again = TrainConfig.load(tmp_path / "c.json")
     assert again == cfg
+    assert again.pixels == PixelRules(0.1, True) and again.target_sensitivity == 0.9
     assert isinstance(again.augment, AugmentConfig) and again.augment.rotation == 5
     assert json.loads((tmp_path / "c.json").read_text())["head"]["dense_units"] == [64, 32]
 
@@ -239,3 +244,24 @@ def test_external_validation_options_from_the_command_line(tmp_path):
     assert TrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="external_map"):
         TrainConfig(external_map={"a": 1}).validate()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pixels": {"crop_border": 0.5}}, "pixels.crop_border must be in"),
+        ({"pixels": {"crop_border": "wide"}}, "pixels.crop_border must be a number"),
+        ({"pixels": {"equalize": "yes"}}, "pixels.equalize must be true or false"),
+        ({"pixels": {"sharpen": True}}, "config.pixels: unknown option(s) sharpen"),
+        ({"target_sensitivity": 1.0}, "target_sensitivity must be between 0 and 1"),
+    ],
+)
+def test_pixel_rules_and_target_sensitivity_are_checked_by_name(change, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.from_dict({"data": "/d", **change}).validate()
+
+
+def test_a_config_written_before_pixel_rules_reads_with_the_defaults():
+    cfg = TrainConfig.from_dict({"data": "/d", "backbone": "simple_cnn"})
+    assert cfg.pixels == PixelRules() and cfg.pixels.is_default and cfg.pixels.describe() == "as decoded"
+    assert cfg.target_sensitivity == 0.95

@@ -14,7 +14,16 @@ from PIL import Image
 
 from conftest import write_image
 from cxrcore.data.dicom import dicom_summary
-from cxrcore.data.io import decode_image, is_dicom, prepare_image, read_header, resize_rgb
+from cxrcore.data.io import (
+    PixelRules,
+    crop_border,
+    decode_image,
+    equalize,
+    is_dicom,
+    prepare_image,
+    read_header,
+    resize_rgb,
+)
 from cxrcore.errors import DataError, ImageDecodeError
 
 # ---------------------------------------------------------------- helpers
@@ -1066,3 +1075,36 @@ def test_read_header_finds_a_jpeg_frame_header_after_large_metadata(tmp_path):
     header = read_header(path)
     assert (header["width"], header["height"], header["format"]) == (30, 20, "JPEG")
     assert decode_image(path).shape == (20, 30, 3)
+
+
+def test_crop_border_cuts_the_same_share_from_each_side():
+    arr = np.arange(20 * 10).reshape(20, 10)
+    cropped = crop_border(arr, 0.1)  # 2 rows and 1 column from each side
+    assert cropped.shape == (16, 8)
+    assert cropped[0, 0] == arr[2, 1] and cropped[-1, -1] == arr[17, 8]
+    assert crop_border(arr, 0.0) is arr
+    assert crop_border(np.zeros((3, 3)), 0.39).shape == (1, 1)  # never less than one pixel
+    assert crop_border(np.zeros((2, 2)), 0.39).shape == (2, 2)
+
+
+def test_equalize_spreads_a_narrow_histogram_over_the_range():
+    gray = np.repeat(np.array([100, 101, 102, 103], dtype=np.uint8), 25).reshape(10, 10)
+    out = equalize(gray)
+    assert sorted(np.unique(out).tolist()) == [0, 85, 170, 255]  # four equal levels, evenly spaced
+    assert out[0, 0] == 0 and out[-1, -1] == 255
+    rgb = np.stack([gray, 255 - gray, np.full_like(gray, 7)], axis=2)
+    both = equalize(rgb)
+    assert np.array_equal(both[..., 0], out) and (both[..., 2] == 7).all()  # a flat channel stays as it is
+
+
+def test_prepare_image_applies_the_pixel_rules(tmp_path):
+    pixels = np.full((100, 100), 120, dtype=np.uint8)
+    pixels[:10], pixels[-10:], pixels[:, :10], pixels[:, -10:] = 255, 255, 255, 255  # a white frame, 10 px
+    Image.fromarray(pixels).save(tmp_path / "framed.png")
+    plain = prepare_image(tmp_path / "framed.png", 50)
+    assert plain.max() == 255
+    cropped = prepare_image(tmp_path / "framed.png", 50, rules=PixelRules(crop_border=0.1))
+    assert cropped.shape == (50, 50, 3) and (cropped == 120).all()  # the frame is gone
+    both = prepare_image(tmp_path / "framed.png", 50, rules=PixelRules(crop_border=0.05, equalize=True))
+    assert both.max() == 255 and both.min() < 120  # equalised: the gray moves down, the frame stays at the top
+    assert np.array_equal(prepare_image(tmp_path / "framed.png", 50, rules=PixelRules()), plain)

@@ -424,9 +424,18 @@ def crop_border(arr: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def equalize(arr: np.ndarray) -> np.ndarray:
-    """Histogram equalisation of ``uint8`` gray (2-D) or RGB pixels, each channel on its own."""
-    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
-    return np.asarray(ImageOps.equalize(img), dtype=np.uint8)
+    """Histogram equalisation of ``uint8`` gray (2-D) or RGB pixels, each channel on its own: level ``v``
+    becomes ``round(255 * (cdf(v) - cdf_min) / (n - cdf_min))``, so the darkest level present goes to 0
+    and the brightest to 255; a single-level channel is left as it is."""
+    arr = np.asarray(arr, dtype=np.uint8)
+    if arr.ndim == 3:
+        return np.stack([equalize(arr[..., c]) for c in range(arr.shape[2])], axis=2)
+    cdf = np.cumsum(np.bincount(arr.ravel(), minlength=256))
+    low = cdf[arr.min()]
+    if cdf[-1] == low:
+        return arr.copy()
+    lut = np.round(np.clip(cdf - low, 0, None) * 255.0 / (cdf[-1] - low)).astype(np.uint8)
+    return lut[arr]
 
 
 def prepare_image(
