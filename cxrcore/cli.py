@@ -279,6 +279,20 @@ def report_lines(result: dict) -> list[str]:
         )
     else:
         lines.append("  calibration: none (trained before calibration existed)")
+    from .evaluation.compare import operating_points_table
+
+    points = operating_points_table(result)
+    if not points.empty:
+        lines.append("  operating points (thresholds chosen on the validation split, applied unchanged):")
+        for row in points.to_dict("records"):
+            rates = "  ".join(f"{k} {row[k]}" for k in ("sensitivity", "specificity", "PPV", "NPV") if row[k])
+            lines.append(f"    {row['class']:<20} {row['operating point']:<18} threshold {row['threshold']}  {rates}")
+    found = result.get("ood")
+    if found:
+        lines.append(
+            f"  unlike the training data: {found['flagged']} of {found['n']} images ({found['fraction_flagged']:.1%}; "
+            f"about {100 - found['percentile']:g}% expected for images like the training data)"
+        )
     return lines
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import REPO, make_class_folders
 
@@ -109,6 +110,8 @@ def test_evaluate_prints_the_summary_last(run_dir, demo):
     assert f"accuracy {summary['accuracy']:.3f} ({bounds['ci_low']:.3f}-{bounds['ci_high']:.3f})" in proc.stderr
     assert "95% intervals: bootstrap over" in proc.stderr
     assert "calibration: temperature " in proc.stderr and " -> " in proc.stderr
+    assert "operating points (thresholds chosen on the validation split, applied unchanged):" in proc.stderr
+    assert "unlike the training data: " in proc.stderr
     external = json.loads(last_line(cli("evaluate", run_dir, "--data", demo).stdout))
     assert external["n"] == 60 and external["ci"]["macro_auc"]["ci_low"] is not None
     (saved,) = (run_dir / "external").glob("*-demo-*/metrics.json")
@@ -124,6 +127,18 @@ def test_predict_prints_one_json_line_per_image(run_dir, demo):
         assert set(r["probabilities"]) == {"COVID", "Normal", "Pneumonia"}
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+        assert r["decision"]["operating_point"] == "sensitivity" and isinstance(r["unlike_training"]["flagged"], bool)
+
+
+def test_predict_says_when_an_image_is_unlike_the_training_data(run_dir, tmp_path):
+    from sklearn.datasets import load_sample_images
+
+    photo = tmp_path / "holiday.png"
+    Image.fromarray(load_sample_images().images[1]).save(photo)
+    proc = cli("predict", run_dir, photo, "--operating-point", "youden")
+    result = json.loads(last_line(proc.stdout))
+    assert result["unlike_training"]["flagged"] and result["decision"]["operating_point"] == "youden"
+    assert "UNLIKE THE TRAINING DATA" in proc.stderr and "positive at Youden's J:" in proc.stderr
 
 
 def test_predict_reports_a_bad_image_and_still_predicts_the_rest(run_dir, demo, tmp_path):

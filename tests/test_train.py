@@ -126,6 +126,49 @@ def test_the_run_is_calibrated_on_validation_and_every_probability_uses_it(train
     assert runs.RunDir(run.path / "nowhere").temperature() == 1.0
 
 
+def test_the_run_keeps_what_validation_chose_and_prediction_uses_it(trained):
+    """Operating points, feature statistics and the model card, written at the end of training;
+    the predictions table and the Predictor agree on the unlike-the-training-data score."""
+    run = trained[0]
+    points = run.operating_points()
+    assert points["chosen_on"] == "val" and points["target_sensitivity"] == 0.95
+    assert set(points["thresholds"]) == {"bright", "dark"}
+    stats = run.feature_stats()
+    assert stats.n_train == 36 and stats.n_val == 12 and stats.percentile == 99.0
+    metrics = run.metrics()
+    assert (
+        metrics["operating_points"]["classes"]["bright"]["sensitivity"]["threshold"]
+        == (points["thresholds"]["bright"]["sensitivity"])
+    )
+    assert metrics["ood"]["n"] == 12
+    table = pd.read_csv(run.file(runs.PREDICTIONS))
+    predictor = Predictor(run.path)
+    results = predictor.predict(table["path"].tolist()[:4], operating_point="youden")
+    for row, result in zip(table.head(4).itertuples(), results):
+        assert result["unlike_training"]["score"] == pytest.approx(row.ood_score, rel=1e-4)
+        assert result["unlike_training"]["flagged"] == row.unlike_training
+        expected = [c for c in ("bright", "dark") if getattr(row, f"prob_{c}") >= points["thresholds"][c]["youden"]]
+        assert result["decision"]["positive"] == expected
+    card = run.model_card()
+    assert card.startswith(f"# Model card: {run.run_id}") and "## Operating points" in card
+
+
+def test_pixel_rules_are_recorded_and_applied_at_prediction(tmp_path):
+    from cxrcore.data.io import PixelRules, prepare_image
+
+    root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
+    rules = PixelRules(crop_border=0.2, equalize=True)
+    run = train(tiny_config(root, pixels=rules, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "models")
+    assert run.config().pixels == rules and run.pixel_rules() == rules
+    path = str(next(root.rglob("*.png")))
+    predictor = Predictor(run.path)
+    assert np.array_equal(predictor.prepare(path), prepare_image(path, 32, rules=rules))
+    assert not np.array_equal(predictor.prepare(path), prepare_image(path, 32))
+    table = pd.read_csv(run.file(runs.PREDICTIONS))
+    first = predictor.predict([table["path"].iloc[0]])[0]
+    assert first["probabilities"]["bright"] == pytest.approx(table["prob_bright"].iloc[0], abs=1e-5)
+
+
 def test_progress_events_report_stage_epoch_and_batch(trained):
     events = trained[1]
     epochs = [e for e in events if e["event"] == "epoch"]
