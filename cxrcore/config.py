@@ -71,6 +71,14 @@ class LabelScheme:
     def is_identity(self) -> bool:
         return not (self.filename_rules or self.rename or self.merge or self.drop)
 
+    def describe(self) -> str:
+        """The scheme in words, e.g. ``"merged Abnormal = COVID + Viral Pneumonia; dropped Other"``."""
+        parts = [f"file names containing '{k}' become {v}" for k, v in self.filename_rules.items()]
+        parts += [f"renamed {old} to {new}" for old, new in self.rename.items()]
+        parts += [f"merged {new} = {' + '.join(old)}" for new, old in self.merge.items()]
+        parts += [f"dropped {', '.join(self.drop)}"] if self.drop else []
+        return "; ".join(parts) or "folder labels as they are"
+
 
 def parse_pairs(items, what: str) -> dict[str, str]:
     """``["OLD=NEW", ...]`` -> ``{"OLD": "NEW"}``; ConfigError naming ``what`` for a malformed item."""

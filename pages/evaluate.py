@@ -286,7 +286,7 @@ with tabs[3]:
     if card is None:
         st.info("The model card is written when the run finishes, and refreshed by each evaluation.")
     else:
-        c = st.columns([1, 1, 3])
+        c = st.columns([1.3, 0.7, 3])
         c[0].download_button(
             "Download MODEL_CARD.md", card.encode(), file_name=f"{run.run_id}_MODEL_CARD.md", mime="text/markdown"
         )
@@ -294,4 +294,5 @@ with tabs[3]:
             model_card.write(run)
             card = run.model_card()
         c[2].caption(f"`{run.file(runs.MODEL_CARD)}`")
-        st.markdown(card)
+        with st.container(border=True):  # headings two levels down: the card sits inside the page
+            st.markdown(card.replace("\n## ", "\n#### ").replace("# Model card:", "### Model card:", 1))

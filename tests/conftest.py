@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CXR_SHARED") or REPO.parent / "shared")
 CXR_DEV = SHARED / "data" / "cxr-dev"
+CXR_NIH = SHARED / "data" / "cxr-external-nih"  # external validation only: never trained or tuned on
 WEIGHTS = SHARED / "weights"
 MNV2_035 = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 

@@ -595,10 +595,12 @@ def test_evaluate_page_shows_operating_points_on_the_roc_and_the_model_card(app,
     roc = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "ROC" in c.proto.spec)
     marked = [t["name"] for t in roc["data"] if t.get("mode") == "markers"]
     assert marked and all(" at " in name and "threshold" in name for name in marked)
-    card = [m.value for m in at.markdown if m.value.startswith("# Model card:")]
-    assert card and "## Operating points" in card[0] and "## Limitations" in card[0]
+    card = [m.value for m in at.markdown if m.value.startswith("### Model card:")]
+    assert card and "#### Operating points" in card[0] and "#### Limitations" in card[0]
     name = next(n for n in downloads if n.endswith("MODEL_CARD.md"))
-    assert downloads[name].decode().strip() == card[0].strip()
+    downloaded = downloads[name].decode()
+    assert downloaded.startswith("# Model card:") and "\n## Limitations\n" in downloaded
+    assert downloaded.split("## Limitations")[1].strip() == card[0].split("#### Limitations")[1].strip()
 
 
 def test_predict_page_shows_the_decision_at_the_chosen_operating_point(app, models, monkeypatch, demo):

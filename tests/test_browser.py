@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from conftest import CXR_DEV, MNV2_035, REPO, copy_weights_to_keras_home, needs_cxr_dev, needs_weights
+from conftest import CXR_DEV, CXR_NIH, MNV2_035, REPO, copy_weights_to_keras_home, needs_cxr_dev, needs_weights
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.data.demo import make_demo_dataset
 from cxrcore.training.train import train
@@ -213,11 +213,11 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
     assert errors == []
 
 
-def real_subset(folder: Path, per_class: int = 70) -> Path:
-    """A CSV manifest of ``per_class`` cxr-dev images per class (absolute paths, patient ids kept)."""
-    manifest = pd.read_csv(CXR_DEV / "manifest.csv", dtype=str, keep_default_na=False)
+def real_subset(folder: Path, per_class: int = 70, source: Path = CXR_DEV) -> Path:
+    """A CSV manifest of ``per_class`` images per class of ``source`` (absolute paths, patient ids kept)."""
+    manifest = pd.read_csv(source / "manifest.csv", dtype=str, keep_default_na=False)
     subset = pd.concat([group.sample(per_class, random_state=0) for _, group in manifest.groupby("label")])
-    subset = subset.assign(path=[str(CXR_DEV / rel) for rel in subset["path"]])
+    subset = subset.assign(path=[str(source / rel) for rel in subset["path"]])
     folder.mkdir(parents=True, exist_ok=True)
     subset[["path", "label", "patient_id"]].to_csv(folder / "manifest.csv", index=False)
     return (folder / "manifest.csv").resolve()
@@ -311,3 +311,59 @@ def test_a_newcomer_fine_tunes_a_pretrained_backbone_on_real_images(server, tmp_
         browser.close()
     assert errors == []
     print(f"pretrained job from Start to finished: {trained_in:.0f} s")
+
+
+@needs_cxr_dev
+@needs_weights
+@pytest.mark.skipif(not (CXR_NIH / "manifest.csv").is_file(), reason=f"external X-ray set not found at {CXR_NIH}")
+def test_evaluate_shows_external_validation_and_the_model_card(server, tmp_path):
+    """A run trained on cxr-dev (abnormal vs normal) with another hospital's images as its external set:
+    the Evaluate page shows both side by side with the drop, and the model card with its limitations."""
+    from cxrcore.config import LABEL_PRESETS
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    run = train(
+        TrainConfig(
+            data=str(real_subset(tmp_path / "dev", per_class=60)),
+            backbone="mobilenetv2_0.35",
+            weights=str(MNV2_035),
+            image_size=64,
+            epochs=2,
+            fine_tune_epochs=1,
+            labels=LABEL_PRESETS["abnormal-vs-normal"],
+            external=[str(real_subset(tmp_path / "nih", per_class=40, source=CXR_NIH))],
+            seed=0,
+        ),
+        out_dir=server.models,
+    )
+    (external,) = run.external_evaluations()
+    assert external.metrics["n"] == 80 and run.model_card() is not None
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{server.url}/evaluate")
+        page.get_by_role("heading", name="Evaluate", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_role("combobox").first.click()  # the run picker: choose this run
+        page.get_by_role("option").filter(has_text=run.run_id).first.click()
+        wait_idle(page)
+        page.get_by_text("Operating points").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "evaluate-operating-points.png"), full_page=True)
+        page.get_by_role("tab", name="External validation").click()
+        wait_idle(page)
+        page.get_by_text("against the run's own test split").first.wait_for(timeout=60_000)
+        page.get_by_text("internal (test split)").first.wait_for(state="attached", timeout=30_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "evaluate-external.png"), full_page=True)
+        page.get_by_role("tab", name="Model card").click()
+        wait_idle(page)
+        page.get_by_role("heading", name=f"Model card: {run.run_id}").wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Limitations").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Download MODEL_CARD.md").wait_for(state="visible", timeout=30_000)
+        assert page.get_by_text("not a medical device", exact=False).count() >= 1
+        page.screenshot(path=str(ARTIFACTS / "evaluate-model-card.png"), full_page=True)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+    assert errors == []

@@ -53,7 +53,7 @@ def _audit(data: str) -> dict | None:
 def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[str]:
     lines = ["## Data", "", f"- Training folder: `{config.data}`"]
     if not config.labels.is_identity:
-        lines.append(f"- Label scheme: {config.labels.__dict__}")
+        lines.append(f"- Label scheme: {config.labels.describe()} (names absent from the data change nothing).")
     try:
         split = run.split()
     except CXRError:
