@@ -69,11 +69,6 @@ for upload in uploads:
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
     middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['label']}", width="stretch")
-    right.plotly_chart(
-        plots.probability_bars(result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%})"),
-        width="stretch",
-        key=f"predict_probs_{upload.file_id}",
-    )
     decision = result["decision"]
     if decision:
         positive = ", ".join(decision["positive"]) or "none of the classes"
@@ -84,6 +79,13 @@ for upload in uploads:
         )
     else:
         right.caption("This run was trained before operating points existed: no decision, only probabilities.")
+    right.plotly_chart(
+        plots.probability_bars(
+            result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
+        ),
+        width="stretch",
+        key=f"predict_probs_{upload.file_id}",
+    )
     right.download_button(
         "Download overlay (PNG)",
         to_png_bytes(result["overlay"]),
