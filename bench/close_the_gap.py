@@ -65,6 +65,7 @@ def result_of(run_dir: Path, option: str) -> dict:
         "status": run.status(),
         "pixels": run.config().to_dict()["pixels"],
         "train_seconds": run.info().get("train_seconds"),
+        "finish_seconds": run.info().get("finish_seconds"),
         "internal_auc": _cell(internal, "macro_auc"),
         "internal_accuracy": _cell(internal, "accuracy"),
     }

@@ -414,6 +414,7 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
         train_seconds=train_seconds,
         inference_ms_per_image=_inference_ms(best, image_size),
     )
+    finishing = time.time()
     if not cancelled and (frame["split"] == "val").any():
         calibration = fit_on_validation(run, best, frame)
         log.info(
@@ -432,6 +433,7 @@ def finish_run(run, model, checkpoint, frame, classes, image_size, config, epoch
             result["macro_f1"],
             result["macro_auc"],
         )
+    fields["finish_seconds"] = round(time.time() - finishing, 1)  # validation fits and the test evaluation
     run.update_info(
         status="cancelled" if cancelled else "succeeded",
         error=None,
