@@ -464,3 +464,13 @@ def test_external_sets_are_checked_before_training_and_evaluated_after(tmp_path)
     assert evaluation.metrics["classes"] == run.labels() and "ci" in evaluation.metrics
     skipped = train(tiny_config(root, external=[str(other)], external_skip_unknown=True), out_dir=models)
     assert skipped.external_evaluations()[0].metrics["n"] == 4  # only "dark"
+
+
+def test_feature_statistics_come_from_a_sample_of_a_large_training_split(tmp_path, monkeypatch):
+    from cxrcore.evaluation import ood
+
+    monkeypatch.setattr(ood, "MAX_TRAIN_IMAGES", 10)
+    root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
+    run = train(tiny_config(root, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "models")
+    assert run.info()["n_train"] > 10 and run.feature_stats().n_train == 10
+    assert run.info()["finish_seconds"] >= 0

@@ -74,7 +74,8 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
 
     - the temperature (``calibration.json``);
     - the operating points on calibrated probabilities (``operating_points.json``);
-    - the training split's feature statistics and the unlike-the-training-data threshold (``ood.npz``).
+    - the training split's feature statistics (from at most :data:`cxrcore.evaluation.ood.MAX_TRAIN_IMAGES`
+      of its images) and the unlike-the-training-data threshold (``ood.npz``).
 
     Returns the calibration dict (for the log)."""
     classes, config, size = run.labels(), run.config(), run.image_size()
@@ -95,6 +96,8 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     }
     run.write_calibration(calibration)
     run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
+    if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
+        train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed).reset_index(drop=True)
     if len(train) >= 2:
         _, train_features = predict_frame(model, train, classes, size, config.batch_size, config.pixels, features=True)
         run.write_feature_stats(ood.fit(train_features, labels_of(train, classes), val_features))

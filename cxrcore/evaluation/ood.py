@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_PERCENTILE = 99.0
+#: training images the statistics are computed from, at most (a seeded sample of larger splits)
+MAX_TRAIN_IMAGES = 5000
 
 
 @dataclass(frozen=True)
