@@ -265,3 +265,13 @@ def test_a_config_written_before_pixel_rules_reads_with_the_defaults():
     cfg = TrainConfig.from_dict({"data": "/d", "backbone": "simple_cnn"})
     assert cfg.pixels == PixelRules() and cfg.pixels.is_default and cfg.pixels.describe() == "as decoded"
     assert cfg.target_sensitivity == 0.95
+
+
+def test_cli_pixel_rules_and_target_sensitivity(tmp_path):
+    cfg = _cli_config("--data", "/d", "--crop-border", "0.1", "--equalize", "--target-sensitivity", "0.9")
+    assert cfg.pixels == PixelRules(crop_border=0.1, equalize=True) and cfg.target_sensitivity == 0.9
+    cfg.save(tmp_path / "c.json")
+    only_crop = _cli_config("--config", str(tmp_path / "c.json"), "--crop-border", "0.05")
+    assert only_crop.pixels == PixelRules(crop_border=0.05, equalize=True)  # the saved equalize is kept
+    with pytest.raises(ConfigError, match=re.escape("pixels.crop_border must be in [0, 0.4)")):
+        _cli_config("--data", "/d", "--crop-border", "0.5")
