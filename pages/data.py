@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
-from cxrcore.data.io import prepare_image
+from cxrcore.data.io import PixelRules, prepare_image
 from cxrcore.evaluation import plots
 from pages.shared import (
     CXRError,
@@ -91,7 +91,7 @@ for i, image_path in enumerate(paths[(page - 1) * per_page : page * per_page]):
         grid[i % 6].error(str(exc))
 
 # -- augmentation preview --------------------------------------------------------------------
-st.subheader("Augmentation preview")
+st.subheader("What the model sees: pixel rules and augmentation")
 st.caption(
     "What training-time augmentation does to one image. X-rays are not left-right symmetric "
     "(the heart is on the left), so a flip is a choice, not a default."
@@ -104,13 +104,25 @@ augment = AugmentConfig(
     contrast=a[3].slider("Contrast", 0.0, 0.5, 0.1, key="data_aug_contrast"),
     brightness=a[4].slider("Brightness", 0.0, 0.5, 0.1, key="data_aug_bright"),
 )
+b = st.columns([1, 1, 3])
+pixels = PixelRules(
+    crop_border=b[0].slider("Crop border (per side)", 0.0, 0.35, 0.0, 0.05, key="data_pix_crop"),
+    equalize=b[1].checkbox("Equalise histogram", key="data_pix_equalize"),
+)
+b[2].caption(
+    "Pixel rules (Train page, `--crop-border`, `--equalize`) apply to every image a run's model sees, in "
+    "training and after; augmentation applies in training only."
+)
 if paths:
     from cxrcore.training.pipeline import augment_preview
 
-    versions = augment_preview(paths[0], 192, augment, n=5, seed=int(st.session_state.get("data_aug_seed", 0)))
+    versions = augment_preview(
+        paths[0], 192, augment, n=5, seed=int(st.session_state.get("data_aug_seed", 0)), pixels=pixels
+    )
     row = st.columns(len(versions))
+    first = "as the model sees it" if not pixels.is_default else f"with pixel rules ({pixels.describe()})"
     for i, (col, image) in enumerate(zip(row, versions)):
-        col.image(image, caption="original" if i == 0 else f"augmented {i}", width="stretch")
+        col.image(image, caption=first if i == 0 else f"augmented {i}", width="stretch")
     if st.button("New random draw", key="data_aug_redraw"):
         st.session_state["data_aug_seed"] = int(st.session_state.get("data_aug_seed", 0)) + 1
         st.rerun()

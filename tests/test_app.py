@@ -648,3 +648,12 @@ def test_compare_page_has_a_row_per_external_dataset(app, models, demo, monkeypa
     assert table.at[rows[1], newest.name].count("(") == 1  # a value with its interval
     other = next(c for c in table.columns if c != newest.name)
     assert table.at[rows[1], other] == "not evaluated"
+
+
+def test_data_page_previews_the_pixel_rules(app):
+    at = app("pages/data.py")
+    at.slider(key="data_pix_crop").set_value(0.1)
+    at.checkbox(key="data_pix_equalize").check()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "with pixel rules (10% border cropped, histogram equalised)" in everything_shown(at)
