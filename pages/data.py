@@ -120,7 +120,7 @@ if paths:
         paths[0], 192, augment, n=5, seed=int(st.session_state.get("data_aug_seed", 0)), pixels=pixels
     )
     row = st.columns(len(versions))
-    first = "as the model sees it" if not pixels.is_default else f"with pixel rules ({pixels.describe()})"
+    first = "as the model sees it" if pixels.is_default else f"with pixel rules ({pixels.describe()})"
     for i, (col, image) in enumerate(zip(row, versions)):
         col.image(image, caption=first if i == 0 else f"augmented {i}", width="stretch")
     if st.button("New random draw", key="data_aug_redraw"):
