@@ -65,7 +65,11 @@ def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[st
     lines += ["", *_table(["class", *order], rows)]
     patients = split["patient_id"].astype(str)
     known = int((patients != "").sum())
-    lines += ["", f"- Patient ids known for {known:,} of {len(split):,} images; splits are grouped by patient."]
+    lines += [
+        "",
+        f"- Patient ids known for {known:,} of {len(split):,} images; splits are grouped by patient"
+        + ("." if known == len(split) else ", and an image without an id counts as its own patient."),
+    ]
     if found_audit:
         shortcut = found_audit.get("shortcut") or {}
         if shortcut.get("accuracy") is not None:
@@ -200,7 +204,7 @@ def limitations(run: runs.RunDir, metrics: dict, evaluations: list, found_audit:
             "figures say nothing about other hospitals, scanners or populations."
         )
     if metrics and metrics.get("n", 0) < SMALL_TEST:
-        out.append(f"The test split is small ({metrics.get('n', 0)} images): the intervals above are wide.")
+        out.append(f"The test split is small ({metrics.get('n', 0)} images): read the intervals, not the point values.")
     orphans = int((metrics.get("bootstrap") or {}).get("images_without_patient_id") or 0)
     if orphans:
         out.append(
