@@ -73,6 +73,16 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float)
     p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 on a GPU")
     p.add_argument("--no-cache", dest="cache", action="store_false", default=None)
+    p.add_argument(
+        "--no-feature-cache",
+        dest="feature_cache",
+        action="store_false",
+        default=None,
+        help="run the whole network every epoch instead of training frozen parts on cached activations",
+    )
+    p.add_argument(
+        "--augment-views", type=int, help="augmented views cached per image when augmenting (0 = full passes)"
+    )
     p.add_argument("--max-steps", type=int, help="cap batches per epoch (smoke tests)")
     p.add_argument("--seed", type=int)
     p.add_argument(
@@ -136,6 +146,8 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
         "test_fraction",
         "mixed_precision",
         "cache",
+        "feature_cache",
+        "augment_views",
         "max_steps",
         "seed",
         "target_sensitivity",
@@ -380,6 +392,22 @@ def prediction_line(result: dict) -> str:
     return line
 
 
+def cmd_cache(args) -> int:
+    from .training import activation_store
+
+    if args.clear:
+        freed = activation_store.clear()
+        print(f"cleared the activation cache: {freed / 1e6:.1f} MB freed", file=sys.stderr)
+    found = activation_store.usage()
+    print(
+        f"activation cache {found['folder']}: {found['entries']} entr{'y' if found['entries'] == 1 else 'ies'}, "
+        f"{found['bytes'] / 1e6:.1f} MB (limit {activation_store.LIMIT_BYTES / 1024**3:.0f} GiB)",
+        file=sys.stderr,
+    )
+    print(json.dumps(found))
+    return 0
+
+
 def cmd_demo_data(args) -> int:
     from .data.demo import make_demo_dataset
 
@@ -451,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the thresholds a decision is made at (chosen on validation; default: the target sensitivity)",
     )
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("cache", help="what the activation cache holds (frozen-backbone features); JSON last")
+    p.add_argument("--clear", action="store_true", help="remove every cached activation first")
+    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("demo-data", help="write the synthetic demo dataset")
     p.add_argument("out_dir")
     p.add_argument("--n-per-class", type=int, default=150)

@@ -152,6 +152,8 @@ class TrainConfig:
     test_fraction: float = 0.1
     mixed_precision: bool = False  # float16 compute; applied only on a GPU
     cache: bool = True  # keep decoded, resized images in memory
+    feature_cache: bool = True  # train frozen parts on cached activations (training.features); False: full passes
+    augment_views: int = 4  # with augmentation and feature_cache: augmented views cached per image (0: full pass)
     max_steps: int | None = None  # cap on batches per epoch (quick checks)
     seed: int = 42
     target_sensitivity: float = 0.95  # the operating point chosen on validation for each class
@@ -250,6 +252,7 @@ class TrainConfig:
             (self.image_size is None or 32 <= self.image_size <= 1024, "image_size must be between 32 and 1024"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
             (0 < self.target_sensitivity < 1, "target_sensitivity must be between 0 and 1 (e.g. 0.95)"),
+            (0 <= self.augment_views <= 64, "augment_views must be between 0 and 64"),
             (
                 isinstance(self.external, list) and all(isinstance(d, str) and d.strip() for d in self.external),
                 "external must be a list of dataset paths",

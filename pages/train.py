@@ -23,6 +23,7 @@ from cxrcore.evaluation import plots
 from cxrcore.evaluation.sanity import learned_nothing
 from cxrcore.jobs import queue as job_queue
 from cxrcore.jobs.hardware import hardware_summary
+from cxrcore.training import activation_store
 from cxrcore.training.backbones import REGISTRY
 from pages.shared import current_dataset, jobs, load_index, require_app, show_error, synthetic_banner
 
@@ -139,6 +140,30 @@ cache = c[2].checkbox(
     key="train_cache",
     help="Faster epochs after the first; turn off for datasets larger than RAM.",
 )
+feature_cache = c[3].checkbox(
+    "Train on cached backbone activations",
+    value=True,
+    key="train_feature_cache",
+    help="A frozen backbone (stage 1) or its frozen lower part (stage 2) runs once per image, not once per "
+    "epoch: its activations are kept on disk and reused by later runs. Off: the whole network every epoch.",
+)
+with st.expander("Activation cache", icon=":material/storage:"):
+    found = activation_store.usage()
+    st.caption(
+        f"`{found['folder']}`: {found['entries']} entr{'y' if found['entries'] == 1 else 'ies'}, "
+        f"{found['bytes'] / 1e6:,.1f} MB (the least recently used go beyond "
+        f"{activation_store.LIMIT_BYTES / 1024**3:.0f} GiB). Runs that share a backbone, its weights, the image size, "
+        "the pixel rules and the images reuse them."
+    )
+    if found["items"]:
+        st.dataframe(
+            pd.DataFrame(found["items"]).assign(MB=lambda t: (t["bytes"] / 1e6).round(1)).drop(columns="bytes"),
+            hide_index=True,
+            width="stretch",
+        )
+        if st.button("Clear the activation cache", key="train_clear_activations"):
+            freed = activation_store.clear()
+            st.success(f"Cleared: {freed / 1e6:,.1f} MB freed.")
 
 st.subheader("Augmentation and head")
 c = st.columns(5)
@@ -148,6 +173,16 @@ augment = AugmentConfig(
     zoom=c[2].number_input("Zoom", 0.0, 0.9, 0.0, key="train_zoom"),
     contrast=c[3].number_input("Contrast", 0.0, 0.9, 0.0, key="train_contrast"),
     brightness=c[4].number_input("Brightness", 0.0, 0.9, 0.0, key="train_brightness"),
+)
+c = st.columns([1, 4])
+augment_views = c[0].number_input(
+    "Augmented views cached",
+    0,
+    64,
+    4,
+    key="train_augment_views",
+    help="With augmentation and cached activations: this many augmented versions of each training image are "
+    "cached, one drawn per epoch. 0: augmenting runs the whole network every epoch.",
 )
 c = st.columns([1, 1, 3])
 pixels = PixelRules(
@@ -249,6 +284,8 @@ def build_config(backbone: str) -> TrainConfig:
         test_fraction=float(test_fraction),
         mixed_precision=mixed,
         cache=cache,
+        feature_cache=feature_cache,
+        augment_views=int(augment_views),
         max_steps=int(max_steps) or None,
         seed=int(seed),
         target_sensitivity=float(target_sensitivity),

@@ -49,14 +49,22 @@ class Cancel(keras.callbacks.Callback):
 
 
 class _EpochRecorder(keras.callbacks.Callback):
-    """A callback that records only epochs that ran every batch (see :class:`Cancel`)."""
+    """A callback that records only epochs that ran every batch (see :class:`Cancel`).
+
+    ``target``, when set, is the model that is saved: the complete model, while the model being
+    fitted is only its part above a cut (training on cached activations, :mod:`.features`)."""
 
     def __init__(self, cancel: Cancel | None = None):
         super().__init__()
         self.cancel = cancel
+        self.target: keras.Model | None = None
 
     def complete(self) -> bool:
         return self.cancel is None or self.cancel.epoch_complete
+
+    @property
+    def saved_model(self) -> keras.Model:
+        return self.target if self.target is not None else self.model
 
 
 class AtomicCheckpoint(_EpochRecorder):
@@ -80,7 +88,7 @@ class AtomicCheckpoint(_EpochRecorder):
 
     def save(self):
         tmp = self.path.with_name(f".tmp{os.getpid()}-{self.path.name}")
-        self.model.save(tmp)
+        self.saved_model.save(tmp)
         os.replace(tmp, self.path)
 
 
@@ -174,7 +182,7 @@ class ResumeState(_EpochRecorder):
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1:04d}.keras"
         tmp = self.folder / f".tmp{os.getpid()}-{name}"
-        self.model.save(tmp)
+        self.saved_model.save(tmp)
         os.replace(tmp, self.folder / name)
         self._model_file = name
         if self.checkpoint.best_epoch is not None and self.checkpoint.best_epoch != self._linked_best:

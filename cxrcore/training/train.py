@@ -34,6 +34,7 @@ from ..runs import write_csv
 from .backbones import get_backbone
 from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState
 from .devices import configure_devices
+from .features import plan_stage
 from .model import build_model, inference_function, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
 
@@ -71,12 +72,12 @@ def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretr
     unfreeze = config.unfreeze if config.unfreeze is not None else get_backbone(config.backbone).unfreeze
     n = set_stage(model, stage, unfreeze=unfreeze, pretrained=pretrained)
     lr = config.learning_rate * (config.fine_tune_lr_factor if stage == "finetune" else 1.0)
-    model.compile(
-        optimizer=make_optimizer(config.optimizer, lr),
-        loss=make_loss(config),
-        metrics=["accuracy", keras.metrics.AUC(name="auc")],
-    )
+    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=make_loss(config), metrics=compile_metrics())
     return n
+
+
+def compile_metrics() -> list:
+    return ["accuracy", keras.metrics.AUC(name="auc")]
 
 
 def run_stage(
@@ -356,6 +357,9 @@ def _train(
         )
 
     done = int(state["epochs_done"]) if state else 0
+    fast = config.feature_cache and pretrained
+    if not fast:
+        log.info("training on full passes (%s)", "no pretrained weights" if not pretrained else "feature_cache off")
     order = {"frozen": 0, "finetune": 1}
     for stage, epochs in (("frozen", config.epochs), ("finetune", config.fine_tune_epochs)):
         if epochs <= 0 or cancel.cancelled:
@@ -377,10 +381,17 @@ def _train(
         resume_state.stage_start = start
         if reporter is not None:
             reporter.stage = stage
+        fitted, fit_train, fit_val = model, train_ds, val_ds
+        plan = plan_stage(model, stage, config, frame, classes, image_size, max_steps) if fast else None
+        if plan is not None:  # the part above the cut trains, with the complete model's optimizer
+            fitted, fit_train, fit_val = plan.model, plan.train, plan.val
+            fitted.compile(optimizer=model.optimizer, loss=model.loss, metrics=compile_metrics())
+            run.update_info(**{f"{stage}_cut": plan.cut})
+        checkpoint.target = resume_state.target = model
         done = run_stage(
-            model,
-            train_ds,
-            val_ds,
+            fitted,
+            fit_train,
+            fit_val,
             initial_epoch=done,
             final_epoch=start + epochs,
             config=config,

@@ -1,0 +1,295 @@
+"""Training on cached activations: the frozen part of a network runs once per image, not once per epoch.
+
+In stage 1 the whole backbone is frozen, and in stage 2 everything below the top ``unfreeze``
+layers is; BatchNorm layers stay frozen in both (they run in inference mode). A frozen part gives
+the same output for an image every epoch, so its output (the *activations* at a cut) is computed
+once, kept on disk, and only the layers above the cut are trained on it. The model that is trained
+shares its layers (and so its weights) with the complete model, which is the one saved: it loads,
+predicts and explains exactly as a model trained the slow way.
+
+The cut:
+
+- stage 1: the output of ``head_pool`` (the pooled backbone features; for ``flatten`` pooling the
+  whole flattened feature map, much larger);
+- stage 2: the highest *clean* cut at or below the first unfrozen layer: a layer whose output is
+  the only tensor the layers above it need (a block boundary; inside a residual block two tensors
+  cross). The layers between the cut and the first unfrozen layer stay frozen and run every epoch,
+  so the trainable layers are exactly the requested ones.
+
+Activations are cached per (frozen part's architecture and weights, image size, pixel rules,
+images with their size and modification time, augmentation views) under the cache folder
+(``features/``), so runs, head settings and comparison jobs that share a backbone reuse them, and a
+changed image file or weights file means new activations. With augmentation on, ``views``
+augmented versions of each training image are cached and each epoch draws one per image at
+random (seeded); with ``views`` 0 the stage falls back to the full pass. The cache keeps at most
+:data:`cxrcore.training.activation_store.LIMIT_BYTES`; the oldest entries go first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+
+from ..config import TrainConfig
+from .activation_store import ENTRY_LIMIT_BYTES, Entry, cache_root, evict
+
+log = logging.getLogger("cxrcore.training.features")
+
+STAGE1_CUT = "head_pool"
+_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------- the cut
+
+
+def split_at(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
+    """``(lower, upper)``: the model up to ``layer_name``'s output, and from there to the output.
+    Both share the model's layers. Raises ValueError when the cut is not clean."""
+    cut = model.get_layer(layer_name).output
+    upper = keras.Model(cut, model.outputs[0], name=f"{model.name}_above_{layer_name}")
+    lower = keras.Model(model.inputs, cut, name=f"{model.name}_to_{layer_name}")
+    return lower, upper
+
+
+def is_clean_cut(model: keras.Model, layer_name: str) -> bool:
+    """True when the layers above ``layer_name`` need nothing but its output."""
+    try:
+        split_at(model, layer_name)
+    except ValueError:
+        return False
+    return True
+
+
+def stage2_cut(model: keras.Model, first_trainable: int, backbone: list) -> tuple[str, int] | None:
+    """The highest clean cut among ``backbone`` layers below index ``first_trainable`` (an index into
+    ``backbone``): ``(layer name, frozen layers between the cut and the first trainable one)``;
+    None when there is none (everything trains, or no clean cut exists below)."""
+    for i in range(first_trainable - 1, -1, -1):
+        if is_clean_cut(model, backbone[i].name):
+            return backbone[i].name, first_trainable - 1 - i
+    return None
+
+
+# ------------------------------------------------------------------------------------- the cache
+
+
+def _weights_digest(model: keras.Model) -> str:
+    digest = hashlib.sha1()
+    for layer in model.layers:
+        digest.update(json.dumps(layer.get_config(), sort_keys=True, default=str).encode())
+        for weight in layer.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def _images_digest(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha1()
+    for path in frame["path"].astype(str):
+        try:
+            stat = os.stat(path)
+            stamp = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            stamp = f"{path}|missing"
+        digest.update(stamp.encode())
+    return digest.hexdigest()
+
+
+def entry_for(lower: keras.Model, frame: pd.DataFrame, image_size: int, config: TrainConfig, views: int) -> Entry:
+    parts = {
+        "version": _VERSION,
+        "keras": keras.__version__,
+        "lower": _weights_digest(lower),
+        "images": _images_digest(frame),
+        "size": image_size,
+        "pixels": config.to_dict()["pixels"],
+        "views": views,
+        "augment": config.to_dict()["augment"] if views else None,
+        "seed": config.seed if views else None,
+    }
+    key = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    return Entry(cache_root() / key)
+
+
+def compute(
+    lower: keras.Model,
+    frame: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    config: TrainConfig,
+    views: int = 0,
+) -> np.ndarray:
+    """Activations of ``lower`` for every image of ``frame`` (n, ...), or with ``views`` > 0, of that
+    many augmented versions of each (views, n, ...); read from the cache when they are there."""
+    from .pipeline import build_augmenter, make_dataset
+
+    entry = entry_for(lower, frame, image_size, config, views)
+    found = entry.load()
+    if found is not None and found.shape[-len(lower.output.shape) + 1 :] == tuple(lower.output.shape[1:]):
+        log.info("activations at %s: read from the cache (%s)", lower.layers[-1].name, entry.folder.name)
+        return found
+    per_image = int(np.prod(lower.output.shape[1:])) * 4
+    total = per_image * len(frame) * max(1, views)
+    if total > ENTRY_LIMIT_BYTES:
+        raise MemoryError(
+            f"{total / 1024**3:.1f} GiB of activations, over the {ENTRY_LIMIT_BYTES / 1024**3:.0f} GiB entry limit"
+        )
+    log.info(
+        "activations at %s: computing %d image(s)%s, %.1f MB on disk",
+        lower.layers[-1].name,
+        len(frame),
+        f" x {views} augmented views" if views else "",
+        total / 1e6,
+    )
+    started = time.time()
+    ds = make_dataset(frame, classes, image_size, batch_size=64, cache=False, pixels=config.pixels)
+    images = ds.map(lambda x, y: x)
+    if views:
+        augmenter = build_augmenter(config.augment, config.seed)
+        out = []
+        for view in range(views):
+            augmenter = build_augmenter(config.augment, config.seed + 1000 * view)
+            batches = images.map(lambda x, a=augmenter: keras.ops.clip(a(x, training=True), 0.0, 255.0))
+            out.append(np.asarray(lower.predict(batches, verbose=0), dtype=np.float32))
+        activations = np.stack(out)
+    else:
+        activations = np.asarray(lower.predict(images, verbose=0), dtype=np.float32)
+    evict(activations.nbytes)
+    entry.save(
+        activations,
+        {
+            "cut": lower.layers[-1].name,
+            "images": int(len(frame)),
+            "views": views,
+            "shape": list(activations.shape),
+            "seconds": round(time.time() - started, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+    return activations
+
+
+def dataset(
+    activations: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    max_steps: int | None = None,
+):
+    """Batches of ``(activations, one-hot labels)``; with views (activations of shape (views, n, ...)), each
+    image's view is drawn at random every epoch (seeded)."""
+    import tensorflow as tf
+
+    onehot = tf.one_hot(np.asarray(labels, dtype=np.int32), k)
+    n = int(onehot.shape[0])
+    if activations.ndim >= 2 and activations.shape[0] != n:  # (views, n, ...)
+        table = tf.constant(np.asarray(activations))
+        views = int(activations.shape[0])
+        ds = tf.data.Dataset.range(n)
+        if training:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        rng = tf.random.Generator.from_seed(seed)
+
+        def pick(i):
+            view = rng.uniform((), 0, views, dtype=tf.int64)
+            return tf.gather(tf.gather(table, view), i), tf.gather(onehot, i)
+
+        ds = ds.map(pick)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((np.asarray(activations), onehot))
+        if training:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if max_steps:
+        ds = ds.take(max_steps)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class StagePlan:
+    """How a stage trains on cached activations: the part above the cut, and its data."""
+
+    model: keras.Model
+    train: object
+    val: object
+    cut: str
+    note: str
+
+
+def plan_stage(
+    model: keras.Model,
+    stage: str,
+    config: TrainConfig,
+    frame: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    max_steps: int | None = None,
+) -> StagePlan | None:
+    """The fast way to train ``stage`` (its layers frozen as :func:`cxrcore.training.model.set_stage`
+    left them), or None, logged with the reason, when the stage takes the full pass."""
+    from .model import backbone_layers
+
+    if config.augment.enabled and config.augment_views == 0:
+        log.info("stage %s: full pass (augmentation on and augment_views 0)", stage)
+        return None
+    if stage == "frozen":
+        cut, note = STAGE1_CUT, "the pooled backbone features"
+    else:
+        backbone = backbone_layers(model)
+        trainable = [i for i, layer in enumerate(backbone) if layer.trainable]
+        if not trainable:
+            cut, note = STAGE1_CUT, "the pooled backbone features (nothing in the backbone trains)"
+        else:
+            found = stage2_cut(model, trainable[0], backbone)
+            if found is None:
+                log.info("stage %s: full pass (no clean cut below the first unfrozen layer)", stage)
+                return None
+            cut, extra = found
+            note = (
+                f"{cut}, the clean cut below the first unfrozen layer ({extra} frozen layer(s) above it run each epoch)"
+            )
+    lower, upper = split_at(model, cut)
+    labels = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    val = frame[frame["split"] == "val"].reset_index(drop=True)
+    views = config.augment_views if config.augment.enabled else 0
+    try:
+        train_acts = compute(lower, train, classes, image_size, config, views=views)
+        val_acts = compute(lower, val, classes, image_size, config)
+    except MemoryError as exc:
+        log.info("stage %s: full pass (%s)", stage, exc)
+        return None
+    k = len(classes)
+    train_labels = labels[(frame["split"] == "train").to_numpy()]
+    val_labels = labels[(frame["split"] == "val").to_numpy()]
+    log.info(
+        "stage %s: training on cached activations at %s%s",
+        stage,
+        note,
+        f", {views} augmented view(s) per image" if views else "",
+    )
+    return StagePlan(
+        model=upper,
+        train=dataset(
+            train_acts,
+            train_labels,
+            k,
+            batch_size=config.batch_size,
+            training=True,
+            seed=config.seed,
+            max_steps=max_steps,
+        ),
+        val=dataset(val_acts, val_labels, k, batch_size=config.batch_size, training=False, seed=config.seed),
+        cut=cut,
+        note=note,
+    )
