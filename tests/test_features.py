@@ -53,9 +53,16 @@ def config(data, weights, **changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-def test_stage_one_on_cached_activations_is_the_full_pass_and_stage_two_comes_close(data, weights, tmp_path):
-    fast = train(config(data, weights), out_dir=tmp_path / "fast")
-    slow = train(config(data, weights, feature_cache=False), out_dir=tmp_path / "slow")
+@pytest.fixture(scope="module")
+def pair(data, weights, tmp_path_factory):
+    """The same run trained on cached activations and on full passes."""
+    fast = train(config(data, weights), out_dir=tmp_path_factory.mktemp("fast"))
+    slow = train(config(data, weights, feature_cache=False), out_dir=tmp_path_factory.mktemp("slow"))
+    return fast, slow
+
+
+def test_stage_one_on_cached_activations_is_the_full_pass_and_stage_two_comes_close(pair):
+    fast, slow = pair
     assert fast.info()["frozen_cut"] == "head_pool" and "frozen_cut" not in slow.info()
     assert fast.info()["finetune_cut"].startswith("block_")
     a, b = fast.history(), slow.history()
@@ -68,8 +75,8 @@ def test_stage_one_on_cached_activations_is_the_full_pass_and_stage_two_comes_cl
     assert abs(a["val_accuracy"].iloc[-1] - b["val_accuracy"].iloc[-1]) <= 0.15
 
 
-def test_the_saved_model_is_complete_and_predicts_as_the_same_weights_assembled_the_slow_way(data, weights, tmp_path):
-    run = train(config(data, weights), out_dir=tmp_path / "m")
+def test_the_saved_model_is_complete_and_predicts_as_the_same_weights_assembled_the_slow_way(pair):
+    run = pair[0]
     saved = keras.saving.load_model(str(run.file(runs.MODEL)), compile=False)
     assert saved.input_shape == (None, 32, 32, 3) and saved.get_layer("Conv1") is not None  # backbone inside
     assembled = build_model("mobilenetv2_0.35", 2, image_size=32, weights="none", head=run.config().head)

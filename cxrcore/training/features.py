@@ -118,62 +118,80 @@ def entry_for(lower: keras.Model, frame: pd.DataFrame, image_size: int, config: 
     return Entry(cache_root() / key)
 
 
-def compute(
-    lower: keras.Model,
+def _fits(found: np.ndarray | None, lower: keras.Model) -> bool:
+    shape = tuple(lower.output.shape[1:])
+    return found is not None and tuple(found.shape[found.ndim - len(shape) :]) == shape
+
+
+def compute_all(
+    lowers: list[keras.Model],
     frame: pd.DataFrame,
     classes: list[str],
     image_size: int,
     config: TrainConfig,
     views: int = 0,
-) -> np.ndarray:
-    """Activations of ``lower`` for every image of ``frame`` (n, ...), or with ``views`` > 0, of that
-    many augmented versions of each (views, n, ...); read from the cache when they are there."""
+) -> list[np.ndarray]:
+    """Activations of each of ``lowers`` (parts of one model, from its input to a cut) for every image
+    of ``frame`` (n, ...), or with ``views`` > 0, for that many augmented versions of each
+    (views, n, ...). Each is read from the cache when it is there; the others are computed together,
+    in one pass over the images, and cached."""
     from .pipeline import build_augmenter, make_dataset
 
-    entry = entry_for(lower, frame, image_size, config, views)
-    found = entry.load()
-    if found is not None and found.shape[-len(lower.output.shape) + 1 :] == tuple(lower.output.shape[1:]):
-        log.info("activations at %s: read from the cache (%s)", lower.layers[-1].name, entry.folder.name)
+    entries = [entry_for(lower, frame, image_size, config, views) for lower in lowers]
+    found = [entry.load() for entry in entries]
+    for lower, entry, got in zip(lowers, entries, found):
+        if _fits(got, lower):
+            log.info("activations at %s: read from the cache (%s)", lower.layers[-1].name, entry.folder.name)
+    missing = [i for i, (lower, got) in enumerate(zip(lowers, found)) if not _fits(got, lower)]
+    if not missing:
         return found
-    per_image = int(np.prod(lower.output.shape[1:])) * 4
-    total = per_image * len(frame) * max(1, views)
-    if total > ENTRY_LIMIT_BYTES:
+    sizes = [int(np.prod(lowers[i].output.shape[1:])) * 4 * len(frame) * max(1, views) for i in missing]
+    if max(sizes) > ENTRY_LIMIT_BYTES:
         raise MemoryError(
-            f"{total / 1024**3:.1f} GiB of activations, over the {ENTRY_LIMIT_BYTES / 1024**3:.0f} GiB entry limit"
+            f"{max(sizes) / 1024**3:.1f} GiB of activations, over the {ENTRY_LIMIT_BYTES / 1024**3:.0f} GiB entry limit"
         )
     log.info(
-        "activations at %s: computing %d image(s)%s, %.1f MB on disk",
-        lower.layers[-1].name,
+        "activations at %s: computing %d image(s)%s in one pass, %.1f MB on disk",
+        ", ".join(lowers[i].layers[-1].name for i in missing),
         len(frame),
         f" x {views} augmented views" if views else "",
-        total / 1e6,
+        sum(sizes) / 1e6,
     )
     started = time.time()
-    ds = make_dataset(frame, classes, image_size, batch_size=64, cache=False, pixels=config.pixels)
-    images = ds.map(lambda x, y: x)
+    together = keras.Model(lowers[0].inputs, [lowers[i].outputs[0] for i in missing])
+    images = make_dataset(frame, classes, image_size, batch_size=64, cache=False, pixels=config.pixels).map(
+        lambda x, y: x
+    )
+
+    def run(batches) -> list[np.ndarray]:
+        out = together.predict(batches, verbose=0)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(o, dtype=np.float32) for o in out]
+
     if views:
-        augmenter = build_augmenter(config.augment, config.seed)
-        out = []
+        per_view = []
         for view in range(views):
             augmenter = build_augmenter(config.augment, config.seed + 1000 * view)
-            batches = images.map(lambda x, a=augmenter: keras.ops.clip(a(x, training=True), 0.0, 255.0))
-            out.append(np.asarray(lower.predict(batches, verbose=0), dtype=np.float32))
-        activations = np.stack(out)
+            per_view.append(run(images.map(lambda x, a=augmenter: keras.ops.clip(a(x, training=True), 0.0, 255.0))))
+        computed = [np.stack([v[j] for v in per_view]) for j in range(len(missing))]
     else:
-        activations = np.asarray(lower.predict(images, verbose=0), dtype=np.float32)
-    evict(activations.nbytes)
-    entry.save(
-        activations,
-        {
-            "cut": lower.layers[-1].name,
-            "images": int(len(frame)),
-            "views": views,
-            "shape": list(activations.shape),
-            "seconds": round(time.time() - started, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
-    return activations
+        computed = run(images)
+    seconds = round(time.time() - started, 2)
+    for i, activations in zip(missing, computed):
+        evict(activations.nbytes)
+        entries[i].save(
+            activations,
+            {
+                "cut": lowers[i].layers[-1].name,
+                "images": int(len(frame)),
+                "views": views,
+                "shape": list(activations.shape),
+                "seconds": seconds / len(missing),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        found[i] = activations
+    return found
 
 
 def dataset(
@@ -226,6 +244,24 @@ class StagePlan:
     note: str
 
 
+def finetune_cut(model: keras.Model, unfreeze: int) -> tuple[str, str] | None:
+    """``(cut, note)`` for stage 2 with the top ``unfreeze`` backbone layers unfrozen (as
+    :func:`cxrcore.training.model.set_stage` unfreezes them); None when no cut helps."""
+    from .model import backbone_layers, finetune_layers
+
+    backbone = backbone_layers(model)
+    chosen = {id(layer) for layer in finetune_layers(backbone, unfreeze)}
+    trainable = [i for i, layer in enumerate(backbone) if id(layer) in chosen and layer.weights]
+    trainable = [i for i in trainable if not isinstance(backbone[i], keras.layers.BatchNormalization)]
+    if not trainable:
+        return STAGE1_CUT, "the pooled backbone features (nothing in the backbone trains)"
+    found = stage2_cut(model, trainable[0], backbone)
+    if found is None:
+        return None
+    cut, extra = found
+    return cut, f"{cut}, the clean cut below the first unfrozen layer ({extra} frozen layer(s) above it run each epoch)"
+
+
 def plan_stage(
     model: keras.Model,
     stage: str,
@@ -233,39 +269,34 @@ def plan_stage(
     frame: pd.DataFrame,
     classes: list[str],
     image_size: int,
+    unfreeze: int,
     max_steps: int | None = None,
 ) -> StagePlan | None:
     """The fast way to train ``stage`` (its layers frozen as :func:`cxrcore.training.model.set_stage`
-    left them), or None, logged with the reason, when the stage takes the full pass."""
-    from .model import backbone_layers
-
+    left them, stage 2 with the top ``unfreeze`` backbone layers unfrozen), or None, logged with the
+    reason, when the stage takes the full pass. Stage 1 also computes, in the same pass over the
+    images, the activations stage 2 will train on."""
     if config.augment.enabled and config.augment_views == 0:
         log.info("stage %s: full pass (augmentation on and augment_views 0)", stage)
         return None
+    later = finetune_cut(model, unfreeze) if config.fine_tune_epochs > 0 else None
     if stage == "frozen":
         cut, note = STAGE1_CUT, "the pooled backbone features"
+    elif later is None:
+        log.info("stage %s: full pass (no clean cut below the first unfrozen layer)", stage)
+        return None
     else:
-        backbone = backbone_layers(model)
-        trainable = [i for i, layer in enumerate(backbone) if layer.trainable]
-        if not trainable:
-            cut, note = STAGE1_CUT, "the pooled backbone features (nothing in the backbone trains)"
-        else:
-            found = stage2_cut(model, trainable[0], backbone)
-            if found is None:
-                log.info("stage %s: full pass (no clean cut below the first unfrozen layer)", stage)
-                return None
-            cut, extra = found
-            note = (
-                f"{cut}, the clean cut below the first unfrozen layer ({extra} frozen layer(s) above it run each epoch)"
-            )
-    lower, upper = split_at(model, cut)
+        cut, note = later
+    cuts = [cut] + ([later[0]] if stage == "frozen" and later and later[0] != cut else [])
+    lowers = [split_at(model, c)[0] for c in cuts]
+    upper = split_at(model, cut)[1]
     labels = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
     views = config.augment_views if config.augment.enabled else 0
     try:
-        train_acts = compute(lower, train, classes, image_size, config, views=views)
-        val_acts = compute(lower, val, classes, image_size, config)
+        train_acts = compute_all(lowers, train, classes, image_size, config, views=views)[0]
+        val_acts = compute_all(lowers, val, classes, image_size, config)[0]
     except MemoryError as exc:
         log.info("stage %s: full pass (%s)", stage, exc)
         return None

@@ -122,6 +122,11 @@ def backbone_layers(model: keras.Model) -> list:
     ]
 
 
+def finetune_layers(layers: list, unfreeze: int) -> list:
+    """The backbone layers stage 2 unfreezes: the top ``unfreeze`` (-1: all; 0: none)."""
+    return layers if unfreeze < 0 else layers[len(layers) - unfreeze :] if unfreeze else []
+
+
 def set_stage(model: keras.Model, stage: str, *, unfreeze: int = 0, pretrained: bool = True) -> int:
     """Freeze for a training stage; returns the number of trainable backbone layers.
 
@@ -140,7 +145,7 @@ def set_stage(model: keras.Model, stage: str, *, unfreeze: int = 0, pretrained: 
     if stage == "frozen":
         chosen = []
     elif stage == "finetune":
-        chosen = layers if unfreeze < 0 else layers[len(layers) - unfreeze :] if unfreeze else []
+        chosen = finetune_layers(layers, unfreeze)
     else:
         raise ValueError(f"unknown stage {stage!r}")
     chosen_ids = {id(layer) for layer in chosen}

@@ -381,8 +381,10 @@ def _train(
         resume_state.stage_start = start
         if reporter is not None:
             reporter.stage = stage
+        stage_started = time.time()
         fitted, fit_train, fit_val = model, train_ds, val_ds
-        plan = plan_stage(model, stage, config, frame, classes, image_size, max_steps) if fast else None
+        unfreeze = config.unfreeze if config.unfreeze is not None else spec.unfreeze
+        plan = plan_stage(model, stage, config, frame, classes, image_size, unfreeze, max_steps) if fast else None
         if plan is not None:  # the part above the cut trains, with the complete model's optimizer
             fitted, fit_train, fit_val = plan.model, plan.train, plan.val
             fitted.compile(optimizer=model.optimizer, loss=model.loss, metrics=compile_metrics())
@@ -400,6 +402,8 @@ def _train(
         )
         if not cancel.epoch_complete:
             done -= 1  # Keras counts the epoch it was stopped in
+        seconds = {**(run.info().get("stage_seconds") or {}), stage: round(time.time() - stage_started, 2)}
+        run.update_info(stage_seconds=seconds)  # the stage's wall time, computing its activations included
         if not cancel.cancelled:
             resume_state.mark_stage_complete(done)
     result = finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
