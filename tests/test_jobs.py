@@ -477,3 +477,26 @@ def test_mirrored_strategy_over_logical_cpus(data, tmp_path):
     info = json.loads((runs.RunDir(proc.stdout.strip().splitlines()[-1]).file(runs.INFO)).read_text())
     assert info["replicas"] == 2 and info["strategy"] == "mirrored (logical CPUs)"
     assert info["status"] == "succeeded" and info["epochs_completed"] == 2
+
+
+def test_training_over_several_machines_is_refused_with_the_reason(data, tmp_path):
+    """Keras 3's model.fit cannot train under MultiWorkerMirroredStrategy (two worker processes on this
+    machine failed with "Attempt to convert a value (PerReplica ...)", keras-team/keras#20585): a
+    TF_CONFIG asking for it is refused before anything is written, with the reason and what to do."""
+    cluster = {"worker": ["localhost:23411", "localhost:23412"]}
+    proc = cli(
+        "train",
+        "--data",
+        data,
+        "--backbone",
+        "simple_cnn",
+        "--image-size",
+        32,
+        "--out",
+        tmp_path / "m",
+        env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})},
+    )
+    assert proc.returncode == 2
+    assert "error: TF_CONFIG is set, but training over several machines does not work with Keras 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())

@@ -1,7 +1,10 @@
 """Where training runs: GPU(s) or CPU, mixed precision, and the tf.distribute strategy.
 
 * several GPUs visible -> ``MirroredStrategy`` over all of them (one machine);
-* ``TF_CONFIG`` set -> ``MultiWorkerMirroredStrategy`` (several machines, see the README);
+* ``TF_CONFIG`` set (several machines) -> refused with the reason: Keras 3's ``model.fit`` cannot
+  train under ``MultiWorkerMirroredStrategy`` (batches reach the model as ``PerReplica`` values;
+  keras-team/keras#20585, tensorflow/tensorflow#72388), which the test suite checks with two
+  worker processes on one machine;
 * ``CXRCORE_CPU_REPLICAS=N`` on a machine without GPUs splits the CPU into N logical
   devices and mirrors over them: the multi-device code path, testable without GPUs;
 * otherwise TensorFlow's default strategy (one GPU, or the CPU).
@@ -11,11 +14,12 @@ Call :func:`configure_devices` before anything else initialises TensorFlow's run
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
 import tensorflow as tf
+
+from ..errors import ConfigError
 
 
 def _split_cpu(replicas: int) -> list[str]:
@@ -27,20 +31,18 @@ def _split_cpu(replicas: int) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
 
 
-def _is_chief(tf_config: dict) -> bool:
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    if "chief" in cluster:
-        return task.get("type") == "chief"
-    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
-
-
 def configure_devices(mixed_precision: bool = False) -> tuple[tf.distribute.Strategy, dict]:
     """Pick devices and a strategy; returns ``(strategy, facts)`` for run.json.
 
-    ``facts``: device (readable), gpus (names), replicas, strategy, mixed_precision, chief
-    (False on non-chief workers of a multi-worker run, which must not write the run).
+    ``facts``: device (readable), gpus (names), replicas, strategy, mixed_precision.
+    Raises :class:`ConfigError` when ``TF_CONFIG`` asks for several machines (see the module docstring).
     """
+    if os.environ.get("TF_CONFIG"):
+        raise ConfigError(
+            "TF_CONFIG is set, but training over several machines does not work with Keras 3 "
+            "(model.fit under MultiWorkerMirroredStrategy fails: keras-team/keras#20585). Train on one machine "
+            "(all its GPUs are used together) and unset TF_CONFIG"
+        )
     gpus = tf.config.list_physical_devices("GPU")
     names = []
     for gpu in gpus:
@@ -49,12 +51,7 @@ def configure_devices(mixed_precision: bool = False) -> tuple[tf.distribute.Stra
         except RuntimeError:  # already initialised in this process
             pass
         names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
-    chief = True
-    if os.environ.get("TF_CONFIG"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        chief = _is_chief(json.loads(os.environ["TF_CONFIG"]))
-        kind = "multi-worker mirrored"
-    elif len(gpus) > 1:
+    if len(gpus) > 1:
         strategy, kind = tf.distribute.MirroredStrategy(), "mirrored"
     else:
         replicas = int(os.environ.get("CXRCORE_CPU_REPLICAS") or 0)
@@ -71,5 +68,4 @@ def configure_devices(mixed_precision: bool = False) -> tuple[tf.distribute.Stra
         "replicas": int(strategy.num_replicas_in_sync),
         "strategy": kind,
         "mixed_precision": use_mixed,
-        "chief": chief,
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,8 +166,6 @@ def train(
         frame, classes = prepare_data(config, progress=data_progress)
         check_external(config, classes)  # an external set that could not be evaluated fails now, not after
     strategy, devices = configure_devices(config.mixed_precision)
-    if not devices["chief"]:  # multi-worker: only the chief writes the real run directory
-        run = runs.new_run_dir(config.backbone, tempfile.mkdtemp(prefix="cxrcore-worker-"))
     run = run or runs.new_run_dir(config.backbone, out_dir)
     handler = _attach_log(run)
     started = time.time()
@@ -357,9 +354,16 @@ def _train(
         )
 
     done = int(state["epochs_done"]) if state else 0
-    fast = config.feature_cache and pretrained
+    fast = config.feature_cache and pretrained and devices["replicas"] == 1
     if not fast:
-        log.info("training on full passes (%s)", "no pretrained weights" if not pretrained else "feature_cache off")
+        why = (
+            "no pretrained weights: every layer trains"
+            if not pretrained
+            else "feature_cache off"
+            if not config.feature_cache
+            else f"{devices['replicas']} replicas: cached activations are used on one device only"
+        )
+        log.info("training on full passes (%s)", why)
     order = {"frozen": 0, "finetune": 1}
     for stage, epochs in (("frozen", config.epochs), ("finetune", config.fine_tune_epochs)):
         if epochs <= 0 or cancel.cancelled:
