@@ -657,3 +657,18 @@ def test_data_page_previews_the_pixel_rules(app):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert "with pixel rules (10% border cropped, histogram equalised)" in everything_shown(at)
+
+
+def test_train_page_shows_the_activation_cache_and_clears_it(app, monkeypatch, tmp_path):
+    from cxrcore.training import activation_store
+
+    entry = activation_store.Entry(activation_store.cache_root() / "abc123")
+    entry.save(np.zeros((10, 256), dtype=np.float32), {"cut": "head_pool", "images": 10, "created": "now"})
+    at = app("pages/train.py")
+    table = next(t.value for t in at.dataframe if "cut" in t.value.columns)
+    assert table["cut"].tolist() == ["head_pool"] and table["images"].tolist() == [10]
+    assert any("1 entry" in c.value for c in at.caption)
+    at.button(key="train_clear_activations").click()
+    at.run()
+    assert any("Cleared:" in s.value for s in at.success)
+    assert activation_store.usage()["entries"] == 0
