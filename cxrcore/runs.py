@@ -190,7 +190,11 @@ class RunDir:
 
     def pixel_rules(self):
         """The pixel rules (:class:`cxrcore.data.io.PixelRules`) every image this run's model sees goes
-        through; the defaults for runs trained before they existed."""
+        through; the defaults for runs trained before they existed, or without a config.json."""
+        from .data.io import PixelRules
+
+        if not self.file(CONFIG).exists():
+            return PixelRules()
         return self.config().pixels
 
     # -- outcome -----------------------------------------------------------------------------

@@ -154,4 +154,4 @@ def test_stage_two_cut_is_clean_and_below_the_first_trainable_layer():
     assert not features.is_clean_cut(model, "conv5_block3_1_conv")  # the shortcut bypasses it
     lower, upper = features.split_at(model, name)
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(upper(lower(x)), model(x), atol=1e-5)
+    np.testing.assert_allclose(upper(lower([x])), model([x]), atol=1e-5)
