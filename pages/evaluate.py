@@ -108,7 +108,8 @@ def unlike_view(metrics: dict) -> None:
         f"data**: beyond the {found['percentile']:g}th percentile of the validation images' feature distance "
         f"({found['threshold']:.1f}); about {100 - found['percentile']:g}% would be expected for images like them."
     )
-    if found["fraction_flagged"] > 2 * (100 - found["percentile"]) / 100 + 0.02:
+    expected = (100 - found["percentile"]) / 100
+    if found["flagged"] >= 3 and found["fraction_flagged"] > 2 * expected + 0.02:  # not one image of a small set
         st.warning(text + " These images differ from what the model learned from.", icon=":material/report:")
     else:
         st.caption(text)
