@@ -287,9 +287,8 @@ def plan_stage(
         return None
     else:
         cut, note = later
-    cuts = [cut] + ([later[0]] if stage == "frozen" and later and later[0] != cut else [])
-    lowers = [split_at(model, c)[0] for c in cuts]
-    upper = split_at(model, cut)[1]
+    lower, upper = split_at(model, cut)
+    lowers = [lower] + ([split_at(model, later[0])[0]] if stage == "frozen" and later and later[0] != cut else [])
     labels = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
