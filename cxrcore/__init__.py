@@ -16,7 +16,10 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     training/layers      the Keras layers models are made of (in-graph preprocessing, the custom CNN)
     training/model       flat backbone+head models, stage freezing, loading
     training/pipeline    tf.data input pipeline and augmentation
-    training/devices     GPUs/CPU, mixed precision, tf.distribute strategy
+    training/devices     GPUs/CPU, mixed precision, tf.distribute strategy (several machines: TF_CONFIG)
+    training/distributed the training loop for several workers (model.fit cannot drive that strategy)
+    training/features    training on cached activations: the frozen part runs once per image
+    training/activation_store  the on-disk activation cache (size limit, oldest first out)
     training/callbacks   checkpoint, history, progress, cancellation and resume-state callbacks
     training/train       two-stage training (resumable); writes a run directory
     evaluation/metrics   evaluation metrics as pure functions

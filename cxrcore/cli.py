@@ -72,6 +72,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float)
     p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 on a GPU")
+    p.add_argument(
+        "--xla",
+        choices=["auto", "on", "off"],
+        help="XLA-compile the training step (auto: on a GPU only, Keras's default; on a CPU it is slower)",
+    )
     p.add_argument("--no-cache", dest="cache", action="store_false", default=None)
     p.add_argument(
         "--no-feature-cache",
@@ -145,6 +150,7 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
         "val_fraction",
         "test_fraction",
         "mixed_precision",
+        "xla",
         "cache",
         "feature_cache",
         "augment_views",

@@ -23,6 +23,7 @@ from .errors import ConfigError, WeightsError
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
 CLASS_WEIGHTS = ("none", "balanced")
+XLA_MODES = ("auto", "on", "off")  # auto: Keras's choice (XLA on a GPU, not on a CPU or under tf.distribute)
 AUTO = "auto"  # weights: the backbone's default (see TrainConfig.resolved)
 
 
@@ -151,6 +152,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     mixed_precision: bool = False  # float16 compute; applied only on a GPU
+    xla: str = "auto"  # XLA compilation of the training step: auto | on | off (see XLA_MODES)
     cache: bool = True  # keep decoded, resized images in memory
     feature_cache: bool = True  # train frozen parts on cached activations (training.features); False: full passes
     augment_views: int = 4  # with augmentation and feature_cache: augmented views cached per image (0: full pass)
@@ -239,6 +241,7 @@ class TrainConfig:
             (self.fine_tune_lr_factor > 0, "fine_tune_lr_factor must be positive"),
             (self.patience >= 0 and self.reduce_lr_patience >= 0, "patience must be 0 or more"),
             (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}"),
+            (self.xla in XLA_MODES, f"xla must be one of {', '.join(XLA_MODES)}"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.head.pooling in POOLINGS, f"head.pooling must be one of {', '.join(POOLINGS)}"),
             (0 <= self.head.dropout < 1, "head.dropout must be in [0, 1)"),

@@ -10,6 +10,7 @@ from cxrcore import runs as run_files
 from cxrcore.config import (
     AUTO,
     LABEL_PRESETS,
+    XLA_MODES,
     AugmentConfig,
     HeadConfig,
     LabelScheme,
@@ -217,6 +218,13 @@ head_bn = c[3].checkbox("Batch norm in head", key="train_head_bn")
 c = st.columns(4)
 seed = c[0].number_input("Seed", 0, 2**31 - 1, 42, key="train_seed")
 mixed = c[1].checkbox("Mixed precision (GPU only)", key="train_mixed", disabled=not hw["gpus"])
+xla = c[1].selectbox(
+    "XLA",
+    XLA_MODES,
+    key="train_xla",
+    help="XLA-compile the training step. auto: on a GPU only (Keras's default); on a CPU it is slower. "
+    "run.json records whether each stage used it.",
+)
 max_steps = c[2].number_input("Max batches per epoch (0 = all)", 0, 100000, 0, key="train_max_steps")
 target_sensitivity = c[3].number_input(
     "Target sensitivity",
@@ -283,6 +291,7 @@ def build_config(backbone: str) -> TrainConfig:
         val_fraction=float(val_fraction),
         test_fraction=float(test_fraction),
         mixed_precision=mixed,
+        xla=xla,
         cache=cache,
         feature_cache=feature_cache,
         augment_views=int(augment_views),

@@ -13,7 +13,7 @@ import pytest
 from conftest import make_class_folders
 from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
-from cxrcore.errors import DataError, WeightsError
+from cxrcore.errors import ConfigError, DataError, WeightsError
 from cxrcore.evaluation.evaluate import evaluate_run
 from cxrcore.predict import Predictor
 from cxrcore.training.train import train
@@ -297,6 +297,22 @@ def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(tmp_p
     assert resumed.history()["epoch"].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_an_epoch_the_checkpoint_just_saved_is_linked_into_the_resume_state_not_saved_twice(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=20)  # 8 batches of 4 per epoch
+    calls = []
+    run = train(
+        tiny_config(root, batch_size=4, epochs=3, fine_tune_epochs=0),
+        out_dir=tmp_path / "m",
+        should_stop=lambda: calls.append(1) or len(calls) > 8,  # stops in epoch 2
+    )
+    state = run.resume_state()
+    assert state["epochs_done"] == 1 == state["best_epoch"]  # the first finite val_loss is the best so far
+    saved = run.path / runs.STATE_DIR / state["model"]
+    assert saved.stat().st_ino == run.file(runs.MODEL).stat().st_ino  # one file, not a second save
+    resumed = train(run.config(), run=run, resume=True)
+    assert resumed.info()["resumed_from_epoch"] == 1 and resumed.history()["epoch"].tolist() == [1, 2, 3]
+
+
 def _val_loss_of_saved_model(run: runs.RunDir) -> float:
     from cxrcore.evaluation.evaluate import predict_frame
     from cxrcore.training.model import load_model
@@ -434,6 +450,20 @@ def test_mixed_precision_is_only_used_on_a_gpu():
     assert devices["mixed_precision"] == has_gpu
     assert keras.mixed_precision.global_policy().name == ("mixed_float16" if has_gpu else "float32")
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_xla_is_an_option_and_each_stage_records_whether_it_ran(tmp_path):
+    import tensorflow as tf
+
+    root = make_class_folders(tmp_path / "d", per_class=12)
+    on = train(tiny_config(root, epochs=1, fine_tune_epochs=1, xla="on"), out_dir=tmp_path / "on")
+    assert on.status() == "succeeded"
+    assert (on.info()["frozen_xla"], on.info()["finetune_xla"]) == (True, True)
+    assert on.config().xla == "on"
+    auto = train(tiny_config(root, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "auto")
+    assert auto.info()["frozen_xla"] == bool(tf.config.list_physical_devices("GPU"))  # Keras: XLA on a GPU only
+    with pytest.raises(ConfigError, match="xla must be one of auto, on, off"):
+        tiny_config(root, xla="yes").validate()
 
 
 def test_compare_runs_lines_up_metrics_and_costs(trained):

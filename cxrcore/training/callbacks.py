@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,9 +157,20 @@ class Progress(_EpochRecorder):
             self._send("epoch", self.batches, logs)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` := ``source``'s file, as a hard link (no space, no time) or, where links fail, a copy.
+    Safe because every writer of these files writes a new file and renames it, never in place."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 class ResumeState(_EpochRecorder):
     """After every completed epoch: the full model (weights and optimizer state), the best
-    checkpoint as it stands, and where training stands.
+    checkpoint as it stands, and where training stands. When the checkpoint has just saved this
+    epoch, the epoch's model file is a hard link to it (the same state; one save instead of two).
 
     ``state/resume.json`` names the model file of the last completed epoch and the best
     epoch so far; ``state/best.keras`` is that epoch's checkpoint (a hard link to
@@ -182,7 +194,10 @@ class ResumeState(_EpochRecorder):
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1:04d}.keras"
         tmp = self.folder / f".tmp{os.getpid()}-{name}"
-        self.saved_model.save(tmp)
+        if self.checkpoint.best_epoch == epoch + 1 and self.checkpoint.saved_model is self.saved_model:
+            _link_or_copy(self.checkpoint.path, tmp)  # the checkpoint has just saved this very state
+        else:
+            self.saved_model.save(tmp)
         os.replace(tmp, self.folder / name)
         self._model_file = name
         if self.checkpoint.best_epoch is not None and self.checkpoint.best_epoch != self._linked_best:
@@ -194,14 +209,8 @@ class ResumeState(_EpochRecorder):
 
     def keep_best(self) -> None:
         """``state/best.keras`` := the current ``model.keras`` (a hard link, or a copy)."""
-        import shutil
-
         tmp = self.folder / f".tmp{os.getpid()}-{BEST_FILE}"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(self.checkpoint.path, tmp)
-        except OSError:
-            shutil.copyfile(self.checkpoint.path, tmp)
+        _link_or_copy(self.checkpoint.path, tmp)
         os.replace(tmp, self.folder / BEST_FILE)
         self._linked_best = self.checkpoint.best_epoch
 

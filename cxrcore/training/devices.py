@@ -1,10 +1,11 @@
 """Where training runs: GPU(s) or CPU, mixed precision, and the tf.distribute strategy.
 
 * several GPUs visible -> ``MirroredStrategy`` over all of them (one machine);
-* ``TF_CONFIG`` set (several machines) -> refused with the reason: Keras 3's ``model.fit`` cannot
-  train under ``MultiWorkerMirroredStrategy`` (batches reach the model as ``PerReplica`` values;
-  keras-team/keras#20585, tensorflow/tensorflow#72388), which the test suite checks with two
-  worker processes on one machine;
+* ``TF_CONFIG`` set (several machines) -> ``MultiWorkerMirroredStrategy``: synchronous data-parallel
+  training over all workers' devices. Keras 3's ``model.fit`` cannot drive it (keras-team/keras#20585),
+  so training then runs :func:`cxrcore.training.distributed.fit_distributed`. Every worker runs the
+  same command and writes its own run directory (on its own machine); worker 0 (or the ``chief``
+  task) is the one to use, and the test suite checks that the workers' models agree;
 * ``CXRCORE_CPU_REPLICAS=N`` on a machine without GPUs splits the CPU into N logical
   devices and mirrors over them: the multi-device code path, testable without GPUs;
 * otherwise TensorFlow's default strategy (one GPU, or the CPU).
@@ -14,6 +15,7 @@ Call :func:`configure_devices` before anything else initialises TensorFlow's run
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -31,18 +33,59 @@ def _split_cpu(replicas: int) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
 
 
+def _cluster() -> dict | None:
+    """``{"workers", "worker", "chief"}`` from ``TF_CONFIG``, or None when it is not set."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        found = json.loads(raw)
+        spec, task = found["cluster"], found["task"]
+        kind, index = str(task["type"]), int(task["index"])
+        machines = list(spec.get("chief", [])) + list(spec.get("worker", []))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            'TF_CONFIG must be JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            f'"task": {{"type": "worker", "index": 0}}}} ({type(exc).__name__}: {exc})'
+        ) from None
+    if kind not in ("chief", "worker") or not machines:
+        raise ConfigError(f"TF_CONFIG: task type {kind!r} is not a chief or a worker of a cluster with workers")
+    has_chief = bool(spec.get("chief"))
+    return {
+        "workers": len(machines),
+        "worker": index + (1 if kind == "worker" and has_chief else 0),
+        "chief": kind == "chief" or (kind == "worker" and index == 0 and not has_chief),
+    }
+
+
+def _multi_worker(cluster: dict, mixed_precision: bool) -> tuple[tf.distribute.Strategy, dict]:
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except (RuntimeError, ValueError) as exc:  # e.g. TensorFlow's runtime was started first
+        raise ConfigError(f"cannot join the workers named in TF_CONFIG: {exc}") from None
+    gpus = tf.config.list_physical_devices("GPU")
+    use_mixed = bool(mixed_precision and gpus)
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    return strategy, {
+        "device": f"{'GPU' if gpus else 'CPU'} on {cluster['workers']} workers",
+        "gpus": [gpu.name for gpu in gpus],
+        "replicas": int(strategy.num_replicas_in_sync),
+        "strategy": "multi-worker mirrored",
+        "mixed_precision": use_mixed,
+        **cluster,
+    }
+
+
 def configure_devices(mixed_precision: bool = False) -> tuple[tf.distribute.Strategy, dict]:
     """Pick devices and a strategy; returns ``(strategy, facts)`` for run.json.
 
     ``facts``: device (readable), gpus (names), replicas, strategy, mixed_precision.
-    Raises :class:`ConfigError` when ``TF_CONFIG`` asks for several machines (see the module docstring).
+    With ``TF_CONFIG``, also ``workers`` (how many), ``worker`` (this one's index) and ``chief``.
+    Raises :class:`ConfigError` when ``TF_CONFIG`` is not a valid cluster description for this.
     """
-    if os.environ.get("TF_CONFIG"):
-        raise ConfigError(
-            "TF_CONFIG is set, but training over several machines does not work with Keras 3 "
-            "(model.fit under MultiWorkerMirroredStrategy fails: keras-team/keras#20585). Train on one machine "
-            "(all its GPUs are used together) and unset TF_CONFIG"
-        )
+    cluster = _cluster()
+    if cluster is not None:
+        return _multi_worker(cluster, mixed_precision)
     gpus = tf.config.list_physical_devices("GPU")
     names = []
     for gpu in gpus:

@@ -33,6 +33,7 @@ from ..runs import write_csv
 from .backbones import get_backbone
 from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState
 from .devices import configure_devices
+from .distributed import fit_distributed, is_multi_worker
 from .features import plan_stage
 from .model import build_model, inference_function, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
@@ -74,8 +75,18 @@ def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretr
     unfreeze = config.unfreeze if config.unfreeze is not None else get_backbone(config.backbone).unfreeze
     n = set_stage(model, stage, unfreeze=unfreeze, pretrained=pretrained)
     lr = config.learning_rate * (config.fine_tune_lr_factor if stage == "finetune" else 1.0)
-    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=make_loss(config), metrics=compile_metrics())
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, lr),
+        loss=make_loss(config),
+        metrics=compile_metrics(),
+        jit_compile=jit_compile(config),
+    )
     return n
+
+
+def jit_compile(config: TrainConfig) -> bool | str:
+    """``compile``'s ``jit_compile`` for ``config.xla``."""
+    return {"auto": "auto", "on": True, "off": False}[config.xla]
 
 
 def compile_metrics() -> list:
@@ -95,20 +106,33 @@ def run_stage(
                 monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-7
             )
         )
+    strategy = tf.distribute.get_strategy()
     try:
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            initial_epoch=initial_epoch,
-            epochs=final_epoch,
-            callbacks=stage_callbacks,
-            class_weight=class_weight,
-            shuffle=False,
-            verbose=0,
-        )
+        if is_multi_worker(strategy):  # model.fit cannot drive it
+            ran = fit_distributed(
+                model,
+                train_ds,
+                val_ds,
+                strategy=strategy,
+                initial_epoch=initial_epoch,
+                epochs=final_epoch,
+                callbacks=stage_callbacks,
+                class_weight=class_weight,
+            )
+        else:
+            ran = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=initial_epoch,
+                epochs=final_epoch,
+                callbacks=stage_callbacks,
+                class_weight=class_weight,
+                shuffle=False,
+                verbose=0,
+            ).epoch
     except tf.errors.OpError as exc:
         raise (decode_error_from(exc) or exc) from None
-    return initial_epoch + len(history.epoch)
+    return initial_epoch + len(ran)
 
 
 def _attach_log(run: runs.RunDir) -> logging.Handler:
@@ -174,7 +198,12 @@ def train(
     started = time.time()
     try:
         with strategy.scope():
-            _train(config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume)
+            trained = _train(config, spec, image_size, frame, classes, run, progress, should_stop, devices, resume)
+        # outside the strategy: evaluation predicts on this machine alone (model.predict cannot run
+        # under a multi-worker strategy, and splitting inference over replicas gains nothing here)
+        finish_run(run, *trained, frame, classes, image_size, config, started)
+        if not trained[-1]:  # not cancelled: nothing is left to resume
+            shutil.rmtree(run.path / runs.STATE_DIR, ignore_errors=True)
         if run.is_final:
             evaluate_external(run, config)
             model_card.write(run)
@@ -258,8 +287,9 @@ def _restore(
 
 
 def _train(
-    config, spec, image_size, frame, classes, run, progress, should_stop, started, devices, resume
-) -> runs.RunDir:
+    config, spec, image_size, frame, classes, run, progress, should_stop, devices, resume
+) -> tuple[keras.Model, AtomicCheckpoint, int, bool]:
+    """The two stages; returns ``(model, checkpoint, epochs done, cancelled)`` for :func:`finish_run`."""
     keras.utils.set_random_seed(config.seed)
     pretrained = config.weights not in ("none", "")
     state = run.resume_state() if resume else None
@@ -399,8 +429,12 @@ def _train(
                 loss=model.loss,
                 metrics=compile_metrics(),
                 steps_per_execution=STEPS_PER_EXECUTION,  # small steps: the per-step overhead dominated
+                jit_compile=jit_compile(config),
             )
             run.update_info(**{f"{stage}_cut": plan.cut})
+        xla = bool(fitted.jit_compile) and not is_multi_worker(tf.distribute.get_strategy())  # its loop: no XLA
+        run.update_info(**{f"{stage}_xla": xla})
+        log.info("stage %s: XLA %s (xla=%s)", stage, "on" if xla else "off", config.xla)
         checkpoint.target = resume_state.target = model
         done = run_stage(
             fitted,
@@ -418,13 +452,10 @@ def _train(
         run.update_info(stage_seconds=seconds)  # the stage's wall time, computing its activations included
         if not cancel.cancelled:
             resume_state.mark_stage_complete(done)
-    result = finish_run(run, model, checkpoint, frame, classes, image_size, config, done, cancel.cancelled, started)
-    if not cancel.cancelled:
-        shutil.rmtree(run.path / runs.STATE_DIR, ignore_errors=True)
-    return result
+    return model, checkpoint, done, cancel.cancelled
 
 
-def finish_run(run, model, checkpoint, frame, classes, image_size, config, epochs_done, cancelled, started):
+def finish_run(run, model, checkpoint, epochs_done, cancelled, frame, classes, image_size, config, started):
     """Make sure a best model exists, learn from the validation split what evaluation and prediction
     apply (temperature, operating points, feature statistics: :func:`fit_on_validation`), evaluate
     it on the test split, record the outcome."""
