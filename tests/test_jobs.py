@@ -519,7 +519,7 @@ def test_two_worker_processes_train_one_model_under_multi_worker_mirrored_strate
     finally:
         for worker in workers:
             worker.kill()
-    for worker, (out, err) in zip(workers, outputs):
+    for worker, (_, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
     chief, other = (runs.RunDir(out.strip().splitlines()[-1]) for out, _ in outputs)
     for index, run in enumerate((chief, other)):

@@ -162,9 +162,9 @@ def compute_all(
     )
     started = time.time()
     together = keras.Model(lowers[0].inputs, [lowers[i].outputs[0] for i in missing])
-    images = make_dataset(frame, classes, image_size, batch_size=ACTIVATION_BATCH, cache=False, pixels=config.pixels).map(
-        lambda x, y: x
-    )
+    images = make_dataset(
+        frame, classes, image_size, batch_size=ACTIVATION_BATCH, cache=False, pixels=config.pixels
+    ).map(lambda x, y: x)
 
     def run(batches) -> list[np.ndarray]:
         out = together.predict(batches, verbose=0)
