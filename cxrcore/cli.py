@@ -37,6 +37,7 @@ def parse_augment(text: str):
 def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset folder or CSV manifest")
     p.add_argument("--config", help="start from this config.json (flags override it)")
+    p.add_argument("--recipe", help="start from a reference write-up's recipe (see `recipes`; flags override it)")
     p.add_argument("--backbone", help="registry name (see `backbones`)")
     p.add_argument("--weights", help="imagenet | none | path to a weights file")
     p.add_argument("--image-size", type=int)
@@ -126,7 +127,14 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
 
     from .config import AUTO, LABEL_PRESETS, TrainConfig, extend_scheme, parse_pairs
 
-    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.config and args.recipe:
+        raise CXRError("--config and --recipe both give a starting configuration: use one")
+    if args.recipe:
+        from .recipes import recipe_config
+
+        config = recipe_config(args.recipe)
+    else:
+        config = TrainConfig.load(args.config) if args.config else TrainConfig()
     if args.backbone is not None and args.backbone != config.backbone:
         config = replace(config, weights=AUTO, image_size=None, unfreeze=None)
     simple = [
@@ -227,6 +235,30 @@ def cmd_train(args) -> int:
 
         run = train(config, out_dir=args.out, progress=_print_epoch)
     print(run.path)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    """One line per recipe, name first; ``--show NAME`` prints one recipe in full."""
+    from .recipes import RECIPES, get_recipe
+
+    if args.show:
+        recipe = get_recipe(args.show)
+        print(f"{recipe.name}: {recipe.description}")
+        print(f"write-up: {recipe.writeup}")
+        print(f"how it maps: {recipe.mapping}")
+        print("stated by the write-up:")
+        print("\n".join(f"  - {line}" for line in recipe.stated))
+        print("not stated, chosen here:")
+        print("\n".join(f"  - {line}" for line in recipe.chosen))
+        data = recipe.data
+        print(f"its data: {data.name}; classes {', '.join(data.classes)}; {data.images or 'unstated'} images")
+        for figure in recipe.published:
+            print(f"published: {figure.metric} {figure.value} ({figure.note})")
+        print(json.dumps(recipe.config))
+        return 0
+    for recipe in RECIPES.values():
+        print(f"{recipe.name}\t{recipe.description}")
     return 0
 
 
@@ -500,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
+    p = sub.add_parser(
+        "recipes", help="the reference write-ups as recipes: one per line, name first (`train --recipe NAME`)"
+    )
+    p.add_argument("--show", metavar="NAME", help="one recipe in full: settings stated, chosen, published figures")
+    p.set_defaults(func=cmd_recipes)
     return parser
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from .data.io import PixelRules
 from .errors import ConfigError, WeightsError
+from .recipes import RECIPES
 
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
@@ -159,6 +160,7 @@ class TrainConfig:
     max_steps: int | None = None  # cap on batches per epoch (quick checks)
     seed: int = 42
     target_sensitivity: float = 0.95  # the operating point chosen on validation for each class
+    recipe: str = ""  # the recipe this configuration started from (cxrcore.recipes), if any
     # external validation: labelled datasets evaluated once the model is trained, each kept apart
     external: list[str] = field(default_factory=list)
     external_map: dict[str, str] = field(default_factory=dict)  # an external class -> a model class
@@ -242,6 +244,7 @@ class TrainConfig:
             (self.patience >= 0 and self.reduce_lr_patience >= 0, "patience must be 0 or more"),
             (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}"),
             (self.xla in XLA_MODES, f"xla must be one of {', '.join(XLA_MODES)}"),
+            (not self.recipe or self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)} (or empty)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.head.pooling in POOLINGS, f"head.pooling must be one of {', '.join(POOLINGS)}"),
             (0 <= self.head.dropout < 1, "head.dropout must be in [0, 1)"),

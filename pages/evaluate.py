@@ -8,6 +8,7 @@ import streamlit as st
 from cxrcore import runs
 from cxrcore.data.io import prepare_image
 from cxrcore.evaluation import model_card, plots
+from cxrcore.recipes import writeup_comparison
 from cxrcore.evaluation.compare import (
     bootstrap_caption,
     format_interval,
@@ -187,6 +188,40 @@ def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
         )
 
 
+def writeup_view(run) -> None:
+    """For a run started from a recipe: the figures its write-up published beside the run's."""
+    found = writeup_comparison(run)
+    if found is None:
+        return
+    recipe = found["recipe"]
+    with st.container(border=True):
+        st.markdown(f"**Recipe `{recipe.name}`**: {recipe.writeup}")
+        if found["rows"]:
+            table = pd.DataFrame(
+                {
+                    "metric": row["metric"],
+                    "write-up published": f"{row['published']:.3f} ({row['published_note']})",
+                    "this run": "n/a" if row["this_run"] is None else f"{row['this_run']:.3f}",
+                    "95% CI": "n/a"
+                    if row["ci_low"] is None
+                    else f"{row['ci_low']:.3f}–{row['ci_high']:.3f}",
+                    "published value inside the interval": "yes" if row["within_interval"] else "no",
+                }
+                for row in found["rows"]
+            )
+            st.dataframe(table, hide_index=True, width="stretch")
+        else:
+            st.caption("The write-up published no figure to compare with.")
+        if found["data_matches"]:
+            st.success(f"Data: {found['data']}.", icon=":material/check:")
+        else:
+            st.warning(
+                f"Not comparable as it stands: {found['data']}. The write-up's figure was measured on other "
+                "data; the difference says nothing about the recipe.",
+                icon=":material/compare_arrows:",
+            )
+
+
 def resume_offer() -> None:
     """The one resume path (the Train page's button and `train --resume` use it too)."""
     st.caption(
@@ -220,6 +255,7 @@ with tabs[0]:
     if test is not None:
         if status != "succeeded":
             st.caption("Metrics of the best checkpoint so far (evaluated by hand before the run finished).")
+        writeup_view(run)
         metrics_view(test.metrics, test.predictions(), key="evaluate_test")
     elif status == "succeeded":
         st.info(

@@ -218,6 +218,26 @@ def limitations(run: runs.RunDir, metrics: dict, evaluations: list, found_audit:
     return out
 
 
+def _writeup_section(run: runs.RunDir) -> list[str]:
+    """For a run started from a recipe: its write-up's published figures beside the run's."""
+    from ..recipes import writeup_comparison
+
+    found = writeup_comparison(run)
+    if found is None:
+        return []
+    recipe = found["recipe"]
+    lines = ["## Against its write-up", "", f"- Recipe `{recipe.name}`: {recipe.writeup}.", f"- Data: {found['data']}."]
+    for row in found["rows"]:
+        interval = "" if row["ci_low"] is None else f" (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f})"
+        this = "n/a" if row["this_run"] is None else f"{row['this_run']:.3f}"
+        lines.append(
+            f"- {row['metric']}: published {row['published']:.3f} ({row['published_note']}); this run {this}{interval}."
+        )
+    if not found["rows"]:
+        lines.append("- The write-up published no figure to compare with.")
+    return [*lines, ""]
+
+
 def render(run: runs.RunDir) -> str:
     """The model card of ``run``, as Markdown."""
     config = run.config()
@@ -264,6 +284,7 @@ def render(run: runs.RunDir) -> str:
             ]
     else:
         lines += ["## Results", "", "- No test results: the run has not finished.", ""]
+    lines += _writeup_section(run)
     lines += [*_external_section(metrics, evaluations), "", "## Limitations", ""]
     lines += [f"- {item}" for item in limitations(run, metrics, evaluations, found_audit)]
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"

@@ -43,8 +43,19 @@ _JOB_FIELDS = (
 
 
 def cmd_jobs_submit(args) -> int:
-    from .queue import submit, submit_comparison
+    from .queue import submit, submit_comparison, submit_group
 
+    recipes = [r.strip() for r in (args.recipe or "").split(",") if r.strip()]
+    if len(recipes) > 1:  # a comparison of recipes: each with the same flags on top
+        configs = []
+        for name in recipes:
+            args.recipe = name
+            configs.append(config_from_args(args))
+        group, ids = submit_group(configs, store=_jobs_store(args), out_dir=args.out)
+        print(f"comparison {group}: {len(ids)} recipes queued", file=sys.stderr)
+        for job_id in ids:
+            print(job_id)
+        return 0
     names = [b.strip() for b in (args.backbone or "").split(",") if b.strip()]
     if len(names) > 1:
         args.backbone = names[0]
@@ -142,7 +153,10 @@ def add_jobs_parser(sub) -> None:
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
     p = jsub.add_parser("submit", help="queue a training job (options as for train); prints the job id last")
     add_train_options(p)
-    p.epilog = "--backbone a,b,c queues a comparison: one job per backbone, same data and settings"
+    p.epilog = (
+        "--backbone a,b,c queues a comparison: one job per backbone, same data and settings; "
+        "--recipe a,b queues one job per recipe, the other flags applied to each"
+    )
     p.set_defaults(func=cmd_jobs_submit)
     p = jsub.add_parser("list", help="jobs, newest first")
     p.add_argument("--status", choices=STATUSES)

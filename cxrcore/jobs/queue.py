@@ -98,15 +98,29 @@ def submit_comparison(
     (:meth:`TrainConfig.for_backbone`)."""
     from ..training.backbones import get_backbone
 
-    store = store or JobStore()
     specs = [get_backbone(name) for name in backbones]
     if len(specs) < 1:
         raise JobError("a comparison needs at least one backbone")
-    _check_data(config)
+    configs = [config.for_backbone(spec.name) for spec in specs]
+    return submit_group(configs, store=store, out_dir=out_dir, start_scheduler=start_scheduler)
+
+
+def submit_group(
+    configs: list[TrainConfig],
+    *,
+    store: JobStore | None = None,
+    out_dir: str | Path | None = None,
+    start_scheduler: bool = True,
+) -> tuple[str, list[str]]:
+    """One job per configuration (several backbones, several recipes), queued as one comparison group;
+    returns (group, job ids). Every configuration's data is checked before any job is queued."""
+    store = store or JobStore()
+    if not configs:
+        raise JobError("a comparison needs at least one configuration")
+    for config in configs:
+        _check_data(config)
     group = "cmp-" + uuid.uuid4().hex[:8]
-    ids = []
-    for spec in specs:
-        ids.append(store.add(config.for_backbone(spec.name), group=group, out_dir=out_dir))
+    ids = [store.add(config, group=group, out_dir=out_dir) for config in configs]
     if start_scheduler:
         ensure_scheduler(store)
     return group, ids
