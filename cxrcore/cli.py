@@ -1,4 +1,4 @@
-"""``python -m cxrcore``: index, train, evaluate, predict, demo-data, backbones, jobs.
+"""``python -m cxrcore``: index, train, evaluate, predict, ensemble, recipes, demo-data, backbones, jobs.
 
 Machine-readable results go to stdout (the run directory, JSON lines); progress and
 logs go to stderr. A bad input exits with status 2 and one line ``error: ...``.
@@ -234,6 +234,26 @@ def cmd_train(args) -> int:
         from .training.train import train
 
         run = train(config, out_dir=args.out, progress=_print_epoch)
+    print(run.path)
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    """Average finished runs into a new run directory (printed last); its comparison with the best member
+    goes to stderr."""
+    from .ensemble import create, report
+
+    run = create(args.runs, tta=args.tta, out_dir=args.out)
+    found = report(run)
+    if found and found["best_member"]:
+        auc = found["difference"]["macro_auc"]
+        low, high = auc["ci_low"], auc["ci_high"]
+        interval = "n/a" if low is None else f"{low:+.3f} to {high:+.3f}"
+        print(
+            f"ensemble vs its best member {found['best_member']}: macro AUC {auc['difference']:+.3f} "
+            f"(95% CI {interval}, paired bootstrap over patients): {found['verdict']}",
+            file=sys.stderr,
+        )
     print(run.path)
     return 0
 
@@ -532,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
+    p = sub.add_parser("ensemble", help="average finished runs into a new run; prints its directory last")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories: same classes, same split of the same data")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip: each member also sees the mirror")
+    p.add_argument("--out", help="parent folder of the new run (default: beside the first member)")
+    p.set_defaults(func=cmd_ensemble)
     p = sub.add_parser(
         "recipes", help="the reference write-ups as recipes: one per line, name first (`train --recipe NAME`)"
     )

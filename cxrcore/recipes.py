@@ -392,9 +392,7 @@ def data_match(recipe: Recipe, classes: list[str], images: int) -> tuple[bool, s
     mine = {_norm(c) for c in classes}
     differences = []
     if theirs != mine:
-        differences.append(
-            f"classes {', '.join(classes)} against the write-up's {', '.join(recipe.data.classes)}"
-        )
+        differences.append(f"classes {', '.join(classes)} against the write-up's {', '.join(recipe.data.classes)}")
     if recipe.data.images and abs(images - recipe.data.images) > 0.1 * recipe.data.images:
         differences.append(f"{images:,} images against {recipe.data.images:,}")
     if differences:
@@ -417,9 +415,7 @@ def published_comparison(recipe: Recipe, metrics: dict, classes: list[str], imag
                 "this_run": metrics.get(figure.metric),
                 "ci_low": ci.get("ci_low"),
                 "ci_high": ci.get("ci_high"),
-                "within_interval": (
-                    ci.get("ci_low") is not None and ci["ci_low"] <= figure.value <= ci["ci_high"]
-                ),
+                "within_interval": (ci.get("ci_low") is not None and ci["ci_low"] <= figure.value <= ci["ci_high"]),
                 "data_matches": matches,
                 "data": why,
             }

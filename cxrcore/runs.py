@@ -47,6 +47,7 @@ PER_CLASS, SOURCE, CALIBRATION = "per_class.csv", "source.json", "calibration.js
 OPERATING_POINTS, FEATURE_STATS, MODEL_CARD = "operating_points.json", "ood.npz", "MODEL_CARD.md"
 LOG, TENSORBOARD, EXTERNAL, STATE_DIR = "train.log", "tensorboard", "external", "state"
 RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
+ENSEMBLE = "ensemble.json"  # an ensemble's members (cxrcore.ensemble)
 
 #: statuses :meth:`RunDir.status` returns
 STATUSES = ("new", "running", "interrupted", "succeeded", "failed", "cancelled")
@@ -187,6 +188,15 @@ class RunDir:
         from .training.backbones import get_backbone
 
         return get_backbone(config.backbone).input_size
+
+    def ensemble(self) -> dict | None:
+        """What an ensemble run is made of (``members``: run paths, ``tta``, ...); None for a trained run."""
+        return self.read_json(ENSEMBLE) if self.file(ENSEMBLE).exists() else None
+
+    def members(self) -> list[RunDir]:
+        """An ensemble's member runs, in order; empty for a trained run."""
+        found = self.ensemble()
+        return [RunDir(p) for p in found["members"]] if found else []
 
     def pixel_rules(self):
         """The pixel rules (:class:`cxrcore.data.io.PixelRules`) every image this run's model sees goes

@@ -202,9 +202,7 @@ def writeup_view(run) -> None:
                     "metric": row["metric"],
                     "write-up published": f"{row['published']:.3f} ({row['published_note']})",
                     "this run": "n/a" if row["this_run"] is None else f"{row['this_run']:.3f}",
-                    "95% CI": "n/a"
-                    if row["ci_low"] is None
-                    else f"{row['ci_low']:.3f}–{row['ci_high']:.3f}",
+                    "95% CI": "n/a" if row["ci_low"] is None else f"{row['ci_low']:.3f}–{row['ci_high']:.3f}",
                     "published value inside the interval": "yes" if row["within_interval"] else "no",
                 }
                 for row in found["rows"]

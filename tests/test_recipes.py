@@ -37,9 +37,14 @@ def test_the_settings_the_write_ups_state():
         0.001,
         16,
     )
-    assert dense.augment.flip and dense.fine_tune_epochs == 100 and (dense.val_fraction, dense.test_fraction) == (
-        0.1,
-        0.1,
+    assert (
+        dense.augment.flip
+        and dense.fine_tune_epochs == 100
+        and (dense.val_fraction, dense.test_fraction)
+        == (
+            0.1,
+            0.1,
+        )
     )
     assert get_recipe("densenet169-adamax").published[0].value == pytest.approx(0.9627)
     cnn, resnet152 = recipe_config("pneumonet-cnn"), recipe_config("pneumonet-resnet152v2")

@@ -78,10 +78,14 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
       of its images) and the unlike-the-training-data threshold (``ood.npz``).
 
     Returns the calibration dict (for the log)."""
+    from ..training.model import has_features
+
     classes, config, size = run.labels(), run.config(), run.image_size()
     val = frame[frame["split"] == "val"].reset_index(drop=True)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    raw, val_features = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=True)
+    with_features = has_features(model)  # an ensemble has no one backbone's features: no unlike-training check
+    found = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=with_features)
+    raw, val_features = found if with_features else (found, None)
     y = labels_of(val, classes)
     temperature = calib.fit_temperature(raw, y)
     scaled = calib.apply_temperature(raw, temperature)
@@ -98,7 +102,7 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
     if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
         train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed).reset_index(drop=True)
-    if len(train) >= 2:
+    if len(train) >= 2 and with_features:
         _, train_features = predict_frame(model, train, classes, size, config.batch_size, config.pixels, features=True)
         run.write_feature_stats(ood.fit(train_features, labels_of(train, classes), val_features))
     return calibration

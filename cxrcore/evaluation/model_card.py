@@ -89,7 +89,39 @@ def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[st
     return lines
 
 
+def _ensemble_section(run: runs.RunDir, found: dict) -> list[str]:
+    rows = []
+    for member in run.members():
+        metrics = member.metrics() or {}
+        auc = metrics.get("macro_auc")
+        rows.append(
+            [
+                member.run_id,
+                member.info().get("backbone"),
+                f"{member.image_size()} px",
+                f"{member.temperature():.3f}",
+                "n/a" if auc is None else f"{auc:.3f}",
+            ]
+        )
+    return [
+        "## Ensemble",
+        "",
+        "- The mean of its members' calibrated probabilities (each member's own temperature), "
+        + (
+            "each also averaged with the left-right mirrored image."
+            if found.get("tta") == "flip"
+            else "no test-time augmentation."
+        ),
+        "- Members share the classes and one split of the same data; their training is in their own model cards.",
+        "",
+        *_table(["member", "backbone", "input", "temperature", "test macro AUC"], rows),
+    ]
+
+
 def _training_section(run: runs.RunDir, config) -> list[str]:
+    found = run.ensemble()
+    if found is not None:
+        return _ensemble_section(run, found)
     info = run.info()
     rows = [
         ["backbone", config.backbone],

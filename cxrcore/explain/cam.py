@@ -192,10 +192,19 @@ class Explainer:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_predictor(cls, predictor, **kwargs) -> Explainer:
-        """An Explainer for a :class:`cxrcore.predict.Predictor`, at its backbone's registry layer."""
+    def for_predictor(cls, predictor, **kwargs) -> Explainer | EnsembleExplainer:
+        """An Explainer for a :class:`cxrcore.predict.Predictor`, at its backbone's registry layer; for an
+        ensemble run, an :class:`EnsembleExplainer` over its members."""
         from ..training.backbones import get_backbone
+        from ..training.model import load_model
 
+        members = predictor.run.members()
+        if members:
+            explainers = [
+                cls(load_model(m.require_model()), get_backbone(m.config().backbone).gradcam_layer, **kwargs)
+                for m in members
+            ]
+            return EnsembleExplainer(predictor.model, explainers)
         layer = get_backbone(predictor.run.config().backbone).gradcam_layer
         return cls(predictor.model, layer, **kwargs)
 
@@ -307,3 +316,31 @@ class Explainer:
         cam = np.asarray(cam)
         cam = cam.reshape(cam.shape[-2:]) if cam.ndim == 3 else cam
         return _normalise(_resize_map(cam.astype(np.float32), *self.input_size))
+
+
+class EnsembleExplainer:
+    """An ensemble's maps: the mean of its members' maps for the ensemble's class (each member's map at
+    its own layer, resized to the ensemble's input size), rescaled to [0, 1]. Members mirrored by
+    test-time augmentation are explained on the image as given."""
+
+    def __init__(self, model, members: list[Explainer]):
+        in_shape = tuple(model.inputs[0].shape)
+        self.model = model
+        self.members = members
+        self.input_size = (int(in_shape[1]), int(in_shape[2]))
+        self.num_classes = int(model.outputs[0].shape[-1])
+
+    def predicted_class(self, image_uint8: np.ndarray) -> int:
+        image = _as_rgb_uint8(image_uint8)
+        h, w = self.input_size
+        if image.shape[:2] != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+        return int(np.argmax(np.asarray(self.model(image.astype(np.float32)[None], training=False))[0]))
+
+    def heatmap(self, image_uint8: np.ndarray, class_index: int | None = None, method: str = "gradcam") -> np.ndarray:
+        from ..ensemble import member_maps_mean
+
+        if class_index is None:
+            class_index = self.predicted_class(image_uint8)
+        maps = [_resize_map(m.heatmap(image_uint8, class_index, method), *self.input_size) for m in self.members]
+        return member_maps_mean(maps)

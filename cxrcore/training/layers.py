@@ -51,6 +51,34 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="cxrcore")
+class Calibrate(keras.layers.Layer):
+    """Temperature scaling of probabilities, ``softmax(log p / T)``: in the graph what
+    :func:`cxrcore.evaluation.calibration.apply_temperature` does to a run's outputs (an ensemble
+    averages its members' calibrated probabilities)."""
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+
+    def call(self, probs):
+        logs = ops.log(ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0))
+        return ops.softmax(logs / self.temperature, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="cxrcore")
+class FlipLeftRight(keras.layers.Layer):
+    """The image mirrored left to right (test-time augmentation)."""
+
+    def call(self, x):
+        return ops.flip(x, axis=2)
+
+
 def simple_cnn(x):
     """The custom CNN's feature extractor: four conv blocks; returns the last feature map."""
     for i, filters in enumerate((32, 64, 128, 128), start=1):

@@ -171,6 +171,11 @@ def inference_function(model: keras.Model, image_size: int):
     return tf.function(forward, input_signature=[spec], autograph=False)
 
 
+def has_features(model: keras.Model) -> bool:
+    """Whether :func:`feature_model` applies: the model has one backbone and its ``head_pool``."""
+    return any(layer.name == "head_pool" for layer in model.layers)
+
+
 def feature_model(model: keras.Model) -> keras.Model:
     """``model`` with a second output: the global average of the backbone's last feature map (the
     input of the head's ``head_pool`` layer), the features :mod:`cxrcore.evaluation.ood` compares.

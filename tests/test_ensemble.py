@@ -1,0 +1,171 @@
+"""Ensembles of finished runs: one run that averages its members' calibrated probabilities."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_class_folders
+from cxrcore import runs
+from cxrcore.config import HeadConfig, TrainConfig
+from cxrcore.ensemble import check_members, create, report
+from cxrcore.errors import ConfigError
+from cxrcore.evaluation.calibration import apply_temperature
+from cxrcore.evaluation.intervals import paired_differences
+from cxrcore.explain.cam import EnsembleExplainer, Explainer
+from cxrcore.predict import Predictor
+from cxrcore.training.train import train
+
+
+def tiny(data, **changes) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        fine_tune_epochs=0,
+        patience=0,
+        reduce_lr_patience=0,
+        head=HeadConfig(dense_units=[8], dropout=0.0),
+        seed=3,
+    )
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ens")
+    data = make_class_folders(root / "d", per_class=20)
+    out = root / "m"
+    a = train(tiny(data), out_dir=out)
+    b = train(tiny(data, head=HeadConfig(dense_units=[16], dropout=0.0)), out_dir=out)
+    c = train(tiny(data, image_size=48), out_dir=out)  # another input size: resized inside the ensemble
+    other_split = train(tiny(data, seed=4), out_dir=out)
+    three = make_class_folders(root / "three", classes=("A", "B", "C"), per_class=10)
+    other_classes = train(tiny(three), out_dir=out)
+    return {"data": data, "out": out, "a": a, "b": b, "c": c, "split": other_split, "classes": other_classes}
+
+
+def test_an_ensemble_averages_its_members_calibrated_probabilities_and_is_a_run_like_any_other(members, tmp_path):
+    a, b = members["a"], members["b"]
+    run = create([a.path, b.path], out_dir=tmp_path)
+    assert run.status() == "succeeded" and run.ensemble()["members"] == [str(a.path), str(b.path)]
+    assert [m.path for m in run.members()] == [a.path, b.path]
+    for name in (runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.CALIBRATION, runs.OPERATING_POINTS, runs.MODEL_CARD):
+        assert run.file(name).is_file(), name
+    assert not run.file(runs.FEATURE_STATS).exists()  # no one backbone's features
+    assert run.split().equals(a.split()) and run.labels() == a.labels()
+    assert run.info()["backbone"] == "ensemble" and run.image_size() == 32
+    image = next(members["data"].rglob("*.png"))
+    ensemble, first, second = Predictor(run.path), Predictor(a.path), Predictor(b.path)
+    prepared = ensemble.prepare(str(image))[None].astype(np.float32)
+    raw = np.asarray(ensemble.model(prepared))  # before the ensemble's own temperature
+    expected = (first.probabilities(prepared) + second.probabilities(prepared)) / 2  # each member calibrated
+    np.testing.assert_allclose(raw, expected, atol=1e-5)
+    result = ensemble.predict([str(image)])[0]
+    assert result["decision"] is not None and result["unlike_training"] is None
+    assert set(result["probabilities"]) == {"A", "B"}
+    card = run.model_card()
+    assert "## Ensemble" in card and a.run_id in card and b.run_id in card
+
+
+def test_flip_test_time_augmentation_averages_each_member_over_the_image_and_its_mirror(members, tmp_path):
+    a, b = members["a"], members["b"]
+    run = create([a.path, b.path], tta="flip", out_dir=tmp_path)
+    image = next(members["data"].rglob("*.png"))
+    ensemble = Predictor(run.path)
+    x = ensemble.prepare(str(image))[None].astype(np.float32)
+    mirrored = x[:, :, ::-1, :]
+    expected = np.mean(
+        [
+            apply_temperature((np.asarray(p.model(x)) + np.asarray(p.model(mirrored))) / 2, p.temperature)
+            for p in (Predictor(a.path), Predictor(b.path))
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(np.asarray(ensemble.model(x)), expected, atol=1e-5)
+
+
+def test_members_of_other_input_sizes_are_resized_inside_and_maps_are_the_members_mean(members, tmp_path):
+    a, c = members["a"], members["c"]
+    run = create([a.path, c.path], out_dir=tmp_path)
+    assert run.image_size() == 48  # the largest member's
+    predictor = Predictor(run.path)
+    explainer = Explainer.for_predictor(predictor)
+    assert isinstance(explainer, EnsembleExplainer) and len(explainer.members) == 2
+    image = predictor.prepare(str(next(members["data"].rglob("*.png"))))
+    heat = explainer.heatmap(image, class_index=1)
+    assert heat.shape == (48, 48) and 0 <= heat.min() and heat.max() <= 1
+    maps = [Explainer.for_predictor(Predictor(m.path)).heatmap(image, class_index=1) for m in (a, c)]
+    from PIL import Image as PILImage
+
+    resized = [np.asarray(PILImage.fromarray(m, mode="F").resize((48, 48), PILImage.BILINEAR)) for m in maps]
+    mean = np.mean(resized, axis=0)
+    np.testing.assert_allclose(heat, mean / mean.max() if mean.max() > 0 else mean, atol=1e-4)
+
+
+def test_members_that_cannot_be_averaged_fairly_are_refused_with_what_differs(members, tmp_path):
+    a = members["a"]
+    with pytest.raises(ConfigError, match="do not share one split of the same data"):
+        check_members([a.path, members["split"].path])
+    with pytest.raises(ConfigError, match="members predict different classes"):
+        check_members([a.path, members["classes"].path])
+    with pytest.raises(ConfigError, match="at least two runs"):
+        check_members([a.path])
+    with pytest.raises(ConfigError, match="listed twice"):
+        check_members([a.path, a.path])
+    with pytest.raises(ConfigError, match="tta must be one of none, flip"):
+        create([a.path, members["b"].path], tta="rotate", out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written for a refused ensemble
+
+
+def test_report_says_whether_the_ensemble_beats_its_best_member_with_a_paired_interval(members, tmp_path):
+    run = create([members["a"].path, members["b"].path], out_dir=tmp_path)
+    found = report(run, resamples=200)
+    assert [r["role"] for r in found["rows"]] == ["ensemble", "member", "member"]
+    assert found["best_member"] in (members["a"].run_id, members["b"].run_id)
+    auc = found["difference"]["macro_auc"]
+    assert found["verdict"] in ("better", "worse", "no clear difference")
+    best = next(r for r in found["rows"] if r["run"] == found["best_member"])
+    assert auc["difference"] == pytest.approx(run.metrics()["macro_auc"] - best["macro_auc"], abs=1e-9)
+    assert found["n"] == run.metrics()["n"]
+    assert report(members["a"]) is None  # not an ensemble
+
+
+def test_paired_differences_by_hand():
+    y = np.array([0, 1, 0, 1, 0, 1])
+    right = np.eye(2)[y] * 0.8 + 0.1  # every image called right
+    wrong = np.eye(2)[1 - y] * 0.8 + 0.1  # every image called wrong
+    same = paired_differences(y, right, right, resamples=100)
+    assert same["accuracy"] == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    apart = paired_differences(y, right, wrong, resamples=100)
+    assert apart["accuracy"] == {"difference": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert apart["macro_auc"]["difference"] == pytest.approx(1.0)  # AUC 1 against AUC 0
+
+
+def test_ensemble_cli_prints_the_new_run_last(members, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrcore", "ensemble", str(members["a"].path), str(members["b"].path)]
+        + ["--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = runs.RunDir(proc.stdout.strip().splitlines()[-1])
+    assert run.ensemble() is not None and run.path.parent == tmp_path
+    assert "ensemble vs its best member" in proc.stderr
+    refused = subprocess.run(
+        [sys.executable, "-m", "cxrcore", "ensemble", str(members["a"].path), str(members["split"].path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "do not share one split" in refused.stderr
