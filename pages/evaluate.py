@@ -8,7 +8,6 @@ import streamlit as st
 from cxrcore import runs
 from cxrcore.data.io import prepare_image
 from cxrcore.evaluation import model_card, plots
-from cxrcore.recipes import writeup_comparison
 from cxrcore.evaluation.compare import (
     bootstrap_caption,
     format_interval,
@@ -22,6 +21,7 @@ from cxrcore.evaluation.compare import (
 )
 from cxrcore.evaluation.sanity import learned_nothing, transfer_drop
 from cxrcore.jobs import queue as job_queue
+from cxrcore.recipes import writeup_comparison
 from pages.shared import CXRError, jobs, pick_run, require_app, show_error
 
 require_app()
