@@ -1,4 +1,4 @@
-"""``python -m cxrcore``: index, train, evaluate, predict, ensemble, recipes, demo-data, backbones, jobs.
+"""``python -m cxrcore``: index, train, evaluate, predict, ensemble, export, recipes, demo-data, backbones, jobs.
 
 Machine-readable results go to stdout (the run directory, JSON lines); progress and
 logs go to stderr. A bad input exits with status 2 and one line ``error: ...``.
@@ -255,6 +255,17 @@ def cmd_ensemble(args) -> int:
             file=sys.stderr,
         )
     print(run.path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export a run's model (calibrated) as a SavedModel or a TFLite file; the path is printed last and its
+    input spec (``<path>.json``) sits beside it."""
+    from .export import export
+
+    path = export(args.run, args.format, args.out)
+    print(f"input spec: {path.with_name(path.name + '.json')}", file=sys.stderr)
+    print(path)
     return 0
 
 
@@ -552,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
+    p = sub.add_parser("export", help="export a run's model as a SavedModel or TFLite file; prints the path last")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--format", choices=["savedmodel", "tflite"], required=True)
+    p.add_argument("--out", help="folder to write into (default: the run's export/)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("ensemble", help="average finished runs into a new run; prints its directory last")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories: same classes, same split of the same data")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip: each member also sees the mirror")

@@ -48,6 +48,8 @@ OPERATING_POINTS, FEATURE_STATS, MODEL_CARD = "operating_points.json", "ood.npz"
 LOG, TENSORBOARD, EXTERNAL, STATE_DIR = "train.log", "tensorboard", "external", "state"
 RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
 ENSEMBLE = "ensemble.json"  # an ensemble's members (cxrcore.ensemble)
+NOTES = "notes.json"  # the user's name and note for a run (the one file a finished run still takes edits in)
+NAME_MAX = 60
 
 #: statuses :meth:`RunDir.status` returns
 STATUSES = ("new", "running", "interrupted", "succeeded", "failed", "cancelled")
@@ -188,6 +190,28 @@ class RunDir:
         from .training.backbones import get_backbone
 
         return get_backbone(config.backbone).input_size
+
+    def annotation(self) -> dict:
+        """``{"name", "note"}`` the user gave the run (empty strings when none)."""
+        found = self.read_json(NOTES) if self.file(NOTES).exists() else {}
+        return {"name": str(found.get("name") or ""), "note": str(found.get("note") or "")}
+
+    def annotate(self, name: str | None = None, note: str | None = None) -> dict:
+        """Set the run's name (one line, at most :data:`NAME_MAX` characters) and/or note; None keeps the
+        current one. Kept in ``notes.json``, apart from the run's own record, so naming a finished run
+        changes none of its results."""
+        if not self.exists():
+            raise RunError(f"{self.path} is not a run directory")
+        found = self.annotation()
+        if name is not None:
+            name = name.strip()
+            if "\n" in name or len(name) > NAME_MAX:
+                raise RunError(f"a run's name is one line of at most {NAME_MAX} characters")
+            found["name"] = name
+        if note is not None:
+            found["note"] = note.strip()
+        write_json(self.file(NOTES), found)
+        return found
 
     def ensemble(self) -> dict | None:
         """What an ensemble run is made of (``members``: run paths, ``tta``, ...); None for a trained run."""
@@ -400,6 +424,7 @@ class RunDir:
         info, metrics = self.info(), self.metrics() or {}
         return {
             "run_id": self.run_id,
+            "name": self.annotation()["name"],
             "path": str(self.path),
             "backbone": self.read_json(CONFIG).get("backbone"),
             "status": self.status(),

@@ -2,10 +2,24 @@
 
 import streamlit as st
 
+from cxrcore import ensemble
 from cxrcore import runs as run_files
 from cxrcore.evaluation import plots
-from cxrcore.evaluation.compare import bootstrap_caption, compare_table, has_intervals, level_percent
-from cxrcore.evaluation.evaluate import better, compare_runs, external_results
+from cxrcore.evaluation.compare import (
+    bootstrap_caption,
+    compare_table,
+    format_value,
+    has_intervals,
+    level_percent,
+)
+from cxrcore.evaluation.evaluate import (
+    better,
+    comparability,
+    compare_runs,
+    evaluate_runs,
+    external_results,
+    rankable,
+)
 from cxrcore.explain.cam import METHOD_LABELS
 from pages.shared import CXRError, analyse, no_models, require_app, run_label, show_error, trained_runs
 
@@ -30,15 +44,52 @@ if len(chosen) < 2:
     st.info("Pick at least two runs.")
     st.stop()
 
-table = compare_runs([r["path"] for r in chosen])
+paths = [r["path"] for r in chosen]
+table = compare_runs(paths)
 run_metrics = {r["run_id"]: run_files.RunDir(r["path"]).metrics() for r in chosen}
+found = comparability(paths)
+if not found["comparable"]:
+    st.warning(
+        "**Not comparable as they stand**: no best is named across these runs on their own test splits, "
+        "because " + "; and ".join(found["differences"]) + ".",
+        icon=":material/compare_arrows:",
+    )
+    if found["common_external"]:
+        st.caption(
+            "They can be compared on external data every one of them was evaluated on: the rows named "
+            + ", ".join(f"`{d}: ...`" for d in found["common_external"])
+            + (
+                ""
+                if found["same_classes"]
+                else f" (with different classes, only the one-vs-rest AUC of a class they all have: "
+                f"{', '.join(found['shared_classes']) or 'none'})"
+            )
+            + " name a best."
+        )
+    with st.expander("Compare them on one labelled dataset from elsewhere", expanded=not found["common_external"]):
+        st.caption(
+            "Each run is evaluated on the same images with its own label scheme and class map; its result is "
+            "kept in the run (Evaluate page, External validation) and added to the table below."
+        )
+        c = st.columns([4, 1])
+        folder = c[0].text_input("Labelled folder or CSV manifest", key="compare_external_data")
+        skip = c[1].checkbox("Skip unknown classes", key="compare_external_skip")
+        if st.button("Evaluate every run on it", key="compare_external_go", disabled=not folder.strip()):
+            with st.spinner("Evaluating each run..."):
+                outcome = evaluate_runs(paths, folder.strip(), drop_unknown=skip)
+            failed = {run_id: why for run_id, why in outcome.items() if why}
+            for run_id, why in failed.items():
+                st.error(f"`{run_id}`: {why}")
+            if not failed:
+                st.rerun()
 
 
 def best_style(row):
-    """Green where a row's point value is the best (numbers of ``compare_runs``, not the text)."""
+    """Green where a row's point value is the best (numbers of ``compare_runs``, not the text), on the rows
+    where the runs can be ranked (:func:`rankable`)."""
     rule = better(row.name)
     values = row.apply(lambda v: v if isinstance(v, (int, float)) else None).astype(float)
-    if rule is None or values.isna().all():
+    if rule is None or values.isna().all() or not rankable(row.name, found):
         return [""] * len(row)
     best = values.max() if rule == "max" else values.min()
     return ["background-color: #d7f5dd; font-weight: 600" if v == best else "" for v in values]
@@ -52,12 +103,53 @@ def cell(value) -> str:
     return str(value)
 
 
+def ensemble_view(run) -> None:
+    """An ensemble against its members: each one's test metrics with intervals, and the paired difference
+    from its best member (:func:`cxrcore.ensemble.report`)."""
+    found = ensemble.report(run)
+    if found is None:
+        st.caption(f"`{run.run_id}` has no test results to compare with its members.")
+        return
+    st.markdown(f"**`{run.run_id}`** against its members (test split)")
+    st.dataframe(
+        [
+            {
+                "run": row["run"],
+                "role": row["role"],
+                "backbone": row["backbone"],
+                "accuracy": format_value(row["accuracy"], interval_of(row["accuracy_ci"])),
+                "macro AUC": format_value(row["macro_auc"], interval_of(row["macro_auc_ci"])),
+            }
+            for row in found["rows"]
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+    if found["best_member"]:
+        auc = found["difference"]["macro_auc"]
+        spread = "n/a" if auc["ci_low"] is None else f"{auc['ci_low']:+.3f} to {auc['ci_high']:+.3f}"
+        text = (
+            f"Ensemble minus its best member (`{found['best_member']}`): macro AUC {auc['difference']:+.3f}, "
+            f"95% CI {spread} (paired bootstrap over patients, {found['n']} test images)."
+        )
+        if found["verdict"] == "better":
+            st.success(f"It beats its best member. {text}")
+        elif found["verdict"] == "worse":
+            st.error(f"It is worse than its best member. {text}")
+        else:
+            st.info(f"No clear difference from its best member: the interval includes 0. {text}")
+
+
+def interval_of(bounds):
+    return None if not bounds or bounds.get("ci_low") is None else (bounds["ci_low"], bounds["ci_high"])
+
+
 styles = table.apply(best_style, axis=1, result_type="broadcast")
 display = table.apply(lambda column: column.map(cell))
 intervals = compare_table(run_metrics, external_results([r["path"] for r in chosen]))
 display.update(intervals.reindex(index=display.index, columns=display.columns).dropna(how="all"))
 
-st.subheader("Metrics (best in green)")
+st.subheader("Metrics (best in green, where they can be ranked)")
 st.dataframe(
     display.style.apply(lambda _: styles, axis=None), width="stretch", height=35 * (len(display) + 1) + 3
 )  # every row in view
@@ -101,6 +193,34 @@ if metrics:
         col.plotly_chart(
             plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch", key=f"compare_cm_{run_id}"
         )
+
+st.subheader("Ensemble")
+ensembles = [r for r in chosen if run_files.RunDir(r["path"]).ensemble() is not None]
+for r in ensembles:
+    ensemble_view(run_files.RunDir(r["path"]))
+members = [r for r in chosen if run_files.RunDir(r["path"]).ensemble() is None]
+if len(members) >= 2:
+    c = st.columns([1, 3])
+    tta = c[0].toggle("Flip test-time augmentation", key="compare_tta", help="each member also sees the mirror")
+    names = ", ".join(f"`{r['run_id']}`" for r in members)
+    c[1].caption(
+        f"Average the calibrated probabilities of {names} into a new run "
+        "that evaluates, predicts, explains and compares like any other. Members must share classes and one "
+        "split of the same data."
+    )
+    if st.button("Make an ensemble of these runs", key="compare_make_ensemble"):
+        try:
+            with st.spinner("Building and evaluating the ensemble..."):
+                made = ensemble.create([r["path"] for r in members], tta="flip" if tta else "none")
+            st.session_state["compare_made"] = str(made.path)
+        except CXRError as exc:
+            show_error(exc)
+    made = st.session_state.get("compare_made")
+    if made and run_files.RunDir(made).exists():
+        st.success(f"Ensemble `{run_files.RunDir(made).run_id}` written: pick it above to compare it further.")
+        ensemble_view(run_files.RunDir(made))
+elif not ensembles:
+    st.caption("Pick at least two trained runs (not ensembles) to average them into an ensemble.")
 
 st.subheader("One image through every run")
 c = st.columns([3, 1])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxrcore import runs
+from cxrcore import export, runs
 from cxrcore.data.io import prepare_image
 from cxrcore.evaluation import model_card, plots
 from cxrcore.evaluation.compare import (
@@ -37,6 +37,24 @@ st.caption(
 )
 if (verdict := learned_nothing(run)) is not None:
     st.error(verdict, icon=":material/block:")
+annotation = run.annotation()
+if annotation["note"]:
+    st.markdown(f"*{annotation['note']}*")
+with st.expander("Name and note", icon=":material/edit_note:"):
+    with st.form(f"evaluate_notes_{run.run_id}", border=False):
+        name = st.text_input(
+            "Name (shown in every run picker)",
+            annotation["name"],
+            max_chars=runs.NAME_MAX,
+            key=f"evaluate_name_{run.run_id}",
+        )
+        note = st.text_area("Note", annotation["note"], height=80, key=f"evaluate_note_{run.run_id}")
+        if st.form_submit_button("Save"):
+            try:
+                run.annotate(name=name, note=note)
+                st.rerun()
+            except CXRError as exc:
+                show_error(exc)
 
 
 def reevaluate_command(data: str | None) -> str:
@@ -234,7 +252,7 @@ def resume_offer() -> None:
             show_error(exc)
 
 
-tabs = st.tabs(["Test split", "Training curves", "External validation", "Model card"])
+tabs = st.tabs(["Test split", "Training curves", "External validation", "Model card", "Export"])
 with tabs[0]:
     test = run.test_evaluation()
     if status == "running":
@@ -331,3 +349,26 @@ with tabs[3]:
         c[2].caption(f"`{run.file(runs.MODEL_CARD)}`")
         with st.container(border=True):  # headings two levels down: the card sits inside the page
             st.markdown(card.replace("\n## ", "\n#### ").replace("# Model card:", "### Model card:", 1))
+
+with tabs[4]:
+    st.caption(
+        "The run's best model with its calibration applied, for use outside CXR Lab: a TensorFlow SavedModel or a "
+        "TFLite (LiteRT) file. Its input spec (shape, pixel range, how an image is prepared, class names, the "
+        "temperature, the operating points) is written beside it as JSON and included in the download."
+    )
+    if not run.has_model():
+        st.info("This run has no model to export yet.")
+    else:
+        c = st.columns(2)
+        for col, (fmt, label) in zip(c, (("savedmodel", "SavedModel"), ("tflite", "TFLite"))):
+            if col.button(f"Export {label}", key=f"evaluate_export_{fmt}"):
+                try:
+                    with st.spinner(f"Exporting {label}..."):
+                        st.session_state[f"evaluate_exported_{fmt}"] = str(export.export(run.path, fmt))
+                except CXRError as exc:
+                    show_error(exc)
+            written = st.session_state.get(f"evaluate_exported_{fmt}")
+            if written and Path(written).exists() and Path(written).is_relative_to(run.path):
+                data, name = export.download_bytes(written)
+                col.success(f"Written: `{written}`")
+                col.download_button(f"Download {name}", data, file_name=name, key=f"evaluate_download_{fmt}")

@@ -176,7 +176,8 @@ def run_label(run: dict) -> str:
         else f" · acc {acc:.3f}"
         + (f" ({ci['ci_low']:.2f}–{ci['ci_high']:.2f})" if ci.get("ci_low") is not None else " (no CI)")
     )
-    return f"{run['run_id']} · {run['backbone']}{acc}"
+    name = f"{run['name']} · " if run.get("name") else ""
+    return f"{name}{run['run_id']} · {run['backbone']}{acc}"
 
 
 def pick_run(key: str, label: str = "Model (run)") -> dict | None:

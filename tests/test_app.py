@@ -672,3 +672,105 @@ def test_train_page_shows_the_activation_cache_and_clears_it(app, monkeypatch, t
     at.run()
     assert any("Cleared:" in s.value for s in at.success)
     assert activation_store.usage()["entries"] == 0
+
+
+def test_train_page_fills_the_form_from_a_recipe_in_one_click_and_the_run_records_it(app, monkeypatch):
+    from cxrcore.jobs import queue
+    from cxrcore.jobs.store import JobStore, default_db
+
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)  # queue only: nothing trains here
+    at = app("pages/train.py")
+    at.selectbox(key="train_recipe").set_value("densenet169-adamax")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="train_backbones").value == ["densenet169"]
+    assert at.selectbox(key="train_optimizer").value == "adamax"
+    assert (at.number_input(key="train_batch").value, at.number_input(key="train_ft_epochs").value) == (16, 100)
+    assert at.checkbox(key="train_flip").value is True
+    assert any("80% training, 10% validation, 10% test" in m.value for m in at.markdown)  # what it states
+    at.number_input(key="train_ft_epochs").set_value(2)  # the user changes one setting before starting
+    at.run()
+    at.button(key="train_start").click()
+    at.run()
+    (job,) = JobStore(default_db()).list()
+    config = job["config"]
+    assert (config["recipe"], config["backbone"], config["optimizer"]) == (
+        "densenet169-adamax",
+        "densenet169",
+        "adamax",
+    )
+    assert (config["batch_size"], config["fine_tune_epochs"], config["augment"]["flip"]) == (16, 2, True)
+
+
+def test_train_page_queues_several_recipes_as_one_comparison(app, monkeypatch):
+    from cxrcore.jobs import queue
+    from cxrcore.jobs.store import JobStore, default_db
+
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)
+    at = app("pages/train.py")
+    at.multiselect(key="train_recipes_many").set_value(["vgg16-binary", "pneumonet-cnn"])
+    at.run()
+    at.button(key="train_recipes_start").click()
+    at.run()
+    assert any("2 recipes, one job each" in s.value for s in at.success)
+    queued = JobStore(default_db()).list()
+    assert sorted(j["config"]["recipe"] for j in queued) == ["pneumonet-cnn", "vgg16-binary"]
+    assert len({j["group_id"] for j in queued}) == 1
+
+
+@pytest.fixture(scope="module")
+def same_split_runs(tmp_path_factory, demo):
+    """Two finished runs on one split of the demo data (same seed), different heads, one from a recipe."""
+    out = tmp_path_factory.mktemp("same-split")
+    train(tiny_config(demo, seed=5, recipe="vgg16-binary"), out_dir=out)
+    train(tiny_config(demo, seed=5, head=HeadConfig(dense_units=[16])), out_dir=out)
+    return out
+
+
+def test_compare_page_says_runs_on_different_splits_are_not_comparable(app, models, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))  # seeds 1 and 2: two different test splits
+    at = app("pages/compare.py")
+    warning = next(w.value for w in at.warning if "Not comparable as they stand" in w.value)
+    assert "different test splits of the same data" in warning
+    assert any("Evaluate every run on it" == b.label for b in at.button)  # the offer of a common external set
+
+
+def test_compare_page_makes_an_ensemble_and_says_whether_it_beats_its_best_member(app, same_split_runs, monkeypatch):
+    monkeypatch.setenv("CXRCORE_MODELS", str(same_split_runs))
+    at = app("pages/compare.py")
+    assert not any("Not comparable" in w.value for w in at.warning)
+    at.button(key="compare_make_ensemble").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Ensemble `" in s.value and "written" in s.value for s in at.success)
+    verdict = everything_shown(at)
+    assert "Ensemble minus its best member" in verdict and "paired bootstrap over patients" in verdict
+    table = next(d.value for d in at.dataframe if "role" in d.value.columns)
+    assert table["role"].tolist() == ["ensemble", "member", "member"]
+    made = [p for p in same_split_runs.iterdir() if p.name.endswith("-ensemble")]
+    assert len(made) == 1 and (made[0] / "ensemble.json").is_file()
+
+
+def test_evaluate_page_names_a_run_and_shows_its_write_up_figure(app, same_split_runs, monkeypatch):
+    from cxrcore.runs import RunDir, list_runs
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(same_split_runs))
+    recipe_run = next(r for r in list_runs(same_split_runs) if RunDir(r["path"]).config().recipe == "vgg16-binary")
+    at = app("pages/evaluate.py")
+    options = at.selectbox(key="evaluate_run").options
+    at.selectbox(key="evaluate_run").select_index(next(i for i, o in enumerate(options) if recipe_run["run_id"] in o))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = everything_shown(at)
+    assert "Recipe `vgg16-binary`" in shown
+    assert "Not comparable as it stands: different data" in shown
+    table = next(d.value for d in at.dataframe if "write-up published" in d.value.columns)
+    assert table["write-up published"].tolist() == ["0.870 (test set)"]
+    before = RunDir(recipe_run["path"]).file("run.json").read_bytes()
+    at.text_input(key=f"evaluate_name_{recipe_run['run_id']}").set_value("binary baseline")
+    at.text_area(key=f"evaluate_note_{recipe_run['run_id']}").set_value("first try on the demo set")
+    next(b for b in at.button if b.label == "Save").click()
+    at.run()
+    assert RunDir(recipe_run["path"]).annotation() == {"name": "binary baseline", "note": "first try on the demo set"}
+    assert RunDir(recipe_run["path"]).file("run.json").read_bytes() == before  # the run's record is untouched
+    assert any("binary baseline" in o for o in at.selectbox(key="evaluate_run").options)

@@ -169,3 +169,51 @@ def test_ensemble_cli_prints_the_new_run_last(members, tmp_path):
         timeout=300,
     )
     assert refused.returncode == 2 and "do not share one split" in refused.stderr
+
+
+def test_comparability_names_what_keeps_runs_apart_and_what_they_can_still_be_ranked_on(members, tmp_path):
+    from cxrcore.evaluation.evaluate import comparability, compare_runs, evaluate_runs, rankable
+
+    a, b, split, three = members["a"], members["b"], members["split"], members["classes"]
+    same = comparability([a.path, b.path])
+    assert same["comparable"] and same["differences"] == [] and rankable("accuracy", same)
+    apart = comparability([a.path, split.path])
+    assert not apart["comparable"] and apart["same_classes"]
+    assert apart["differences"][0].startswith("different test splits of the same data")
+    assert not rankable("accuracy", apart) and not rankable("AUC A", apart)
+    assert rankable("parameters", apart) and not rankable("training time (s)", apart)
+    other = comparability([a.path, three.path])
+    assert other["differences"][0].startswith("classes differ") and other["shared_classes"] == ["A", "B"]
+    assert any(d.startswith("trained on different data") for d in other["differences"])
+    # a common external set: both evaluated on the same labelled folder
+    external = make_class_folders(tmp_path / "elsewhere", per_class=6)
+    assert evaluate_runs([a.path, split.path, three.path], external) == {
+        a.run_id: None,
+        split.run_id: None,
+        three.run_id: None,
+    }
+    apart, other = comparability([a.path, split.path]), comparability([a.path, three.path])
+    assert apart["common_external"] == other["common_external"] == ["elsewhere"]
+    assert rankable("elsewhere: accuracy", apart) and rankable("elsewhere: macro AUC", apart)
+    assert not rankable("elsewhere: accuracy", other)  # a two-class and a three-class accuracy
+    assert rankable("elsewhere: AUC A", other) and not rankable("elsewhere: AUC C", other)
+    table = compare_runs([a.path, three.path])
+    assert {"elsewhere: AUC A", "elsewhere: AUC B"} <= set(table.index)
+    assert "elsewhere: AUC A" not in compare_runs([a.path, split.path]).index  # same classes: not needed
+
+
+def test_a_run_takes_a_name_and_a_note_without_touching_its_record(members):
+    import hashlib
+
+    run = members["b"]
+    before = {n: hashlib.sha256(run.file(n).read_bytes()).hexdigest() for n in (runs.INFO, runs.METRICS, runs.MODEL)}
+    assert run.annotation() == {"name": "", "note": ""}
+    run.annotate(name="  wider head ", note="16 units instead of 8")
+    assert run.annotation() == {"name": "wider head", "note": "16 units instead of 8"}
+    assert run.summary()["name"] == "wider head"
+    run.annotate(note="")  # the name stays
+    assert run.annotation() == {"name": "wider head", "note": ""}
+    with pytest.raises(runs.RunError, match="one line of at most 60 characters"):
+        run.annotate(name="x" * 61)
+    after = {n: hashlib.sha256(run.file(n).read_bytes()).hexdigest() for n in before}
+    assert after == before

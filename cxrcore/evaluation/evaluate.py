@@ -244,7 +244,8 @@ def better(row: str) -> str | None:
     """``"max"`` or ``"min"``: which way is better for a row of :func:`compare_runs` (None: neither)."""
     if row in BETTER:
         return BETTER[row]
-    if row.startswith("AUC ") or row.rsplit(": ", 1)[-1] in EXTERNAL_ROWS:
+    metric = row.rsplit(": ", 1)[-1]
+    if metric.startswith("AUC ") or metric in EXTERNAL_ROWS:
         return "max"
     return None
 
@@ -273,6 +274,8 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     """
     external = external_results(run_dirs)
     datasets = sorted({name for found in external.values() for name in found})
+    labels = [runs.RunDir(p).labels() for p in run_dirs]
+    shared = [] if all(v == labels[0] for v in labels) else [c for c in labels[0] if all(c in v for v in labels)]
     columns = {}
     for path in run_dirs:
         run = runs.RunDir(path)
@@ -298,5 +301,82 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
             found = external[run.run_id].get(dataset) or {}
             for row, key in EXTERNAL_ROWS.items():
                 column[f"{dataset}: {row}"] = found.get(key)
+            for name in shared:  # one-vs-rest AUC of a class every run has: comparable across label sets
+                column[f"{dataset}: AUC {name}"] = ((found.get("per_class") or {}).get(name) or {}).get("auc")
         columns[run.run_id] = column
     return pd.DataFrame(columns)
+
+
+def comparability(run_dirs: list[str | Path]) -> dict:
+    """Whether runs' results can be ranked against each other, and on what.
+
+    Test-split metrics rank fairly only between runs with the same classes, trained on the same data
+    with the same test split. Returns ``comparable`` (bool), ``differences`` (what keeps them apart, in
+    words), ``shared_classes`` (classes every run has, in the first run's order), ``same_classes``, and
+    ``common_external`` (external datasets, as :func:`external_results` names them, every run was
+    evaluated on). :func:`rankable` says which rows of :func:`compare_runs` may name a best."""
+    found = [runs.RunDir(p) for p in run_dirs]
+    labels = {run.run_id: run.labels() for run in found}
+    differences = []
+    if len({tuple(sorted(v)) for v in labels.values()}) > 1:
+        differences.append("classes differ: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in labels.items()))
+    data = {run.run_id: str(run.info().get("data") or run.config().data) for run in found}
+    if len(set(data.values())) > 1:
+        differences.append("trained on different data: " + "; ".join(f"{r}: {d}" for r, d in data.items()))
+    else:
+        tests = {}
+        for run in found:
+            split = run.split()
+            tests[run.run_id] = frozenset(split.loc[split["split"] == "test", "path"])
+        if len(set(tests.values())) > 1:
+            differences.append(
+                "different test splits of the same data (another seed or split fractions): "
+                + "; ".join(f"{r}: {len(t)} test images" for r, t in tests.items())
+            )
+    first = next(iter(labels.values()), [])
+    shared = [c for c in first if all(c in v for v in labels.values())]
+    external = external_results(run_dirs)
+    names = [set(found_sets) for found_sets in external.values()]
+    common = sorted(set.intersection(*names)) if names else []
+    return {
+        "comparable": not differences,
+        "differences": differences,
+        "shared_classes": shared,
+        "same_classes": not any(d.startswith("classes differ") for d in differences),
+        "common_external": common,
+    }
+
+
+def rankable(row: str, found: dict) -> bool:
+    """Whether row ``row`` of :func:`compare_runs` may name a best among runs of :func:`comparability`
+    ``found``: test-split rows only between comparable runs; external rows on a dataset every run was
+    evaluated on, and, where the classes differ, only a class's one-vs-rest AUC that every run has."""
+    if better(row) is None:
+        return False
+    if row in ("parameters", "inference (ms / image)"):
+        return True  # properties of the model, whatever its data
+    dataset, sep, metric = row.rpartition(": ")
+    if not sep:
+        return found["comparable"]
+    if dataset not in found["common_external"]:
+        return False
+    if metric.startswith("AUC "):
+        return metric[4:] in found["shared_classes"]
+    return found["same_classes"]
+
+
+def evaluate_runs(run_dirs: list[str | Path], data: str | Path, *, drop_unknown: bool = False) -> dict[str, str | None]:
+    """Evaluate each run on the labelled folder ``data`` (:func:`evaluate_run`, each with its own label
+    scheme and class map), so runs can be compared on one external set: ``{run_id: None when done, or
+    why it could not be}``. One run's failure (a class it cannot name) does not stop the others."""
+    from ..errors import CXRError
+
+    outcome: dict[str, str | None] = {}
+    for path in run_dirs:
+        run = runs.RunDir(path)
+        try:
+            evaluate_run(run.path, data, drop_unknown=drop_unknown)
+            outcome[run.run_id] = None
+        except CXRError as exc:
+            outcome[run.run_id] = str(exc)
+    return outcome

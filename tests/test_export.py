@@ -1,0 +1,121 @@
+"""Export: a SavedModel and a TFLite file that give the run's calibrated probabilities on the same prepared images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import CXR_DEV, REPO, make_class_folders, needs_cxr_dev
+from cxrcore import runs
+from cxrcore.config import HeadConfig, TrainConfig
+from cxrcore.errors import ConfigError, RunError
+from cxrcore.export import download_bytes, export
+from cxrcore.predict import Predictor
+from cxrcore.training.train import train
+
+
+def tiny(data) -> TrainConfig:
+    return TrainConfig(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        image_size=48,
+        batch_size=8,
+        epochs=2,
+        fine_tune_epochs=0,
+        patience=0,
+        reduce_lr_patience=0,
+        head=HeadConfig(dense_units=[8], dropout=0.0),
+        seed=2,
+    )
+
+
+def _litert(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for image in batch:  # one image per call: the file's batch size is whatever the caller resizes to
+            detail = interpreter.get_input_details()[0]
+            interpreter.resize_tensor_input(detail["index"], [1, *image.shape])
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(detail["index"], image[None].astype(np.float32))
+            interpreter.invoke()
+            out.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+        return np.stack(out)
+
+    return run
+
+
+def _check_exports_match_the_run(run: runs.RunDir, images: list[str], tmp_path) -> None:
+    import tensorflow as tf
+
+    predictor = Predictor(run.path)
+    batch = np.stack([predictor.prepare(p) for p in images]).astype(np.float32)
+    expected = predictor.probabilities(batch)  # calibrated, as the dashboard shows them
+    saved = export(run.path, "savedmodel", tmp_path / "out")
+    loaded = tf.saved_model.load(str(saved))
+    np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(batch))), expected, atol=1e-5)
+    lite = export(run.path, "tflite", tmp_path / "out")
+    assert lite.suffix == ".tflite" and lite.stat().st_size > 0
+    np.testing.assert_allclose(_litert(lite)(batch), expected, atol=1e-4)
+    spec = json.loads((tmp_path / "out" / f"{lite.name}.json").read_text())
+    assert spec["output"]["classes"] == run.labels()
+    assert spec["output"]["temperature"] == pytest.approx(run.temperature())
+    assert spec["input"]["shape"] == [None, run.image_size(), run.image_size(), 3]
+    assert spec["input"]["range"] == [0, 255] and "bilinear" in spec["input"]["prepare"]
+
+
+def test_savedmodel_and_tflite_give_the_runs_calibrated_probabilities(tmp_path):
+    data = make_class_folders(tmp_path / "d", per_class=16, size=40)
+    run = train(tiny(data), out_dir=tmp_path / "m")
+    assert run.temperature() != 1.0  # the export must apply it
+    _check_exports_match_the_run(run, [str(p) for p in sorted(data.rglob("*.png"))[:6]], tmp_path)
+
+
+@needs_cxr_dev
+def test_exports_agree_with_the_run_on_cxr_dev_images(tmp_path):
+    manifest = pd.read_csv(CXR_DEV / "manifest.csv")
+    sample = manifest.groupby("label").head(24).copy()
+    sample["path"] = [str(CXR_DEV / p) for p in sample["path"]]
+    subset = tmp_path / "subset.csv"
+    sample[["path", "label", "patient_id"]].to_csv(subset, index=False)
+    run = train(tiny(subset), out_dir=tmp_path / "m")
+    others = manifest.drop(sample.index).groupby("label").head(3)  # images the model never saw
+    _check_exports_match_the_run(run, [str(CXR_DEV / p) for p in others["path"]], tmp_path)
+
+
+def test_export_refuses_an_unknown_format_or_a_folder_that_is_no_run(tmp_path):
+    with pytest.raises(ConfigError, match="format must be one of savedmodel, tflite"):
+        export(tmp_path, "onnx")
+    with pytest.raises(RunError, match="is not a run directory"):
+        export(tmp_path, "tflite")
+
+
+def test_export_cli_prints_the_path_last_and_the_download_is_one_file(tmp_path):
+    data = make_class_folders(tmp_path / "d", per_class=10, size=40)
+    run = train(tiny(data), out_dir=tmp_path / "m")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrcore", "export", str(run.path), "--format", "savedmodel"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = proc.stdout.strip().splitlines()[-1]
+    assert path == str(run.path / "export" / f"{run.run_id}-savedmodel")
+    payload, name = download_bytes(path)
+    assert name == f"{run.run_id}-savedmodel.zip" and payload[:2] == b"PK"
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(payload)).namelist()
+    assert f"{run.run_id}-savedmodel.json" in names and any(n.endswith("saved_model.pb") for n in names)
