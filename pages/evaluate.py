@@ -31,10 +31,18 @@ if run_info is None:
     st.stop()
 run = runs.RunDir(run_info["path"])
 info, status, epochs = run.info(), run.status(), run.epochs_completed()
-st.caption(
-    f"{info.get('backbone')} at {run.image_size()} px · trained on `{info.get('data')}` · "
-    f"{info.get('device', '?')} · {epochs} epoch{'' if epochs == 1 else 's'} completed · status {status}"
-)
+members = run.members()
+if members:
+    tta = " with flip test-time augmentation" if (run.ensemble() or {}).get("tta") == "flip" else ""
+    st.caption(
+        f"ensemble of {len(members)} runs{tta} ({', '.join(m.run_id for m in members)}) at {run.image_size()} px · "
+        f"data `{info.get('data')}` · status {status}"
+    )
+else:
+    st.caption(
+        f"{info.get('backbone')} at {run.image_size()} px · trained on `{info.get('data')}` · "
+        f"{info.get('device', '?')} · {epochs} epoch{'' if epochs == 1 else 's'} completed · status {status}"
+    )
 if (verdict := learned_nothing(run)) is not None:
     st.error(verdict, icon=":material/block:")
 annotation = run.annotation()

@@ -78,3 +78,23 @@ def copy_weights_to_keras_home(keras_home: Path) -> Path:
     models.mkdir(parents=True, exist_ok=True)
     shutil.copy(MNV2_035, models / MNV2_035.name)
     return keras_home
+
+
+def tiny_config(data, **changes):
+    """A simple_cnn run on ``data`` that trains in seconds (32 px, 2 + 0 epochs, a dense layer of 8)."""
+    from cxrcore.config import HeadConfig, TrainConfig
+
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        fine_tune_epochs=0,
+        patience=0,
+        reduce_lr_patience=0,
+        head=HeadConfig(dense_units=[8], dropout=0.0),
+        seed=3,
+    )
+    return TrainConfig(**{**base, **changes})

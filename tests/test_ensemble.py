@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, make_class_folders
+from conftest import REPO, make_class_folders, tiny_config
 from cxrcore import runs
-from cxrcore.config import HeadConfig, TrainConfig
+from cxrcore.config import HeadConfig
 from cxrcore.ensemble import check_members, create, report
 from cxrcore.errors import ConfigError
 from cxrcore.evaluation.calibration import apply_temperature
@@ -20,34 +20,17 @@ from cxrcore.predict import Predictor
 from cxrcore.training.train import train
 
 
-def tiny(data, **changes) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        backbone="simple_cnn",
-        weights="none",
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        fine_tune_epochs=0,
-        patience=0,
-        reduce_lr_patience=0,
-        head=HeadConfig(dense_units=[8], dropout=0.0),
-        seed=3,
-    )
-    return TrainConfig(**{**base, **changes})
-
-
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
     data = make_class_folders(root / "d", per_class=20)
     out = root / "m"
-    a = train(tiny(data), out_dir=out)
-    b = train(tiny(data, head=HeadConfig(dense_units=[16], dropout=0.0)), out_dir=out)
-    c = train(tiny(data, image_size=48), out_dir=out)  # another input size: resized inside the ensemble
-    other_split = train(tiny(data, seed=4), out_dir=out)
+    a = train(tiny_config(data), out_dir=out)
+    b = train(tiny_config(data, head=HeadConfig(dense_units=[16], dropout=0.0)), out_dir=out)
+    c = train(tiny_config(data, image_size=48), out_dir=out)  # another input size: resized inside the ensemble
+    other_split = train(tiny_config(data, seed=4), out_dir=out)
     three = make_class_folders(root / "three", classes=("A", "B", "C"), per_class=10)
-    other_classes = train(tiny(three), out_dir=out)
+    other_classes = train(tiny_config(three), out_dir=out)
     return {"data": data, "out": out, "a": a, "b": b, "c": c, "split": other_split, "classes": other_classes}
 
 

@@ -10,29 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CXR_DEV, REPO, make_class_folders, needs_cxr_dev
+from conftest import CXR_DEV, REPO, make_class_folders, needs_cxr_dev, tiny_config
 from cxrcore import runs
-from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.errors import ConfigError, RunError
 from cxrcore.export import download_bytes, export
 from cxrcore.predict import Predictor
 from cxrcore.training.train import train
-
-
-def tiny(data) -> TrainConfig:
-    return TrainConfig(
-        data=str(data),
-        backbone="simple_cnn",
-        weights="none",
-        image_size=48,
-        batch_size=8,
-        epochs=2,
-        fine_tune_epochs=0,
-        patience=0,
-        reduce_lr_patience=0,
-        head=HeadConfig(dense_units=[8], dropout=0.0),
-        seed=2,
-    )
 
 
 def _litert(path):
@@ -75,7 +58,7 @@ def _check_exports_match_the_run(run: runs.RunDir, images: list[str], tmp_path) 
 
 def test_savedmodel_and_tflite_give_the_runs_calibrated_probabilities(tmp_path):
     data = make_class_folders(tmp_path / "d", per_class=16, size=40)
-    run = train(tiny(data), out_dir=tmp_path / "m")
+    run = train(tiny_config(data, image_size=48, seed=2), out_dir=tmp_path / "m")
     assert run.temperature() != 1.0  # the export must apply it
     _check_exports_match_the_run(run, [str(p) for p in sorted(data.rglob("*.png"))[:6]], tmp_path)
 
@@ -87,7 +70,7 @@ def test_exports_agree_with_the_run_on_cxr_dev_images(tmp_path):
     sample["path"] = [str(CXR_DEV / p) for p in sample["path"]]
     subset = tmp_path / "subset.csv"
     sample[["path", "label", "patient_id"]].to_csv(subset, index=False)
-    run = train(tiny(subset), out_dir=tmp_path / "m")
+    run = train(tiny_config(subset, image_size=48, seed=2), out_dir=tmp_path / "m")
     others = manifest.drop(sample.index).groupby("label").head(3)  # images the model never saw
     _check_exports_match_the_run(run, [str(CXR_DEV / p) for p in others["path"]], tmp_path)
 
@@ -101,7 +84,7 @@ def test_export_refuses_an_unknown_format_or_a_folder_that_is_no_run(tmp_path):
 
 def test_export_cli_prints_the_path_last_and_the_download_is_one_file(tmp_path):
     data = make_class_folders(tmp_path / "d", per_class=10, size=40)
-    run = train(tiny(data), out_dir=tmp_path / "m")
+    run = train(tiny_config(data, image_size=48, seed=2), out_dir=tmp_path / "m")
     proc = subprocess.run(
         [sys.executable, "-m", "cxrcore", "export", str(run.path), "--format", "savedmodel"],
         cwd=REPO,

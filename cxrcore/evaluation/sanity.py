@@ -23,6 +23,10 @@ MIN_EPOCHS = 3
 
 
 def _causes(run: RunDir) -> list[str]:
+    members = run.members()
+    if members:  # an ensemble learns nothing of its own: its members did or did not
+        weak = [m.run_id for m in members if learned_nothing(m) is not None]
+        return [f"members that learned nothing ({', '.join(weak)})"] if weak else ["members that all call one class"]
     try:
         config = run.config()
     except CXRError:  # a run without a readable config: no causes to name
