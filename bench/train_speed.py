@@ -3,11 +3,6 @@
     python bench/train_speed.py [--data DIR] [--limit N] [--backbone NAME] [--weights FILE]
                                 [--image-size N] [--batch-size N] [--epochs N] [--fine-tune-epochs N]
 
-Each way runs in a fresh Python process of its own, one after the other, on the same inputs: in one
-shared process the way that ran second was about twice as slow at full size (measured here: the
-project's activation pass took 57 s after the notebook's ten minutes in the same process, 26 s in
-its own), which would have measured the order, not the code.
-
 Both train the same model (backbone, head, two stages, learning rates, seed) on the same split:
 
 - **notebook**: what the reference write-ups do: a Python generator opens each image with Pillow,
@@ -30,8 +25,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,10 +95,34 @@ def project_way(config, out_dir) -> dict:
     }
 
 
-def _config(args, data: str):
-    from cxrcore.config import HeadConfig, TrainConfig
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(SHARED / "data" / "cxr-dev"))
+    parser.add_argument("--limit", type=int, help="use only this many images (a stratified sample)")
+    parser.add_argument("--backbone", default="mobilenetv2_0.35")
+    parser.add_argument("--weights", default=str(MNV2_035_WEIGHTS))
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--fine-tune-epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-notebook", action="store_true", help="time the project only")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cxr-train-speed-"))
+    os.environ["CXRCORE_CACHE"] = str(tmp / "cache")  # a cold activation cache: its cost is counted
 
-    return TrainConfig(
+    from cxrcore.config import HeadConfig, TrainConfig
+    from cxrcore.data.index import build_index
+    from cxrcore.training.train import prepare_data
+
+    data = args.data
+    if args.limit:
+        index = build_index(data)
+        share = min(1.0, args.limit / len(index))
+        sample = index.groupby("label").sample(frac=share, random_state=0)
+        data = str(tmp / "subset.csv")
+        sample[["path", "label", "patient_id"]].to_csv(data, index=False)
+    config = TrainConfig(
         data=data,
         backbone=args.backbone,
         weights=args.weights,
@@ -119,81 +136,20 @@ def _config(args, data: str):
         head=HeadConfig(),
         seed=args.seed,
     ).resolved()
-
-
-def one_way(args) -> dict:
-    """Run one way (``args.only``) in this process; its stage timings and validation accuracy."""
-    work = Path(args.workdir)
-    os.environ["CXRCORE_CACHE"] = str(work / "cache")  # a cold activation cache: its cost is counted
-    from cxrcore.training.train import prepare_data
-
-    config = _config(args, args.data)
     frame, classes = prepare_data(config)
-    stages = [("frozen", config.epochs), ("finetune", config.fine_tune_epochs)]
-    if args.only == "notebook":
-        found = notebook_way(frame, classes, config, stages)
-    else:
-        found = project_way(config, work / "models")
-        activations = [json.loads(p.read_text()) for p in (work / "cache" / "features").glob("*/meta.json")]
-        found["activation_seconds"] = round(sum(a.get("seconds", 0) for a in activations), 2)
     n_train = int((frame["split"] == "train").sum())
-    total = sum(found.get(f"{s}_seconds") or 0 for s, _ in stages)
-    found["train_seconds"] = round(total, 2)
-    found["images_per_second"] = round(n_train * (config.epochs + config.fine_tune_epochs) / total, 1)
-    found["setup"] = {
-        "train_images": n_train,
-        "val_images": int((frame["split"] == "val").sum()),
-        "backbone": config.backbone,
-        "image_size": config.image_size,
-        "batch_size": config.batch_size,
-        "epochs": [config.epochs, config.fine_tune_epochs],
-        "unfreeze": config.unfreeze,
-    }
-    return found
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(SHARED / "data" / "cxr-dev"))
-    parser.add_argument("--limit", type=int, help="use only this many images (a stratified sample)")
-    parser.add_argument("--backbone", default="mobilenetv2_0.35")
-    parser.add_argument("--weights", default=str(MNV2_035_WEIGHTS))
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--fine-tune-epochs", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-notebook", action="store_true", help="time the project only")
-    parser.add_argument("--only", choices=["notebook", "project"], help=argparse.SUPPRESS)  # a child's part
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.only:
-        print(json.dumps(one_way(args)))
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="cxr-train-speed-"))
-    data = args.data
-    if args.limit:
-        from cxrcore.data.index import build_index
-
-        index = build_index(data)
-        share = min(1.0, args.limit / len(index))
-        sample = index.groupby("label").sample(frac=share, random_state=0)
-        data = str(tmp / "subset.csv")
-        sample[["path", "label", "patient_id"]].to_csv(data, index=False)
+    stages = [("frozen", config.epochs), ("finetune", config.fine_tune_epochs)]
     results = {}
-    for way in ["project"] if args.skip_notebook else ["notebook", "project"]:
-        # each way in a fresh process of its own: in one process, the way that ran second was twice as
-        # slow at full size (the project's activation pass 57 s after the notebook's 10 minutes, 26 s alone)
-        child = [sys.executable, __file__, "--only", way, "--workdir", str(tmp / way), "--data", data]
-        for name in ("backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs", "seed"):
-            child += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-        done = subprocess.run(child, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.exit(f"the {way} way failed:\n{done.stderr[-3000:]}")
-        results[way] = json.loads(done.stdout.strip().splitlines()[-1])
-    setup = results["project"].pop("setup")
-    results.get("notebook", {}).pop("setup", None)
-    caching = results["project"]["activation_seconds"]
+    if not args.skip_notebook:
+        results["notebook"] = notebook_way(frame, classes, config, stages)
+    results["project"] = project_way(config, tmp / "models")
+    for found in results.values():
+        total = sum(found.get(f"{s}_seconds") or 0 for s, _ in stages)
+        found["train_seconds"] = round(total, 2)
+        found["images_per_second"] = round(n_train * (config.epochs + config.fine_tune_epochs) / total, 1)
+    activations = [json.loads(p.read_text()) for p in (tmp / "cache" / "features").glob("*/meta.json")]
+    caching = sum(a.get("seconds", 0) for a in activations)
+    results["project"]["activation_seconds"] = round(caching, 2)
     if "notebook" in results:
         results["speed_ratio"] = round(results["notebook"]["train_seconds"] / results["project"]["train_seconds"], 2)
         results["val_accuracy_difference"] = round(
@@ -202,7 +158,17 @@ def main() -> None:
     # the ceiling: the frozen part's forward passes (the caching) are unavoidable; the project's
     # time beyond them is the training of the layers above the cut
     results["ceiling_ratio"] = round(caching / results["project"]["train_seconds"], 3) if caching else None
-    results["setup"] = {"data": args.data, **setup, "cpus": os.cpu_count(), "processes": "one per way"}
+    results["setup"] = {
+        "data": args.data,
+        "train_images": n_train,
+        "val_images": int((frame["split"] == "val").sum()),
+        "backbone": config.backbone,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "epochs": [config.epochs, config.fine_tune_epochs],
+        "unfreeze": config.unfreeze,
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(results))
 
 

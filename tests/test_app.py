@@ -774,3 +774,23 @@ def test_evaluate_page_names_a_run_and_shows_its_write_up_figure(app, same_split
     assert RunDir(recipe_run["path"]).annotation() == {"name": "binary baseline", "note": "first try on the demo set"}
     assert RunDir(recipe_run["path"]).file("run.json").read_bytes() == before  # the run's record is untouched
     assert any("binary baseline" in o for o in at.selectbox(key="evaluate_run").options)
+
+
+def test_predict_page_explains_an_ensemble_with_its_members_mean_map(app, same_split_runs, monkeypatch):
+    from cxrcore.ensemble import create
+    from cxrcore.runs import list_runs
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(same_split_runs))
+    made = next((r for r in list_runs(same_split_runs) if r["backbone"] == "ensemble"), None)
+    if made is None:
+        trained = [r["path"] for r in list_runs(same_split_runs) if r["backbone"] != "ensemble"]
+        made = {"run_id": create(trained).run_id}
+    at = app("pages/predict.py")
+    options = at.selectbox(key="predict_run").options
+    at.selectbox(key="predict_run").select_index(next(i for i, o in enumerate(options) if made["run_id"] in o))
+    at.run()
+    at.file_uploader(key="predict_upload").set_value([("one.png", png_bytes(4), "image/png")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("image")) >= 1  # the overlay of the members' mean map

@@ -133,3 +133,23 @@ def test_a_comparison_of_recipes_queues_one_job_each_in_one_group(tmp_path):
         "vgg16-binary",
         "pneumonet-cnn",
     ]
+
+
+def test_jobs_submit_with_several_recipes_queues_one_job_each_with_the_flags_on_top(tmp_path, monkeypatch, capsys):
+    from cxrcore.cli import main
+    from cxrcore.jobs import queue
+    from cxrcore.jobs.store import JobStore
+
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: False)  # queue only: nothing trains here
+    data = make_class_folders(tmp_path / "d", per_class=2)
+    db = tmp_path / "jobs.sqlite"
+    code = main(
+        ["jobs", "--db", str(db), "submit", "--recipe", "vgg16-binary,pneumonet-cnn", "--data", str(data)]
+        + ["--epochs", "1"]
+    )
+    assert code == 0
+    ids = capsys.readouterr().out.split()
+    jobs = [JobStore(db).get(job_id) for job_id in ids]
+    assert [j["config"]["recipe"] for j in jobs] == ["vgg16-binary", "pneumonet-cnn"]
+    assert [j["config"]["backbone"] for j in jobs] == ["vgg16", "simple_cnn"]
+    assert all(j["config"]["epochs"] == 1 for j in jobs) and len({j["group_id"] for j in jobs}) == 1
