@@ -207,7 +207,7 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         page.goto(f"{url}/compare")
         page.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=90_000)
         wait_idle(page)
-        page.get_by_text("Metrics (best in green)").wait_for(state="visible", timeout=60_000)
+        page.get_by_text("Metrics (best in green, where they can be ranked)").wait_for(state="visible", timeout=60_000)
         assert page.locator('[data-testid="stException"]').count() == 0
         page.screenshot(path=str(ARTIFACTS / "compare-two-runs.png"), full_page=True)
         browser.close()

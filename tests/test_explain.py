@@ -148,7 +148,8 @@ def test_mobilenet_gradcam_at_the_registry_layer():
 
     model = build_model("mobilenetv2_0.35", 3, image_size=96, weights="none")
     predictor = SimpleNamespace(
-        model=model, run=SimpleNamespace(config=lambda: SimpleNamespace(backbone="mobilenetv2_0.35"))
+        model=model,
+        run=SimpleNamespace(config=lambda: SimpleNamespace(backbone="mobilenetv2_0.35"), members=lambda: []),
     )
     e = Explainer.for_predictor(predictor)
     assert e.layer_name == get_backbone("mobilenetv2_0.35").gradcam_layer == "out_relu"
