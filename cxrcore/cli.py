@@ -270,22 +270,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    """One line per recipe, name first; ``--show NAME`` prints one recipe in full."""
-    from .recipes import RECIPES, get_recipe
+    """One line per recipe, name first; ``--show NAME`` prints one recipe in full, its configuration last."""
+    from .recipes import RECIPES, describe, get_recipe
 
     if args.show:
         recipe = get_recipe(args.show)
-        print(f"{recipe.name}: {recipe.description}")
-        print(f"write-up: {recipe.writeup}")
-        print(f"how it maps: {recipe.mapping}")
-        print("stated by the write-up:")
-        print("\n".join(f"  - {line}" for line in recipe.stated))
-        print("not stated, chosen here:")
-        print("\n".join(f"  - {line}" for line in recipe.chosen))
-        data = recipe.data
-        print(f"its data: {data.name}; classes {', '.join(data.classes)}; {data.images or 'unstated'} images")
-        for figure in recipe.published:
-            print(f"published: {figure.metric} {figure.value} ({figure.note})")
+        print(describe(recipe))
         print(json.dumps(recipe.config))
         return 0
     for recipe in RECIPES.values():

@@ -357,6 +357,34 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def describe(recipe: Recipe) -> str:
+    """A recipe in words, as Markdown that also reads as plain text: the write-up, how it maps, what it
+    states, what was chosen, its data and published figures (the CLI's ``recipes --show`` and the Train
+    page both show this)."""
+    data = recipe.data
+    figures = "; ".join(f"{f.metric} {f.value:g} ({f.note})" for f in recipe.published) or "no figure"
+    return "\n".join(
+        [
+            f"{recipe.name}: {recipe.description}",
+            "",
+            f"Write-up: {recipe.writeup}. {recipe.mapping}",
+            "",
+            "Stated by the write-up:",
+            "",
+            *(f"- {line}" for line in recipe.stated),
+            "",
+            "Not stated, chosen here:",
+            "",
+            *(f"- {line}" for line in recipe.chosen),
+            "",
+            f"Its data: {data.name}; classes {', '.join(data.classes)}; "
+            f"{f'{data.images:,}' if data.images else 'an unstated number of'} images. Published: {figures}.",
+            "",
+            "The project's preprocessing for the backbone is kept: the write-up's own rescaling is not reproduced.",
+        ]
+    )
+
+
 def get_recipe(name: str) -> Recipe:
     """A recipe by name; :class:`ConfigError` listing the names otherwise."""
     try:

@@ -24,7 +24,7 @@ from cxrcore.evaluation import plots
 from cxrcore.evaluation.sanity import learned_nothing
 from cxrcore.jobs import queue as job_queue
 from cxrcore.jobs.hardware import hardware_summary
-from cxrcore.recipes import RECIPES, recipe_config
+from cxrcore.recipes import RECIPES, describe, recipe_config
 from cxrcore.training import activation_store
 from cxrcore.training.backbones import REGISTRY
 from pages.shared import current_dataset, jobs, load_index, require_app, show_error, synthetic_banner
@@ -129,17 +129,8 @@ recipe_name = c[0].selectbox(
     "figure beside the run's.",
 )
 if recipe_name != NO_RECIPE:
-    recipe = RECIPES[recipe_name]
     with c[1].expander(f"What {recipe_name} reproduces, and what it had to choose", icon=":material/menu_book:"):
-        st.markdown(f"**{recipe.writeup}**\n\n{recipe.mapping}")
-        st.markdown("Stated by the write-up:\n" + "\n".join(f"- {line}" for line in recipe.stated))
-        st.markdown("Not stated, chosen here:\n" + "\n".join(f"- {line}" for line in recipe.chosen))
-        figures = "; ".join(f"{f.metric} {f.value:g} ({f.note})" for f in recipe.published) or "none"
-        st.markdown(f"Published: {figures}, on {recipe.data.name}.")
-        st.caption(
-            "Every recipe keeps the project's preprocessing for its backbone: the write-ups' own rescaling is "
-            "not reproduced."
-        )
+        st.markdown(describe(RECIPES[recipe_name]))
 chosen = st.multiselect(
     "Backbone(s): pick several to queue a comparison (one job each, same settings)",
     list(REGISTRY),
