@@ -1,6 +1,6 @@
 """Training speed: the notebook way against the project's default path, printed as JSON (last line).
 
-    python bench/train_speed.py [--data DIR] [--limit N] [--backbone NAME] [--weights FILE]
+    python bench/train_speed.py [--data DIR] [--limit N] [--backbone NAME] [--weights FILE] [--throughput]
                                 [--image-size N] [--batch-size N] [--epochs N] [--fine-tune-epochs N]
 
 Both train the same model (backbone, head, two stages, learning rates, seed) on the same split:
@@ -95,6 +95,23 @@ def project_way(config, out_dir) -> dict:
     }
 
 
+def resnet50_throughput(image_size: int, batch_size: int) -> dict:
+    """ResNet50's images/s: on a GPU float32 and mixed_float16, XLA off and on; on a CPU the default."""
+    import tensorflow as tf
+    import throughput
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    return throughput.run(
+        "resnet50",
+        image_size,
+        batch_size if not gpu else max(batch_size, 64),
+        ["float32", "mixed_float16"] if gpu else ["float32"],
+        ["off", "on"] if gpu else ["off"],
+        steps=20 if gpu else 3,
+        max_seconds=20.0,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(SHARED / "data" / "cxr-dev"))
@@ -107,6 +124,12 @@ def main() -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-notebook", action="store_true", help="time the project only")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also record ResNet50's images/s at --image-size (forward and training step; on a GPU per "
+        "precision and XLA setting): bench/throughput.py",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cxr-train-speed-"))
     os.environ["CXRCORE_CACHE"] = str(tmp / "cache")  # a cold activation cache: its cost is counted
@@ -169,6 +192,8 @@ def main() -> None:
         "unfreeze": config.unfreeze,
         "cpus": os.cpu_count(),
     }
+    if args.throughput:
+        results["throughput"] = resnet50_throughput(args.image_size, args.batch_size)
     print(json.dumps(results))
 
 
