@@ -11,10 +11,18 @@ Each result also carries what the run learned from its validation split, where i
 the decision per class at an operating point (:mod:`cxrcore.evaluation.operating_points`;
 the target-sensitivity one unless asked otherwise) and whether the image is unlike the training
 data (:mod:`cxrcore.evaluation.ood`), measured on the same forward pass.
+
+:meth:`Predictor.explain` adds what the model looked at: a class activation map
+(:mod:`cxrcore.explain.cam`) with its faithfulness scores and border share
+(:mod:`cxrcore.explain.faithfulness`). The map and scores are kept per (image, method, class), so
+asking again (a page rerun for a new colormap or opacity) recomputes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +32,7 @@ from . import runs
 from .data.io import ImageSource, prepare_image
 from .evaluation.calibration import apply_temperature
 from .evaluation.operating_points import KIND_NAMES, KINDS, decide
+from .explain import faithfulness
 from .training.model import feature_model, inference_function, load_model
 
 
@@ -41,6 +50,9 @@ class Predictor:
         self.feature_stats = self.run.feature_stats()
         network = feature_model(self.model) if self.feature_stats is not None else self.model
         self._forward = inference_function(network, self.image_size)
+        self._explainer = None
+        self._memo: OrderedDict = OrderedDict()  # (image digest, what) -> computed; the newest last
+        self._lock = threading.RLock()
 
     def prepare(self, source: ImageSource, name: str | None = None) -> np.ndarray:
         """``uint8`` (size, size, 3): exactly what the model sees."""
@@ -110,6 +122,102 @@ class Predictor:
         """``(prepared image, result)`` for one image: what the model saw and what it said."""
         image = self.prepare(source, name)
         return image, self._results([name or _name(source)], image[None], operating_point)[0]
+
+    # -- explanations ----------------------------------------------------------------------------
+    MEMO_SIZE = 64
+
+    def explainer(self):
+        """The run's :class:`cxrcore.explain.cam.Explainer` (an ensemble's: its members' mean), made once."""
+        from .explain.cam import Explainer
+
+        with self._lock:
+            if self._explainer is None:
+                self._explainer = Explainer.for_predictor(self)
+            return self._explainer
+
+    def _remember(self, key: tuple, compute):
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+            value = compute()
+            self._memo[key] = value
+            while len(self._memo) > self.MEMO_SIZE:
+                self._memo.popitem(last=False)
+            return value
+
+    def explanation_map(self, image: np.ndarray, method: str, class_index: int) -> np.ndarray:
+        """The class activation map (H, W in [0, 1]) of a prepared image, computed once per (image, method,
+        class)."""
+        digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+        return self._remember(
+            (digest, "map", method, int(class_index)),
+            lambda: self.explainer().heatmap(image, class_index=int(class_index), method=method),
+        )
+
+    def explain(
+        self,
+        image: ImageSource | np.ndarray,
+        method: str = "gradcam",
+        class_index: int | None = None,
+        *,
+        name: str | None = None,
+        operating_point: str = KINDS[0],
+        steps: int = faithfulness.STEPS,
+        baseline: str = faithfulness.BASELINE,
+    ) -> dict:
+        """One image's prediction, explained: :meth:`result`'s fields, plus
+
+        - ``input``: the prepared image (what the model sees), ``heatmap``: the map (H, W in [0, 1]);
+        - ``method``, ``class_index`` and ``class``: what is explained (None: the predicted class);
+        - ``deletion`` (lower is better), ``insertion`` (higher is better), ``border_share`` (None for an
+          empty map) and ``border_flagged``;
+        - ``faithfulness``: ``{"steps", "baseline", "describe", "deletion_curve", "insertion_curve"}``.
+
+        ``image`` is a file, bytes, or an image already prepared by :meth:`prepare`. Everything is computed
+        once per (image, method, class, steps, baseline). Raises ImageDecodeError for an unreadable image,
+        ValueError for an unknown method or class."""
+        from .explain.cam import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        faithfulness.check_settings(steps, baseline)
+        if class_index is not None and (
+            isinstance(class_index, bool)
+            or not isinstance(class_index, (int, np.integer))
+            or not 0 <= class_index < len(self.labels)
+        ):
+            raise ValueError(f"class_index must be an integer in 0..{len(self.labels) - 1}, got {class_index!r}")
+        prepared = image if isinstance(image, np.ndarray) else self.prepare(image, name)
+        digest = hashlib.sha1(np.ascontiguousarray(prepared).tobytes()).hexdigest()
+        probs, features = self._remember((digest, "outputs"), lambda: self.outputs(prepared[None]))
+        target = int(np.argmax(probs[0])) if class_index is None else int(class_index)
+        heat = self.explanation_map(prepared, method, target)
+        found = self._remember(
+            (digest, "scores", method, target, steps, baseline),
+            lambda: faithfulness.scores(prepared, heat, target, self.probabilities, steps=steps, baseline=baseline),
+        )
+        share = faithfulness.border_share(heat)
+        shown = name or (None if isinstance(image, np.ndarray) else _name(image)) or "image"
+        return {
+            **self.result(shown, probs[0], None if features is None else features[0], operating_point),
+            "input": prepared,
+            "heatmap": heat,
+            "method": method,
+            "class_index": target,
+            "class": self.labels[target],
+            "deletion": found["deletion"],
+            "insertion": found["insertion"],
+            "border_share": share,
+            "border_flagged": faithfulness.border_flagged(share),
+            "faithfulness": {
+                "steps": steps,
+                "baseline": baseline,
+                "describe": faithfulness.describe(steps, baseline),
+                "deletion_curve": found["deletion_curve"],
+                "insertion_curve": found["insertion_curve"],
+            },
+        }
 
     def _results(self, names: list[str], prepared: np.ndarray, operating_point: str) -> list[dict]:
         probs, features = self.outputs(prepared)

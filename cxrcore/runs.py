@@ -49,6 +49,7 @@ LOG, TENSORBOARD, EXTERNAL, STATE_DIR = "train.log", "tensorboard", "external", 
 RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
 ENSEMBLE = "ensemble.json"  # an ensemble's members (cxrcore.ensemble)
 NOTES = "notes.json"  # the user's name and note for a run (the one file a finished run still takes edits in)
+FAITHFULNESS = "faithfulness.json"  # explanations scored on a test sample (cxrcore.explain.faithfulness)
 NAME_MAX = 60
 
 #: statuses :meth:`RunDir.status` returns
@@ -365,6 +366,18 @@ class RunDir:
 
     def write_feature_stats(self, stats) -> None:
         stats.save(self.file(FEATURE_STATS))
+
+    def faithfulness(self) -> dict | None:
+        """``faithfulness.json`` (:func:`cxrcore.explain.faithfulness.evaluate_run`): each explanation
+        method's scores on a sample of the test split; None before they are computed."""
+        try:
+            found = json.loads(self.file(FAITHFULNESS).read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) and isinstance(found.get("methods"), dict) else None
+
+    def write_faithfulness(self, result: dict) -> None:
+        write_json(self.file(FAITHFULNESS), result)
 
     def model_card(self) -> str | None:
         """``MODEL_CARD.md`` as written by :mod:`cxrcore.evaluation.model_card`; None before it exists."""

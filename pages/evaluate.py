@@ -20,6 +20,8 @@ from cxrcore.evaluation.compare import (
     side_by_side,
 )
 from cxrcore.evaluation.sanity import learned_nothing, transfer_drop
+from cxrcore.explain import faithfulness
+from cxrcore.explain.cam import METHOD_LABELS
 from cxrcore.jobs import queue as job_queue
 from cxrcore.recipes import writeup_comparison
 from pages.shared import CXRError, jobs, pick_run, require_app, show_error
@@ -260,7 +262,68 @@ def resume_offer() -> None:
             show_error(exc)
 
 
-tabs = st.tabs(["Test split", "Training curves", "External validation", "Model card", "Export"])
+def explanations_view(run) -> None:
+    """Which explanation method holds up for this model: each one's deletion, insertion and border share
+    averaged over a sample of the test split (computed on request, kept in the run)."""
+    st.caption(
+        "Which map to believe: each method's maps of a random sample of the test split (the predicted class) are "
+        "scored by **deletion** (lower is better: removing the pixels the map ranks first should drop the "
+        "probability fast) and **insertion** (higher is better), beside a **random map** that a method must beat. "
+        "**Border share** is the share of a map in the image's outer 10% on each side (36% of the area): a "
+        f"heuristic about position, not anatomy; above {faithfulness.BORDER_WARN:.0%} a map is flagged."
+    )
+    if not run.has_model():
+        st.info("This run has no model yet: its explanations can be scored once it has one.")
+        return
+    c = st.columns([1, 2, 1])
+    size = c[0].number_input(
+        "Test images",
+        1,
+        1000,
+        faithfulness.SAMPLE_SIZE,
+        key="evaluate_faith_sample",
+        help="A random sample of the test split (fixed seed). Each image costs about 1-2 s per method on a CPU.",
+    )
+    chosen = c[1].multiselect(
+        "Methods",
+        list(METHOD_LABELS),
+        default=list(METHOD_LABELS),
+        format_func=METHOD_LABELS.get,
+        key="evaluate_faith_methods",
+    )
+    if c[2].button("Score the explanations", key="evaluate_faith_go", disabled=not chosen):
+        bar = st.progress(0.0, text="Scoring maps...")
+        try:
+            faithfulness.evaluate_run(
+                run.path,
+                chosen,
+                int(size),
+                progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} maps scored"),
+            )
+        except CXRError as exc:
+            show_error(exc)
+        bar.empty()
+    found = run.faithfulness()
+    if found is None:
+        st.info("Not scored yet: choose a sample size and press **Score the explanations**.")
+        return
+    settings = found["settings"]
+    st.markdown(f"**{len(found['images'])} test image(s)**, {found['describe']}; means with 95% intervals over images.")
+    st.dataframe(
+        faithfulness.table(found),
+        hide_index=True,
+        width="stretch",
+        column_config={"flagged (border > 60%)": st.column_config.NumberColumn(format="percent")},
+    )
+    for line in faithfulness.verdict(found):
+        (st.warning if "border" in line or "no better" in line else st.success)(line)
+    if found["unreadable"]:
+        st.caption(f"{len(found['unreadable'])} sampled image(s) could not be read and were skipped.")
+    if settings.get("model") != faithfulness.model_fingerprint(run):
+        st.warning("These scores are of an earlier model file: score again to update them.")
+
+
+tabs = st.tabs(["Test split", "Training curves", "External validation", "Explanations", "Model card", "Export"])
 with tabs[0]:
     test = run.test_evaluation()
     if status == "running":
@@ -339,6 +402,9 @@ with tabs[2]:
         metrics_view(loaded.metrics, loaded.predictions(), key=f"evaluate_ext_{name}", data=loaded.source.get("data"))
 
 with tabs[3]:
+    explanations_view(run)
+
+with tabs[4]:
     card = run.model_card()
     if card is None and run.is_final:
         with st.spinner("Writing the model card (the data audit runs once per dataset)..."):
@@ -358,7 +424,7 @@ with tabs[3]:
         with st.container(border=True):  # headings two levels down: the card sits inside the page
             st.markdown(card.replace("\n## ", "\n#### ").replace("# Model card:", "### Model card:", 1))
 
-with tabs[4]:
+with tabs[5]:
     st.caption(
         "The run's best model with its calibration applied, for use outside CXR Lab: a TensorFlow SavedModel or a "
         "TFLite (LiteRT) file. Its input spec (shape, pixel range, how an image is prepared, class names, the "

@@ -7,8 +7,9 @@ import streamlit as st
 from cxrcore.data.dicom import dicom_summary
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.operating_points import KIND_NAMES, KINDS
+from cxrcore.explain import faithfulness
 from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
-from pages.shared import NOTICE, CXRError, analyse, pick_run, require_app, show_error
+from pages.shared import NOTICE, CXRError, analyse, pick_run, predictor, require_app, show_error
 
 require_app()
 st.title("Predict")
@@ -18,8 +19,8 @@ run = pick_run("predict_run")
 if run is None:
     st.stop()
 
-c = st.columns(4)
-operating_point = c[3].radio(
+c = st.columns([1, 1, 1, 1, 1.2])
+operating_point = c[4].radio(
     "Decision at",
     list(KINDS),
     format_func=KIND_NAMES.get,
@@ -34,8 +35,57 @@ method = c[0].selectbox(
     key="predict_method",
     help="Grad-CAM is fastest; Score-CAM runs the model many times and is slower.",
 )
-colormap = c[1].selectbox("Colormap", list(COLORMAPS), key="predict_colormap")
-alpha = c[2].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="predict_alpha")
+labels = predictor(run["path"]).labels
+explained = c[1].selectbox(
+    "Explain",
+    [None, *range(len(labels))],
+    format_func=lambda i: "the predicted class" if i is None else labels[i],
+    key="predict_explain_class",
+    help="Which class's evidence the map shows: by default the one the model predicts.",
+)
+colormap = c[2].selectbox("Colormap", list(COLORMAPS), key="predict_colormap")
+alpha = c[3].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="predict_alpha")
+
+
+def faithfulness_view(result: dict, key: str) -> None:
+    """How far to believe this map: its deletion, insertion and border share, and the curves."""
+    share = result["border_share"]
+    c = st.columns([1, 1, 1, 2.4])
+    c[0].metric("Deletion", f"{result['deletion']:.3f}", help="Lower is better: " + DELETION_HELP)
+    c[1].metric("Insertion", f"{result['insertion']:.3f}", help="Higher is better: " + INSERTION_HELP)
+    c[2].metric("Border share", "n/a" if share is None else f"{share:.0%}", help=BORDER_HELP)
+    c[3].caption(
+        f"How far to believe this map ({result['faithfulness']['describe']}). **Deletion** (lower is better) and "
+        "**insertion** (higher is better) are the areas under the probability curves below. "
+        "**Border share**: the map's mass in the outer 10% of each side (36% of the image; a uniform map has 36%)."
+    )
+    if share is None:
+        st.info("The map is empty: the model found no positive evidence for this class in the image.")
+    elif result["border_flagged"]:
+        st.warning(
+            f"{share:.0%} of this map lies on the image's border band (more than {faithfulness.BORDER_WARN:.0%}): the "
+            "model may be looking at the edge, a text marker or the shoulder rather than the lungs. This is a "
+            "heuristic about position, not anatomy.",
+            icon=":material/crop_free:",
+        )
+    with st.expander("Deletion and insertion curves"):
+        curves = result["faithfulness"]
+        st.plotly_chart(
+            plots.faithfulness_curves(curves["deletion_curve"], curves["insertion_curve"], result["class"]),
+            width="stretch",
+            key=key,
+        )
+
+
+DELETION_HELP = (
+    "the map's most important pixels are removed first, step by step; the score is the area under the class "
+    "probability. A faithful map names the pixels whose loss drops the probability first."
+)
+INSERTION_HELP = "the most important pixels are revealed first into the removed image; area under the curve."
+BORDER_HELP = (
+    f"Share of the map in the image's outer band. Above {faithfulness.BORDER_WARN:.0%} it is flagged: a heuristic "
+    "about position, not anatomy."
+)
 
 uploads = st.file_uploader(
     "Chest X-rays: PNG, JPEG or DICOM (DICOM is recognised by content, whatever its name)",
@@ -52,7 +102,7 @@ for upload in uploads:
     st.subheader(upload.name)
     try:
         with st.spinner("Predicting and explaining..."):
-            result = analyse(run["path"], upload.name, data, method, colormap, alpha, operating_point)
+            result = analyse(run["path"], upload.name, data, method, colormap, alpha, operating_point, explained)
         facts = dicom_summary(data, name=upload.name)
     except CXRError as exc:  # an unreadable upload: say which and why, go on with the others
         show_error(exc)
@@ -68,7 +118,7 @@ for upload in uploads:
         )
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
-    middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['label']}", width="stretch")
+    middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['class']}", width="stretch")
     decision = result["decision"]
     if decision:
         positive = ", ".join(decision["positive"]) or "none of the classes"
@@ -89,9 +139,10 @@ for upload in uploads:
     right.download_button(
         "Download overlay (PNG)",
         to_png_bytes(result["overlay"]),
-        file_name=f"{Path(upload.name).stem}_{method}.png",
+        file_name=f"{Path(upload.name).stem}_{method.replace('++', 'pp')}_{result['class']}.png",
         mime="image/png",
         key=f"predict_download_{upload.file_id}",
     )
     if facts:
         right.caption("DICOM (non-identifying fields only): " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    faithfulness_view(result, key=f"predict_faith_{upload.file_id}")

@@ -139,17 +139,6 @@ def predictor(run_dir: str):
     return _predictor(run_dir, _mtime(Path(run_dir) / run_files.MODEL))
 
 
-@st.cache_resource(show_spinner="Preparing Grad-CAM...", max_entries=8)
-def _explainer(run_dir: str, model_mtime: float):
-    from cxrcore.explain.cam import Explainer
-
-    return Explainer.for_predictor(_predictor(run_dir, model_mtime))
-
-
-def explainer(run_dir: str):
-    return _explainer(run_dir, _mtime(Path(run_dir) / run_files.MODEL))
-
-
 @st.cache_resource
 def job_store(db_path: str):
     from cxrcore.jobs.store import JobStore
@@ -238,7 +227,6 @@ __all__ = [
     "split_preview",
     "dataset_audit",
     "predictor",
-    "explainer",
     "jobs",
     "trained_runs",
     "run_label",
@@ -253,13 +241,19 @@ __all__ = [
 
 
 def analyse(
-    run_dir: str, name: str, data: bytes, method: str, colormap: str, alpha: float, operating_point: str
+    run_dir: str,
+    name: str,
+    data: bytes,
+    method: str,
+    colormap: str,
+    alpha: float,
+    operating_point: str,
+    class_index: int | None = None,
 ) -> dict:
-    """One upload through one run: prediction (with its decision and the unlike-the-training-data
-    check), heatmap and overlay (raises ImageDecodeError)."""
+    """One upload through one run: :meth:`cxrcore.predict.Predictor.explain` (prediction, decision,
+    unlike-the-training-data check, map and its scores; computed once per image, method and class), plus
+    the overlay in this colormap and opacity (raises ImageDecodeError)."""
     from cxrcore.explain.cam import overlay
 
-    model = predictor(run_dir)
-    image, result = model.predict_image(data, name, operating_point)
-    heat = explainer(run_dir).heatmap(image, class_index=model.labels.index(result["label"]), method=method)
-    return {**result, "input": image, "overlay": overlay(image, heat, colormap=colormap, alpha=alpha)}
+    found = predictor(run_dir).explain(data, method, class_index, name=name, operating_point=operating_point)
+    return {**found, "overlay": overlay(found["input"], found["heatmap"], colormap=colormap, alpha=alpha)}

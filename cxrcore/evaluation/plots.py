@@ -161,6 +161,24 @@ def training_curves(
     return fig
 
 
+def faithfulness_curves(deletion: Sequence[float], insertion: Sequence[float], class_name: str) -> go.Figure:
+    """The class probability as the map's most important pixels are removed (deletion) or revealed
+    (insertion), against the fraction of pixels; the areas under them are the scores."""
+    steps = len(deletion) - 1
+    x = [k / steps for k in range(steps + 1)]
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=list(deletion), mode="lines+markers", name="deletion (lower area is better)")
+    fig.add_scatter(x=x, y=list(insertion), mode="lines+markers", name="insertion (higher area is better)")
+    fig.update_layout(
+        title=f"Probability of {class_name} as pixels are removed or revealed, most important first",
+        xaxis_title="fraction of pixels removed / revealed",
+        yaxis_title="probability",
+        yaxis_range=[0, 1.02],
+        **_LAYOUT,
+    )
+    return fig
+
+
 def probability_bars(probabilities: Mapping[str, float], title: str = "Class probabilities") -> go.Figure:
     """Horizontal bars of one image's class probabilities, highest on top."""
     items = sorted(probabilities.items(), key=lambda kv: kv[1])

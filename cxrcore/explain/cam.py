@@ -18,6 +18,11 @@ How tf-keras-vis is used here, and why:
   library's default it would walk back from a named activation layer (``out_relu``,
   ``cnn_conv4``) to the ``Conv2D`` before it, i.e. to pre-BatchNorm, pre-ReLU
   features, which is not the layer the registry names.
+* Grad-CAM itself is computed here, in one compiled ``tf.function`` on the same clone (gradient of
+  the class logit at the layer, averaged per channel, weighted sum, ReLU: what tf-keras-vis's
+  ``Gradcam`` computes, checked against it in the tests): the library runs its gradient tape
+  eagerly, about 0.35 s per image for MobileNetV2 here, against a few hundredths compiled, and
+  Predict's one-second budget also pays for the faithfulness scores.
 * Score-CAM is bounded to ``max_n`` feature maps (the "Faster Score-CAM" variant)
   and its masked images go through one compiled forward pass in batches, instead of
   ``model.predict`` (which prints a progress bar and re-traces).
@@ -189,6 +194,7 @@ class Explainer:
         self.scorecam_batch_size = int(scorecam_batch_size)
         self._visualizers: dict[str, object] = {}
         self._forward = None
+        self._gradcam = None
         self._lock = threading.RLock()
 
     @classmethod
@@ -249,6 +255,33 @@ class Explainer:
 
         object.__setattr__(clone, "predict", predict)
 
+    def _gradcam_function(self):
+        """Grad-CAM at ``layer_name`` on the linear clone, compiled once: (image batch, class or -1 for the
+        top logit) -> ReLU'd maps at the layer's resolution."""
+        with self._lock:
+            if self._gradcam is not None:
+                return self._gradcam
+            import keras
+            import tensorflow as tf
+
+            clone = self._visualizer("gradcam").model
+            both = keras.Model(clone.inputs, [clone.get_layer(self.layer_name).output, clone.outputs[0]])
+            spec = tf.TensorSpec((None, *self.input_size, 3), tf.float32)
+
+            def gradcam(images, class_index):
+                with tf.GradientTape() as tape:
+                    features, logits = both(images, training=False)
+                    chosen = tf.where(class_index < 0, tf.argmax(logits, axis=-1, output_type=tf.int32), class_index)
+                    score = tf.gather(logits, chosen, axis=-1, batch_dims=1)
+                grads = tape.gradient(score, features)
+                weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+                return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+
+            self._gradcam = tf.function(
+                gradcam, input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False
+            )
+            return self._gradcam
+
     # -- maps -----------------------------------------------------------------
 
     def _prepare(self, image_uint8: np.ndarray) -> np.ndarray:
@@ -281,6 +314,10 @@ class Explainer:
                 raise ValueError(f"class_index must be an integer in 0..{self.num_classes - 1}, got {class_index!r}")
             class_index = int(class_index)
         seed = self._prepare(image_uint8)
+        if method == "gradcam":
+            chosen = -1 if class_index is None else class_index
+            cam = np.asarray(self._gradcam_function()(seed, np.array([chosen], np.int32)))[0]
+            return _normalise(_resize_map(cam.astype(np.float32), *self.input_size))
         vis = self._visualizer(method)
         with self._lock:
             if method == "scorecam":
