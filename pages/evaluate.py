@@ -313,7 +313,14 @@ def explanations_view(run) -> None:
         faithfulness.table(found),
         hide_index=True,
         width="stretch",
-        column_config={"flagged (border > 60%)": st.column_config.NumberColumn(format="percent")},
+        column_config={
+            **{
+                name: st.column_config.NumberColumn(format="%.3f")
+                for name in ("deletion ↓", "insertion ↑", "border share")
+            },
+            faithfulness.FLAGGED_COLUMN: st.column_config.NumberColumn(format="percent"),
+            "seconds per image": st.column_config.NumberColumn(format="%.2f"),
+        },
     )
     for line in faithfulness.verdict(found):
         (st.warning if "border" in line or "no better" in line else st.success)(line)

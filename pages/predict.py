@@ -38,8 +38,8 @@ method = c[0].selectbox(
 labels = predictor(run["path"]).labels
 explained = c[1].selectbox(
     "Explain",
-    [None, *range(len(labels))],
-    format_func=lambda i: "the predicted class" if i is None else labels[i],
+    [-1, *range(len(labels))],
+    format_func=lambda i: "the predicted class" if i < 0 else labels[i],
     key="predict_explain_class",
     help="Which class's evidence the map shows: by default the one the model predicts.",
 )
@@ -102,7 +102,16 @@ for upload in uploads:
     st.subheader(upload.name)
     try:
         with st.spinner("Predicting and explaining..."):
-            result = analyse(run["path"], upload.name, data, method, colormap, alpha, operating_point, explained)
+            result = analyse(
+                run["path"],
+                upload.name,
+                data,
+                method,
+                colormap,
+                alpha,
+                operating_point,
+                None if explained < 0 else explained,
+            )
         facts = dicom_summary(data, name=upload.name)
     except CXRError as exc:  # an unreadable upload: say which and why, go on with the others
         show_error(exc)

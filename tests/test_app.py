@@ -794,3 +794,63 @@ def test_predict_page_explains_an_ensemble_with_its_members_mean_map(app, same_s
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("image")) >= 1  # the overlay of the members' mean map
+
+
+def test_predict_page_scores_the_map_and_moving_the_opacity_recomputes_nothing(app, models, monkeypatch, demo):
+    import streamlit as st
+
+    from cxrcore.explain.cam import Explainer
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    st.cache_resource.clear()  # a fresh Predictor: nothing remembered from other tests
+    calls = []
+    original = Explainer.heatmap
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("method"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "heatmap", counting)
+    at = app("pages/predict.py")
+    image = sorted(demo.rglob("*.png"))[-1]
+    at.file_uploader(key="predict_upload").set_value([("demo.png", image.read_bytes(), "image/png")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    assert 0 <= float(shown["Deletion"]) <= 1 and 0 <= float(shown["Insertion"]) <= 1
+    assert shown["Border share"].endswith("%") or shown["Border share"] == "n/a"
+    assert any("20 steps; removed pixels replaced by a blurred copy of the image" in c.value for c in at.caption)
+    assert calls == ["gradcam"]
+    at.slider(key="predict_alpha").set_value(0.8)
+    at.run()
+    at.selectbox(key="predict_colormap").set_value("viridis")
+    at.run()
+    assert calls == ["gradcam"]  # a new look, the same map
+    at.selectbox(key="predict_explain_class").set_value(1)
+    at.run()
+    assert calls == ["gradcam", "gradcam"]  # another class: a new map
+
+
+def test_evaluate_page_scores_explanations_on_a_test_sample_and_keeps_them(app, models, monkeypatch, tmp_path):
+    import shutil
+
+    from cxrcore import runs
+
+    copy = shutil.copytree(models, tmp_path / "models")
+    monkeypatch.setenv("CXRCORE_MODELS", str(copy))
+    at = app("pages/evaluate.py")
+    assert any("Not scored yet" in i.value for i in at.info)
+    at.number_input(key="evaluate_faith_sample").set_value(3)
+    at.multiselect(key="evaluate_faith_methods").set_value(["gradcam"])
+    at.button(key="evaluate_faith_go").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    tables = [d.value for d in at.dataframe if "deletion ↓" in getattr(d.value, "columns", [])]
+    assert tables and list(tables[0]["method"]) == ["Grad-CAM", "random map (reference)"]
+    run_id = at.selectbox(key="evaluate_run").value["run_id"]
+    kept = runs.RunDir(copy / run_id).faithfulness()
+    assert kept["settings"]["sample_size"] == 3 and kept["settings"]["methods"] == ["gradcam"]
+    assert tables[0]["deletion ↓"][0] == pytest.approx(kept["methods"]["gradcam"]["deletion"]["mean"])
+    assert any(m.value.startswith(f"**{len(kept['images'])} test image(s)**") for m in at.markdown)
+    at2 = app("pages/evaluate.py")  # a new session reads them from the run
+    assert not any("Not scored yet" in i.value for i in at2.info)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -48,6 +49,8 @@ BASELINE = "blur"
 BLUR_FRACTION = 0.05
 #: flag a map with more than this share of its mass in the border band
 BORDER_WARN = 0.60
+#: the column of :func:`table` with the share of maps flagged
+FLAGGED_COLUMN = f"flagged (border > {BORDER_WARN:.0%})"
 #: images of the test split scored per method on the Evaluate page, unless asked otherwise
 SAMPLE_SIZE = 40
 #: the reference "method" of :func:`evaluate_run`: a random map (:func:`random_map`)
@@ -172,9 +175,20 @@ def border_flagged(share: float | None) -> bool:
 
 
 def model_fingerprint(run) -> str:
-    """Which model file scores belong to: its size and modification time."""
-    stat = run.require_model().stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
+    """Which model the scores belong to: a digest of the model file's content (so a copied or moved run
+    keeps its scores), worked out once per file version (path, size, modification time)."""
+    path = run.require_model()
+    stat = path.stat()
+    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _request(run, methods, sample_size: int, seed: int, steps: int, baseline: str) -> dict:
@@ -323,7 +337,7 @@ def table(result: dict):
                 "insertion ↑": cell(entry["insertion"]),
                 "insertion 95% CI": interval(entry["insertion"]),
                 "border share": cell(entry.get("border_share")),
-                "flagged (border > 60%)": flagged,
+                FLAGGED_COLUMN: flagged,
                 "seconds per image": entry.get("seconds_per_image"),
             }
         )
