@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from conftest import make_class_folders, tiny_config
 from cxrcore.errors import ConfigError, ImageDecodeError
 from cxrcore.explain import faithfulness
 from cxrcore.explain.faithfulness import border_flagged, border_share, curve_auc, pixel_ranks, random_map, scores
-from conftest import make_class_folders, tiny_config
 
 # --------------------------------------------------------------------------- worked by hand
 
