@@ -249,6 +249,8 @@ def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, predictor, caps
     entry = kept["methods"]["gradcam"]["deletion"]
     values = [row["gradcam"]["deletion"] for row in kept["images"]]
     assert entry["mean"] == pytest.approx(np.mean(values)) and entry["n"] == 2
+    card = runs.RunDir(run_dir).model_card()
+    assert "## Explanations" in card and f"| Grad-CAM | {entry['mean']:.3f} (" in card
     assert main(["faithfulness", str(run_dir), "--sample", "2", "--methods", "gradcam"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["settings"] == kept["settings"]
     with pytest.raises(ConfigError, match="unknown method"):

@@ -270,6 +270,41 @@ def _writeup_section(run: runs.RunDir) -> list[str]:
     return [*lines, ""]
 
 
+def _explanations_section(run: runs.RunDir) -> list[str]:
+    """Each explanation method's faithfulness on a test sample, where it was scored."""
+    import pandas as pd
+
+    from ..explain import faithfulness
+
+    found = run.faithfulness()
+    if not found:
+        return []
+    rows = []
+    for _, row in faithfulness.table(found).iterrows():
+        rows.append(
+            [
+                row["method"],
+                f"{row['deletion ↓']:.3f} ({row['deletion 95% CI']})",
+                f"{row['insertion ↑']:.3f} ({row['insertion 95% CI']})",
+                "" if pd.isna(row["border share"]) else f"{row['border share']:.0%}",
+            ]
+        )
+    stale = found["settings"].get("model") != faithfulness.model_fingerprint(run)
+    return [
+        "## Explanations",
+        "",
+        f"- Scored on {len(found['images'])} test image(s) (the predicted class); {found['describe']}. Deletion: lower "
+        "is better; insertion: higher is better; border share: the map's mass in the outer 10% of each side (36% of "
+        "the image), a heuristic about position, not anatomy.",
+        *(["- These scores are of an earlier model file."] if stale else []),
+        "",
+        *_table(["method", "deletion (95% CI)", "insertion (95% CI)", "border share"], rows),
+        "",
+        *[f"- {line}" for line in faithfulness.verdict(found)],
+        "",
+    ]
+
+
 def render(run: runs.RunDir) -> str:
     """The model card of ``run``, as Markdown."""
     config = run.config()
@@ -317,6 +352,7 @@ def render(run: runs.RunDir) -> str:
     else:
         lines += ["## Results", "", "- No test results: the run has not finished.", ""]
     lines += _writeup_section(run)
+    lines += _explanations_section(run)
     lines += [*_external_section(metrics, evaluations), "", "## Limitations", ""]
     lines += [f"- {item}" for item in limitations(run, metrics, evaluations, found_audit)]
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
