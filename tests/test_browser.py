@@ -181,6 +181,11 @@ def test_every_page_and_the_predict_flow_in_chromium(server, tmp_path):
         images.nth(1).wait_for(timeout=60_000)  # the model's input and the Grad-CAM overlay
         page.get_by_role("button", name="Download overlay (PNG)").wait_for(state="visible", timeout=60_000)
         page.get_by_text("Decision at target sensitivity 0.95:").first.wait_for(timeout=30_000)
+        # the map's faithfulness, with the settings stated
+        page.get_by_text("20 steps; removed pixels replaced by a blurred copy of the image").first.wait_for(
+            timeout=30_000
+        )
+        assert page.locator('[data-testid="stMetricLabel"]').filter(has_text="Deletion").count() == 1
         page.screenshot(path=str(ARTIFACTS / "predict-gradcam.png"), full_page=True)
 
         # train a second small model from the Train page, as a newcomer would, then compare the two
