@@ -177,10 +177,6 @@ class Predictor:
         ``image`` is a file, bytes, or an image already prepared by :meth:`prepare`. Everything is computed
         once per (image, method, class, steps, baseline). Raises ImageDecodeError for an unreadable image,
         ValueError for an unknown method or class."""
-        from .explain.cam import METHODS
-
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         faithfulness.check_settings(steps, baseline)
         if class_index is not None and (
             isinstance(class_index, bool)
