@@ -25,7 +25,10 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     evaluation/metrics   evaluation metrics as pure functions
     evaluation/evaluate  evaluation of a run on its test split or an external folder
     evaluation/plots     plotly figure builders (data in, go.Figure out)
+    evaluation/commands  ``python -m cxrcore evaluate``
     explain/cam          Grad-CAM, Grad-CAM++, Score-CAM and overlays
+    explain/faithfulness deletion, insertion and border share of a map; scores over a test sample
+    explain/commands     ``python -m cxrcore explain`` and ``faithfulness``
     jobs/store           the job queue in SQLite (queued, who holds a job, cancel requests, progress)
     jobs/queue           submit, cancel, resume and wait: the actions on jobs
     jobs/scheduler       starts queued jobs as worker processes and watches them

@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import ConfigError, CXRError
+from .errors import CXRError
 
 
 def parse_augment(text: str):
@@ -305,72 +305,6 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _with_ci(value, bounds: dict | None) -> str:
-    if value is None:
-        return "n/a"
-    if not bounds or bounds.get("ci_low") is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} ({bounds['ci_low']:.3f}-{bounds['ci_high']:.3f})"
-
-
-def report_lines(result: dict) -> list[str]:
-    """The evaluation as text: headline and per-class metrics, each with its 95% interval."""
-    ci = result.get("ci", {})
-    lines = [
-        "  "
-        + "  ".join(
-            f"{name} {_with_ci(result[key], ci.get(key))}"
-            for name, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro AUC", "macro_auc"))
-        )
-    ]
-    for name, row in result["per_class"].items():
-        row_ci = row.get("ci", {})
-        shown = "  ".join(
-            f"{key} {_with_ci(row.get(key), row_ci.get(key))}"
-            for key in ("sensitivity", "specificity", "ppv", "npv", "auc")
-        )
-        lines.append(f"  {name:<20} {shown}  n {row['support']}")
-    boot = result.get("bootstrap")
-    lines.append(
-        f"  95% intervals: bootstrap over {boot['patients']} patients, {boot['resamples']} resamples"
-        + (
-            f" ({boot['images_without_patient_id']} images without a patient id counted as their own patient)"
-            if boot["images_without_patient_id"]
-            else ""
-        )
-        if boot
-        else "  no intervals: evaluated before they existed"
-    )
-    calibration = result.get("calibration")
-    if calibration:
-        ece = calibration["ece"]
-        lines.append(
-            f"  calibration: temperature {calibration['temperature']:.3f}, "
-            f"ECE {_fmt(ece['before'].get('mean'))} -> {_fmt(ece['after'].get('mean'))}"
-        )
-    else:
-        lines.append("  calibration: none (trained before calibration existed)")
-    from .evaluation.compare import operating_points_table
-
-    points = operating_points_table(result)
-    if not points.empty:
-        lines.append("  operating points (thresholds chosen on the validation split, applied unchanged):")
-        for row in points.to_dict("records"):
-            rates = "  ".join(f"{k} {row[k]}" for k in ("sensitivity", "specificity", "PPV", "NPV") if row[k])
-            lines.append(f"    {row['class']:<20} {row['operating point']:<18} threshold {row['threshold']}  {rates}")
-    found = result.get("ood")
-    if found:
-        lines.append(
-            f"  unlike the training data: {found['flagged']} of {found['n']} images ({found['fraction_flagged']:.1%}; "
-            f"about {100 - found['percentile']:g}% expected for images like the training data)"
-        )
-    return lines
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def cmd_audit(args) -> int:
     from .data.audit import audit
 
@@ -394,28 +328,6 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .runs import RunDir
-
-    RunDir(args.run_dir).require_model()
-    if args.data:
-        from .data.index import scan_layout
-
-        scan_layout(args.data)
-    from .config import parse_pairs
-    from .evaluation.evaluate import evaluate_run
-    from .evaluation.metrics import summary
-
-    result = evaluate_run(
-        args.run_dir, args.data, drop_unknown=args.drop_unknown, label_map=parse_pairs(args.label_map, "--map")
-    )
-    for line in report_lines(result):
-        print(line, file=sys.stderr)
-    print(f"results written to {result['out_dir']}", file=sys.stderr)
-    print(json.dumps(summary(result)))
-    return 0
-
-
 def cmd_predict(args) -> int:
     from .runs import RunDir
 
@@ -432,116 +344,6 @@ def cmd_predict(args) -> int:
             print(prediction_line(result), file=sys.stderr)
         print(json.dumps(result))
     return 2 if failed else 0
-
-
-def cmd_explain(args) -> int:
-    from .explain.cam import overlay, to_png_bytes
-    from .explain.faithfulness import BORDER_WARN
-    from .runs import RunDir
-
-    RunDir(args.run_dir).require_model()
-    if not 0 <= args.alpha <= 1:
-        raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    from .errors import ImageDecodeError
-    from .predict import Predictor
-
-    predictor = Predictor(args.run_dir)
-    class_index = None
-    if args.class_name is not None:
-        if args.class_name not in predictor.labels:
-            raise ConfigError(
-                f"--class {args.class_name!r} is not one of the model's classes: {', '.join(predictor.labels)}"
-            )
-        class_index = predictor.labels.index(args.class_name)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failed, written = 0, set()
-    for image in args.images:
-        try:
-            found = predictor.explain(
-                image,
-                args.method,
-                class_index,
-                operating_point=args.operating_point,
-                steps=args.steps,
-                baseline=args.baseline,
-            )
-        except ImageDecodeError as exc:
-            failed += 1
-            print(f"error: {exc}", file=sys.stderr)
-            print(json.dumps({"image": image, "error": str(exc)}))
-            continue
-        stem = f"{Path(image).stem}_{args.method.replace('++', 'pp')}_{found['class']}"
-        name, n = f"{stem}.png", 1
-        while name in written:  # two inputs with the same file name in different folders
-            n += 1
-            name = f"{stem}_{n}.png"
-        written.add(name)
-        target = out / name
-        target.write_bytes(
-            to_png_bytes(overlay(found["input"], found["heatmap"], colormap=args.colormap, alpha=args.alpha))
-        )
-        line = {
-            key: found[key]
-            for key in (
-                "image",
-                "label",
-                "confidence",
-                "probabilities",
-                "decision",
-                "unlike_training",
-                "method",
-                "class",
-            )
-        }
-        line.update(
-            deletion=found["deletion"],
-            insertion=found["insertion"],
-            border_share=found["border_share"],
-            border_flagged=found["border_flagged"],
-            steps=found["faithfulness"]["steps"],
-            baseline=found["faithfulness"]["baseline"],
-            overlay=str(target),
-        )
-        share = "n/a (empty map)" if found["border_share"] is None else f"{found['border_share']:.0%}"
-        print(
-            f"{prediction_line(found)}\n  {args.method} for {found['class']}: deletion {found['deletion']:.3f} "
-            f"(lower is better), insertion {found['insertion']:.3f} (higher is better), border share {share}"
-            + (f" > {BORDER_WARN:.0%}: the map lies mostly on the image's border" if found["border_flagged"] else "")
-            + f"; overlay {target}",
-            file=sys.stderr,
-        )
-        print(json.dumps(line))
-    return 2 if failed else 0
-
-
-def cmd_faithfulness(args) -> int:
-    from .explain import faithfulness
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % 20 == 0:
-            print(f"  {done}/{total} maps scored", file=sys.stderr)
-
-    result = faithfulness.evaluate_run(
-        args.run_dir,
-        methods,
-        args.sample,
-        seed=args.seed,
-        steps=args.steps,
-        baseline=args.baseline,
-        progress=progress,
-    )
-    print(
-        f"explanations of {args.run_dir} on {len(result['images'])} test image(s); {result['describe']}",
-        file=sys.stderr,
-    )
-    print(faithfulness.table(result).to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
-    for line in faithfulness.verdict(result):
-        print(line, file=sys.stderr)
-    print(json.dumps({k: v for k, v in result.items() if k != "images"}))
-    return 0
 
 
 def prediction_line(result: dict) -> str:
@@ -626,18 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(with its own configuration; the other options are ignored)",
     )
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="evaluate a run; prints a JSON summary last")
-    p.add_argument("run_dir")
-    p.add_argument("--data", help="another labelled folder (external validation)")
-    p.add_argument("--drop-unknown", action="store_true", help="skip images of classes the model does not know")
-    p.add_argument(
-        "--map",
-        action="append",
-        metavar="NAME=CLASS",
-        dest="label_map",
-        help="a class name of --data as a model class, e.g. Pneumonia=Abnormal (repeatable)",
-    )
-    p.set_defaults(func=cmd_evaluate)
+    from .evaluation.commands import add_evaluate_parser  # here: these import this module
+
+    add_evaluate_parser(sub)
     p = sub.add_parser("predict", help="predict images; one JSON line each")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
@@ -648,38 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the thresholds a decision is made at (chosen on validation; default: the target sensitivity)",
     )
     p.set_defaults(func=cmd_predict)
-    from .explain.cam import COLORMAPS, METHODS
-    from .explain.faithfulness import BASELINES, SAMPLE_SIZE, STEPS
+    from .explain.commands import add_explain_parsers
 
-    p = sub.add_parser(
-        "explain",
-        help="class activation maps with faithfulness scores: overlay PNGs, one JSON line per image "
-        "(probabilities, deletion, insertion, border_share)",
-    )
-    p.add_argument("run_dir")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--method", choices=list(METHODS), default="gradcam")
-    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the predicted one)")
-    p.add_argument("--out", default="explanations", help="folder for the overlay PNGs (default: ./explanations)")
-    p.add_argument("--colormap", choices=list(COLORMAPS), default="jet")
-    p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity, 0-1")
-    p.add_argument(
-        "--steps", type=int, default=STEPS, help=f"steps of the deletion and insertion curves (default {STEPS})"
-    )
-    p.add_argument("--baseline", choices=list(BASELINES), default=BASELINES[0], help="what removed pixels become")
-    p.add_argument("--operating-point", choices=["sensitivity", "youden"], default="sensitivity")
-    p.set_defaults(func=cmd_explain)
-    p = sub.add_parser(
-        "faithfulness",
-        help="score each explanation method on a sample of a run's test split (kept in the run); JSON last",
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--sample", type=int, default=SAMPLE_SIZE, help=f"test images scored (default {SAMPLE_SIZE})")
-    p.add_argument("--methods", help=f"comma-separated, default all: {','.join(METHODS)}")
-    p.add_argument("--seed", type=int, default=0, help="which test images are sampled")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--baseline", choices=list(BASELINES), default=BASELINES[0])
-    p.set_defaults(func=cmd_faithfulness)
+    add_explain_parsers(sub)
     p = sub.add_parser("cache", help="what the activation cache holds (frozen-backbone features); JSON last")
     p.add_argument("--clear", action="store_true", help="remove every cached activation first")
     p.set_defaults(func=cmd_cache)

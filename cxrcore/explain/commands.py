@@ -1,0 +1,157 @@
+"""``python -m cxrcore explain`` and ``python -m cxrcore faithfulness``: class activation maps with their
+faithfulness scores, per image and over a run's test split. Machine-readable results go to stdout, the
+rest to stderr, as for every ``python -m cxrcore`` command (see :mod:`cxrcore.cli`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..cli import prediction_line
+from ..errors import ConfigError, ImageDecodeError
+
+
+def cmd_explain(args) -> int:
+    from ..runs import RunDir
+    from .cam import overlay, to_png_bytes
+    from .faithfulness import BORDER_WARN
+
+    RunDir(args.run_dir).require_model()
+    if not 0 <= args.alpha <= 1:
+        raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    from ..predict import Predictor
+
+    predictor = Predictor(args.run_dir)
+    class_index = None
+    if args.class_name is not None:
+        if args.class_name not in predictor.labels:
+            raise ConfigError(
+                f"--class {args.class_name!r} is not one of the model's classes: {', '.join(predictor.labels)}"
+            )
+        class_index = predictor.labels.index(args.class_name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed, written = 0, set()
+    for image in args.images:
+        try:
+            found = predictor.explain(
+                image,
+                args.method,
+                class_index,
+                operating_point=args.operating_point,
+                steps=args.steps,
+                baseline=args.baseline,
+            )
+        except ImageDecodeError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            print(json.dumps({"image": image, "error": str(exc)}))
+            continue
+        stem = f"{Path(image).stem}_{args.method.replace('++', 'pp')}_{found['class']}"
+        name, n = f"{stem}.png", 1
+        while name in written:  # two inputs with the same file name in different folders
+            n += 1
+            name = f"{stem}_{n}.png"
+        written.add(name)
+        target = out / name
+        target.write_bytes(
+            to_png_bytes(overlay(found["input"], found["heatmap"], colormap=args.colormap, alpha=args.alpha))
+        )
+        line = {
+            key: found[key]
+            for key in (
+                "image",
+                "label",
+                "confidence",
+                "probabilities",
+                "decision",
+                "unlike_training",
+                "method",
+                "class",
+            )
+        }
+        line.update(
+            deletion=found["deletion"],
+            insertion=found["insertion"],
+            border_share=found["border_share"],
+            border_flagged=found["border_flagged"],
+            steps=found["faithfulness"]["steps"],
+            baseline=found["faithfulness"]["baseline"],
+            overlay=str(target),
+        )
+        share = "n/a (empty map)" if found["border_share"] is None else f"{found['border_share']:.0%}"
+        print(
+            f"{prediction_line(found)}\n  {args.method} for {found['class']}: deletion {found['deletion']:.3f} "
+            f"(lower is better), insertion {found['insertion']:.3f} (higher is better), border share {share}"
+            + (f" > {BORDER_WARN:.0%}: the map lies mostly on the image's border" if found["border_flagged"] else "")
+            + f"; overlay {target}",
+            file=sys.stderr,
+        )
+        print(json.dumps(line))
+    return 2 if failed else 0
+
+
+def cmd_faithfulness(args) -> int:
+    from . import faithfulness
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 20 == 0:
+            print(f"  {done}/{total} maps scored", file=sys.stderr)
+
+    result = faithfulness.evaluate_run(
+        args.run_dir,
+        methods,
+        args.sample,
+        seed=args.seed,
+        steps=args.steps,
+        baseline=args.baseline,
+        progress=progress,
+    )
+    print(
+        f"explanations of {args.run_dir} on {len(result['images'])} test image(s); {result['describe']}",
+        file=sys.stderr,
+    )
+    print(faithfulness.table(result).to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
+    for line in faithfulness.verdict(result):
+        print(line, file=sys.stderr)
+    print(json.dumps({k: v for k, v in result.items() if k != "images"}))
+    return 0
+
+
+def add_explain_parsers(sub) -> None:
+    """The ``explain`` and ``faithfulness`` subcommands."""
+    from .cam import COLORMAPS, METHODS
+    from .faithfulness import BASELINES, SAMPLE_SIZE, STEPS
+
+    p = sub.add_parser(
+        "explain",
+        help="class activation maps with faithfulness scores: overlay PNGs, one JSON line per image "
+        "(probabilities, deletion, insertion, border_share)",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--method", choices=list(METHODS), default="gradcam")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the predicted one)")
+    p.add_argument("--out", default="explanations", help="folder for the overlay PNGs (default: ./explanations)")
+    p.add_argument("--colormap", choices=list(COLORMAPS), default="jet")
+    p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity, 0-1")
+    p.add_argument(
+        "--steps", type=int, default=STEPS, help=f"steps of the deletion and insertion curves (default {STEPS})"
+    )
+    p.add_argument("--baseline", choices=list(BASELINES), default=BASELINES[0], help="what removed pixels become")
+    p.add_argument("--operating-point", choices=["sensitivity", "youden"], default="sensitivity")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser(
+        "faithfulness",
+        help="score each explanation method on a sample of a run's test split (kept in the run); JSON last",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--sample", type=int, default=SAMPLE_SIZE, help=f"test images scored (default {SAMPLE_SIZE})")
+    p.add_argument("--methods", help=f"comma-separated, default all: {','.join(METHODS)}")
+    p.add_argument("--seed", type=int, default=0, help="which test images are sampled")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--baseline", choices=list(BASELINES), default=BASELINES[0])
+    p.set_defaults(func=cmd_faithfulness)
