@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import conftest
 from conftest import REPO
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.data.demo import make_demo_dataset
@@ -25,20 +26,9 @@ def demo(tmp_path_factory):
 
 
 def tiny_config(data, **changes) -> TrainConfig:
-    """A simple_cnn run on ``data`` that trains in seconds."""
-    base = dict(
-        data=str(data),
-        backbone="simple_cnn",
-        weights="none",
-        image_size=32,
-        batch_size=8,
-        epochs=1,
-        fine_tune_epochs=1,
-        patience=0,
-        reduce_lr_patience=0,
-        head=HeadConfig(dense_units=[8]),
-    )
-    return TrainConfig(**{**base, **changes})
+    """conftest's tiny run, 1 + 1 epochs, the head's default dropout, TrainConfig's default seed."""
+    base = {"epochs": 1, "fine_tune_epochs": 1, "head": HeadConfig(dense_units=[8]), "seed": TrainConfig.seed}
+    return conftest.tiny_config(data, **{**base, **changes})
 
 
 @pytest.fixture(scope="module")

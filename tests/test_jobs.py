@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import conftest
 from conftest import REPO, make_class_folders
 from cxrcore import runs
-from cxrcore.config import HeadConfig, TrainConfig
+from cxrcore.config import TrainConfig
 from cxrcore.errors import RunError
 from cxrcore.jobs import queue as job_queue
 from cxrcore.jobs import scheduler as scheduler_module
@@ -46,19 +47,8 @@ def store(tmp_path):
 
 
 def config(data, **changes) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        backbone="simple_cnn",
-        weights="none",
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        fine_tune_epochs=1,
-        patience=0,
-        reduce_lr_patience=0,
-        head=HeadConfig(dense_units=[8], dropout=0.0),
-    )
-    return TrainConfig(**{**base, **changes})
+    """conftest's tiny run with a one-epoch fine-tune stage, at TrainConfig's default seed."""
+    return conftest.tiny_config(data, **{"fine_tune_epochs": 1, "seed": TrainConfig.seed, **changes})
 
 
 def wait_for(predicate, timeout=120, what="condition"):

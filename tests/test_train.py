@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import conftest
 from conftest import make_class_folders
 from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
@@ -22,20 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config(data, **changes) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        backbone="simple_cnn",
-        weights="none",
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        fine_tune_epochs=1,
-        head=HeadConfig(dense_units=[8], dropout=0.0),
-        patience=0,
-        reduce_lr_patience=0,
-        seed=1,
-    )
-    return TrainConfig(**{**base, **changes})
+    """conftest's tiny run with a one-epoch fine-tune stage, seed 1."""
+    return conftest.tiny_config(data, **{"fine_tune_epochs": 1, "seed": 1, **changes})
 
 
 @pytest.fixture(scope="module")
