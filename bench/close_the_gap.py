@@ -32,6 +32,8 @@ OPTIONS = {
     "crop 10% + equalisation": ["--crop-border", "0.1", "--equalize"],
     "strong augmentation": ["--augment", "rotation=10,zoom=0.15,contrast=0.4,brightness=0.3"],
     "input 320 px": ["--image-size", "320"],
+    "lung crop": ["--lung-crop"],
+    "lung mask": ["--lung-mask"],
 }
 COMMON = [
     "--backbone",

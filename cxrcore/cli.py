@@ -61,6 +61,15 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--equalize", action="store_true", default=None, help="histogram-equalise every image (training and after)"
     )
+    p.add_argument(
+        "--lung-crop",
+        action="store_true",
+        default=None,
+        help="crop every image to the box around both lungs, with a margin (the shipped lung model finds them)",
+    )
+    p.add_argument(
+        "--lung-mask", action="store_true", default=None, help="black out every pixel outside the lungs (all images)"
+    )
     p.add_argument("--pooling", choices=["avg", "max", "flatten"])
     p.add_argument("--dense-units", help="head dense layers, e.g. 256,128 ('' for none)")
     p.add_argument("--dropout", type=float)
@@ -169,12 +178,13 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
     config = replace(config, **{k: getattr(args, k) for k in simple if getattr(args, k) is not None})
     if args.augment is not None:
         config.augment = parse_augment(args.augment)
-    if args.crop_border is not None or args.equalize is not None:
-        config.pixels = replace(
-            config.pixels,
-            crop_border=config.pixels.crop_border if args.crop_border is None else args.crop_border,
-            equalize=config.pixels.equalize if args.equalize is None else args.equalize,
-        )
+    pixel_options = {
+        name: getattr(args, name)
+        for name in ("crop_border", "equalize", "lung_crop", "lung_mask")
+        if getattr(args, name) is not None
+    }
+    if pixel_options:
+        config.pixels = replace(config.pixels, **pixel_options)
     if args.external:
         config.external = [str(Path(d).expanduser().resolve()) for d in args.external]
     if args.external_map:
@@ -321,7 +331,9 @@ def cmd_audit(args) -> int:
         f"{result['duplicates']['across_splits']} across splits",
         file=sys.stderr,
     )
-    print(f"  {'WARNING: ' if shortcut['flagged'] else ''}{shortcut['message']}", file=sys.stderr)
+    for check in (shortcut, shortcut.get("outside_lungs")):
+        if check:
+            print(f"  {'WARNING: ' if check['flagged'] else ''}{check['message']}", file=sys.stderr)
     for source, mix in (result["sources"] or {}).items():
         print(f"  source {source}: {mix}", file=sys.stderr)
     print(json.dumps(result))
@@ -444,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .explain.commands import add_explain_parsers
 
     add_explain_parsers(sub)
+    from .lungs.commands import add_lungs_parser
+
+    add_lungs_parser(sub)
     p = sub.add_parser("cache", help="what the activation cache holds (frozen-backbone features); JSON last")
     p.add_argument("--clear", action="store_true", help="remove every cached activation first")
     p.set_defaults(func=cmd_cache)

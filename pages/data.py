@@ -104,14 +104,16 @@ augment = AugmentConfig(
     contrast=a[3].slider("Contrast", 0.0, 0.5, 0.1, key="data_aug_contrast"),
     brightness=a[4].slider("Brightness", 0.0, 0.5, 0.1, key="data_aug_bright"),
 )
-b = st.columns([1, 1, 3])
+b = st.columns([1, 1, 1, 1, 2])
 pixels = PixelRules(
     crop_border=b[0].slider("Crop border (per side)", 0.0, 0.35, 0.0, 0.05, key="data_pix_crop"),
     equalize=b[1].checkbox("Equalise histogram", key="data_pix_equalize"),
+    lung_crop=b[2].checkbox("Crop to the lungs", key="data_pix_lung_crop"),
+    lung_mask=b[3].checkbox("Black out outside the lungs", key="data_pix_lung_mask"),
 )
-b[2].caption(
-    "Pixel rules (Train page, `--crop-border`, `--equalize`) apply to every image a run's model sees, in "
-    "training and after; augmentation applies in training only."
+b[4].caption(
+    "Pixel rules (Train page; `--crop-border`, `--equalize`, `--lung-crop`, `--lung-mask`) apply to every "
+    "image a run's model sees, in training and after; augmentation applies in training only."
 )
 if paths:
     from cxrcore.training.pipeline import augment_preview
@@ -167,7 +169,8 @@ st.caption(
     "of each image that carry no anatomy (intensity histogram and percentiles, the border band, size, pixel "
     "format); its accuracy, cross-validated by patient, is compared with chance (the largest class's share). "
     "Well above chance, the classes differ by how their images were made, and a model can learn that instead "
-    "of the disease. Computed once per dataset, then cached."
+    "of the disease. The second check sees only the pixels outside the lung fields (found by the built-in lung "
+    "model): whether the frame alone predicts the label. Computed once per dataset, then cached."
 )
 
 
@@ -183,12 +186,22 @@ def shortcut_section() -> None:
     if shortcut["accuracy"] is None:
         st.info(f"No shortcut check: {shortcut['message']}.")
         return
-    cols = st.columns(3)
-    cols[0].metric("Accuracy from image statistics alone", f"{shortcut['accuracy']:.2f}")
-    cols[0].caption(f"95% CI {shortcut['ci_low']:.2f}–{shortcut['ci_high']:.2f} ({shortcut['folds']}-fold, by patient)")
-    cols[1].metric("Chance", f"{shortcut['chance']:.2f}")
-    cols[2].metric("Above chance", f"{shortcut['accuracy'] - shortcut['chance']:+.2f}")
-    (st.error if shortcut["flagged"] else st.success)(shortcut["message"])
+    outside = shortcut.get("outside_lungs") or {}
+    for title, check in (("Whole image", shortcut), ("Outside the lungs only", outside)):
+        if check.get("accuracy") is None:
+            continue
+        st.markdown(f"**{title}**")
+        cols = st.columns(3)
+        cols[0].metric(f"Accuracy from image statistics alone ({title.lower()})", f"{check['accuracy']:.2f}")
+        cols[0].caption(f"95% CI {check['ci_low']:.2f}–{check['ci_high']:.2f} ({check['folds']}-fold, by patient)")
+        cols[1].metric("Chance", f"{check['chance']:.2f}")
+        cols[2].metric("Above chance", f"{check['accuracy'] - check['chance']:+.2f}")
+        (st.error if check["flagged"] else st.success)(check["message"])
+    if outside.get("lungs_not_found"):
+        st.caption(
+            f"The lung model did not find two lungs in {outside['lungs_not_found']} of {outside['images']} images; "
+            "for those, only what it found (or nothing) was left out."
+        )
     if result["sources"]:
         st.markdown("**Images per class and source** (from the manifest's source column)")
         st.dataframe(pd.DataFrame(result["sources"]).T.fillna(0).astype(int), width="stretch")

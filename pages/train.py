@@ -188,7 +188,7 @@ augment_views = c[0].number_input(
     help="With augmentation and cached activations: this many augmented versions of each training image are "
     "cached, one drawn per epoch. 0: augmenting runs the whole network every epoch.",
 )
-c = st.columns([1, 1, 3])
+c = st.columns([1, 1, 1, 1, 2])
 pixels = PixelRules(
     crop_border=float(
         c[0].number_input(
@@ -208,8 +208,21 @@ pixels = PixelRules(
         help="Histogram equalisation of every image (training, evaluation and prediction): evens out exposure and "
         "contrast between sites.",
     ),
+    lung_crop=c[2].checkbox(
+        "Crop to the lungs",
+        key="train_lung_crop",
+        help="Cut every image to the box around both lungs, with a margin, found by the built-in lung model: the "
+        "shoulders, the neck, markers and film edges are left out. An image where two lungs are not found is kept "
+        "whole. Applied in training, evaluation and prediction.",
+    ),
+    lung_mask=c[3].checkbox(
+        "Black out outside the lungs",
+        key="train_lung_mask",
+        help="Set every pixel outside the lung fields (found by the built-in lung model, grown by 2% of the side) to "
+        "black, so the model can only use the lungs. Applied in training, evaluation and prediction.",
+    ),
 )
-c[2].caption(
+c[4].caption(
     "Pixel rules are part of the run: its model sees every image through them, at training and after. "
     "The README's external-validation table shows what each changed on cxr-dev -> another hospital."
 )

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from cxrcore.data.audit import BORDER_FRACTION, STATS_SIZE, audit, border_mask, shortcut_check
 from cxrcore.data.index import build_index
@@ -98,3 +99,55 @@ def test_cli_audit_prints_the_shortcut_check_last(tmp_path):
     assert result["shortcut"]["chance"] == 0.5 and result["shortcut"]["flagged"]
     assert result["shortcut"]["ci_low"] <= result["shortcut"]["accuracy"] <= result["shortcut"]["ci_high"]
     assert "WARNING: Labels can be told apart without looking at the lungs" in proc.stderr
+
+
+class FixedLungs:
+    """A stand-in for the lung model: the same two lungs (rectangles) in every image."""
+
+    def lungs(self, gray):
+        from cxrcore.lungs.geometry import lungs_from_mask
+
+        size = gray.shape[0]
+        mask = np.zeros(gray.shape[:2], dtype=bool)
+        mask[size // 5 : size * 4 // 5, size // 8 : size * 3 // 8] = True
+        mask[size // 5 : size * 4 // 5, size * 5 // 8 : size * 7 // 8] = True
+        return lungs_from_mask(mask)
+
+
+def lungs_and_frame(inside_differs: bool):
+    """Noise everywhere; class B is brighter inside the lung rectangles (``inside_differs``) or outside them."""
+
+    def draw(rng, c, size):
+        img = rng.normal(100, 20, (size, size))
+        lungs = FixedLungs().lungs(img).mask
+        region = lungs if inside_differs else ~ndimage.binary_dilation(lungs, iterations=6)
+        img[region] += 50 * c
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    return draw
+
+
+@pytest.fixture
+def fixed_lungs(monkeypatch):
+    import cxrcore.lungs.segment as segment
+
+    monkeypatch.setattr(segment, "get_segmenter", lambda path=None: FixedLungs())
+
+
+def test_a_difference_outside_the_lungs_is_flagged_by_the_frame_check(tmp_path, fixed_lungs):
+    index = build_index(write_set(tmp_path / "frame", lungs_and_frame(False), size=STATS_SIZE))
+    result = shortcut_check(index, outside_lungs=True)
+    frame = result["outside_lungs"]
+    assert frame["flagged"] and frame["ci_low"] > 0.6
+    assert frame["message"].startswith("The frame alone predicts the label")
+    assert frame["lungs_not_found"] == 0 and frame["chance"] == 0.5
+
+
+def test_a_difference_inside_the_lungs_only_is_not_flagged_by_the_frame_check(tmp_path, fixed_lungs):
+    index = build_index(write_set(tmp_path / "inside", lungs_and_frame(True), size=STATS_SIZE))
+    result = shortcut_check(index, outside_lungs=True)
+    assert result["flagged"]  # the whole image's histogram sees the brighter lungs
+    frame = result["outside_lungs"]
+    assert not frame["flagged"], frame
+    assert frame["ci_low"] - frame["chance"] <= 0.10
+    assert "does not predict" in frame["message"] or "somewhat better" in frame["message"]

@@ -252,6 +252,8 @@ def test_external_validation_options_from_the_command_line(tmp_path):
         ({"pixels": {"crop_border": 0.5}}, "pixels.crop_border must be in"),
         ({"pixels": {"crop_border": "wide"}}, "pixels.crop_border must be a number"),
         ({"pixels": {"equalize": "yes"}}, "pixels.equalize must be true or false"),
+        ({"pixels": {"lung_crop": 1}}, "pixels.lung_crop must be true or false"),
+        ({"pixels": {"lung_mask": "no"}}, "pixels.lung_mask must be true or false"),
         ({"pixels": {"sharpen": True}}, "config.pixels: unknown option(s) sharpen"),
         ({"target_sensitivity": 1.0}, "target_sensitivity must be between 0 and 1"),
     ],
@@ -275,3 +277,9 @@ def test_cli_pixel_rules_and_target_sensitivity(tmp_path):
     assert only_crop.pixels == PixelRules(crop_border=0.05, equalize=True)  # the saved equalize is kept
     with pytest.raises(ConfigError, match=re.escape("pixels.crop_border must be in [0, 0.4)")):
         _cli_config("--data", "/d", "--crop-border", "0.5")
+    lungs = _cli_config("--config", str(tmp_path / "c.json"), "--lung-crop", "--lung-mask")
+    assert lungs.pixels == PixelRules(crop_border=0.1, equalize=True, lung_crop=True, lung_mask=True)
+    assert lungs.pixels.describe() == (
+        "10% border cropped, histogram equalised, cropped to the lungs, outside the lungs blacked out"
+    )
+    assert TrainConfig.from_dict(lungs.to_dict()).pixels == lungs.pixels

@@ -10,8 +10,13 @@ differ in how their images were made (a source, a scanner, a crop), and a CNN wi
 learn that too. On cxr-dev such a check predicts the class with 0.84 accuracy against
 0.40 chance: its classes come from different sources.
 
+The same check runs a second time on statistics of the pixels **outside the lung fields** only
+(found by the shipped lung model, :mod:`cxrcore.lungs`): when the frame alone (markers, borders,
+the shoulders, the exposure outside the chest) predicts the label, a model can find its answer
+there. :func:`outside_lung_statistics` is that description.
+
 Results are cached per dataset in the index cache folder, keyed by every file's path,
-size and label, so opening the Data page again costs nothing.
+size and label and by the lung model, so opening the Data page again costs nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ SHORTCUT_MARGIN = 0.10
 #: the pixels the statistics are computed on (gray, this size square)
 STATS_SIZE = 128
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-_VERSION = 2  # bump when the features or the wording change: cached results are then recomputed
+_VERSION = 3  # bump when the features or the wording change: cached results are then recomputed
 
 Progress = Callable[[int, int], None] | None
 
@@ -50,20 +55,39 @@ def border_mask(height: int, width: int, fraction: float = BORDER_FRACTION) -> n
     return mask
 
 
-def image_statistics(path: str) -> np.ndarray:
-    """The anatomy-free description of one image: intensity histogram (16 bins), percentiles,
-    mean and spread of the whole image, of its border band and of its centre."""
-    gray = prepare_image(path, STATS_SIZE)[..., 0].astype(np.float32)
+def _statistics(gray: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Intensity histogram (16 bins), percentiles, and mean and spread of the whole image, of its border band
+    and of its centre, over the pixels ``keep`` selects (all when ``None``)."""
+    keep = np.ones(gray.shape, dtype=bool) if keep is None else keep
     border = border_mask(*gray.shape)
-    hist = np.histogram(gray, bins=16, range=(0, 256))[0] / gray.size
-    parts = [gray, gray[border], gray[~border]]
+    chosen = gray[keep]
+    hist = np.histogram(chosen, bins=16, range=(0, 256))[0] / max(chosen.size, 1)
+    parts = [chosen, gray[keep & border], gray[keep & ~border]]
     return np.concatenate(
         [
             hist,
-            np.percentile(gray, _PERCENTILES),
-            [f(part) for part in parts for f in (np.mean, np.std)],
+            np.percentile(chosen, _PERCENTILES) if chosen.size else np.zeros(len(_PERCENTILES)),
+            [f(part) if part.size else 0.0 for part in parts for f in (np.mean, np.std)],
         ]
     )
+
+
+def image_statistics(path: str) -> np.ndarray:
+    """The anatomy-free description of one image: intensity histogram (16 bins), percentiles,
+    mean and spread of the whole image, of its border band and of its centre."""
+    return _statistics(prepare_image(path, STATS_SIZE)[..., 0].astype(np.float32))
+
+
+def outside_lung_statistics(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The same statistics over the pixels outside the lung fields only (the shipped lung model's mask, grown
+    by :data:`cxrcore.lungs.geometry.MASK_GROW`), and whether two lungs were found (when not, whatever was
+    found is left out, or nothing)."""
+    from ..lungs.geometry import grow
+    from ..lungs.segment import get_segmenter
+
+    lungs = get_segmenter().lungs(gray.astype(np.uint8))
+    outside = ~grow(lungs.mask) if lungs.found else np.ones(gray.shape, dtype=bool)
+    return _statistics(gray.astype(np.float32), outside), lungs.found == 2
 
 
 def _header_features(index: pd.DataFrame) -> np.ndarray:
@@ -79,39 +103,14 @@ def _header_features(index: pd.DataFrame) -> np.ndarray:
     )
 
 
-def shortcut_check(index: pd.DataFrame, *, folds: int = 5, seed: int = 0, progress: Progress = None) -> dict:
-    """Cross-validated accuracy of a classifier on image statistics alone, against chance.
-
-    Returns ``{"accuracy", "ci_low", "ci_high", "chance", "flagged", "folds", "images",
-    "features", "message"}``; ``flagged`` when ``ci_low - chance > SHORTCUT_MARGIN``.
-    """
+def _cross_validated(features: np.ndarray, labels: np.ndarray, groups, folds: int, seed: int) -> dict:
+    """Accuracy of a random forest on ``features``, cross-validated by patient group, with its 95% interval
+    (bootstrap over patients)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
-    from ..evaluation.intervals import patient_groups, resample_weights
+    from ..evaluation.intervals import resample_weights
 
-    labels = index["label"].astype(str).to_numpy()
-    counts = pd.Series(labels).value_counts()
-    chance = float(counts.iloc[0] / len(labels))
-    folds = int(min(folds, counts.min()))
-    if counts.size < 2 or folds < 2:
-        return {
-            "accuracy": None,
-            "ci_low": None,
-            "ci_high": None,
-            "chance": chance,
-            "flagged": False,
-            "folds": folds,
-            "images": int(len(labels)),
-            "message": "too few images per class for a cross-validated check",
-        }
-    rows = []
-    for i, path in enumerate(index["path"]):
-        rows.append(image_statistics(path))
-        if progress is not None and (i + 1 == len(index) or (i + 1) % 50 == 0):
-            progress(i + 1, len(index))
-    features = np.concatenate([np.stack(rows), _header_features(index)], axis=1)
-    groups, _ = patient_groups(index["patient_id"].tolist(), len(labels))
     forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1)
     predicted = cross_val_predict(
         forest,
@@ -124,33 +123,103 @@ def shortcut_check(index: pd.DataFrame, *, folds: int = 5, seed: int = 0, progre
     weights = resample_weights(groups, 1000, seed)
     resampled = (weights @ correct) / weights.sum(axis=1)
     low, high = np.percentile(resampled, [2.5, 97.5])
-    accuracy = float(correct.mean())
+    return {"accuracy": float(correct.mean()), "ci_low": float(low), "ci_high": float(high)}
+
+
+def _message(scores: dict, chance: float, outside_lungs: bool) -> tuple[bool, str]:
+    low = scores["ci_low"]
     flagged = bool(low - chance > SHORTCUT_MARGIN)
-    figures = f"accuracy {accuracy:.2f} (95% CI {low:.2f}-{high:.2f}) against {chance:.2f} by chance"
+    figures = (
+        f"accuracy {scores['accuracy']:.2f} (95% CI {low:.2f}-{scores['ci_high']:.2f}) against {chance:.2f} by chance"
+    )
+    if outside_lungs:
+        what = "statistics of the pixels outside the lung fields (the lungs left out), size and format"
+        if flagged:
+            return flagged, (
+                f"The frame alone predicts the label: {what} predict the class with {figures}. A model can find its "
+                "answer outside the lungs (markers, borders, the shoulders, the scanner); try the lung crop or mask "
+                "pixel rules and validate on external data."
+            )
+        if low > chance:
+            return flagged, (
+                f"Outside the lungs, {what} predict the class somewhat better than chance: {figures}. Not flagged."
+            )
+        return flagged, f"The frame alone does not predict the label: outside the lungs, {figures}."
     if flagged:
-        message = (
+        return flagged, (
             "Labels can be told apart without looking at the lungs: image statistics alone (intensity, border "
             f"band, size, format) predict the class with {figures}. The classes likely differ by source, scanner "
             "or processing, and a model can learn that instead of the disease; validate on external data."
         )
-    elif low > chance:
-        message = (
+    if low > chance:
+        return flagged, (
             f"Image statistics alone predict the class somewhat better than chance: {figures}. Not flagged "
             f"(the interval starts within {SHORTCUT_MARGIN:.2f} of chance), but worth checking on external data."
         )
-    else:
-        message = f"No shortcut found: image statistics alone predict the class with {figures}."
-    return {
-        "accuracy": accuracy,
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "chance": chance,
-        "flagged": flagged,
-        "folds": folds,
-        "images": int(len(labels)),
-        "features": int(features.shape[1]),
-        "message": message,
-    }
+    return flagged, f"No shortcut found: image statistics alone predict the class with {figures}."
+
+
+def shortcut_check(
+    index: pd.DataFrame, *, folds: int = 5, seed: int = 0, progress: Progress = None, outside_lungs: bool = False
+) -> dict:
+    """Cross-validated accuracy of a classifier on image statistics alone, against chance.
+
+    Returns ``{"accuracy", "ci_low", "ci_high", "chance", "flagged", "folds", "images",
+    "features", "message"}``; ``flagged`` when ``ci_low - chance > SHORTCUT_MARGIN``. With
+    ``outside_lungs``, also ``"outside_lungs"``: the same check on statistics of the pixels outside the
+    lung fields only (plus size and format), with ``lungs_not_found`` (images where the lung model did not
+    find two lungs): whether the frame alone predicts the label.
+    """
+    from ..evaluation.intervals import patient_groups
+
+    labels = index["label"].astype(str).to_numpy()
+    counts = pd.Series(labels).value_counts()
+    chance = float(counts.iloc[0] / len(labels))
+    folds = int(min(folds, counts.min()))
+    if counts.size < 2 or folds < 2:
+        empty = {
+            "accuracy": None,
+            "ci_low": None,
+            "ci_high": None,
+            "chance": chance,
+            "flagged": False,
+            "folds": folds,
+            "images": int(len(labels)),
+            "message": "too few images per class for a cross-validated check",
+        }
+        return {**empty, "outside_lungs": dict(empty)} if outside_lungs else empty
+    whole, outside, missed = [], [], 0
+    for i, path in enumerate(index["path"]):
+        gray = prepare_image(path, STATS_SIZE)[..., 0]
+        whole.append(_statistics(gray.astype(np.float32)))
+        if outside_lungs:
+            stats, found = outside_lung_statistics(gray)
+            outside.append(stats)
+            missed += not found
+        if progress is not None and (i + 1 == len(index) or (i + 1) % 50 == 0):
+            progress(i + 1, len(index))
+    header = _header_features(index)
+    groups, _ = patient_groups(index["patient_id"].tolist(), len(labels))
+    results = {}
+    for name, rows in (("image", whole), ("outside_lungs", outside)):
+        if not rows:
+            continue
+        features = np.concatenate([np.stack(rows), header], axis=1)
+        scores = _cross_validated(features, labels, groups, folds, seed)
+        flagged, message = _message(scores, chance, name == "outside_lungs")
+        results[name] = {
+            **scores,
+            "chance": chance,
+            "flagged": flagged,
+            "folds": folds,
+            "images": int(len(labels)),
+            "features": int(features.shape[1]),
+            "message": message,
+        }
+    result = results["image"]
+    if outside_lungs:
+        result["outside_lungs"] = {**results["outside_lungs"], "lungs_not_found": int(missed)}
+    return result
 
 
 def sources(index: pd.DataFrame) -> dict[str, dict[str, int]] | None:
@@ -162,7 +231,9 @@ def sources(index: pd.DataFrame) -> dict[str, dict[str, int]] | None:
 
 
 def _cache_file(index: pd.DataFrame, folds: int, seed: int) -> Path:
-    digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}".encode())
+    from ..lungs.segment import shipped_fingerprint
+
+    digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}|{shipped_fingerprint()}".encode())
     for row in index[["path", "bytes", "label", "patient_id"]].itertuples(index=False):
         digest.update("|".join(map(str, row)).encode())
     return cache_dir() / "audit" / f"{digest.hexdigest()[:20]}.json"
@@ -172,7 +243,8 @@ def audit(
     data: str | os.PathLike, *, folds: int = 5, seed: int = 0, use_cache: bool = True, progress: Progress = None
 ) -> dict:
     """The whole audit of a dataset: counts, patient leaks across the split training would use,
-    byte-identical duplicates, the shortcut check and the class mix per source."""
+    byte-identical duplicates, the shortcut check (on the whole image, and on what lies outside the
+    lungs only) and the class mix per source."""
     index = build_index(data)
     cache = _cache_file(index, folds, seed)
     if use_cache:
@@ -196,7 +268,7 @@ def audit(
             "groups": int(dups["hash"].nunique()) if len(dups) else 0,
             "across_splits": int(dups.loc[dups["cross_split"], "hash"].nunique()) if len(dups) else 0,
         },
-        "shortcut": shortcut_check(index, folds=folds, seed=seed, progress=progress),
+        "shortcut": shortcut_check(index, folds=folds, seed=seed, progress=progress, outside_lungs=True),
         "sources": sources(index),
     }
     try:

@@ -29,6 +29,11 @@ Pixel rules (documented once, here):
   resizing (film edges, burned-in markers, collimation); ``equalize`` equalises the
   histogram of the resized image's gray levels (each channel for a colour image), which
   takes away most of the differences in exposure and contrast between sites.
+  ``lung_crop`` cuts the image to the box around both lungs, found by the shipped lung model
+  (:mod:`cxrcore.lungs`), with :data:`cxrcore.lungs.geometry.CROP_MARGIN` of the box added on each side,
+  after ``crop_border`` and before resizing; ``lung_mask`` sets every pixel outside the lungs (the mask
+  grown by :data:`cxrcore.lungs.geometry.MASK_GROW` of the side, so the lungs' edges stay) to black, last.
+  When the lung model does not find two lungs, the image is left whole (crop) or unmasked (mask).
 
 Limits: an image may hold at most :data:`MAX_PIXELS` pixels (for DICOM: rows x columns
 x frames x samples), read from its header before anything is decoded: the PNG IHDR,
@@ -394,14 +399,17 @@ class PixelRules:
 
     crop_border: float = 0.0  # fraction of width and height cut from each side, before resizing
     equalize: bool = False  # histogram equalisation after resizing
+    lung_crop: bool = False  # crop to the box around both lungs (with a margin), before resizing
+    lung_mask: bool = False  # black outside the lungs, last
 
     def __post_init__(self):
         if isinstance(self.crop_border, bool) or not isinstance(self.crop_border, (int, float)):
             raise ConfigError(f"pixels.crop_border must be a number, got {self.crop_border!r}")
         if not 0 <= self.crop_border < 0.4:
             raise ConfigError(f"pixels.crop_border must be in [0, 0.4), got {self.crop_border}")
-        if not isinstance(self.equalize, bool):
-            raise ConfigError(f"pixels.equalize must be true or false, got {self.equalize!r}")
+        for name in ("equalize", "lung_crop", "lung_mask"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"pixels.{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def is_default(self) -> bool:
@@ -411,6 +419,8 @@ class PixelRules:
         """``"as decoded"``, or the rules in words, e.g. ``"10% border cropped, equalised"``."""
         parts = [f"{self.crop_border:.0%} border cropped"] if self.crop_border else []
         parts += ["histogram equalised"] if self.equalize else []
+        parts += ["cropped to the lungs"] if self.lung_crop else []
+        parts += ["outside the lungs blacked out"] if self.lung_mask else []
         return ", ".join(parts) or "as decoded"
 
 
@@ -447,9 +457,19 @@ def prepare_image(
     data = _read_bytes(src, label)
     if rules is None or rules.is_default:
         return _to_rgb(_decode(data, label, size))
-    arr = _decode(data, label, None if rules.crop_border else size)
-    arr = _resize(crop_border(arr, rules.crop_border), size)
-    return _to_rgb(equalize(arr) if rules.equalize else arr)
+    arr = _decode(data, label, None if rules.crop_border or rules.lung_crop else size)
+    arr = crop_border(arr, rules.crop_border)
+    if rules.lung_crop:
+        from ..lungs.segment import get_segmenter  # here: it loads TensorFlow
+
+        arr = get_segmenter().crop_to_lungs(arr)
+    arr = _resize(arr, size)
+    arr = equalize(arr) if rules.equalize else arr
+    if rules.lung_mask:
+        from ..lungs.segment import get_segmenter
+
+        arr = get_segmenter().mask_outside(arr)
+    return _to_rgb(arr)
 
 
 def read_header(path: str | os.PathLike) -> dict:

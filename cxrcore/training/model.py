@@ -56,6 +56,25 @@ def _missing_download(exc: Exception, spec: Backbone) -> WeightsError:
     )
 
 
+def application(spec: Backbone, source: str | None, input_tensor) -> keras.Model:
+    """The ``keras.applications`` network of a registry entry, without its top, on ``input_tensor``, with
+    ``source`` weights (from :func:`resolve_weights`); a weights file that does not fit and ImageNet weights
+    that cannot be downloaded are :class:`WeightsError` saying what to do."""
+    constructor = getattr(keras.applications, spec.builder)
+    try:
+        return constructor(include_top=False, weights=source, input_tensor=input_tensor, **spec.kwargs)
+    except (ValueError, OSError) as exc:
+        if source not in (None, "imagenet"):
+            raise WeightsError(
+                f"weights file {source} cannot be loaded into {spec.name}: {str(exc).splitlines()[0]}"
+            ) from None
+        raise
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
+        if source == "imagenet" and "fetch failure" in str(exc):
+            raise _missing_download(exc, spec) from None
+        raise
+
+
 def build_model(
     backbone: str,
     num_classes: int,
@@ -74,20 +93,7 @@ def build_model(
     if spec.builder == "simple_cnn":
         features = simple_cnn(x)
     else:
-        constructor = getattr(keras.applications, spec.builder)
-        try:
-            base = constructor(include_top=False, weights=source, input_tensor=x, **spec.kwargs)
-        except (ValueError, OSError) as exc:
-            if source not in (None, "imagenet"):
-                raise WeightsError(
-                    f"weights file {source} cannot be loaded into {spec.name}: {str(exc).splitlines()[0]}"
-                ) from None
-            raise
-        except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
-            if source == "imagenet" and "fetch failure" in str(exc):
-                raise _missing_download(exc, spec) from None
-            raise
-        features = base.output
+        features = application(spec, source, x).output
     x = _head(features, head)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"cxr_{spec.name.replace('.', '_')}")
