@@ -29,6 +29,12 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     explain/cam          Grad-CAM, Grad-CAM++, Score-CAM and overlays
     explain/faithfulness deletion, insertion and border share of a map; scores over a test sample
     explain/commands     ``python -m cxrcore explain`` and ``faithfulness``
+    lungs/geometry       two lungs from a mask: boxes, lung fraction, crop box, a map's share inside the lungs
+    lungs/model          the lung segmentation network (U-Net, plain or on a MobileNetV2 encoder)
+    lungs/augment        augmentation for foreign films (borders, markers, opacities, inversion, small chests)
+    lungs/train          ``lungs train``: mask sets, held-out split, the model's record
+    lungs/segment        LungSegmenter and the model shipped in lungs/shipped/
+    lungs/commands       ``python -m cxrcore lungs train`` and ``lungs segment``
     jobs/store           the job queue in SQLite (queued, who holds a job, cancel requests, progress)
     jobs/queue           submit, cancel, resume and wait: the actions on jobs
     jobs/scheduler       starts queued jobs as worker processes and watches them
@@ -75,6 +81,8 @@ _EXPORTS = {
     "load_model": "training.model",
     "set_stage": "training.model",
     "make_dataset": "training.pipeline",
+    "get_segmenter": "lungs.segment",
+    "LungSegmenter": "lungs.segment",
     "train": "training.train",
     "classification_metrics": "evaluation.metrics",
     "evaluate_run": "evaluation.evaluate",

@@ -117,6 +117,10 @@ def entry_for(lower: keras.Model, frame: pd.DataFrame, image_size: int, config: 
         "augment": config.to_dict()["augment"] if views else None,
         "seed": config.seed if views else None,
     }
+    if config.pixels.lung_crop or config.pixels.lung_mask:  # the pixels depend on the lung model too
+        from ..lungs.segment import shipped_fingerprint
+
+        parts["lung_model"] = shipped_fingerprint()
     key = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     return Entry(cache_root() / key)
 

@@ -45,6 +45,15 @@ ProgressFn = Callable[[dict], None] | None
 STEPS_PER_EXECUTION = 8
 
 
+
+def _lung_model_fingerprint(config: TrainConfig) -> str | None:
+    """Which lung model the run's lung pixel rules use (a digest of the shipped file), or None without them."""
+    if not (config.pixels.lung_crop or config.pixels.lung_mask):
+        return None
+    from ..lungs.segment import shipped_fingerprint
+
+    return shipped_fingerprint()
+
 def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list[str]]:
     """Index, relabel and split the dataset; returns the frame (with ``split``) and the classes."""
     index = build_index(config.data, progress=progress)
@@ -315,6 +324,7 @@ def _train(
         n_test=int(counts.get("test", 0)),
         tensorflow=tf.__version__,
         keras=keras.__version__,
+        lung_model=_lung_model_fingerprint(config),
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         finished=None,
         **runs.this_process(),
