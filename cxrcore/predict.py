@@ -13,9 +13,10 @@ the target-sensitivity one unless asked otherwise) and whether the image is unli
 data (:mod:`cxrcore.evaluation.ood`), measured on the same forward pass.
 
 :meth:`Predictor.explain` adds what the model looked at: a class activation map
-(:mod:`cxrcore.explain.cam`) with its faithfulness scores and border share
-(:mod:`cxrcore.explain.faithfulness`). The map and scores are kept per (image, method, class), so
-asking again (a page rerun for a new colormap or opacity) recomputes nothing.
+(:mod:`cxrcore.explain.cam`) with its faithfulness scores, border share and lung share
+(:mod:`cxrcore.explain.faithfulness`; the lungs found by the shipped lung model, :mod:`cxrcore.lungs`).
+The map, scores and lungs are kept per image (and method and class), so asking again (a page rerun for a
+new colormap or opacity) recomputes nothing.
 """
 
 from __future__ import annotations
@@ -155,6 +156,14 @@ class Predictor:
             lambda: self.explainer().heatmap(image, class_index=int(class_index), method=method),
         )
 
+    def lungs(self, image: np.ndarray):
+        """The lung fields (:class:`cxrcore.lungs.geometry.Lungs`) of a prepared image, found by the shipped lung
+        model once per image. Raises RunError when that model is missing."""
+        from .lungs.segment import get_segmenter
+
+        digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+        return self._remember((digest, "lungs"), lambda: get_segmenter().lungs(image))
+
     def explain(
         self,
         image: ImageSource | np.ndarray,
@@ -172,11 +181,16 @@ class Predictor:
         - ``method``, ``class_index`` and ``class``: what is explained (None: the predicted class);
         - ``deletion`` (lower is better), ``insertion`` (higher is better), ``border_share`` (None for an
           empty map) and ``border_flagged``;
+        - ``lung_share``: the share of the map's mass inside the lung fields of the prepared image (None when no
+          lung was found or the map is empty), ``lung_flagged`` (True when it is under
+          :data:`cxrcore.lungs.geometry.LUNG_SHARE_WARN`: most of the evidence is outside the lungs) and
+          ``lungs``: the :class:`cxrcore.lungs.geometry.Lungs` found (its ``mask`` outlines them on the input);
         - ``faithfulness``: ``{"steps", "baseline", "describe", "deletion_curve", "insertion_curve"}``.
 
         ``image`` is a file, bytes, or an image already prepared by :meth:`prepare`. Everything is computed
-        once per (image, method, class, steps, baseline). Raises ImageDecodeError for an unreadable image,
-        ValueError for an unknown method or class."""
+        once per (image, method, class, steps, baseline), the lungs once per image. Raises ImageDecodeError for an
+        unreadable image, ValueError for an unknown method or class, RunError when the shipped lung model is
+        missing."""
         faithfulness.check_settings(steps, baseline)
         if class_index is not None and (
             isinstance(class_index, bool)
@@ -194,6 +208,8 @@ class Predictor:
             lambda: faithfulness.scores(prepared, heat, target, self.probabilities, steps=steps, baseline=baseline),
         )
         share = faithfulness.border_share(heat)
+        lungs = self.lungs(prepared)
+        inside = faithfulness.map_lung_share(heat, lungs)
         shown = name or (None if isinstance(image, np.ndarray) else _name(image)) or "image"
         return {
             **self.result(shown, probs[0], None if features is None else features[0], operating_point),
@@ -206,6 +222,9 @@ class Predictor:
             "insertion": found["insertion"],
             "border_share": share,
             "border_flagged": faithfulness.border_flagged(share),
+            "lung_share": inside,
+            "lung_flagged": faithfulness.lung_flagged(inside),
+            "lungs": lungs,
             "faithfulness": {
                 "steps": steps,
                 "baseline": baseline,

@@ -263,14 +263,16 @@ def resume_offer() -> None:
 
 
 def explanations_view(run) -> None:
-    """Which explanation method holds up for this model: each one's deletion, insertion and border share
-    averaged over a sample of the test split (computed on request, kept in the run)."""
+    """Which explanation method holds up for this model: each one's deletion, insertion, border share and lung
+    share averaged over a sample of the test split (computed on request, kept in the run)."""
     st.caption(
         "Which map to believe: each method's maps of a random sample of the test split (the predicted class) are "
         "scored by **deletion** (lower is better: removing the pixels the map ranks first should drop the "
         "probability fast) and **insertion** (higher is better), beside a **random map** that a method must beat. "
         "**Border share** is the share of a map in the image's outer 10% on each side (36% of the area): a "
-        f"heuristic about position, not anatomy; above {faithfulness.BORDER_WARN:.0%} a map is flagged."
+        f"heuristic about position, not anatomy; above {faithfulness.BORDER_WARN:.0%} a map is flagged. "
+        "**Lung share** is the share of a map inside the lung fields found by the shipped lung model: under "
+        f"{faithfulness.LUNG_SHARE_WARN:.0%}, most of the evidence the map shows is outside the lungs."
     )
     if not run.has_model():
         st.info("This run has no model yet: its explanations can be scored once it has one.")
@@ -317,14 +319,15 @@ def explanations_view(run) -> None:
         column_config={
             **{
                 name: st.column_config.NumberColumn(format="%.3f")
-                for name in ("deletion ↓", "insertion ↑", "border share")
+                for name in ("deletion ↓", "insertion ↑", "border share", "lung share")
             },
             faithfulness.FLAGGED_COLUMN: st.column_config.NumberColumn(format="percent"),
             "seconds per image": st.column_config.NumberColumn(format="%.2f"),
         },
     )
     for line in faithfulness.verdict(found):
-        (st.warning if "border" in line or "no better" in line else st.success)(line)
+        warn = "border" in line or "no better" in line or "outside the lungs" in line
+        (st.warning if warn else st.success)(line)
     if found["unreadable"]:
         st.caption(f"{len(found['unreadable'])} sampled image(s) could not be read and were skipped.")
     if settings.get("model") != faithfulness.model_fingerprint(run):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from cxrcore.data.dicom import dicom_summary
@@ -9,6 +10,7 @@ from cxrcore.evaluation import plots
 from cxrcore.evaluation.operating_points import KIND_NAMES, KINDS
 from cxrcore.explain import faithfulness
 from cxrcore.explain.cam import COLORMAPS, METHOD_LABELS, to_png_bytes
+from cxrcore.lungs import geometry
 from pages.shared import NOTICE, CXRError, analyse, pick_run, predictor, require_app, show_error
 
 require_app()
@@ -45,19 +47,41 @@ explained = c[1].selectbox(
 )
 colormap = c[2].selectbox("Colormap", list(COLORMAPS), key="predict_colormap")
 alpha = c[3].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="predict_alpha")
+show_lungs = c[3].checkbox(
+    "Lung outline",
+    value=True,
+    key="predict_lung_outline",
+    help="Draw the edge of the lung fields found by the shipped lung model over the map, in magenta.",
+)
+#: the lung outline's colour: magenta, which none of the colormaps (jet and turbo pass through cyan, hot ends in
+#: white) nor a gray X-ray contains
+OUTLINE_COLOUR = (255, 0, 255)
+
+
+def with_outline(image: np.ndarray, lungs: geometry.Lungs) -> np.ndarray:
+    """``image`` (uint8 RGB) with the lungs' edge drawn over it, 2 px wide; unchanged when none was found."""
+    if lungs.found == 0:
+        return image
+    edge = geometry.outline(lungs.mask, 2)
+    edge = geometry.resize_mask(edge.astype(np.uint8), *image.shape[:2]) > 0
+    drawn = image.copy()
+    drawn[edge] = OUTLINE_COLOUR
+    return drawn
 
 
 def faithfulness_view(result: dict, key: str) -> None:
-    """How far to believe this map: its deletion, insertion and border share, and the curves."""
-    share = result["border_share"]
-    c = st.columns([1, 1, 1, 2.4])
+    """How far to believe this map: its deletion, insertion, border share and lung share, and the curves."""
+    share, inside = result["border_share"], result["lung_share"]
+    c = st.columns([1, 1, 1, 1, 2.4])
     c[0].metric("Deletion", f"{result['deletion']:.3f}", help="Lower is better: " + DELETION_HELP)
     c[1].metric("Insertion", f"{result['insertion']:.3f}", help="Higher is better: " + INSERTION_HELP)
     c[2].metric("Border share", "n/a" if share is None else f"{share:.0%}", help=BORDER_HELP)
-    c[3].caption(
+    c[3].metric("Lung share", "n/a" if inside is None else f"{inside:.0%}", help=LUNG_HELP)
+    c[4].caption(
         f"How far to believe this map ({result['faithfulness']['describe']}). **Deletion** (lower is better) and "
         "**insertion** (higher is better) are the areas under the probability curves below. "
-        "**Border share**: the map's mass in the outer 10% of each side (36% of the image; a uniform map has 36%)."
+        "**Border share**: the map's mass in the outer 10% of each side (36% of the image; a uniform map has 36%). "
+        "**Lung share**: the map's mass inside the lung fields found by the shipped lung model (the magenta outline)."
     )
     if share is None:
         st.info("The map is empty: the model found no positive evidence for this class in the image.")
@@ -67,6 +91,18 @@ def faithfulness_view(result: dict, key: str) -> None:
             "model may be looking at the edge, a text marker or the shoulder rather than the lungs. This is a "
             "heuristic about position, not anatomy.",
             icon=":material/crop_free:",
+        )
+    if result["lungs"].found == 0:
+        st.caption(
+            "The lung model found no lung fields in this image, so the map's lung share is not measured (it may "
+            "not be a frontal chest X-ray, or the lung model missed them)."
+        )
+    elif result["lung_flagged"]:
+        st.warning(
+            f"Most of this map's evidence is outside the lung fields: only {inside:.0%} of it lies inside the lungs "
+            f"the lung model found (under {faithfulness.LUNG_SHARE_WARN:.0%}). The model may be using something "
+            "other than the lungs; the share is only as good as the lung outline.",
+            icon=":material/pulmonology:",
         )
     with st.expander("Deletion and insertion curves"):
         curves = result["faithfulness"]
@@ -85,6 +121,10 @@ INSERTION_HELP = "the most important pixels are revealed first into the removed 
 BORDER_HELP = (
     f"Share of the map in the image's outer band. Above {faithfulness.BORDER_WARN:.0%} it is flagged: a heuristic "
     "about position, not anatomy."
+)
+LUNG_HELP = (
+    "Share of the map inside the lung fields found by the shipped lung model. Under "
+    f"{faithfulness.LUNG_SHARE_WARN:.0%} it is flagged: most of the evidence is outside the lungs."
 )
 
 uploads = st.file_uploader(
@@ -127,7 +167,8 @@ for upload in uploads:
         )
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
-    middle.image(result["overlay"], caption=f"{METHOD_LABELS[method]} for {result['class']}", width="stretch")
+    shown = with_outline(result["overlay"], result["lungs"]) if show_lungs else result["overlay"]
+    middle.image(shown, caption=f"{METHOD_LABELS[method]} for {result['class']}", width="stretch")
     decision = result["decision"]
     if decision:
         positive = ", ".join(decision["positive"]) or "none of the classes"
@@ -147,7 +188,7 @@ for upload in uploads:
     )
     right.download_button(
         "Download overlay (PNG)",
-        to_png_bytes(result["overlay"]),
+        to_png_bytes(shown),
         file_name=f"{Path(upload.name).stem}_{method.replace('++', 'pp')}_{result['class']}.png",
         mime="image/png",
         key=f"predict_download_{upload.file_id}",

@@ -146,10 +146,11 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at.number_input(key="train_ft_epochs").set_value(0)
     at.number_input(key="train_crop_border").set_value(0.1)
     at.checkbox(key="train_equalize").check()
+    at.checkbox(key="train_lung_crop").check()
     at.number_input(key="train_target_sensitivity").set_value(0.9)
     at.run()
     plan = next(t.value for t in at.dataframe if "pixels" in t.value.columns)
-    assert set(plan["pixels"]) == {"10% border cropped, histogram equalised"}
+    assert set(plan["pixels"]) == {"10% border cropped, histogram equalised, cropped to the lungs"}
     at.button[0].click()
     at.run()
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
@@ -158,7 +159,8 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     store = JobStore(default_db())
     queued = store.list()
     assert sorted(j["config"]["backbone"] for j in queued) == ["mobilenet_0.25", "simple_cnn"]
-    assert all(j["config"]["pixels"] == {"crop_border": 0.1, "equalize": True} for j in queued)
+    pixels = {"crop_border": 0.1, "equalize": True, "lung_crop": True, "lung_mask": False}
+    assert all(j["config"]["pixels"] == pixels for j in queued)
     assert all(j["config"]["target_sensitivity"] == 0.9 for j in queued)
     assert len({j["group_id"] for j in queued}) == 1
     for job in queued:  # do not train here
@@ -809,20 +811,82 @@ def test_predict_page_scores_the_map_and_moving_the_opacity_recomputes_nothing(a
     shown = {m.label: m.value for m in at.metric}
     assert 0 <= float(shown["Deletion"]) <= 1 and 0 <= float(shown["Insertion"]) <= 1
     assert shown["Border share"].endswith("%") or shown["Border share"] == "n/a"
+    lung = shown["Lung share"]  # the shipped lung model's (a placeholder): a share, or none found
+    assert (lung.endswith("%") and 0 <= int(lung[:-1]) <= 100) or lung == "n/a"
     assert any("20 steps; removed pixels replaced by a blurred copy of the image" in c.value for c in at.caption)
     assert calls == ["gradcam"]
     at.slider(key="predict_alpha").set_value(0.8)
     at.run()
     at.selectbox(key="predict_colormap").set_value("viridis")
     at.run()
+    assert at.checkbox(key="predict_lung_outline").value is True  # on by default
+    at.checkbox(key="predict_lung_outline").uncheck()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
     assert calls == ["gradcam"]  # a new look, the same map
+    assert {m.label: m.value for m in at.metric}["Lung share"] == lung
     at.selectbox(key="predict_explain_class").set_value(1)
     at.run()
     assert calls == ["gradcam", "gradcam"]  # another class: a new map
 
 
+def test_predict_page_shows_the_maps_lung_share_and_warns_when_it_lies_outside_the_lungs(app, models, monkeypatch):
+    """A hand-made map on the image's left quarter; hand-made lungs on its right half for a bright image (0% of
+    the map inside them: flagged), none for a dark one (no share)."""
+    import streamlit as st
+
+    from cxrcore.explain.cam import Explainer
+    from cxrcore.lungs import geometry, segment
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    st.cache_resource.clear()  # a fresh Predictor: nothing remembered from other tests
+
+    def left_quarter(self, image, class_index=None, method="gradcam"):
+        heat = np.zeros(image.shape[:2], np.float32)
+        heat[:, : image.shape[1] // 4] = 1.0
+        return heat
+
+    class HandSegmenter:
+        calls = 0
+
+        def lungs(self, rgb):
+            HandSegmenter.calls += 1
+            height, width = rgb.shape[:2]
+            mask = np.zeros((height, width), bool)
+            if rgb.mean() > 128:
+                mask[height // 8 : 7 * height // 8, width // 2 + 2 : width - 2] = True
+            return geometry.lungs_from_mask(mask)
+
+    monkeypatch.setattr(Explainer, "heatmap", left_quarter)
+    monkeypatch.setattr(segment, "get_segmenter", lambda path=None: HandSegmenter())
+
+    def flat_png(level: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((80, 80), level, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    at = app("pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        [("bright.png", flat_png(220), "image/png"), ("dark.png", flat_png(30), "image/png")]
+    )
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.value for m in at.metric if m.label == "Lung share"] == ["0%", "n/a"]
+    outside = [w.value for w in at.warning if "outside the lung fields" in w.value]
+    assert len(outside) == 1 and outside[0].startswith("Most of this map's evidence is outside the lung fields")
+    assert sum("found no lung fields" in c.value for c in at.caption) == 1
+    assert HandSegmenter.calls == 2
+    at.checkbox(key="predict_lung_outline").uncheck()
+    at.run()
+    at.slider(key="predict_alpha").set_value(0.7)
+    at.run()
+    assert HandSegmenter.calls == 2  # the lungs are remembered with the map
+
+
 def test_evaluate_page_scores_explanations_on_a_test_sample_and_keeps_them(app, models, monkeypatch, tmp_path):
     import shutil
+
+    import pandas as pd
 
     from cxrcore import runs
 
@@ -841,6 +905,11 @@ def test_evaluate_page_scores_explanations_on_a_test_sample_and_keeps_them(app, 
     kept = runs.RunDir(copy / run_id).faithfulness()
     assert kept["settings"]["sample_size"] == 3 and kept["settings"]["methods"] == ["gradcam"]
     assert tables[0]["deletion ↓"][0] == pytest.approx(kept["methods"]["gradcam"]["deletion"]["mean"])
+    assert "lung share" in tables[0].columns
+    inside, shown = kept["methods"]["gradcam"]["lung_share"]["mean"], tables[0]["lung share"][0]
+    assert pd.isna(shown) if inside is None else shown == pytest.approx(inside)
+    if inside is not None and inside < 0.5:  # the verdict's sentence, as a warning
+        assert any("only" in w.value and "inside the lung fields" in w.value for w in at.warning)
     assert any(m.value.startswith(f"**{len(kept['images'])} test image(s)**") for m in at.markdown)
     at2 = app("pages/evaluate.py")  # a new session reads them from the run
     assert not any("Not scored yet" in i.value for i in at2.info)

@@ -106,6 +106,77 @@ def test_border_share_worked_by_hand_and_the_flag():
     assert not border_flagged(None)
 
 
+# --------------------------------------------------------------------------- lung share, on hand-made lungs
+
+
+def lung_rectangle(shape=(32, 32)) -> np.ndarray:
+    """One lung on the image's left: rows 4..27, columns 2..13 (24 x 12 = 288 pixels)."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[4:28, 2:14] = True
+    return mask
+
+
+def inside_map(shape=(32, 32)) -> np.ndarray:
+    """A map on rows 8..19, columns 4..11: all of it inside :func:`lung_rectangle`."""
+    heat = np.zeros(shape, dtype=np.float32)
+    heat[8:20, 4:12] = 1.0
+    return heat
+
+
+def outside_map(shape=(32, 32)) -> np.ndarray:
+    """A map on rows 8..19, columns 20..27: none of it inside :func:`lung_rectangle`."""
+    heat = np.zeros(shape, dtype=np.float32)
+    heat[8:20, 20:28] = 1.0
+    return heat
+
+
+class HandSegmenter:
+    """Stands in for the lung model: the lungs of any image are :func:`lung_rectangle` (or none); counts calls."""
+
+    def __init__(self, empty: bool = False):
+        self.calls = 0
+        self.empty = empty
+
+    def lungs(self, rgb):
+        from cxrcore.lungs import geometry
+
+        self.calls += 1
+        mask = lung_rectangle(np.asarray(rgb).shape[:2])
+        return geometry.lungs_from_mask(mask & (not self.empty))
+
+
+@pytest.fixture
+def hand_segmenter(monkeypatch):
+    from cxrcore.lungs import segment
+
+    fake = HandSegmenter()
+    monkeypatch.setattr(segment, "get_segmenter", lambda path=None: fake)
+    return fake
+
+
+def test_lung_share_of_a_map_inside_and_outside_hand_made_lungs():
+    from cxrcore.lungs import geometry
+
+    lungs = geometry.lungs_from_mask(lung_rectangle())
+    assert lungs.found == 1 and lungs.mask.sum() == 288  # the rectangle, kept whole
+    inside = faithfulness.map_lung_share(inside_map(), lungs)
+    assert inside == pytest.approx(1.0) and not faithfulness.lung_flagged(inside)
+    outside = faithfulness.map_lung_share(outside_map(), lungs)
+    assert outside == 0.0 and faithfulness.lung_flagged(outside)
+    both = inside_map() + outside_map()  # 96 pixels in, 96 out: half, not under half
+    assert faithfulness.map_lung_share(both, lungs) == pytest.approx(0.5)
+    assert not faithfulness.lung_flagged(0.5)
+    assert faithfulness.lung_flagged(0.49)
+    assert faithfulness.map_lung_share(np.zeros((32, 32)), lungs) is None  # an empty map
+    no_lungs = geometry.lungs_from_mask(np.zeros((32, 32), bool))
+    assert faithfulness.map_lung_share(inside_map(), no_lungs) is None
+    assert not faithfulness.lung_flagged(None)
+    # lungs found on an image twice the map's size are resized to the map
+    big = geometry.lungs_from_mask(np.kron(lung_rectangle(), np.ones((2, 2), bool)))
+    assert faithfulness.map_lung_share(inside_map(), big) == pytest.approx(1.0)
+    assert faithfulness.map_lung_share(both, big) == pytest.approx(0.5)
+
+
 def test_border_band_is_the_data_audits():
     from cxrcore.data import audit
 
@@ -157,6 +228,13 @@ def test_explain_returns_probabilities_the_map_and_its_scores(predictor, run_dir
     assert sum(found["probabilities"].values()) == pytest.approx(1.0)
     assert 0 <= found["deletion"] <= 1 and 0 <= found["insertion"] <= 1
     assert found["border_share"] is None or 0 <= found["border_share"] <= 1
+    from cxrcore.lungs import geometry
+
+    assert isinstance(found["lungs"], geometry.Lungs) and found["lungs"].labels.shape == (32, 32)
+    assert found["lung_share"] is None or 0 <= found["lung_share"] <= 1
+    assert isinstance(found["lung_flagged"], bool)
+    if found["lungs"].found == 0:
+        assert found["lung_share"] is None and not found["lung_flagged"]
     curves = found["faithfulness"]
     assert (curves["steps"], curves["baseline"]) == (20, "blur")
     assert curves["describe"] == "20 steps; removed pixels replaced by a blurred copy of the image"
@@ -188,6 +266,32 @@ def test_explain_computes_the_map_once_per_image_method_and_class(predictor, run
     assert calls == ["gradcam++", "scorecam"]
 
 
+def test_explain_gives_the_maps_share_inside_the_lungs(predictor, hand_segmenter, monkeypatch):
+    """The map covers the left half (512 pixels); the lung rectangle (288 pixels) lies inside it: 288 / 512."""
+    left_half = np.zeros((32, 32), dtype=np.float32)
+    left_half[:, :16] = 1.0
+    monkeypatch.setattr(predictor, "explanation_map", lambda image, method, target: left_half)
+    image = np.random.default_rng(11).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    found = predictor.explain(image, "gradcam")
+    assert found["lung_share"] == pytest.approx(288 / 512)
+    assert found["lung_flagged"] is False
+    np.testing.assert_array_equal(found["lungs"].mask, lung_rectangle())
+    predictor.explain(image, "gradcam++")  # another method, the same image: its lungs are remembered
+    assert hand_segmenter.calls == 1
+
+    right_half = np.zeros((32, 32), dtype=np.float32)
+    right_half[:, 16:] = 1.0
+    monkeypatch.setattr(predictor, "explanation_map", lambda image, method, target: right_half)
+    other = np.random.default_rng(12).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    found = predictor.explain(other, "gradcam")
+    assert found["lung_share"] == 0.0 and found["lung_flagged"] is True
+
+    hand_segmenter.empty = True  # no lungs found: no share, not flagged
+    found = predictor.explain(np.random.default_rng(13).integers(0, 256, (32, 32, 3), dtype=np.uint8), "gradcam")
+    assert found["lungs"].found == 0
+    assert found["lung_share"] is None and found["lung_flagged"] is False
+
+
 def test_explain_refuses_bad_input_clearly(predictor):
     with pytest.raises(ImageDecodeError, match="broken.png"):
         predictor.explain(b"not an image", name="broken.png")
@@ -206,16 +310,20 @@ def test_explain_command_writes_overlays_and_one_json_line_each(run_dir, tmp_pat
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"no")
     code = main(["explain", str(run_dir), *map(str, images), str(broken), "--out", str(tmp_path / "out")])
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 2  # one image could not be read; the others were explained
     assert len(lines) == 3
     assert "error" in lines[2] and "broken.png" in lines[2]["error"]
     for line, image in zip(lines[:2], images):
         assert line["image"] == str(image)
         assert {"probabilities", "deletion", "insertion", "border_share", "steps", "baseline"} <= set(line)
+        assert line["lung_share"] is None or 0 <= line["lung_share"] <= 1
+        assert isinstance(line["lung_flagged"], bool)
         with Image.open(line["overlay"]) as overlay:
             assert overlay.size == (32, 32)
     assert len({line["overlay"] for line in lines[:2]}) == 2  # same file name, two folders: two files
+    assert captured.err.count(", lung share ") == 2  # one per explained image, beside the border share
     assert main(["explain", str(run_dir), str(images[0]), "--class", "Nope", "--out", str(tmp_path)]) == 2
     assert "--class 'Nope' is not one of the model's classes: Bright, Dark" in capsys.readouterr().err
 
@@ -258,18 +366,116 @@ def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, predictor, caps
 
 
 def test_verdict_names_the_best_method_one_no_better_than_random_and_the_border():
-    def entry(deletion, insertion, share=0.3):
-        return {"deletion": {"mean": deletion}, "insertion": {"mean": insertion}, "border_share": {"mean": share}}
+    def entry(deletion, insertion, share=0.3, lungs=0.7):
+        return {
+            "deletion": {"mean": deletion},
+            "insertion": {"mean": insertion},
+            "border_share": {"mean": share},
+            "lung_share": {"mean": lungs},
+        }
 
     result = {
         "methods": {
             "gradcam": entry(0.2, 0.9),
+            "gradcam++": entry(0.3, 0.8, lungs=0.35),
             "scorecam": entry(0.7, 0.3, share=0.8),
-            "random": {"deletion": {"mean": 0.6}, "insertion": {"mean": 0.4}},
+            "random": {"deletion": {"mean": 0.6}, "insertion": {"mean": 0.4}, "lung_share": None},
         },
         "border_warn": 0.6,
+        "lung_warn": 0.5,
     }
     lines = faithfulness.verdict(result)
     assert lines[0].startswith("Grad-CAM holds up best")
     assert any(line.startswith("Score-CAM does no better than a random map") for line in lines)
     assert any(line.startswith("Score-CAM: on average 80% of the map lies on the image's border") for line in lines)
+    outside = [line for line in lines if "inside the lung fields" in line]
+    assert outside == [
+        "Grad-CAM++: on average only 35% of the map lies inside the lung fields: most of the evidence it shows is "
+        "outside the lungs."
+    ]
+    # a result from before lung shares says nothing about the lungs
+    for method in ("gradcam", "gradcam++", "scorecam"):
+        del result["methods"][method]["lung_share"]
+    del result["lung_warn"]
+    assert not [line for line in faithfulness.verdict(result) if "lung fields" in line]
+
+
+def copied_run(run_dir, tmp_path):
+    import shutil
+
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
+def test_scores_over_the_test_split_give_each_methods_lung_share(run_dir, tmp_path, hand_segmenter, monkeypatch):
+    """Grad-CAM's maps lie inside the hand-made lungs, Grad-CAM++'s outside them; the random map has none."""
+    from cxrcore import runs
+    from cxrcore.predict import Predictor
+
+    run = copied_run(run_dir, tmp_path)
+    fresh = Predictor(run)  # nothing remembered from other tests
+    maps = {"gradcam": inside_map(), "gradcam++": outside_map()}
+    monkeypatch.setattr(fresh, "explanation_map", lambda image, method, target: maps[method])
+    result = faithfulness.evaluate_run(run, ["gradcam", "gradcam++"], 3, predictor=fresh)
+    inside, outside, reference = (result["methods"][m] for m in ("gradcam", "gradcam++", "random"))
+    assert inside["lung_share"]["mean"] == pytest.approx(1.0) and inside["lung_share"]["n"] == 3
+    assert inside["lung_flagged"] == 0.0
+    assert outside["lung_share"]["mean"] == 0.0 and outside["lung_flagged"] == 1.0
+    assert reference.get("lung_share") is None
+    for row in result["images"]:
+        assert row["gradcam"]["lung_share"] == pytest.approx(1.0) and row["gradcam++"]["lung_share"] == 0.0
+        assert row["random"]["lung_share"] is None
+    shown = faithfulness.table(result).set_index("method")["lung share"]
+    assert shown["Grad-CAM"] == pytest.approx(1.0) and shown["Grad-CAM++"] == 0.0
+    assert shown.isna()["random map (reference)"]
+    assert any(
+        line.startswith("Grad-CAM++: on average only 0% of the map lies inside the lung fields")
+        for line in faithfulness.verdict(result)
+    )
+    assert not any(line.startswith("Grad-CAM:") for line in faithfulness.verdict(result))
+    assert "| lung share |" in runs.RunDir(run).model_card()
+
+
+def test_stored_scores_without_lung_share_or_of_another_lung_model_are_computed_again(
+    run_dir, tmp_path, hand_segmenter, monkeypatch
+):
+    from cxrcore import runs
+    from cxrcore.lungs import segment
+    from cxrcore.predict import Predictor
+
+    run = copied_run(run_dir, tmp_path)
+    fresh = Predictor(run)
+    monkeypatch.setattr(fresh, "explanation_map", lambda image, method, target: inside_map())
+    calls = []
+    original = faithfulness.scores
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(faithfulness, "scores", counting)
+    faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    assert len(calls) == 6  # three images, Grad-CAM and the random reference
+    faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    assert len(calls) == 6  # kept
+
+    # as an older version wrote it: no lung share anywhere, no lung model in the settings
+    old = runs.RunDir(run).faithfulness()
+    old["settings"].pop("lungs")
+    old["settings"]["version"] = 1
+    old.pop("lung_warn")
+    for entry in old["methods"].values():
+        entry.pop("lung_share", None)
+        entry.pop("lung_flagged", None)
+    for row in old["images"]:
+        for method in ("gradcam", "random"):
+            row[method].pop("lung_share")
+    runs.RunDir(run).write_faithfulness(old)
+    again = faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    assert len(calls) == 12  # computed again
+    assert again["methods"]["gradcam"]["lung_share"]["mean"] == pytest.approx(1.0)
+
+    other_model = tmp_path / "other-lungs.keras"
+    other_model.write_bytes(b"another lung model")
+    monkeypatch.setattr(segment, "SHIPPED_MODEL", other_model)
+    faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    assert len(calls) == 18  # a new lung model: computed again

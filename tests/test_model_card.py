@@ -94,3 +94,40 @@ def test_without_external_data_the_card_says_so(tmp_path):
     assert "No external validation: the test split comes from the same sources" in card
     assert "The test split is small (50 images)" in card
     assert "Data audit" not in card  # the training folder is gone: no audit, and none made up
+
+
+def test_the_explanations_section_has_a_lung_share_column(tmp_path):
+    from cxrcore.explain import faithfulness
+
+    run = make_run(tmp_path, external_accuracy=None)
+    run.file(runs.MODEL).write_bytes(b"a model file")  # the scores are of this model file
+
+    def score(mean):
+        return {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05, "n": 10}
+
+    faithful = {"deletion": score(0.2), "insertion": score(0.8)}
+    run.write_faithfulness(
+        {
+            "settings": {"model": faithfulness.model_fingerprint(run)},
+            "describe": "20 steps; removed pixels replaced by a blurred copy of the image",
+            "border_warn": 0.6,
+            "lung_warn": 0.5,
+            "methods": {
+                "gradcam": {**faithful, "border_share": score(0.30), "lung_share": score(0.42)},
+                "random": {"deletion": score(0.5), "insertion": score(0.5)},
+            },
+            "images": [{}] * 10,
+            "unreadable": [],
+        }
+    )
+    card = model_card.render(run)
+    assert "| method | deletion (95% CI) | insertion (95% CI) | border share | lung share |" in card
+    assert "| Grad-CAM | 0.200 (0.150–0.250) | 0.800 (0.750–0.850) | 30% | 42% |" in card
+    assert "| random map (reference) | 0.500 (0.450–0.550) | 0.500 (0.450–0.550) |  |  |" in card
+    assert "Lung share: the map's mass inside the lung fields found by the shipped lung model" in card
+    assert "Grad-CAM: on average only 42% of the map lies inside the lung fields" in card
+    # scores from before lung shares: the column is there, empty
+    old = run.faithfulness()
+    del old["methods"]["gradcam"]["lung_share"]
+    run.write_faithfulness(old)
+    assert "| Grad-CAM | 0.200 (0.150–0.250) | 0.800 (0.750–0.850) | 30% |  |" in model_card.render(run)

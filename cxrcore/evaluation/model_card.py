@@ -275,6 +275,7 @@ def _explanations_section(run: runs.RunDir) -> list[str]:
     import pandas as pd
 
     from ..explain import faithfulness
+    from ..lungs.geometry import LUNG_SHARE_WARN
 
     found = run.faithfulness()
     if not found:
@@ -287,6 +288,7 @@ def _explanations_section(run: runs.RunDir) -> list[str]:
                 f"{row['deletion ↓']:.3f} ({row['deletion 95% CI']})",
                 f"{row['insertion ↑']:.3f} ({row['insertion 95% CI']})",
                 "" if pd.isna(row["border share"]) else f"{row['border share']:.0%}",
+                "" if pd.isna(row["lung share"]) else f"{row['lung share']:.0%}",
             ]
         )
     stale = found["settings"].get("model") != faithfulness.model_fingerprint(run)
@@ -296,9 +298,11 @@ def _explanations_section(run: runs.RunDir) -> list[str]:
         f"- Scored on {len(found['images'])} test image(s) (the predicted class); {found['describe']}. Deletion: lower "
         "is better; insertion: higher is better; border share: the map's mass in the outer 10% of each side (36% of "
         "the image), a heuristic about position, not anatomy.",
+        "- Lung share: the map's mass inside the lung fields found by the shipped lung model; under "
+        f"{LUNG_SHARE_WARN:.0%}, most of the evidence the map shows is outside the lungs.",
         *(["- These scores are of an earlier model file."] if stale else []),
         "",
-        *_table(["method", "deletion (95% CI)", "insertion (95% CI)", "border share"], rows),
+        *_table(["method", "deletion (95% CI)", "insertion (95% CI)", "border share", "lung share"], rows),
         "",
         *[f"- {line}" for line in faithfulness.verdict(found)],
         "",

@@ -13,6 +13,7 @@ from ..errors import ConfigError, ImageDecodeError
 
 
 def cmd_explain(args) -> int:
+    from ..lungs.geometry import LUNG_SHARE_WARN
     from ..runs import RunDir
     from .cam import overlay, to_png_bytes
     from .faithfulness import BORDER_WARN
@@ -76,15 +77,27 @@ def cmd_explain(args) -> int:
             insertion=found["insertion"],
             border_share=found["border_share"],
             border_flagged=found["border_flagged"],
+            lung_share=found["lung_share"],
+            lung_flagged=found["lung_flagged"],
             steps=found["faithfulness"]["steps"],
             baseline=found["faithfulness"]["baseline"],
             overlay=str(target),
         )
         share = "n/a (empty map)" if found["border_share"] is None else f"{found['border_share']:.0%}"
+        if found["lung_share"] is not None:
+            inside = f"{found['lung_share']:.0%}"
+        else:
+            inside = "n/a (empty map)" if found["border_share"] is None else "n/a (no lungs found)"
         print(
             f"{prediction_line(found)}\n  {args.method} for {found['class']}: deletion {found['deletion']:.3f} "
             f"(lower is better), insertion {found['insertion']:.3f} (higher is better), border share {share}"
             + (f" > {BORDER_WARN:.0%}: the map lies mostly on the image's border" if found["border_flagged"] else "")
+            + f", lung share {inside}"
+            + (
+                f" < {LUNG_SHARE_WARN:.0%}: most of the map lies outside the lung fields"
+                if found["lung_flagged"]
+                else ""
+            )
             + f"; overlay {target}",
             file=sys.stderr,
         )
@@ -129,7 +142,7 @@ def add_explain_parsers(sub) -> None:
     p = sub.add_parser(
         "explain",
         help="class activation maps with faithfulness scores: overlay PNGs, one JSON line per image "
-        "(probabilities, deletion, insertion, border_share)",
+        "(probabilities, deletion, insertion, border_share, lung_share)",
     )
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")

@@ -25,6 +25,11 @@ costs several seconds per image here and is not offered.
 (36% of the area; :func:`cxrcore.data.audit.border_mask`, the band the data audit checks). A uniform
 map has 0.36. Above :data:`BORDER_WARN` the map is flagged: the model may be reading the border, a
 text marker or the shoulder rather than the lungs. It is a heuristic about position, not anatomy.
+
+**Lung share**: the share of the map's mass inside the lung fields that the shipped lung model
+(:mod:`cxrcore.lungs`) finds in the image the model saw (:func:`cxrcore.lungs.geometry.lung_share`);
+None when no lung was found or the map is empty. Below :data:`LUNG_SHARE_WARN` the map is flagged: most
+of the evidence it shows is outside the lungs. It is only as good as the lung model's outline.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from PIL import Image, ImageFilter
 
 from ..data.audit import BORDER_FRACTION, border_mask
 from ..errors import ConfigError
+from ..lungs.geometry import LUNG_SHARE_WARN, lung_share
 
 #: steps of the deletion and insertion curves
 STEPS = 20
@@ -55,7 +61,7 @@ FLAGGED_COLUMN = f"flagged (border > {BORDER_WARN:.0%})"
 SAMPLE_SIZE = 40
 #: the reference "method" of :func:`evaluate_run`: a random map (:func:`random_map`)
 RANDOM = "random"
-_VERSION = 1  # bump when the scores' definition changes: cached results are then recomputed
+_VERSION = 2  # bump when the scores' definition changes: cached results are then recomputed (2: lung share)
 
 ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
@@ -171,6 +177,20 @@ def border_flagged(share: float | None) -> bool:
     return share is not None and share > BORDER_WARN
 
 
+def lung_flagged(share: float | None) -> bool:
+    """True when less than :data:`LUNG_SHARE_WARN` of the map lies inside the lungs (None: not flagged)."""
+    return share is not None and share < LUNG_SHARE_WARN
+
+
+def map_lung_share(heat: np.ndarray, lungs) -> float | None:
+    """The share of the map's mass inside ``lungs`` (a :class:`cxrcore.lungs.geometry.Lungs`, resized to the
+    map when their sizes differ); None when no lung was found or the map is empty."""
+    from ..lungs.geometry import resize_mask
+
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float64), nan=0.0)
+    return lung_share(heat, resize_mask(lungs.labels, *heat.shape) > 0)
+
+
 # --------------------------------------------------------------------------- over a test sample
 
 
@@ -193,6 +213,7 @@ def _content_digest(path: str, size: int, mtime_ns: int) -> str:
 
 def _request(run, methods, sample_size: int, seed: int, steps: int, baseline: str) -> dict:
     from .. import runs
+    from ..lungs.segment import shipped_fingerprint
 
     return {
         "version": _VERSION,
@@ -202,6 +223,7 @@ def _request(run, methods, sample_size: int, seed: int, steps: int, baseline: st
         "steps": int(steps),
         "baseline": baseline,
         "model": model_fingerprint(run),
+        "lungs": shipped_fingerprint(),  # the lung model the lung shares belong to
         "split": hashlib.sha1(run.file(runs.SPLIT).read_bytes()).hexdigest()[:16],
     }
 
@@ -230,13 +252,17 @@ def evaluate_run(
     progress: Callable[[int, int], None] | None = None,
     predictor=None,
 ) -> dict:
-    """Each method's deletion, insertion and border share averaged over a random sample of the run's
-    test split (the predicted class explained), beside a random map; kept in the run
-    (``faithfulness.json``) and returned from there when asked again with the same settings and model.
+    """Each method's deletion, insertion, border share and lung share averaged over a random sample of the
+    run's test split (the predicted class explained), beside a random map; kept in the run
+    (``faithfulness.json``) and returned from there when asked again with the same settings, model and lung
+    model (the shipped one's fingerprint is part of the settings, so a result from before lung shares, or of
+    another lung model, is computed again).
 
-    Returns ``{"settings", "describe", "methods": {name: {"deletion", "insertion", "border_share",
-    "border_flagged", "seconds_per_image"}}, "images": [...], "unreadable"}``, each score a
-    ``{"mean", "ci_low", "ci_high", "n"}``."""
+    Returns ``{"settings", "describe", "border_warn", "lung_warn", "methods": {name: {"deletion",
+    "insertion", "border_share", "border_flagged", "lung_share", "lung_flagged", "seconds_per_image"}},
+    "images": [...], "unreadable"}``, each score a ``{"mean", "ci_low", "ci_high", "n"}``; the ``*_flagged``
+    entries are the share of the maps flagged (None when none had a share). The random map has deletion and
+    insertion only. Raises RunError when the shipped lung model is missing."""
     from .. import runs
     from ..errors import ImageDecodeError
     from ..predict import Predictor
@@ -273,6 +299,7 @@ def evaluate_run(
         probs = predictor.probabilities(image[None])[0]
         target = int(np.argmax(probs))
         row = {"image": str(path), "label": label, "explained": predictor.labels[target]}
+        lungs = predictor.lungs(image)
         noise = random_map(image.shape[:2], seed=[seed, len(rows)])
         for method in [*methods, RANDOM]:
             started = time.perf_counter()
@@ -280,8 +307,12 @@ def evaluate_run(
             found = scores(image, heat, target, predictor.probabilities, steps=steps, baseline=baseline)
             if method != RANDOM:
                 seconds[method] += time.perf_counter() - started
-            share = None if method == RANDOM else border_share(heat)
-            row[method] = {"deletion": found["deletion"], "insertion": found["insertion"], "border_share": share}
+            row[method] = {
+                "deletion": found["deletion"],
+                "insertion": found["insertion"],
+                "border_share": None if method == RANDOM else border_share(heat),
+                "lung_share": None if method == RANDOM else map_lung_share(heat, lungs),
+            }
             done += 1
             if progress:
                 progress(done, total)
@@ -292,16 +323,18 @@ def evaluate_run(
         insertion = [r[method]["insertion"] for r in rows]
         entry = {"deletion": _summary(deletion, seed), "insertion": _summary(insertion, seed)}
         if method != RANDOM:
-            shares = [r[method]["border_share"] for r in rows]
-            known = [s for s in shares if s is not None]
-            entry["border_share"] = _summary([np.nan if s is None else s for s in shares], seed)
-            entry["border_flagged"] = (sum(border_flagged(s) for s in known) / len(known)) if known else None
+            for name, flagged in (("border", border_flagged), ("lung", lung_flagged)):
+                shares = [r[method][f"{name}_share"] for r in rows]
+                known = [s for s in shares if s is not None]
+                entry[f"{name}_share"] = _summary([np.nan if s is None else s for s in shares], seed)
+                entry[f"{name}_flagged"] = (sum(flagged(s) for s in known) / len(known)) if known else None
             entry["seconds_per_image"] = seconds[method] / len(rows) if rows else None
         summary[method] = entry
     result = {
         "settings": request,
         "describe": describe(steps, baseline),
         "border_warn": BORDER_WARN,
+        "lung_warn": LUNG_SHARE_WARN,
         "methods": summary,
         "images": rows,
         "unreadable": unreadable,
@@ -341,6 +374,7 @@ def table(result: dict):
                 "insertion 95% CI": interval(entry["insertion"]),
                 "border share": cell(entry.get("border_share")),
                 FLAGGED_COLUMN: flagged,
+                "lung share": cell(entry.get("lung_share")),
                 "seconds per image": entry.get("seconds_per_image"),
             }
         )
@@ -349,7 +383,7 @@ def table(result: dict):
 
 def verdict(result: dict) -> list[str]:
     """Plain sentences: which method holds up best, which do not beat a random map, which lean on the
-    border."""
+    border, which lie mostly outside the lungs."""
     from .cam import METHOD_LABELS
 
     methods = {m: e for m, e in result["methods"].items() if m != RANDOM}
@@ -381,5 +415,12 @@ def verdict(result: dict) -> list[str]:
             lines.append(
                 f"{METHOD_LABELS[method]}: on average {share:.0%} of the map lies on the image's border band: the "
                 "model may be using the border, markers or text rather than the lungs."
+            )
+    for method, entry in methods.items():
+        share = (entry.get("lung_share") or {}).get("mean")
+        if share is not None and share < result.get("lung_warn", LUNG_SHARE_WARN):
+            lines.append(
+                f"{METHOD_LABELS[method]}: on average only {share:.0%} of the map lies inside the lung fields: most "
+                "of the evidence it shows is outside the lungs."
             )
     return lines
