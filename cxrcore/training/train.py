@@ -45,7 +45,6 @@ ProgressFn = Callable[[dict], None] | None
 STEPS_PER_EXECUTION = 8
 
 
-
 def _lung_model_fingerprint(config: TrainConfig) -> str | None:
     """Which lung model the run's lung pixel rules use (a digest of the shipped file), or None without them."""
     if not (config.pixels.lung_crop or config.pixels.lung_mask):
@@ -53,6 +52,7 @@ def _lung_model_fingerprint(config: TrainConfig) -> str | None:
     from ..lungs.segment import shipped_fingerprint
 
     return shipped_fingerprint()
+
 
 def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list[str]]:
     """Index, relabel and split the dataset; returns the frame (with ``split``) and the classes."""
