@@ -18,6 +18,8 @@ from . import runs
 from .errors import ConfigError, RunError
 
 FORMATS = ("savedmodel", "tflite")
+#: beside an export of a run with lung pixel rules: the lung model those rules need
+LUNG_MODEL_COPY = "lungs.keras"
 
 PREPARE = (
     "Decode the image (PNG, JPEG, or DICOM with its modality LUT and VOI window; MONOCHROME1 inverted; more "
@@ -50,7 +52,25 @@ def input_spec(run: runs.RunDir) -> dict:
                     else "no pixel rules (no crop, no equalisation)"
                 ),
             ),
-            "pixel_rules": {"crop_border": rules.crop_border, "equalize": rules.equalize},
+            "pixel_rules": {
+                "crop_border": rules.crop_border,
+                "equalize": rules.equalize,
+                "lung_crop": rules.lung_crop,
+                "lung_mask": rules.lung_mask,
+            },
+            **(
+                {
+                    "lung_model": {
+                        "file": LUNG_MODEL_COPY,
+                        "digest": run.info().get("lung_model"),
+                        "use": "the lung crop and mask need CXR Lab's lung model (copied beside this file): "
+                        "cxrcore.lungs.segment.LungSegmenter(file).crop_to_lungs / mask_outside, as "
+                        "cxrcore.data.io.prepare_image applies them",
+                    }
+                }
+                if rules.lung_crop or rules.lung_mask
+                else {}
+            ),
         },
         "output": {
             "shape": [None, len(run.labels())],
@@ -111,7 +131,12 @@ def export(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None) -> 
     elif target.exists():
         target.unlink()
     staging.rename(target)
-    runs.write_json(target.with_name(target.name + ".json"), input_spec(run))
+    spec = input_spec(run)
+    runs.write_json(target.with_name(target.name + ".json"), spec)
+    if "lung_model" in spec["input"]:
+        from .lungs.segment import SHIPPED_MODEL
+
+        shutil.copy2(SHIPPED_MODEL, out / LUNG_MODEL_COPY)
     return target
 
 
@@ -131,4 +156,7 @@ def download_bytes(path: str | Path) -> tuple[bytes, str]:
                 archive.write(item, Path(path.name) / item.relative_to(path))
         if spec.is_file():
             archive.write(spec, spec.name)
+        lungs = path.with_name(LUNG_MODEL_COPY)
+        if lungs.is_file() and '"lung_model"' in spec.read_text(encoding="utf-8"):
+            archive.write(lungs, lungs.name)
     return buffer.getvalue(), f"{path.name}.zip"

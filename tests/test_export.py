@@ -102,3 +102,34 @@ def test_export_cli_prints_the_path_last_and_the_download_is_one_file(tmp_path):
 
     names = zipfile.ZipFile(io.BytesIO(payload)).namelist()
     assert f"{run.run_id}-savedmodel.json" in names and any(n.endswith("saved_model.pb") for n in names)
+
+
+@pytest.mark.slow
+def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(tmp_path):
+    import io
+    import zipfile
+
+    import tensorflow as tf
+
+    from cxrcore.data.io import PixelRules, prepare_image
+    from cxrcore.lungs.segment import SHIPPED_MODEL, shipped_fingerprint
+
+    data = make_class_folders(tmp_path / "d", per_class=10, size=40)
+    rules = PixelRules(lung_crop=True, lung_mask=True)
+    run = train(tiny_config(data, image_size=48, seed=2, pixels=rules), out_dir=tmp_path / "m")
+    assert run.info()["lung_model"] == shipped_fingerprint()
+    saved = export(run.path, "savedmodel", tmp_path / "out")
+    spec = json.loads((tmp_path / "out" / f"{saved.name}.json").read_text())
+    assert spec["input"]["pixel_rules"] == {"crop_border": 0.0, "equalize": False, "lung_crop": True, "lung_mask": True}
+    assert spec["input"]["lung_model"]["digest"] == shipped_fingerprint()
+    copied = tmp_path / "out" / spec["input"]["lung_model"]["file"]
+    assert copied.read_bytes() == SHIPPED_MODEL.read_bytes()
+    assert "cropped to the lungs" in spec["input"]["prepare"]
+    names = zipfile.ZipFile(io.BytesIO(download_bytes(saved)[0])).namelist()
+    assert "lungs.keras" in names
+    # the exported model on the pixels prepare_image gives for the run = what the dashboard shows
+    images = sorted(str(p) for p in data.rglob("*.png"))[:4]
+    batch = np.stack([prepare_image(p, 48, rules=rules) for p in images]).astype(np.float32)
+    expected = Predictor(run.path).probabilities(batch)
+    loaded = tf.saved_model.load(str(saved))  # kept in a name: serve() needs its variables alive
+    np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(batch))), expected, atol=1e-5)
