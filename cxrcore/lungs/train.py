@@ -70,20 +70,45 @@ class MaskSet:
     split: dict[str, list[int]] = field(default_factory=dict)
 
 
+_LICENCE = re.compile(r"licen[cs]e|CC BY|copyright|terms apply", re.I)
+_CONDITIONS = re.compile(r"non-?commercial|BY-NC|share-?alike", re.I)
+
+
+def _blocks(text: str) -> list[str]:
+    """A Markdown text's paragraphs and list items, each joined into one line."""
+    blocks, current = [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("- ", "* ", "#")):
+            if current:
+                blocks.append(" ".join(current))
+            current = [stripped.lstrip("-* ").strip()] if stripped and not stripped.startswith("#") else []
+        else:
+            current.append(stripped)
+    if current:
+        blocks.append(" ".join(current))
+    return [b for b in blocks if b]
+
+
 def _source_facts(folder: Path) -> dict:
-    """Commit hashes and licence sentences from a set's SOURCE.md (what the model's record must carry)."""
+    """Commit hashes and the licence statements from a set's SOURCE.md (what the model's record must carry)."""
     path = folder / "SOURCE.md"
     if not path.is_file():
         return {"source_file": None}
     text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [line.strip(" -*") for line in text.splitlines()]
     return {
         "source_file": "SOURCE.md",
         "title": next((line.lstrip("# ") for line in text.splitlines() if line.startswith("#")), ""),
         "commits": sorted(set(re.findall(r"\b[0-9a-f]{40}\b", text))),
-        "licence": [line for line in lines if re.search(r"licen[cs]e|CC BY|copyright|terms apply", line, re.I)],
+        "licence": [block for block in _blocks(text) if _LICENCE.search(block)],
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
+
+
+def conditions(data: list[dict]) -> list[str]:
+    """The licence statements of the training data that restrict the weights' use (non-commercial,
+    share-alike), for the model's record and whoever ships it."""
+    return [f"{d['name']}: {block}" for d in data for block in d.get("licence", []) if _CONDITIONS.search(block)]
 
 
 def read_mask_set(folder: str | Path, *, seed: int = 0, limit: int | None = None) -> MaskSet:
@@ -294,6 +319,7 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
             }
             for s in sets
         ],
+        "conditions": None,  # filled below from the data's licence statements
         "split": "each set on its own: 80% training, 10% validation (best epoch), 10% held out (scores below)",
         "epochs": config.epochs,
         "best_epoch": int(np.argmax(val_iou)) + 1 if val_iou else None,
@@ -301,5 +327,6 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
         "training_seconds": round(seconds, 1),
         "held_out": scores,
     }
+    record["conditions"] = conditions(record["data"])
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return out
