@@ -101,10 +101,9 @@ def contact_sheet(items, path: Path, columns: int = 8, tile: int = 160) -> None:
     sheet = Image.new("RGB", (columns * tile, rows * (tile + 14)), "black")
     draw = ImageDraw.Draw(sheet)
     for k, (image_path, lungs, caption) in enumerate(items):
-        rgb = prepare_image(image_path, tile).copy()
-        labels = geometry.resize_mask(lungs.labels, tile, tile)
+        rgb = prepare_image(image_path, tile)
         for value, colour in ((1, (0, 255, 0)), (2, (255, 60, 60))):
-            rgb[geometry.outline(labels == value, 2)] = colour
+            rgb = geometry.draw_outline(rgb, lungs.labels == value, colour)
         x, y = (k % columns) * tile, (k // columns) * (tile + 14)
         sheet.paste(Image.fromarray(rgb), (x, y))
         draw.text((x + 2, y + tile), caption[:26], fill=(255, 255, 0) if "ok" not in caption else (200, 200, 200))

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from cxrcore.data.dicom import dicom_summary
@@ -53,20 +52,6 @@ show_lungs = c[3].checkbox(
     key="predict_lung_outline",
     help="Draw the edge of the lung fields found by the shipped lung model over the map, in magenta.",
 )
-#: the lung outline's colour: magenta, which none of the colormaps (jet and turbo pass through cyan, hot ends in
-#: white) nor a gray X-ray contains
-OUTLINE_COLOUR = (255, 0, 255)
-
-
-def with_outline(image: np.ndarray, lungs: geometry.Lungs) -> np.ndarray:
-    """``image`` (uint8 RGB) with the lungs' edge drawn over it, 2 px wide; unchanged when none was found."""
-    if lungs.found == 0:
-        return image
-    edge = geometry.outline(lungs.mask, 2)
-    edge = geometry.resize_mask(edge.astype(np.uint8), *image.shape[:2]) > 0
-    drawn = image.copy()
-    drawn[edge] = OUTLINE_COLOUR
-    return drawn
 
 
 def faithfulness_view(result: dict, key: str) -> None:
@@ -167,7 +152,7 @@ for upload in uploads:
         )
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
-    shown = with_outline(result["overlay"], result["lungs"]) if show_lungs else result["overlay"]
+    shown = geometry.draw_outline(result["overlay"], result["lungs"].mask) if show_lungs else result["overlay"]
     middle.image(shown, caption=f"{METHOD_LABELS[method]} for {result['class']}", width="stretch")
     decision = result["decision"]
     if decision:

@@ -134,3 +134,15 @@ def test_resize_mask_keeps_labels():
     labels[:, :2], labels[:, 2:] = 1, 2
     big = geometry.resize_mask(labels, 8, 12)
     assert big.shape == (8, 12) and set(np.unique(big)) == {1, 2} and big.dtype == np.int8
+
+
+def test_draw_outline_colours_the_edge_of_the_resized_mask_only():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:8, 2:8] = True
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    drawn = geometry.draw_outline(image, mask, colour=(1, 2, 3), width=1)
+    assert image.sum() == 0  # the input is not changed
+    coloured = (drawn == (1, 2, 3)).all(axis=2)
+    assert coloured[4, 4] and coloured[4, 10] and not coloured[10, 10]  # the square's edge at twice the size
+    assert not coloured[0, 0] and not coloured[19, 19]
+    assert geometry.draw_outline(image, np.zeros((10, 10)), (1, 2, 3)) is image

@@ -204,6 +204,24 @@ def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return mask & ~inner
 
 
+#: the colour lung outlines are drawn in: magenta, which neither the heatmap colormaps (jet and turbo pass through
+#: cyan, hot ends in white) nor a gray X-ray contains
+OUTLINE_COLOUR = (255, 0, 255)
+
+
+def draw_outline(image: np.ndarray, mask: np.ndarray, colour=OUTLINE_COLOUR, width: int = 2) -> np.ndarray:
+    """A copy of ``image`` (``uint8`` RGB, any size) with the edge of ``mask`` (resized to it) drawn ``width``
+    pixels wide in ``colour``."""
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        return image
+    edge = outline(mask, width)
+    edge = resize_mask(edge.astype(np.uint8), *image.shape[:2]) > 0
+    drawn = np.array(image, copy=True)
+    drawn[edge] = colour
+    return drawn
+
+
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Dice overlap of two binary masks (1.0 when both are empty)."""
     predicted, truth = np.asarray(predicted) > 0, np.asarray(truth) > 0
