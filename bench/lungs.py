@@ -5,7 +5,8 @@ Prints one JSON object.
                           [--per-class 400] [--sheet-per-class 24] [--out bench/out/lungs]
 
 * **held out**: Dice and IoU on each mask set's held-out split, the one the model's record names (the
-  split is recomputed from the set and the record's seed, and checked against the record's file names),
+  split is recomputed from the set, the record's seed and exclusions, and checked against the record's file
+  names), and on the rows the training excluded (e.g. the Shenzhen films of a model trained without them),
   at each image's own size after the same post-processing as ``lungs segment``; the raw thresholded Dice
   beside it.
 * **time**: seconds per image for the model alone at its input size (the goal: under 0.1 s on a 2-core CPU),
@@ -39,18 +40,27 @@ def held_out(segmenter, masks: list[Path]) -> dict:
 
     record = segmenter.record
     seed = record.get("config", {}).get("seed", 0)
+    exclude = tuple(record.get("config", {}).get("exclude") or ())
     named = {d["name"]: set(d.get("test_images", [])) for d in record.get("data", [])}
     sets = []
     for folder in masks:
         if not (folder / "manifest.csv").is_file():
             continue
-        mask_set = read_mask_set(folder, seed=seed)
+        mask_set = read_mask_set(folder, seed=seed, exclude=exclude)
         test_names = {Path(mask_set.pairs[i][0]).name for i in mask_set.split["test"]}
         if mask_set.name in named and named[mask_set.name] != test_names:
             raise SystemExit(f"{folder}: the held-out split differs from the one in the model's record")
         if mask_set.name not in named:
             mask_set.split["test"] = mask_set.split["train"] + mask_set.split["val"] + mask_set.split["test"]
         sets.append(mask_set)
+        if exclude:  # what the model never saw at all: the rows its training left out
+            left_out = read_mask_set(folder, seed=seed)
+            kept = set(mask_set.pairs)
+            unseen = [i for i, pair in enumerate(left_out.pairs) if pair not in kept]
+            if unseen:
+                left_out.name = f"{mask_set.name} (left out by {', '.join(exclude)})"
+                left_out.split["test"] = unseen
+                sets.append(left_out)
     scores = held_out_scores(segmenter.probabilities_of_gray, sets)
     scores["sets_not_in_training"] = [s.name for s in sets if s.name not in named]
     return scores

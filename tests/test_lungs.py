@@ -35,6 +35,7 @@ def test_the_shipped_model_is_small_and_says_how_it_was_made():
     assert SHIPPED_RECORD.is_file()
     assert record["epochs"] >= 1 and record["best_epoch"] >= 1
     assert {d["name"] for d in record["data"]} >= {"lung-masks-openist"}
+    assert "Shenzhen" in record["weights_licence"]  # what the weights may be used for, stated by who trained them
     for data in record["data"]:
         assert data["commits"] and all(len(c) == 40 for c in data["commits"])  # where the data came from
         assert data["licence"], data["name"]  # and under what terms
@@ -137,25 +138,29 @@ def test_cli_train_makes_a_model_and_its_record_and_never_overwrites(tmp_path):
     masks = tmp_path / "set"
     (masks / "images").mkdir(parents=True)
     (masks / "masks").mkdir()
-    rows = ["image,mask"]
+    rows = ["image,mask,source"]
     rng = np.random.default_rng(0)
-    for i in range(12):
+    for i in range(14):
         img = rng.normal(60, 10, (40, 48))
         mask = np.zeros((40, 48), dtype=np.uint8)
         mask[8:32, 6:20] = mask[8:34, 28:42] = 255
         img[mask > 0] += 100
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(masks / "images" / f"x{i}.jpg")
         Image.fromarray(mask).save(masks / "masks" / f"x{i}.png")
-        rows.append(f"images/x{i}.jpg,masks/x{i}.png")
+        rows.append(f"images/x{i}.jpg,masks/x{i}.png,{'restricted' if i in (3, 9) else 'open'}")
     (masks / "manifest.csv").write_text("\n".join(rows) + "\n")
     (masks / "SOURCE.md").write_text("# toy\nLicence: CC0. Commit 0123456789abcdef0123456789abcdef01234567.\n")
     out = tmp_path / "model"
     args = ["lungs", "train", "--data", masks, "--out", out, "--encoder", "unet", "--size", "32", "--epochs", "2"]
+    args += ["--exclude", "source=restricted", "--weights-licence", "CC0, like the toy data"]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     record = json.loads((out / "lungs.json").read_text())
-    assert record["data"][0]["split"] == {"train": 10, "val": 1, "test": 1}
+    assert record["data"][0]["split"] == {"train": 10, "val": 1, "test": 1}  # 14 pairs, 2 excluded
+    assert record["data"][0]["excluded"] == {"source=restricted": 2} and record["data"][0]["pairs"] == 12
+    assert not {"x3.jpg", "x9.jpg"} & set(record["data"][0]["test_images"])
+    assert record["weights_licence"] == "CC0, like the toy data"
     assert record["data"][0]["commits"] == ["0123456789abcdef0123456789abcdef01234567"]
     assert record["data"][0]["licence"] == ["Licence: CC0. Commit 0123456789abcdef0123456789abcdef01234567."]
     assert len(record["history"]["loss"]) == 2 and "dice" in record["held_out"]
@@ -176,6 +181,8 @@ def test_a_mask_set_without_manifest_or_with_missing_files_is_refused(tmp_path):
         read_mask_set(tmp_path)
     with pytest.raises(ConfigError, match="--epochs must be"):
         LungTrainConfig(data=("x",), out="y", epochs=0).validate()
+    with pytest.raises(ConfigError, match="--exclude takes COLUMN=VALUE, got 'Shenzhen'"):
+        LungTrainConfig(data=("x",), out="y", exclude=("Shenzhen",)).validate()
 
 
 # -- the lung pixel rules ------------------------------------------------------------------------

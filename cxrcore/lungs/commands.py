@@ -31,6 +31,8 @@ def cmd_lungs_train(args) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         limit=args.limit,
+        exclude=tuple(args.exclude or ()),
+        weights_licence=args.weights_licence or "",
     )
     out = train_lungs(config, progress=_say)
     record = json.loads((out / "lungs.json").read_text(encoding="utf-8"))
@@ -100,6 +102,18 @@ def add_lungs_parser(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0, help="the split and the augmentation")
     p.add_argument("--limit", type=int, help="use at most this many pairs per set (a quick run)")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="COLUMN=VALUE",
+        help="leave out manifest rows with this value (repeatable), e.g. source=Shenzhen for masks whose licence "
+        "does not allow what you will do with the weights",
+    )
+    p.add_argument(
+        "--weights-licence",
+        metavar="TEXT",
+        help="the terms the trained weights are shipped under, kept in the record beside each data set's licence",
+    )
     p.set_defaults(func=cmd_lungs_train)
     p = actions.add_parser(
         "segment",

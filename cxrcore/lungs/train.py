@@ -46,6 +46,8 @@ class LungTrainConfig:
     learning_rate: float = 2e-3
     seed: int = 0
     limit: int | None = None  # at most this many pairs per set (quick runs and tests)
+    exclude: tuple[str, ...] = ()  # "COLUMN=VALUE": manifest rows to leave out (e.g. source=Shenzhen)
+    weights_licence: str = ""  # the terms the trained weights are shipped under, stated by whoever trains them
 
     def validate(self) -> None:
         if not self.data:
@@ -55,6 +57,9 @@ class LungTrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+        for rule in self.exclude:
+            if rule.count("=") != 1 or not all(rule.split("=")):
+                raise ConfigError(f"--exclude takes COLUMN=VALUE, got {rule!r}")
         if self.limit is not None and self.limit < 10:
             raise ConfigError(f"--limit must be at least 10 (each set is split 80/10/10), got {self.limit}")
 
@@ -71,7 +76,6 @@ class MaskSet:
 
 
 _LICENCE = re.compile(r"licen[cs]e|CC BY|copyright|terms apply", re.I)
-_CONDITIONS = re.compile(r"non-?commercial|BY-NC|share-?alike", re.I)
 
 
 def _blocks(text: str) -> list[str]:
@@ -105,14 +109,12 @@ def _source_facts(folder: Path) -> dict:
     }
 
 
-def conditions(data: list[dict]) -> list[str]:
-    """The licence statements of the training data that restrict the weights' use (non-commercial,
-    share-alike), for the model's record and whoever ships it."""
-    return [f"{d['name']}: {block}" for d in data for block in d.get("licence", []) if _CONDITIONS.search(block)]
-
-
-def read_mask_set(folder: str | Path, *, seed: int = 0, limit: int | None = None) -> MaskSet:
-    """A set's pairs from its manifest, checked to exist, and its 80/10/10 split."""
+def read_mask_set(
+    folder: str | Path, *, seed: int = 0, limit: int | None = None, exclude: tuple[str, ...] = ()
+) -> MaskSet:
+    """A set's pairs from its manifest, checked to exist, and its 80/10/10 split. ``exclude`` rules
+    (``COLUMN=VALUE``) leave out the rows whose column has that value, in manifests that have the column,
+    before the split."""
     folder = Path(folder).expanduser()
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
@@ -121,6 +123,13 @@ def read_mask_set(folder: str | Path, *, seed: int = 0, limit: int | None = None
         rows = list(csv.DictReader(fh))
     if rows and not {"image", "mask"} <= set(rows[0]):
         raise DataError(f"{manifest}: needs 'image' and 'mask' columns, has {', '.join(rows[0])}")
+    excluded = {}
+    for rule in exclude:
+        column, value = rule.split("=", 1)
+        if rows and column in rows[0]:
+            kept = [row for row in rows if row[column] != value]
+            excluded[rule] = len(rows) - len(kept)
+            rows = kept
     pairs = [(str(folder / row["image"]), str(folder / row["mask"])) for row in rows]
     missing = [p for pair in pairs for p in pair if not Path(p).is_file()]
     if missing:
@@ -136,7 +145,8 @@ def read_mask_set(folder: str | Path, *, seed: int = 0, limit: int | None = None
         "val": sorted(order[:n_val].tolist()),
         "test": sorted(order[n_val : n_val + n_test].tolist()),
     }
-    return MaskSet(folder.name, str(folder), _source_facts(folder), pairs, split)
+    source = {**_source_facts(folder), **({"excluded": excluded} if excluded else {})}
+    return MaskSet(folder.name, str(folder), source, pairs, split)
 
 
 def load_gray(path: str, size: int | None = None) -> np.ndarray:
@@ -237,7 +247,9 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
     Returns the output folder."""
     config.validate()
     say = progress or (lambda message: None)
-    sets = [read_mask_set(folder, seed=config.seed, limit=config.limit) for folder in config.data]
+    sets = [
+        read_mask_set(folder, seed=config.seed, limit=config.limit, exclude=config.exclude) for folder in config.data
+    ]
     out = Path(config.out).expanduser()
     if (out / MODEL_FILE).exists():
         raise ConfigError(f"{out / MODEL_FILE} exists; choose another --out (a trained model is never overwritten)")
@@ -319,7 +331,7 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
             }
             for s in sets
         ],
-        "conditions": None,  # filled below from the data's licence statements
+        "weights_licence": config.weights_licence or None,
         "split": "each set on its own: 80% training, 10% validation (best epoch), 10% held out (scores below)",
         "epochs": config.epochs,
         "best_epoch": int(np.argmax(val_iou)) + 1 if val_iou else None,
@@ -327,6 +339,5 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
         "training_seconds": round(seconds, 1),
         "held_out": scores,
     }
-    record["conditions"] = conditions(record["data"])
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return out
