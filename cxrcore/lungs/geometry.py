@@ -215,8 +215,7 @@ def draw_outline(image: np.ndarray, mask: np.ndarray, colour=OUTLINE_COLOUR, wid
     mask = np.asarray(mask) > 0
     if not mask.any():
         return image
-    edge = outline(mask, width)
-    edge = resize_mask(edge.astype(np.uint8), *image.shape[:2]) > 0
+    edge = outline(resize_mask(mask.astype(np.uint8), *image.shape[:2]) > 0, width)  # thin at the image's size
     drawn = np.array(image, copy=True)
     drawn[edge] = colour
     return drawn
