@@ -61,7 +61,8 @@ def faithfulness_view(result: dict, key: str) -> None:
     c[0].metric("Deletion", f"{result['deletion']:.3f}", help="Lower is better: " + DELETION_HELP)
     c[1].metric("Insertion", f"{result['insertion']:.3f}", help="Higher is better: " + INSERTION_HELP)
     c[2].metric("Border share", "n/a" if share is None else f"{share:.0%}", help=BORDER_HELP)
-    c[3].metric("Lung share", "n/a" if inside is None else f"{inside:.0%}", help=LUNG_HELP)
+    lung_text = None if inside is None else faithfulness.percent(inside, faithfulness.LUNG_SHARE_WARN)
+    c[3].metric("Lung share", lung_text or "n/a", help=LUNG_HELP)
     c[4].caption(
         f"How far to believe this map ({result['faithfulness']['describe']}). **Deletion** (lower is better) and "
         "**insertion** (higher is better) are the areas under the probability curves below. "
@@ -84,7 +85,7 @@ def faithfulness_view(result: dict, key: str) -> None:
         )
     elif result["lung_flagged"]:
         st.warning(
-            f"Most of this map's evidence is outside the lung fields: only {inside:.0%} of it lies inside the lungs "
+            f"Most of this map's evidence is outside the lung fields: only {lung_text} of it lies inside the lungs "
             f"the lung model found (under {faithfulness.LUNG_SHARE_WARN:.0%}). The model may be using something "
             "other than the lungs; the share is only as good as the lung outline.",
             icon=":material/pulmonology:",

@@ -16,7 +16,7 @@ def cmd_explain(args) -> int:
     from ..lungs.geometry import LUNG_SHARE_WARN
     from ..runs import RunDir
     from .cam import overlay, to_png_bytes
-    from .faithfulness import BORDER_WARN
+    from .faithfulness import BORDER_WARN, percent
 
     RunDir(args.run_dir).require_model()
     if not 0 <= args.alpha <= 1:
@@ -85,7 +85,7 @@ def cmd_explain(args) -> int:
         )
         share = "n/a (empty map)" if found["border_share"] is None else f"{found['border_share']:.0%}"
         if found["lung_share"] is not None:
-            inside = f"{found['lung_share']:.0%}"
+            inside = percent(found["lung_share"], LUNG_SHARE_WARN)
         else:
             inside = "n/a (empty map)" if found["border_share"] is None else "n/a (no lungs found)"
         print(

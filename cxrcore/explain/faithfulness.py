@@ -182,6 +182,15 @@ def lung_flagged(share: float | None) -> bool:
     return share is not None and share < LUNG_SHARE_WARN
 
 
+def percent(share: float, threshold: float) -> str:
+    """``share`` as a whole percentage, or with one decimal where rounding would put it on ``threshold``
+    (49.7% is not shown as "50%" beside a warning that says "under 50%")."""
+    text = f"{share:.0%}"
+    if share != threshold and round(share, 2) == round(threshold, 2):
+        text = f"{share:.1%}"
+    return text
+
+
 def map_lung_share(heat: np.ndarray, lungs) -> float | None:
     """The share of the map's mass inside ``lungs`` (a :class:`cxrcore.lungs.geometry.Lungs`, resized to the
     map when their sizes differ); None when no lung was found or the map is empty."""
@@ -420,7 +429,7 @@ def verdict(result: dict) -> list[str]:
         share = (entry.get("lung_share") or {}).get("mean")
         if share is not None and share < result.get("lung_warn", LUNG_SHARE_WARN):
             lines.append(
-                f"{METHOD_LABELS[method]}: on average only {share:.0%} of the map lies inside the lung fields: most "
-                "of the evidence it shows is outside the lungs."
+                f"{METHOD_LABELS[method]}: on average only {percent(share, LUNG_SHARE_WARN)} of the map lies "
+                "inside the lung fields: most of the evidence it shows is outside the lungs."
             )
     return lines
