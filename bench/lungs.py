@@ -42,7 +42,7 @@ def held_out(segmenter, masks: list[Path]) -> dict:
     seed = record.get("config", {}).get("seed", 0)
     exclude = tuple(record.get("config", {}).get("exclude") or ())
     named = {d["name"]: set(d.get("test_images", [])) for d in record.get("data", [])}
-    sets = []
+    sets, left_out_sets = [], []
     for folder in masks:
         if not (folder / "manifest.csv").is_file():
             continue
@@ -60,9 +60,11 @@ def held_out(segmenter, masks: list[Path]) -> dict:
             if unseen:
                 left_out.name = f"{mask_set.name} (left out by {', '.join(exclude)})"
                 left_out.split["test"] = unseen
-                sets.append(left_out)
+                left_out_sets.append(left_out)
     scores = held_out_scores(segmenter.probabilities_of_gray, sets)
     scores["sets_not_in_training"] = [s.name for s in sets if s.name not in named]
+    if left_out_sets:
+        scores["left_out_by_training"] = held_out_scores(segmenter.probabilities_of_gray, left_out_sets)
     return scores
 
 
