@@ -187,12 +187,16 @@ def shortcut_section() -> None:
         st.info(f"No shortcut check: {shortcut['message']}.")
         return
     outside = shortcut.get("outside_lungs") or {}
-    for title, check in (("Whole image", shortcut), ("Outside the lungs only", outside)):
+    checks = (
+        ("Whole image", "Accuracy from image statistics alone", shortcut),
+        ("Outside the lungs only", "Accuracy from outside the lungs alone", outside),
+    )
+    for title, label, check in checks:
         if check.get("accuracy") is None:
             continue
         st.markdown(f"**{title}**")
         cols = st.columns(3)
-        cols[0].metric(f"Accuracy from image statistics alone ({title.lower()})", f"{check['accuracy']:.2f}")
+        cols[0].metric(label, f"{check['accuracy']:.2f}")
         cols[0].caption(f"95% CI {check['ci_low']:.2f}–{check['ci_high']:.2f} ({check['folds']}-fold, by patient)")
         cols[1].metric("Chance", f"{check['chance']:.2f}")
         cols[2].metric("Above chance", f"{check['accuracy'] - check['chance']:+.2f}")

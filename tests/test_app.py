@@ -93,6 +93,8 @@ def test_data_page_shows_the_synthetic_demo_dataset(app):
     assert metrics["Chance"] == "0.33"
     accuracy = float(metrics["Accuracy from image statistics alone"])
     assert 0.0 <= accuracy <= 1.0
+    frame = float(metrics["Accuracy from outside the lungs alone"])  # the same check without the lungs
+    assert 0.0 <= frame <= 1.0
     assert any(c.value.startswith("95% CI ") and "by patient" in c.value for c in at.caption)
     assert "by chance" in texts(at)
 
