@@ -179,6 +179,11 @@ def test_a_mask_set_without_manifest_or_with_missing_files_is_refused(tmp_path):
     (tmp_path / "manifest.csv").write_text("image,mask\nimages/a.jpg,masks/a.png\n")
     with pytest.raises(DataError, match="1 listed files are missing|2 listed files are missing"):
         read_mask_set(tmp_path)
+    from cxrcore.lungs.train import load_mask
+
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match="cannot read .*broken.png"):
+        load_mask(str(tmp_path / "broken.png"))
     with pytest.raises(ConfigError, match="--epochs must be"):
         LungTrainConfig(data=("x",), out="y", epochs=0).validate()
     with pytest.raises(ConfigError, match="--exclude takes COLUMN=VALUE, got 'Shenzhen'"):

@@ -149,21 +149,25 @@ def read_mask_set(
     return MaskSet(folder.name, str(folder), source, pairs, split)
 
 
+def _read_gray(path: str, size: int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            gray = img.convert("L")
+            if size:
+                gray = gray.resize((size, size), Image.BILINEAR)
+            return np.asarray(gray, dtype=np.float32)
+    except (OSError, ValueError) as exc:  # Pillow's errors for a truncated or unknown file
+        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0] or type(exc).__name__}") from None
+
+
 def load_gray(path: str, size: int | None = None) -> np.ndarray:
     """A mask set's image as gray 0..1 float32, resized to ``size x size`` when given."""
-    with Image.open(path) as img:
-        gray = img.convert("L")
-        if size:
-            gray = gray.resize((size, size), Image.BILINEAR)
-        return np.asarray(gray, dtype=np.float32) / 255.0
+    return _read_gray(path, size) / 255.0
 
 
 def load_mask(path: str, size: int | None = None) -> np.ndarray:
-    with Image.open(path) as img:
-        mask = img.convert("L")
-        if size:
-            mask = mask.resize((size, size), Image.BILINEAR)
-        return (np.asarray(mask) >= 128).astype(np.float32)
+    """A mask set's mask as 0/1 float32 (lung where the gray level is at least 128)."""
+    return (_read_gray(path, size) >= 128).astype(np.float32)
 
 
 def _batches(images, masks, config: LungTrainConfig, *, train: bool):
