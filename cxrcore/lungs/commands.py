@@ -80,7 +80,7 @@ def cmd_lungs_segment(args) -> int:
 
 def add_lungs_parser(sub) -> None:
     """The ``lungs`` subcommand with ``train`` and ``segment``."""
-    from .model import ENCODERS
+    from . import ENCODERS
 
     lungs = sub.add_parser("lungs", help="lung fields: train the lung model, segment images")
     actions = lungs.add_subparsers(dest="lungs_command", required=True)

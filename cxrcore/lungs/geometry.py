@@ -6,6 +6,8 @@ Conventions: a mask is a 2-D array, ``True``/non-zero inside a lung. A box is ``
 pixels of the image the mask belongs to, ``x1`` and ``y1`` exclusive. ``image_left`` and ``image_right``
 are the lungs on the left and the right of the picture as displayed (on a standard PA film that is the
 patient's right lung and left lung respectively).
+SciPy is imported by the functions that use it, so importing this module (as the explanation scores and the
+CLI's parser do, for the constants) stays cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 #: A region smaller than this share of the image is noise, not a lung.
 MIN_LUNG_SHARE = 0.01
@@ -112,6 +113,8 @@ def lungs_from_mask(mask: np.ndarray) -> Lungs:
     good share on each side is cut at its thinnest column near the centre first; holes in each lung are
     filled. The second lung must be at least :data:`MIN_PAIR_RATIO` of the first's size.
     """
+    from scipy import ndimage
+
     mask = np.asarray(mask) > 0
     if mask.ndim != 2:
         raise ValueError(f"a lung mask is 2-D, got shape {mask.shape}")
@@ -190,6 +193,8 @@ def lung_share(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
 
 def grow(mask: np.ndarray, fraction: float = MASK_GROW) -> np.ndarray:
     """The mask dilated by ``fraction`` of the image's longer side (at least one pixel; 0 changes nothing)."""
+    from scipy import ndimage
+
     mask = np.asarray(mask) > 0
     steps = int(round(max(mask.shape) * fraction))
     if fraction <= 0 or not mask.any():
@@ -199,6 +204,8 @@ def grow(mask: np.ndarray, fraction: float = MASK_GROW) -> np.ndarray:
 
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     """The pixels on the edge of a mask, ``width`` pixels thick, for drawing over an image."""
+    from scipy import ndimage
+
     mask = np.asarray(mask) > 0
     inner = ndimage.binary_erosion(mask, iterations=max(1, width), border_value=0)
     return mask & ~inner

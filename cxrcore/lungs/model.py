@@ -11,8 +11,8 @@ from __future__ import annotations
 import keras
 
 from ..errors import ConfigError
+from . import ENCODERS
 
-ENCODERS = ("unet", "mobilenetv2_0.35", "mobilenetv2_0.5", "mobilenetv2_1.0")
 #: Filters per level of the plain U-Net, from the full-resolution level down to the bottleneck.
 UNET_FILTERS = (16, 32, 64, 128, 160)
 #: MobileNetV2 layers whose outputs feed the decoder, from 1/2 of the input size down to 1/16.
