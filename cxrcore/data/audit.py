@@ -72,12 +72,6 @@ def _statistics(gray: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     )
 
 
-def image_statistics(path: str) -> np.ndarray:
-    """The anatomy-free description of one image: intensity histogram (16 bins), percentiles,
-    mean and spread of the whole image, of its border band and of its centre."""
-    return _statistics(prepare_image(path, STATS_SIZE)[..., 0].astype(np.float32))
-
-
 def outside_lung_statistics(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """The same statistics over the pixels outside the lung fields only (the shipped lung model's mask, grown
     by :data:`cxrcore.lungs.geometry.MASK_GROW`), and whether two lungs were found (when not, whatever was
