@@ -83,6 +83,25 @@ def test_audit_reports_sources_and_is_cached(tmp_path):
     assert calls == []  # read from the cache
 
 
+def test_the_audit_cache_follows_the_images_content_not_the_folder(tmp_path):
+    import shutil
+
+    root = write_set(tmp_path / "d", brightness_only, per_class=8)
+    first = audit(root)
+    copy = shutil.copytree(root, tmp_path / "elsewhere" / "copy")
+    calls = []
+    again = audit(copy, progress=lambda done, total: calls.append(done))
+    assert calls == [], "a copy of the same images was audited again"
+    assert again["data"] == str(copy) and again["shortcut"] == first["shortcut"]
+    victim = next(copy.rglob("*.png"))
+    with Image.open(victim) as img:
+        pixels = np.asarray(img).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]  # one pixel changed, same size on disk or not
+    Image.fromarray(pixels).save(victim)
+    audit(copy, progress=lambda done, total: calls.append(done))
+    assert calls, "changed images were read from the cache of the old ones"
+
+
 @pytest.mark.slow
 def test_cli_audit_prints_the_shortcut_check_last(tmp_path):
     import subprocess

@@ -15,8 +15,9 @@ The same check runs a second time on statistics of the pixels **outside the lung
 the shoulders, the exposure outside the chest) predicts the label, a model can find its answer
 there. :func:`outside_lung_statistics` is that description.
 
-Results are cached per dataset in the index cache folder, keyed by every file's path,
-size and label and by the lung model, so opening the Data page again costs nothing.
+Results are cached in the index cache folder, keyed by the dataset's content (every file's name
+within the dataset, bytes, label, patient and source) and by the settings and the lung model, never
+by the folder's path: opening the Data page again, or training on a copy of the data, costs nothing.
 """
 
 from __future__ import annotations
@@ -224,12 +225,23 @@ def sources(index: pd.DataFrame) -> dict[str, dict[str, int]] | None:
     return {src: {label: int(n) for label, n in group.droplevel(0).items()} for src, group in table.groupby(level=0)}
 
 
-def _cache_file(index: pd.DataFrame, folds: int, seed: int) -> Path:
+def _content_hashes(index: pd.DataFrame) -> list[str]:
+    """The SHA-1 of every image file's bytes, in the index's order."""
+    return [hashlib.sha1(Path(path).read_bytes()).hexdigest() for path in index["path"]]
+
+
+def _cache_file(index: pd.DataFrame, hashes: list[str], folds: int, seed: int) -> Path:
+    """The cache entry for this dataset's content: every image's name within the dataset, bytes,
+    label, patient and source, with the settings and the lung model. Never the folder's path, so a
+    copy of a dataset (or the same data written again) finds the audit of the first."""
     from ..lungs.segment import shipped_fingerprint
 
+    root = Path(index.attrs.get("root", ""))
     digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}|{shipped_fingerprint()}".encode())
-    for row in index[["path", "bytes", "label", "patient_id"]].itertuples(index=False):
-        digest.update("|".join(map(str, row)).encode())
+    for row, content in zip(index[["path", "label", "patient_id", "source"]].itertuples(index=False), hashes):
+        path = Path(row.path)
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        digest.update("|".join(map(str, (name, content, row.label, row.patient_id, row.source))).encode())
     return cache_dir() / "audit" / f"{digest.hexdigest()[:20]}.json"
 
 
@@ -240,17 +252,19 @@ def audit(
     byte-identical duplicates, the shortcut check (on the whole image, and on what lies outside the
     lungs only) and the class mix per source."""
     index = build_index(data)
-    cache = _cache_file(index, folds, seed)
+    hashes = _content_hashes(index)
+    cache = _cache_file(index, hashes, folds, seed)
+    where = str(index.attrs.get("root", data))
     if use_cache:
         try:
-            return json.loads(cache.read_text())
+            return {**json.loads(cache.read_text()), "data": where}
         except (OSError, ValueError):
             pass
     split = assign_splits(index)
     leaks = leakage_report(split)
-    dups = duplicate_report(split)
+    dups = duplicate_report(split, hashes=dict(zip(index["path"], hashes)))
     result = {
-        "data": str(index.attrs.get("root", data)),
+        "data": where,
         "images": int(len(index)),
         "classes": {str(k): int(v) for k, v in index["label"].value_counts().sort_index().items()},
         "patients_known": int((index["patient_id"] != "").sum()),

@@ -8,6 +8,7 @@ is kept; only a missing validation or test split is carved out of ``train``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -140,16 +141,16 @@ def leakage_report(index: pd.DataFrame) -> pd.DataFrame:
     return leaked.sort_values("patient_id").reset_index(drop=True)
 
 
-def duplicate_report(index: pd.DataFrame, progress=None) -> pd.DataFrame:
+def duplicate_report(index: pd.DataFrame, progress=None, hashes: dict[str, str] | None = None) -> pd.DataFrame:
     """Byte-identical image files: ``hash, path, label, split`` for every file that has a twin.
 
-    A duplicate across splits (``cross_split`` True) leaks a test image into training.
+    A duplicate across splits (``cross_split`` True) leaks a test image into training. ``hashes``
+    (path -> SHA-1 of its bytes) spares reading files whose hash the caller already has.
     """
-    import hashlib
-
+    known = hashes or {}
     hashes = []
     for i, path in enumerate(index["path"]):
-        hashes.append(hashlib.sha1(Path(path).read_bytes()).hexdigest())
+        hashes.append(known.get(path) or hashlib.sha1(Path(path).read_bytes()).hexdigest())
         if progress is not None and ((i + 1) % 100 == 0 or i + 1 == len(index)):
             progress(i + 1, len(index))
     table = index[["path", "label", "split"]].assign(hash=hashes)
