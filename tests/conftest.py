@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,21 @@ needs_weights = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """The caches (index, audit, activations) and the default models folder live in this session's
+    temporary folder, set before any other fixture runs: no fixture or test writes into the user's
+    ~/.cache/cxrcore or the project's models/. Shared by the session, so data written twice with the
+    same content (the same synthetic set, a copy of a run's data) is audited once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXRCORE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("CXRCORE_MODELS", str(tmp_path_factory.mktemp("models")))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own index cache and models folder."""
-    monkeypatch.setenv("CXRCORE_CACHE", str(tmp_path_factory.mktemp("cache")))
+def _isolated_models(tmp_path_factory, monkeypatch):
+    """Every test gets its own default models folder (a test that needs an empty cache sets its own)."""
     monkeypatch.setenv("CXRCORE_MODELS", str(tmp_path_factory.mktemp("models")))
 
 
@@ -98,3 +111,175 @@ def tiny_config(data, **changes):
         seed=3,
     )
     return TrainConfig(**{**base, **changes})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs trained once per worker and shared by the tests that read them.
+#
+# Each kind of run the suite needs is trained by one session fixture below, the first time a test asks
+# for it. Shared runs are read-only: the session checks at its end that none of their files changed
+# (file modes alone cannot say so: CI runs as root). A test that changes a run (an external
+# evaluation, an annotation, a rewritten card) works on `copy_run(run, tmp_path)`.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    """Every file under a shared models folder and its digest, but the job queue's database, which the
+    dashboard opens in whatever models folder it shows."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not (p.parent == folder and p.name.startswith("jobs.sqlite"))
+    }
+
+
+class SharedRuns:
+    """The session's shared run folders and what they held when they were made."""
+
+    def __init__(self) -> None:
+        self.prints: dict[Path, dict[str, str]] = {}
+
+    def freeze(self, folder: Path) -> Path:
+        self.prints[folder] = _fingerprint(folder)
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222)  # read-only for anyone but root
+        return folder
+
+    def changed(self) -> dict[str, list[str]]:
+        found = {}
+        for folder, before in self.prints.items():
+            after = _fingerprint(folder)
+            diff = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            if diff:
+                found[str(folder)] = diff
+        return found
+
+
+@pytest.fixture(scope="session")
+def shared_runs():
+    shared = SharedRuns()
+    yield shared
+    changed = shared.changed()
+    assert not changed, f"tests changed shared runs (work on copy_run(...) instead): {changed}"
+
+
+def copy_run(run, destination: Path):
+    """A writable copy of a shared run (a RunDir or its path) under ``destination``: a RunDir."""
+    from cxrcore.runs import RunDir
+
+    source = Path(getattr(run, "path", run))
+    target = Path(destination) / source.name
+    shutil.copytree(source, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    return RunDir(target)
+
+
+def copy_models(folder: Path, destination: Path) -> Path:
+    """A writable copy of a shared models folder (every run in it)."""
+    target = Path(destination)
+    target.mkdir(parents=True, exist_ok=True)
+    for run in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        copy_run(run, target)
+    return target
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A shared run, the data it was trained on and the progress events training reported."""
+
+    run: object  # cxrcore.runs.RunDir
+    data: Path
+    events: tuple = ()
+
+    @property
+    def models(self) -> Path:
+        """The folder that holds this run alone (for CXRCORE_MODELS)."""
+        return self.run.path.parent
+
+
+def train_shared(shared: SharedRuns, config, out_dir: Path) -> Trained:
+    from cxrcore.training.train import train
+
+    events: list[dict] = []
+    run = train(config, out_dir=out_dir, progress=events.append)
+    assert run.status() == "succeeded", run.info()
+    return Trained(run, Path(config.data), tuple(events))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The dashboard's synthetic demo set, small: 3 classes x 12 images at 64 px."""
+    from cxrcore.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", n_per_class=12, image_size=64)
+
+
+@pytest.fixture(scope="session")
+def separable_data(tmp_path_factory) -> Path:
+    """Two classes told apart by brightness (150 grey levels), 30 images each."""
+    return make_class_folders(tmp_path_factory.mktemp("separable") / "d", classes=("dark", "bright"), per_class=30)
+
+
+@pytest.fixture(scope="session")
+def separable_run(separable_data, tmp_path_factory, shared_runs) -> Trained:
+    """A simple_cnn trained 2 + 1 epochs on ``separable_data`` with 18 validation and 18 test images
+    (enough for each class to get its operating points), its progress events kept."""
+    out = tmp_path_factory.mktemp("separable-run")
+    trained = train_shared(
+        shared_runs, tiny_config(separable_data, val_fraction=0.3, test_fraction=0.3, fine_tune_epochs=1), out
+    )
+    shared_runs.freeze(out)
+    return trained
+
+
+def demo_config(data, **changes):
+    """conftest's tiny run for the demo set: 1 + 1 epochs, the head's default dropout, the default seed."""
+    from cxrcore.config import HeadConfig, TrainConfig
+
+    base = {"epochs": 1, "fine_tune_epochs": 1, "head": HeadConfig(dense_units=[8]), "seed": TrainConfig.seed}
+    return tiny_config(data, **{**base, **changes})
+
+
+@pytest.fixture(scope="session")
+def demo_runs(demo_data, tmp_path_factory, shared_runs) -> Path:
+    """A models folder with two finished runs on the demo set, seeds 1 and 2 (two different splits)."""
+    out = tmp_path_factory.mktemp("demo-runs")
+    for seed in (1, 2):
+        train_shared(shared_runs, demo_config(demo_data, seed=seed), out)
+    return shared_runs.freeze(out)
+
+
+@pytest.fixture(scope="session")
+def same_split_runs(demo_data, tmp_path_factory, shared_runs) -> Path:
+    """Two finished runs on one split of the demo set (seed 5), different heads, one from a recipe."""
+    from cxrcore.config import HeadConfig
+
+    out = tmp_path_factory.mktemp("same-split")
+    train_shared(shared_runs, demo_config(demo_data, seed=5, recipe="vgg16-binary"), out)
+    train_shared(shared_runs, demo_config(demo_data, seed=5, head=HeadConfig(dense_units=[16])), out)
+    return shared_runs.freeze(out)
+
+
+#: the pixel rules of ``rules_run``: every rule at once
+ALL_PIXEL_RULES = dict(crop_border=0.2, equalize=True, lung_crop=True, lung_mask=True)
+
+
+@pytest.fixture(scope="session")
+def rules_run(tmp_path_factory, shared_runs) -> Trained:
+    """A simple_cnn trained 1 + 0 epochs with every pixel rule (``ALL_PIXEL_RULES``) and focal loss, on
+    dark vs bright with one bright image fewer (12 and 11: unbalanced, so class weights differ), its
+    feature statistics taken from a sample of 10 training images (``ood.MAX_TRAIN_IMAGES`` lowered
+    while it trains)."""
+    from cxrcore.data.io import PixelRules
+    from cxrcore.evaluation import ood
+
+    data = make_class_folders(tmp_path_factory.mktemp("rules") / "d", classes=("dark", "bright"), per_class=12)
+    (data / "bright" / "img_000.png").unlink()
+    out = tmp_path_factory.mktemp("rules-run")
+    config = tiny_config(data, pixels=PixelRules(**ALL_PIXEL_RULES), focal_loss=True, epochs=1, fine_tune_epochs=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ood, "MAX_TRAIN_IMAGES", 10)
+        trained = train_shared(shared_runs, config, out)
+    shared_runs.freeze(out)
+    return trained

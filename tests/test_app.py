@@ -11,8 +11,6 @@ from streamlit.testing.v1 import AppTest
 
 import conftest
 from conftest import REPO
-from cxrcore.config import HeadConfig, TrainConfig
-from cxrcore.data.demo import make_demo_dataset
 from cxrcore.training.train import train
 
 pytestmark = pytest.mark.slow
@@ -20,27 +18,20 @@ APP = str(REPO / "app.py")
 PAGES = ["pages/data.py", "pages/train.py", "pages/evaluate.py", "pages/predict.py", "pages/compare.py"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", n_per_class=12, image_size=64)
+@pytest.fixture
+def demo(demo_data):
+    """The session's small demo set (conftest)."""
+    return demo_data
 
 
-def tiny_config(data, **changes) -> TrainConfig:
-    """conftest's tiny run, 1 + 1 epochs, the head's default dropout, TrainConfig's default seed."""
-    base = {"epochs": 1, "fine_tune_epochs": 1, "head": HeadConfig(dense_units=[8]), "seed": TrainConfig.seed}
-    return conftest.tiny_config(data, **{**base, **changes})
+tiny_config = conftest.demo_config
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, demo):
-    """A models folder with two finished tiny runs."""
-    out = tmp_path_factory.mktemp("models")
-    for seed in (1, 2):
-        train(
-            tiny_config(demo, seed=seed),
-            out_dir=out,
-        )
-    return out
+@pytest.fixture
+def models(demo_runs):
+    """The session's models folder with two finished tiny runs on the demo set (read-only: a test that
+    changes a run works on a copy)."""
+    return demo_runs
 
 
 @pytest.fixture
@@ -293,8 +284,8 @@ def test_compare_page_with_two_runs(app, models, monkeypatch):
     assert len(at.get("image")) == 2  # one overlay per run
 
 
-def test_evaluate_page_external_validation_is_saved_and_shown_apart(app, models, demo, monkeypatch):
-    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+def test_evaluate_page_external_validation_is_saved_and_shown_apart(app, models, demo, monkeypatch, tmp_path):
+    monkeypatch.setenv("CXRCORE_MODELS", str(conftest.copy_models(models, tmp_path / "models")))  # it writes
     at = app("pages/evaluate.py")
     assert at.button(key="evaluate_external_go").disabled  # nothing typed yet
     at.text_input(key="evaluate_external_path").set_value(str(demo))
@@ -564,16 +555,11 @@ def test_evaluate_page_shows_calibration_and_says_when_a_run_has_none(app, model
     assert "not calibrated (trained before calibration existed)" in texts(at)
 
 
-@pytest.fixture(scope="module")
-def separable_run(tmp_path_factory):
-    """A models folder with one run on two classes told apart by brightness, with 18 validation and
-    18 test images: enough for each class to get its operating points."""
-    from conftest import make_class_folders
-
-    data = make_class_folders(tmp_path_factory.mktemp("bright") / "d", classes=("dark", "bright"), per_class=30)
-    out = tmp_path_factory.mktemp("separable")
-    train(tiny_config(data, val_fraction=0.3, test_fraction=0.3, epochs=2, seed=3), out_dir=out)
-    return out
+@pytest.fixture
+def separable_run(separable_run):
+    """The session's run on two classes told apart by brightness, 18 validation and 18 test images:
+    its models folder."""
+    return separable_run.models
 
 
 def test_evaluate_page_shows_operating_points_on_the_roc_and_the_model_card(app, separable_run, monkeypatch):
@@ -712,15 +698,6 @@ def test_train_page_queues_several_recipes_as_one_comparison(app, monkeypatch):
     assert len({j["group_id"] for j in queued}) == 1
 
 
-@pytest.fixture(scope="module")
-def same_split_runs(tmp_path_factory, demo):
-    """Two finished runs on one split of the demo data (same seed), different heads, one from a recipe."""
-    out = tmp_path_factory.mktemp("same-split")
-    train(tiny_config(demo, seed=5, recipe="vgg16-binary"), out_dir=out)
-    train(tiny_config(demo, seed=5, head=HeadConfig(dense_units=[16])), out_dir=out)
-    return out
-
-
 def test_compare_page_says_runs_on_different_splits_are_not_comparable(app, models, monkeypatch):
     monkeypatch.setenv("CXRCORE_MODELS", str(models))  # seeds 1 and 2: two different test splits
     at = app("pages/compare.py")
@@ -729,8 +706,11 @@ def test_compare_page_says_runs_on_different_splits_are_not_comparable(app, mode
     assert any("Evaluate every run on it" == b.label for b in at.button)  # the offer of a common external set
 
 
-def test_compare_page_makes_an_ensemble_and_says_whether_it_beats_its_best_member(app, same_split_runs, monkeypatch):
-    monkeypatch.setenv("CXRCORE_MODELS", str(same_split_runs))
+def test_compare_page_makes_an_ensemble_and_says_whether_it_beats_its_best_member(
+    app, same_split_runs, monkeypatch, tmp_path
+):
+    models = conftest.copy_models(same_split_runs, tmp_path / "models")  # the ensemble is written beside them
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
     at = app("pages/compare.py")
     assert not any("Not comparable" in w.value for w in at.warning)
     at.button(key="compare_make_ensemble").click()
@@ -741,15 +721,16 @@ def test_compare_page_makes_an_ensemble_and_says_whether_it_beats_its_best_membe
     assert "Ensemble minus its best member" in verdict and "paired bootstrap over patients" in verdict
     table = next(d.value for d in at.dataframe if "role" in d.value.columns)
     assert table["role"].tolist() == ["ensemble", "member", "member"]
-    made = [p for p in same_split_runs.iterdir() if p.name.endswith("-ensemble")]
+    made = [p for p in models.iterdir() if p.name.endswith("-ensemble")]
     assert len(made) == 1 and (made[0] / "ensemble.json").is_file()
 
 
-def test_evaluate_page_names_a_run_and_shows_its_write_up_figure(app, same_split_runs, monkeypatch):
+def test_evaluate_page_names_a_run_and_shows_its_write_up_figure(app, same_split_runs, monkeypatch, tmp_path):
     from cxrcore.runs import RunDir, list_runs
 
-    monkeypatch.setenv("CXRCORE_MODELS", str(same_split_runs))
-    recipe_run = next(r for r in list_runs(same_split_runs) if RunDir(r["path"]).config().recipe == "vgg16-binary")
+    models = conftest.copy_models(same_split_runs, tmp_path / "models")  # the page writes the run's name
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    recipe_run = next(r for r in list_runs(models) if RunDir(r["path"]).config().recipe == "vgg16-binary")
     at = app("pages/evaluate.py")
     options = at.selectbox(key="evaluate_run").options
     at.selectbox(key="evaluate_run").select_index(next(i for i, o in enumerate(options) if recipe_run["run_id"] in o))
@@ -770,18 +751,16 @@ def test_evaluate_page_names_a_run_and_shows_its_write_up_figure(app, same_split
     assert any("binary baseline" in o for o in at.selectbox(key="evaluate_run").options)
 
 
-def test_predict_page_explains_an_ensemble_with_its_members_mean_map(app, same_split_runs, monkeypatch):
+def test_predict_page_explains_an_ensemble_with_its_members_mean_map(app, same_split_runs, monkeypatch, tmp_path):
     from cxrcore.ensemble import create
     from cxrcore.runs import list_runs
 
-    monkeypatch.setenv("CXRCORE_MODELS", str(same_split_runs))
-    made = next((r for r in list_runs(same_split_runs) if r["backbone"] == "ensemble"), None)
-    if made is None:
-        trained = [r["path"] for r in list_runs(same_split_runs) if r["backbone"] != "ensemble"]
-        made = {"run_id": create(trained).run_id}
+    models = conftest.copy_models(same_split_runs, tmp_path / "models")
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    made = create([r["path"] for r in list_runs(models)])
     at = app("pages/predict.py")
     options = at.selectbox(key="predict_run").options
-    at.selectbox(key="predict_run").select_index(next(i for i, o in enumerate(options) if made["run_id"] in o))
+    at.selectbox(key="predict_run").select_index(next(i for i, o in enumerate(options) if made.run_id in o))
     at.run()
     at.file_uploader(key="predict_upload").set_value([("one.png", png_bytes(4), "image/png")])
     at.run()

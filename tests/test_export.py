@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CXR_DEV, REPO, make_class_folders, needs_cxr_dev, tiny_config
+from conftest import ALL_PIXEL_RULES, CXR_DEV, REPO, copy_run, needs_cxr_dev, tiny_config
 from cxrcore import runs
 from cxrcore.errors import ConfigError, RunError
 from cxrcore.export import download_bytes, export
@@ -56,9 +56,8 @@ def _check_exports_match_the_run(run: runs.RunDir, images: list[str], tmp_path) 
     assert spec["input"]["range"] == [0, 255] and "bilinear" in spec["input"]["prepare"]
 
 
-def test_savedmodel_and_tflite_give_the_runs_calibrated_probabilities(tmp_path):
-    data = make_class_folders(tmp_path / "d", per_class=16, size=40)
-    run = train(tiny_config(data, image_size=48, seed=2), out_dir=tmp_path / "m")
+def test_savedmodel_and_tflite_give_the_runs_calibrated_probabilities(separable_run, tmp_path):
+    run, data = separable_run.run, separable_run.data  # shared: exported to tmp_path, never into the run
     assert run.temperature() != 1.0  # the export must apply it
     _check_exports_match_the_run(run, [str(p) for p in sorted(data.rglob("*.png"))[:6]], tmp_path)
 
@@ -82,9 +81,8 @@ def test_export_refuses_an_unknown_format_or_a_folder_that_is_no_run(tmp_path):
         export(tmp_path, "tflite")
 
 
-def test_export_cli_prints_the_path_last_and_the_download_is_one_file(tmp_path):
-    data = make_class_folders(tmp_path / "d", per_class=10, size=40)
-    run = train(tiny_config(data, image_size=48, seed=2), out_dir=tmp_path / "m")
+def test_export_cli_prints_the_path_last_and_the_download_is_one_file(separable_run, tmp_path):
+    run = copy_run(separable_run.run, tmp_path / "m")  # the command writes into the run's export/
     proc = subprocess.run(
         [sys.executable, "-m", "cxrcore", "export", str(run.path), "--format", "savedmodel"],
         cwd=REPO,
@@ -105,7 +103,7 @@ def test_export_cli_prints_the_path_last_and_the_download_is_one_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(tmp_path):
+def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(rules_run, tmp_path):
     import io
     import zipfile
 
@@ -114,13 +112,12 @@ def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(tmp_path):
     from cxrcore.data.io import PixelRules, prepare_image
     from cxrcore.lungs.segment import SHIPPED_MODEL, shipped_fingerprint
 
-    data = make_class_folders(tmp_path / "d", per_class=10, size=40)
-    rules = PixelRules(lung_crop=True, lung_mask=True)
-    run = train(tiny_config(data, image_size=48, seed=2, pixels=rules), out_dir=tmp_path / "m")
+    run, data = rules_run.run, rules_run.data  # every pixel rule, lung crop and mask among them
+    rules = PixelRules(**ALL_PIXEL_RULES)
     assert run.info()["lung_model"] == shipped_fingerprint()
     saved = export(run.path, "savedmodel", tmp_path / "out")
     spec = json.loads((tmp_path / "out" / f"{saved.name}.json").read_text())
-    assert spec["input"]["pixel_rules"] == {"crop_border": 0.0, "equalize": False, "lung_crop": True, "lung_mask": True}
+    assert spec["input"]["pixel_rules"] == {"crop_border": 0.2, "equalize": True, "lung_crop": True, "lung_mask": True}
     assert spec["input"]["lung_model"]["digest"] == shipped_fingerprint()
     copied = tmp_path / "out" / spec["input"]["lung_model"]["file"]
     assert copied.read_bytes() == SHIPPED_MODEL.read_bytes()
@@ -129,7 +126,7 @@ def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(tmp_path):
     assert "lungs.keras" in names
     # the exported model on the pixels prepare_image gives for the run = what the dashboard shows
     images = sorted(str(p) for p in data.rglob("*.png"))[:4]
-    batch = np.stack([prepare_image(p, 48, rules=rules) for p in images]).astype(np.float32)
+    batch = np.stack([prepare_image(p, run.image_size(), rules=rules) for p in images]).astype(np.float32)
     expected = Predictor(run.path).probabilities(batch)
     loaded = tf.saved_model.load(str(saved))  # kept in a name: serve() needs its variables alive
     np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(batch))), expected, atol=1e-5)

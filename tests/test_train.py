@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import conftest
-from conftest import make_class_folders
+from conftest import copy_run, make_class_folders
 from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.errors import ConfigError, DataError, WeightsError
@@ -27,16 +27,12 @@ def tiny_config(data, **changes) -> TrainConfig:
     return conftest.tiny_config(data, **{"fine_tune_epochs": 1, "seed": 1, **changes})
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = make_class_folders(tmp_path_factory.mktemp("data") / "d", classes=("dark", "bright"), per_class=30)
-    events = []
-    run = train(
-        tiny_config(root, val_fraction=0.2, test_fraction=0.2),
-        out_dir=tmp_path_factory.mktemp("models"),
-        progress=events.append,
-    )
-    return run, events, root
+@pytest.fixture
+def trained(separable_run):
+    """The session's run on dark vs bright (conftest: 30 images per class, 2 + 1 epochs, 24 training,
+    18 validation and 18 test images, batches of 8), its progress events and its data. Read-only: a
+    test that writes into it works on ``copy_run``."""
+    return separable_run.run, list(separable_run.events), separable_run.data
 
 
 def test_run_directory_is_complete(trained):
@@ -57,7 +53,7 @@ def test_run_directory_is_complete(trained):
     assert not list(run.path.glob(".*tmp*")), "temporary files left behind"
     info = run.info()
     assert info["status"] == "succeeded" and info["device"] == "CPU"
-    assert info["epochs_completed"] == 3 and info["n_test"] == 12
+    assert info["epochs_completed"] == 3 and info["n_test"] == 18
     assert TrainConfig.load(run.file(runs.CONFIG)).backbone == "simple_cnn"
     assert json.loads(run.file(runs.LABELS).read_text()) == ["bright", "dark"]
 
@@ -73,7 +69,7 @@ def test_history_covers_both_stages_with_the_lower_fine_tuning_rate(trained):
 
 def test_the_model_learns_the_synthetic_task(trained):
     metrics = json.loads(trained[0].file(runs.METRICS).read_text())
-    assert metrics["n"] == 12
+    assert metrics["n"] == 18
     assert metrics["accuracy"] >= 0.75  # classes differ in brightness by 150 grey levels
 
 
@@ -96,14 +92,14 @@ def test_the_run_is_calibrated_on_validation_and_every_probability_uses_it(train
     stored = json.loads(run.file(runs.CALIBRATION).read_text())
     temperature = run.temperature()
     assert temperature == stored["temperature"] and np.isfinite(temperature) and temperature > 0
-    assert stored["fitted_on"] == "val" and stored["n"] == 12
+    assert stored["fitted_on"] == "val" and stored["n"] == 18
     calibration = run.metrics()["calibration"]
     assert calibration["temperature"] == temperature and calibration["fitted_on"] == "val"
     for when in ("before", "after"):
         assert set(calibration["ece"][when]) == {"bright", "dark", "mean"}
         assert 0 <= calibration["ece"][when]["mean"] <= 1
         assert set(calibration["brier"][when]) == {"bright", "dark", "mean"}
-    assert sum(calibration["reliability"]["bright"]["count"]) == 12
+    assert sum(calibration["reliability"]["bright"]["count"]) == 18
     predictor = Predictor(run.path)
     path = run.split().query("split == 'test'")["path"].iloc[0]
     image = predictor.prepare(path)
@@ -123,13 +119,13 @@ def test_the_run_keeps_what_validation_chose_and_prediction_uses_it(trained):
     assert points["chosen_on"] == "val" and points["target_sensitivity"] == 0.95
     assert set(points["thresholds"]) == {"bright", "dark"}
     stats = run.feature_stats()
-    assert stats.n_train == 36 and stats.n_val == 12 and stats.percentile == 99.0
+    assert stats.n_train == 24 and stats.n_val == 18 and stats.percentile == 99.0
     metrics = run.metrics()
     assert (
         metrics["operating_points"]["classes"]["bright"]["sensitivity"]["threshold"]
         == (points["thresholds"]["bright"]["sensitivity"])
     )
-    assert metrics["ood"]["n"] == 12
+    assert metrics["ood"]["n"] == 18
     table = pd.read_csv(run.file(runs.PREDICTIONS))
     predictor = Predictor(run.path)
     results = predictor.predict(table["path"].tolist()[:4], operating_point="youden")
@@ -142,12 +138,11 @@ def test_the_run_keeps_what_validation_chose_and_prediction_uses_it(trained):
     assert card.startswith(f"# Model card: {run.run_id}") and "## Operating points" in card
 
 
-def test_pixel_rules_are_recorded_and_applied_at_prediction(tmp_path):
+def test_pixel_rules_are_recorded_and_applied_at_prediction(rules_run):
     from cxrcore.data.io import PixelRules, prepare_image
 
-    root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
-    rules = PixelRules(crop_border=0.2, equalize=True)
-    run = train(tiny_config(root, pixels=rules, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "models")
+    run, root = rules_run.run, rules_run.data
+    rules = PixelRules(**conftest.ALL_PIXEL_RULES)
     assert run.config().pixels == rules and run.pixel_rules() == rules
     path = str(next(root.rglob("*.png")))
     predictor = Predictor(run.path)
@@ -167,7 +162,7 @@ def test_progress_events_report_stage_epoch_and_batch(trained):
         ("finetune", 3, 3),
     ]
     batches = [e for e in events if e["event"] == "batch"]
-    assert batches[0]["batches"] == 5 and batches[-1]["batch"] == 5  # 36 training images / 8
+    assert batches[0]["batches"] == 3 and batches[-1]["batch"] == 3  # 24 training images / 8
     assert "loss" in epochs[0]["logs"] and "val_loss" in epochs[0]["logs"]
 
 
@@ -181,7 +176,7 @@ def test_saved_model_reloads_and_predicts_the_same(trained, tmp_path):
 
 
 def test_external_validation_is_kept_apart_from_the_test_split(trained, tmp_path):
-    run, _, _ = trained
+    run = copy_run(trained[0], tmp_path / "models")
     before = run.file(runs.METRICS).read_text()
     external = make_class_folders(tmp_path / "hospital_b", classes=("dark", "bright", "other"), per_class=4)
     with pytest.raises(DataError, match="not trained on: other"):
@@ -195,10 +190,9 @@ def test_external_validation_is_kept_apart_from_the_test_split(trained, tmp_path
 
 
 def test_test_metrics_written_before_intervals_get_them_added_beside_the_values(trained, tmp_path):
-    import shutil
 
     run, _, _ = trained
-    copy = runs.RunDir(shutil.copytree(run.path, tmp_path / "old-run"))
+    copy = copy_run(run, tmp_path / "old-run")
     stored = json.loads(copy.file(runs.METRICS).read_text())
     old = {k: v for k, v in stored.items() if k not in ("ci", "bootstrap")}  # as written before intervals
     old["per_class"] = {
@@ -217,7 +211,7 @@ def test_test_metrics_written_before_intervals_get_them_added_beside_the_values(
 def test_each_external_dataset_keeps_its_own_folder_inside_the_run(trained, tmp_path):
     """Failure 3: /a/hospitalA/test and /b/hospitalB/test shared external/test (the second replaced the
     first), and a manifest named `...csv` made the folder `external/..`, overwriting the test metrics."""
-    run, _, _ = trained
+    run = copy_run(trained[0], tmp_path / "models")
     before = {name: run.file(name).read_bytes() for name in (runs.METRICS, runs.PREDICTIONS, runs.PER_CLASS)}
     first = make_class_folders(tmp_path / "hospitalA" / "test", classes=("dark", "bright"), per_class=3)
     second = make_class_folders(tmp_path / "hospitalB" / "test", classes=("dark", "bright"), per_class=5)
@@ -239,12 +233,12 @@ def test_each_external_dataset_keeps_its_own_folder_inside_the_run(trained, tmp_
     assert again["out_dir"] == folders[str(first)] and len(run.external_evaluations()) == already + 3
 
 
-def test_either_stage_can_be_skipped(tmp_path):
+def test_either_stage_can_be_skipped(tmp_path, rules_run):
     root = make_class_folders(tmp_path / "d", per_class=10)
     run = train(tiny_config(root, epochs=0, fine_tune_epochs=1), out_dir=tmp_path / "m")
     assert run.history()["stage"].tolist() == ["finetune"]
-    run = train(tiny_config(root, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "m")
-    assert run.history()["stage"].tolist() == ["frozen"]
+    assert rules_run.run.config().fine_tune_epochs == 0  # trained 1 + 0 epochs
+    assert rules_run.run.history()["stage"].tolist() == ["frozen"]
 
 
 def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path):
@@ -346,7 +340,7 @@ def test_no_training_path_writes_into_a_finished_or_live_run(trained, tmp_path):
     from cxrcore.errors import RunError
     from cxrcore.training.train import resume_run
 
-    run, _, root = trained
+    run = copy_run(trained[0], tmp_path / "models")  # evaluate_run rewrites its card
     files = {name: run.file(name).read_bytes() for name in (runs.MODEL, runs.HISTORY, runs.METRICS, runs.INFO)}
     with pytest.raises(RunError, match="already finished"):
         resume_run(run.path)
@@ -415,7 +409,7 @@ def test_uploaded_bytes_and_dicom_take_the_same_prediction_path(trained, tmp_pat
     assert as_dicom["probabilities"] == pytest.approx(as_png["probabilities"], abs=1e-5)
 
 
-def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
+def test_focal_loss_and_class_weights_reach_the_model(tmp_path, rules_run):
     from cxrcore.training.model import build_model
     from cxrcore.training.train import compile_for_stage
 
@@ -423,9 +417,8 @@ def test_focal_loss_and_class_weights_reach_the_model(tmp_path):
     compile_for_stage(model, tiny_config(tmp_path, focal_loss=True, focal_gamma=3.0), "frozen", pretrained=False)
     assert isinstance(model.loss, keras.losses.CategoricalFocalCrossentropy)
     assert model.loss.gamma == 3.0
-    root = make_class_folders(tmp_path / "d", per_class=12)
-    (root / "B" / "img_000.png").unlink()
-    run = train(tiny_config(root, focal_loss=True, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "m")
+    run = rules_run.run  # focal loss on 12 dark and 11 bright images
+    assert run.config().focal_loss and len(list((rules_run.data / "bright").glob("*.png"))) == 11
     assert run.info()["status"] == "succeeded"
 
 
@@ -441,7 +434,7 @@ def test_mixed_precision_is_only_used_on_a_gpu():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def test_xla_is_an_option_and_each_stage_records_whether_it_ran(tmp_path):
+def test_xla_is_an_option_and_each_stage_records_whether_it_ran(tmp_path, rules_run):
     import tensorflow as tf
 
     root = make_class_folders(tmp_path / "d", per_class=12)
@@ -449,7 +442,8 @@ def test_xla_is_an_option_and_each_stage_records_whether_it_ran(tmp_path):
     assert on.status() == "succeeded"
     assert (on.info()["frozen_xla"], on.info()["finetune_xla"]) == (True, True)
     assert on.config().xla == "on"
-    auto = train(tiny_config(root, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "auto")
+    auto = rules_run.run  # xla left at "auto"
+    assert auto.config().xla == "auto"
     assert auto.info()["frozen_xla"] == bool(tf.config.list_physical_devices("GPU"))  # Keras: XLA on a GPU only
     with pytest.raises(ConfigError, match="xla must be one of auto, on, off"):
         tiny_config(root, xla="yes").validate()
@@ -485,11 +479,7 @@ def test_external_sets_are_checked_before_training_and_evaluated_after(tmp_path)
     assert skipped.external_evaluations()[0].metrics["n"] == 4  # only "dark"
 
 
-def test_feature_statistics_come_from_a_sample_of_a_large_training_split(tmp_path, monkeypatch):
-    from cxrcore.evaluation import ood
-
-    monkeypatch.setattr(ood, "MAX_TRAIN_IMAGES", 10)
-    root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
-    run = train(tiny_config(root, epochs=1, fine_tune_epochs=0), out_dir=tmp_path / "models")
+def test_feature_statistics_come_from_a_sample_of_a_large_training_split(rules_run):
+    run = rules_run.run  # trained with ood.MAX_TRAIN_IMAGES lowered to 10 (conftest)
     assert run.info()["n_train"] > 10 and run.feature_stats().n_train == 10
     assert run.info()["finish_seconds"] >= 0
