@@ -24,6 +24,20 @@ MNV2_035 = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_n
 needs_cxr_dev = pytest.mark.skipif(
     not (CXR_DEV / "manifest.csv").is_file(), reason=f"real chest X-ray dev set not found at {CXR_DEV} (set CXR_SHARED)"
 )
+#: conftest's fixtures that train a model (or hold trained ones): a test that asks for one is slow
+TRAINING_FIXTURES = {"separable_run", "demo_runs", "same_split_runs", "rules_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that asks, directly or through other fixtures, for a fixture that trains:
+    conftest's (``TRAINING_FIXTURES``) and those a module names in its own ``TRAINING_FIXTURES``.
+    ``-m "not slow"`` then leaves out exactly the tests that train, whatever file they are in."""
+    for item in items:
+        trains = TRAINING_FIXTURES | set(getattr(item.module, "TRAINING_FIXTURES", ()))
+        if trains & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 needs_weights = pytest.mark.skipif(
     not MNV2_035.is_file(), reason=f"shared ImageNet weights not found at {WEIGHTS} (set CXR_SHARED)"
 )
@@ -45,6 +59,14 @@ def _isolated_cache(tmp_path_factory):
 def _isolated_models(tmp_path_factory, monkeypatch):
     """Every test gets its own default models folder (a test that needs an empty cache sets its own)."""
     monkeypatch.setenv("CXRCORE_MODELS", str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache folder of this test's own (for tests that count what the cache holds)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CXRCORE_CACHE", str(folder))
+    return folder
 
 
 def write_image(path: Path, size: int = 24, value: int | None = None, mode: str = "L", seed: int = 0) -> Path:

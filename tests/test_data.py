@@ -450,7 +450,7 @@ def test_manifest_relabel_shows_up_with_cached_headers(tmp_path, header_reads):
     assert list(index["split"]) == ["train", "val"]
 
 
-def test_cache_is_written_under_cxrcore_cache(tmp_path):
+def test_cache_is_written_under_cxrcore_cache(tmp_path, fresh_cache):
     root = make_class_folders(tmp_path / "d", per_class=1, size=8)
     build_index(root)
     cache_root = Path(os.environ["CXRCORE_CACHE"])
@@ -470,7 +470,7 @@ def _cache_file() -> Path:
         "",  # empty file
     ],
 )
-def test_damaged_cache_is_ignored(tmp_path, header_reads, content):
+def test_damaged_cache_is_ignored(tmp_path, fresh_cache, header_reads, content):
     root = make_class_folders(tmp_path / "d", per_class=2, size=8)
     build_index(root)
     _cache_file().write_text(content)
@@ -480,7 +480,7 @@ def test_damaged_cache_is_ignored(tmp_path, header_reads, content):
     assert list(index["width"]) == [8, 8, 8, 8]
 
 
-def test_damaged_cache_row_is_read_again(tmp_path, header_reads):
+def test_damaged_cache_row_is_read_again(tmp_path, fresh_cache, header_reads):
     root = make_class_folders(tmp_path / "d", per_class=2, size=8)
     build_index(root)
     lines = _cache_file().read_text().splitlines()

@@ -62,6 +62,7 @@ def test_savedmodel_and_tflite_give_the_runs_calibrated_probabilities(separable_
     _check_exports_match_the_run(run, [str(p) for p in sorted(data.rglob("*.png"))[:6]], tmp_path)
 
 
+@pytest.mark.slow
 @needs_cxr_dev
 def test_exports_agree_with_the_run_on_cxr_dev_images(tmp_path):
     manifest = pd.read_csv(CXR_DEV / "manifest.csv")
@@ -102,7 +103,6 @@ def test_export_cli_prints_the_path_last_and_the_download_is_one_file(separable_
     assert f"{run.run_id}-savedmodel.json" in names and any(n.endswith("saved_model.pb") for n in names)
 
 
-@pytest.mark.slow
 def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(rules_run, tmp_path):
     import io
     import zipfile

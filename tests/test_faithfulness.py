@@ -195,6 +195,9 @@ def test_random_map_is_smooth_seeded_and_full_size():
 
 # --------------------------------------------------------------------------- a trained run
 
+#: this module's fixtures that train: tests that use them are slow (conftest)
+TRAINING_FIXTURES = {"run_dir"}
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

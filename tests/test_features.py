@@ -20,7 +20,8 @@ from cxrcore.training import activation_store, features
 from cxrcore.training.model import build_model
 from cxrcore.training.train import train
 
-pytestmark = pytest.mark.slow
+#: this module's fixtures that train: tests that use them are slow (conftest)
+TRAINING_FIXTURES = {"pair"}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,7 @@ def test_the_saved_model_is_complete_and_predicts_as_the_same_weights_assembled_
     np.testing.assert_allclose(saved(x, training=False), assembled(x, training=False), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_activations_are_reused_across_runs_and_recomputed_when_an_image_changes(tmp_path, weights, monkeypatch):
     monkeypatch.setenv("CXRCORE_CACHE", str(tmp_path / "cache"))
     root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
@@ -105,6 +107,7 @@ def test_activations_are_reused_across_runs_and_recomputed_when_an_image_changes
     assert activation_store.clear() > 0 and activation_store.usage()["entries"] == 0
 
 
+@pytest.mark.slow
 def test_augmentation_uses_cached_views_or_falls_back_to_full_passes(data, weights, tmp_path, monkeypatch):
     monkeypatch.setenv("CXRCORE_CACHE", str(tmp_path / "cache"))
     augment = AugmentConfig(flip=True, brightness=0.2)
@@ -122,6 +125,7 @@ def test_augmentation_uses_cached_views_or_falls_back_to_full_passes(data, weigh
     assert "full pass (augmentation on and augment_views 0)" in full.file(runs.LOG).read_text()
 
 
+@pytest.mark.slow
 def test_a_cancelled_fast_run_resumes_with_its_optimizer_state(data, weights, tmp_path):
     calls = []
 

@@ -19,7 +19,6 @@ from cxrcore.evaluation.evaluate import evaluate_run
 from cxrcore.predict import Predictor
 from cxrcore.training.train import train
 
-pytestmark = pytest.mark.slow
 
 
 def tiny_config(data, **changes) -> TrainConfig:
@@ -233,6 +232,7 @@ def test_each_external_dataset_keeps_its_own_folder_inside_the_run(trained, tmp_
     assert again["out_dir"] == folders[str(first)] and len(run.external_evaluations()) == already + 3
 
 
+@pytest.mark.slow
 def test_either_stage_can_be_skipped(tmp_path, rules_run):
     root = make_class_folders(tmp_path / "d", per_class=10)
     run = train(tiny_config(root, epochs=0, fine_tune_epochs=1), out_dir=tmp_path / "m")
@@ -241,6 +241,7 @@ def test_either_stage_can_be_skipped(tmp_path, rules_run):
     assert rules_run.run.history()["stage"].tolist() == ["frozen"]
 
 
+@pytest.mark.slow
 def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=20)
     calls = []
@@ -260,6 +261,7 @@ def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path
     assert Predictor(run.path).predict([str(next(root.rglob("*.png")))])[0]["label"] in ("A", "B")
 
 
+@pytest.mark.slow
 def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=20)  # 32 training images: 8 batches of 4
     calls = []
@@ -280,6 +282,7 @@ def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(tmp_p
     assert resumed.history()["epoch"].tolist() == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_an_epoch_the_checkpoint_just_saved_is_linked_into_the_resume_state_not_saved_twice(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=20)  # 8 batches of 4 per epoch
     calls = []
@@ -308,6 +311,7 @@ def _val_loss_of_saved_model(run: runs.RunDir) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
 
 
+@pytest.mark.slow
 def test_a_kill_between_checkpoint_and_resume_state_cannot_split_best_epoch_from_the_model(tmp_path):
     """Failure 11: a process killed after writing a better model.keras but before that epoch's resume
     state left, after resuming, a best_epoch that disagreed with the saved model."""
@@ -373,6 +377,7 @@ def test_bad_data_fails_before_a_run_directory_is_made(tmp_path):
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
 
+@pytest.mark.slow
 def test_a_failure_during_training_marks_the_run_failed_with_the_reason(tmp_path):
     root = make_class_folders(tmp_path / "d", per_class=10)
 
@@ -434,6 +439,7 @@ def test_mixed_precision_is_only_used_on_a_gpu():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_xla_is_an_option_and_each_stage_records_whether_it_ran(tmp_path, rules_run):
     import tensorflow as tf
 
@@ -463,6 +469,7 @@ def test_compare_runs_lines_up_metrics_and_costs(trained):
     assert set(BETTER) <= set(table.index)
 
 
+@pytest.mark.slow
 def test_external_sets_are_checked_before_training_and_evaluated_after(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("dark", "bright"), per_class=12)
     other = make_class_folders(tmp_path / "site_b", classes=("dark", "light"), per_class=4)
