@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +72,64 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "cache"
     monkeypatch.setenv("CXRCORE_CACHE", str(folder))
     return folder
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a finished ``python -m cxrcore ...`` left: its exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args, check=True) -> Ran:
+    """``python -m cxrcore ARGS`` in this process: :func:`cxrcore.cli.main`, stdout and stderr captured.
+
+    Logging is set up as ``main``'s ``logging.basicConfig`` sets it up in a fresh process (INFO and up, the
+    message alone, to stderr) for the call alone: a handler on the root logger while ``main`` runs, which also
+    makes that ``basicConfig`` (once per process) a no-op, so no call leaves a handler on another's stream.
+    The environment is the caller's (``monkeypatch.setenv``)."""
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                from cxrcore.cli import main
+
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse's usage errors, as a process exits on them
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    ran = Ran(code, out.getvalue(), err.getvalue())
+    if check:
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    return ran
+
+
+def python_m_cxrcore(*args, env=None, check=True, timeout=600, cwd=REPO) -> subprocess.CompletedProcess:
+    """``python -m cxrcore ARGS`` in a new process (for the tests whose point is the process)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrcore", *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def write_image(path: Path, size: int = 24, value: int | None = None, mode: str = "L", seed: int = 0) -> Path:

@@ -104,20 +104,20 @@ def test_the_audit_cache_follows_the_images_content_not_the_folder(tmp_path):
 
 @pytest.mark.slow
 def test_cli_audit_prints_the_shortcut_check_last(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
+    from conftest import cli, python_m_cxrcore
 
     root = write_set(tmp_path / "bright", brightness_only, per_class=20)
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxrcore", "audit", str(root)], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    proc = cli("audit", root, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["shortcut"]["chance"] == 0.5 and result["shortcut"]["flagged"]
     assert result["shortcut"]["ci_low"] <= result["shortcut"]["accuracy"] <= result["shortcut"]["ci_high"]
     assert "WARNING: Labels can be told apart without looking at the lungs" in proc.stderr
+    # `audit` as a user runs it, in its own process (the one here): the same report, read from the cache
+    again = python_m_cxrcore("audit", root, check=False, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == result
+    assert "WARNING: Labels can be told apart without looking at the lungs" in again.stderr
 
 
 class FixedLungs:

@@ -1,7 +1,12 @@
-"""`python -m cxrcore` as a user runs it: outputs, exit codes, one-line errors."""
+"""`python -m cxrcore` as a user runs it: outputs, exit codes, one-line errors.
+
+The commands run in this process through :func:`cxrcore.cli.main` (what ``python -m cxrcore`` calls), their
+stdout and stderr captured; one test runs ``python -m cxrcore`` itself in a new process (a model loaded in a
+fresh process, the exit status through ``sys.exit``), and the killed-run test kills a real one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,24 +17,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_class_folders
+from conftest import REPO, cli, make_class_folders, python_m_cxrcore
 
 pytestmark = pytest.mark.slow
 
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_MAX_STEPS": "3"}  # what every command here runs with
 
-def cli(*args, env=None, check=True):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CXRCORE_MAX_STEPS": "3", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxrcore", *map(str, args)],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+
+@contextlib.contextmanager
+def cli_env():
+    """``ENV`` set, for a module fixture (the tests get it from ``_cli_env``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ENV.items():
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cli_env(monkeypatch):
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
 
 
 def last_line(text: str) -> str:
@@ -39,7 +46,8 @@ def last_line(text: str) -> str:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
-    proc = cli("demo-data", out, "--n-per-class", 20, "--image-size", 64)
+    with cli_env():
+        proc = cli("demo-data", out, "--n-per-class", 20, "--image-size", 64)
     assert Path(last_line(proc.stdout)) == out.resolve() or Path(last_line(proc.stdout)) == out
     return out
 
@@ -47,27 +55,28 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    proc = cli(
-        "train",
-        "--data",
-        demo,
-        "--backbone",
-        "simple_cnn",
-        "--weights",
-        "none",
-        "--image-size",
-        48,
-        "--epochs",
-        2,
-        "--fine-tune-epochs",
-        1,
-        "--batch-size",
-        8,
-        "--out",
-        out,
-        "--seed",
-        3,
-    )
+    with cli_env():
+        proc = cli(
+            "train",
+            "--data",
+            demo,
+            "--backbone",
+            "simple_cnn",
+            "--weights",
+            "none",
+            "--image-size",
+            48,
+            "--epochs",
+            2,
+            "--fine-tune-epochs",
+            1,
+            "--batch-size",
+            8,
+            "--out",
+            out,
+            "--seed",
+            3,
+        )
     path = Path(last_line(proc.stdout))
     assert path.parent == out and path.is_dir()
     assert "[frozen] epoch 1/3" in proc.stderr and "[finetune] epoch 3/3" in proc.stderr
@@ -142,10 +151,12 @@ def test_predict_says_when_an_image_is_unlike_the_training_data(run_dir, tmp_pat
 
 
 def test_predict_reports_a_bad_image_and_still_predicts_the_rest(run_dir, demo, tmp_path):
+    """The file's one run of ``python -m cxrcore`` itself (index, train, evaluate, predict): the model loads
+    in a fresh process and the exit status comes through ``sys.exit``."""
     bad = tmp_path / "scan.png"
     bad.write_bytes(b"this is not an image")
     good = next((demo / "Normal").glob("*.png"))
-    proc = cli("predict", run_dir, good, bad, check=False)
+    proc = python_m_cxrcore("predict", run_dir, good, bad, check=False)
     assert proc.returncode == 2
     results = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert "probabilities" in results[0]
@@ -236,7 +247,7 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
             "--image-size",
             "32",
             "--epochs",
-            "30",
+            "12",
             "--fine-tune-epochs",
             "0",
             "--batch-size",
@@ -272,8 +283,8 @@ def test_a_killed_foreground_run_shows_as_interrupted_and_resumes(tmp_path):
     resumed = cli("train", "--resume", run["path"])
     assert resumed.stdout.strip().splitlines()[-1] == run["path"]
     info = json.loads((Path(run["path"]) / "run.json").read_text())
-    assert info["status"] == "succeeded" and info["resumed_from_epoch"] >= 2 and info["epochs_completed"] == 30
+    assert info["status"] == "succeeded" and info["resumed_from_epoch"] >= 2 and info["epochs_completed"] == 12
     history = pd.read_csv(Path(run["path"]) / "history.csv")
-    assert history["epoch"].tolist() == list(range(1, 31))  # none lost or repeated
+    assert history["epoch"].tolist() == list(range(1, 13))  # none lost or repeated
     again = cli("train", "--resume", run["path"], check=False)
     assert again.returncode == 2 and "already finished" in again.stderr

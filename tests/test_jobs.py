@@ -5,19 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import conftest
-from conftest import REPO, make_class_folders
+from conftest import REPO, cli, make_class_folders, python_m_cxrcore
 from cxrcore import runs
 from cxrcore.config import TrainConfig
 from cxrcore.errors import RunError
@@ -74,10 +76,51 @@ def fingerprint(run: runs.RunDir) -> dict:
     }
 
 
-def test_a_submitted_job_runs_to_succeeded_in_its_own_process(store, data, tmp_path):
-    job_id = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
-    assert job_queue.get(job_id, store=store)["status"] in ("queued", "running")
-    job = job_queue.wait(job_id, store=store, timeout=180)
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory):
+    """Two jobs submitted at once to one store and run to the end by the scheduler's worker processes,
+    eight threads reading the queue and the runs' histories while the first one trains: what was seen on
+    the way and at the end.
+    Tests read it; one that changes the queue works on a copy of its database."""
+    root = tmp_path_factory.mktemp("two-jobs")
+    data = make_class_folders(root / "data", per_class=16, size=24)
+    store = JobStore(root / "models" / "jobs.sqlite")
+    seen = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "3")
+        first = job_queue.submit(config(data), store=store, out_dir=root / "models")
+        seen["first_at_submission"] = job_queue.get(first, store=store)["status"]
+        second = job_queue.submit(config(data, seed=2), store=store, out_dir=root / "models")
+        errors, reads = [], [0]
+
+        def reader():
+            mine = JobStore(store.path)
+            while store.get(first)["state"] in ("queued", "running"):  # while the first job writes
+                try:
+                    job_queue.list_jobs(store=mine)
+                    for job_id in (first, second):
+                        job = job_queue.get(job_id, store=mine)
+                        if job["run_dir"]:
+                            runs.RunDir(job["run_dir"]).history()
+                    reads[0] += 1
+                except Exception as exc:  # noqa: BLE001 - any error is a failure here
+                    errors.append(repr(exc))
+
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: store.get(first)["state"] == "running", what="the first job to start")
+        seen["second_while_first_runs"] = store.get(second)["state"]
+        done = {job_id: job_queue.wait(job_id, store=store, timeout=240) for job_id in (first, second)}
+        for t in threads:
+            t.join(timeout=240)
+    return SimpleNamespace(store=store, first=first, second=second, jobs=done, errors=errors, reads=reads[0], **seen)
+
+
+def test_a_submitted_job_runs_to_succeeded_in_its_own_process(two_jobs):
+    job_id, store = two_jobs.first, two_jobs.store
+    assert two_jobs.first_at_submission in ("queued", "running")
+    job = two_jobs.jobs[job_id]
     assert job["status"] == "succeeded", job["error"]
     assert job["pid"] != os.getpid() and job["device"] == "CPU" and job["state"] == "ended"
     run = runs.RunDir(job["run_dir"])
@@ -89,12 +132,26 @@ def test_a_submitted_job_runs_to_succeeded_in_its_own_process(store, data, tmp_p
     assert history["epoch"].tolist() == [1, 2, 3] and "val_loss" in history
     assert (job["stage"], job["epoch"], job["epochs"]) == ("finetune", 3, 3)
     assert job["epochs_completed"] == 3 and run.status() == "succeeded"
+    assert job_queue.get(job_id, store=store)["status"] == "succeeded"
 
 
-def test_graceful_cancel_keeps_a_loadable_checkpoint_and_counts_only_whole_epochs(store, data, tmp_path):
-    job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=tmp_path / "models")
-    wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
-    job = job_queue.cancel(job_id, store=store, wait=60)
+@pytest.fixture(scope="module")
+def cancelled_job(tmp_path_factory):
+    """A 300-epoch job cancelled gracefully once its first epoch is done: the store, the job's id and
+    what the cancel returned."""
+    root = tmp_path_factory.mktemp("cancelled")
+    data = make_class_folders(root / "data", per_class=16, size=24)
+    store = JobStore(root / "models" / "jobs.sqlite")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "3")
+        job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=root / "models")
+        wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
+        job = job_queue.cancel(job_id, store=store, wait=60)
+    return SimpleNamespace(store=store, job_id=job_id, job=job, root=root)
+
+
+def test_graceful_cancel_keeps_a_loadable_checkpoint_and_counts_only_whole_epochs(cancelled_job):
+    job = cancelled_job.job
     assert job["status"] == "cancelled"
     run = runs.RunDir(job["run_dir"])
     assert run.status() == "cancelled"
@@ -150,12 +207,13 @@ def test_kill_9_is_recorded_in_the_run_and_resume_carries_the_epochs_over(store,
     assert not [p for p in run.path.rglob("*") if ".tmp" in p.name], "half-written files left behind"
 
 
-def test_a_finished_run_is_final_whatever_its_job_row_says(store, data, tmp_path):
+def test_a_finished_run_is_final_whatever_its_job_row_says(two_jobs, tmp_path):
     """Failure 1: resuming through the job path a job whose run had finished (its row said failed or
     cancelled, e.g. after a late forced cancel) retrained it from epoch 1 and overwrote model.keras."""
-    job_id = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
-    job = job_queue.wait(job_id, store=store, timeout=180)
-    run = runs.RunDir(job["run_dir"])
+    store = JobStore(tmp_path / "jobs.sqlite")  # a copy of the queue: this test rewrites its rows
+    shutil.copy(two_jobs.store.path, store.path)
+    job_id = two_jobs.first
+    run = runs.RunDir(two_jobs.jobs[job_id]["run_dir"])
     before = fingerprint(run)
     with pytest.raises(JobError, match="already succeeded"):
         job_queue.cancel(job_id, store=store, force=True)  # a cancel that arrives late changes nothing
@@ -212,12 +270,10 @@ def test_a_cancel_between_the_claim_and_the_worker_start_wins(store, data, tmp_p
     assert not run.path.exists()
 
 
-def test_a_cancelled_resume_never_trains_its_run(store, data, tmp_path):
+def test_a_cancelled_resume_never_trains_its_run(cancelled_job, tmp_path):
     """Failure 2, resumed job: the job stayed cancelled while its run trained on to succeeded."""
-    job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=tmp_path / "models")
-    wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
-    job = job_queue.cancel(job_id, store=store, wait=60)
-    run = runs.RunDir(job["run_dir"])
+    store, job_id = cancelled_job.store, cancelled_job.job_id
+    run = runs.RunDir(cancelled_job.job["run_dir"])
     done = run.epochs_completed()
     assert store.requeue(job_id, resume=True, run_dir=str(run.path))
     token, _ = _claimed(store, job_id, tmp_path, resume_run_dir=run.path)
@@ -268,42 +324,20 @@ def test_a_running_job_whose_process_is_gone_is_marked_failed(store, data, tmp_p
     assert run.status() == "failed" and "is gone" in run.error()
 
 
-def test_two_submissions_queue_and_both_finish(store, data, tmp_path):
-    first = job_queue.submit(config(data), store=store, out_dir=tmp_path / "models")
-    second = job_queue.submit(config(data, seed=2), store=store, out_dir=tmp_path / "models")
-    wait_for(lambda: store.get(first)["state"] == "running", what="the first job to start")
-    assert store.get(second)["state"] == "queued"  # one at a time on a CPU
-    assert job_queue.wait(second, store=store, timeout=240)["status"] == "succeeded"
+def test_two_submissions_queue_and_both_finish(two_jobs):
+    first, second, store = two_jobs.first, two_jobs.second, two_jobs.store
+    assert two_jobs.second_while_first_runs == "queued"  # one at a time on a CPU
+    assert two_jobs.jobs[second]["status"] == "succeeded"
     a, b = job_queue.get(first, store=store), job_queue.get(second, store=store)
     assert a["status"] == "succeeded"
     assert a["finished"] <= b["started"]
     assert a["run_dir"] != b["run_dir"]
 
 
-def test_many_readers_while_a_job_writes_see_no_errors(store, data, tmp_path):
-    job_id = job_queue.submit(config(data, epochs=6, batch_size=2), store=store, out_dir=tmp_path / "models")
-    errors, reads = [], [0]
-
-    def reader():
-        mine = JobStore(store.path)
-        while store.get(job_id)["state"] in ("queued", "running"):
-            try:
-                job_queue.list_jobs(store=mine)
-                job = job_queue.get(job_id, store=mine)
-                if job["run_dir"]:
-                    runs.RunDir(job["run_dir"]).history()
-                reads[0] += 1
-            except Exception as exc:  # noqa: BLE001 - any error is a failure here
-                errors.append(repr(exc))
-
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    assert errors == []
-    assert reads[0] > 50
-    assert job_queue.get(job_id, store=store)["status"] == "succeeded"
+def test_many_readers_while_a_job_writes_see_no_errors(two_jobs):
+    assert two_jobs.errors == []
+    assert two_jobs.reads > 50
+    assert all(job["status"] == "succeeded" for job in two_jobs.jobs.values())
 
 
 def test_a_comparison_is_one_job_per_backbone_in_one_group(store, data, tmp_path):
@@ -357,13 +391,16 @@ def test_every_entry_point_uses_one_absolute_models_folder(tmp_path, monkeypatch
     assert default_db() == REPO / "models" / "jobs.sqlite"
     monkeypatch.setenv("CXRCORE_MODELS", "relative/models")
     assert runs.models_dir() == tmp_path / "relative" / "models"  # made absolute where it is read
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxrcore", "jobs", "list", "--json"],
+    # `python -m cxrcore jobs` as a user runs it, from another folder, in its own process (the file's one
+    # run of the jobs commands that way; the others go through cxrcore.cli.main)
+    proc = python_m_cxrcore(
+        "jobs",
+        "list",
+        "--json",
         cwd=tmp_path / "..",
-        capture_output=True,
-        text=True,
+        check=False,
         timeout=120,
-        env={**os.environ, "CXRCORE_MODELS": str(tmp_path / "m"), "PYTHONPATH": str(REPO)},
+        env={"CXRCORE_MODELS": str(tmp_path / "m"), "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "m" / "jobs.sqlite").is_file()
@@ -400,18 +437,8 @@ def test_an_old_job_database_is_carried_over(tmp_path, data):
     assert tables == {"queue"}
 
 
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "cxrcore", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_cli_submit_show_list_and_errors(data, tmp_path):
+    """The jobs commands through cxrcore.cli.main; the job itself runs in the scheduler's worker process."""
     db = tmp_path / "m" / "jobs.sqlite"
     proc = cli(
         "jobs",
@@ -430,24 +457,29 @@ def test_cli_submit_show_list_and_errors(data, tmp_path):
         0,
         "--out",
         tmp_path / "m",
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     job_id = proc.stdout.strip().splitlines()[-1]
-    assert cli("jobs", "--db", db, "wait", job_id).stdout.strip() == "succeeded"
-    shown = json.loads(cli("jobs", "--db", db, "show", job_id, "--history").stdout)
+    # at most 300 s, as when this ran in a process the test stopped after 300 s
+    assert cli("jobs", "--db", db, "wait", job_id, "--timeout", 300, check=False).stdout.strip() == "succeeded"
+    shown = json.loads(cli("jobs", "--db", db, "show", job_id, "--history", check=False).stdout)
     assert {"id", "status", "pid", "device", "stage", "epoch", "run_dir", "error"} <= set(shown)
     assert shown["status"] == "succeeded" and len(shown["history"]) == 1
-    listing = cli("jobs", "--db", db, "list").stdout
+    listing = cli("jobs", "--db", db, "list", check=False).stdout
     assert job_id in listing and "succeeded" in listing
-    bad = cli("jobs", "--db", db, "show", "nosuchjob")
+    bad = cli("jobs", "--db", db, "show", "nosuchjob", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: no job nosuchjob"
-    again = cli("jobs", "--db", db, "resume", job_id)
+    again = cli("jobs", "--db", db, "resume", job_id, check=False)
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
 def test_mirrored_strategy_over_logical_cpus(data, tmp_path):
-    """The multi-GPU code path (MirroredStrategy), run on a CPU split into two logical devices."""
-    proc = cli(
+    """The multi-GPU code path (MirroredStrategy), run on a CPU split into two logical devices.
+
+    In a process of its own: TensorFlow takes a logical device configuration only before its runtime starts,
+    and in the test process it has long started."""
+    proc = python_m_cxrcore(
         "train",
         "--data",
         data,
@@ -464,6 +496,8 @@ def test_mirrored_strategy_over_logical_cpus(data, tmp_path):
         "--out",
         tmp_path / "m",
         env={"CXRCORE_CPU_REPLICAS": "2"},
+        check=False,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((runs.RunDir(proc.stdout.strip().splitlines()[-1]).file(runs.INFO)).read_text())
@@ -527,7 +561,8 @@ def test_two_worker_processes_train_one_model_under_multi_worker_mirrored_strate
     )
 
 
-def test_a_tf_config_that_names_no_cluster_is_refused_with_the_reason(data, tmp_path):
+def test_a_tf_config_that_names_no_cluster_is_refused_with_the_reason(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"task": {"type": "worker", "index": 0}}))
     proc = cli(
         "train",
         "--data",
@@ -538,7 +573,7 @@ def test_a_tf_config_that_names_no_cluster_is_refused_with_the_reason(data, tmp_
         32,
         "--out",
         tmp_path / "m",
-        env={"TF_CONFIG": json.dumps({"task": {"type": "worker", "index": 0}})},
+        check=False,
     )
     assert proc.returncode == 2
     assert "error: TF_CONFIG must be JSON like" in proc.stderr and "KeyError" in proc.stderr

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CXR_DEV, REPO, needs_cxr_dev
+from conftest import CXR_DEV, cli, needs_cxr_dev, python_m_cxrcore
 from cxrcore.data.io import PixelRules, prepare_image
 from cxrcore.errors import ConfigError, DataError
 from cxrcore.lungs import geometry
@@ -91,10 +89,8 @@ def test_a_blank_image_finds_no_lungs_and_says_so():
 # -- the CLI --------------------------------------------------------------------------------------
 
 
-def run_cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "cxrcore", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+# the commands run in this process through cxrcore.cli.main; `lungs train`'s refusal to overwrite runs
+# `python -m cxrcore` itself, in its own process (the file's one)
 
 
 @pytest.mark.slow
@@ -113,7 +109,7 @@ def test_cli_segment_writes_masks_and_one_json_line_each(tmp_path):
     blank = tmp_path / "blank.png"
     Image.fromarray(np.zeros((50, 80), dtype=np.uint8)).save(blank)
     out = tmp_path / "masks"
-    proc = run_cli("lungs", "segment", source, dicom, corrupt, blank, "--out", out)
+    proc = cli("lungs", "segment", source, dicom, corrupt, blank, "--out", out, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]  # one file could not be read; the others went on
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [line["path"] for line in lines] == [source, str(dicom), str(corrupt), str(blank)]
@@ -153,7 +149,7 @@ def test_cli_train_makes_a_model_and_its_record_and_never_overwrites(tmp_path):
     out = tmp_path / "model"
     args = ["lungs", "train", "--data", masks, "--out", out, "--encoder", "unet", "--size", "32", "--epochs", "2"]
     args += ["--exclude", "source=restricted", "--weights-licence", "CC0, like the toy data"]
-    proc = run_cli(*args)
+    proc = cli(*args, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     record = json.loads((out / "lungs.json").read_text())
@@ -167,7 +163,7 @@ def test_cli_train_makes_a_model_and_its_record_and_never_overwrites(tmp_path):
     assert "held-out (1 images): Dice" in proc.stderr
     segmenter = LungSegmenter(out / "lungs.keras")
     assert segmenter.size == 32 and segmenter.lungs(np.zeros((40, 48), np.uint8)).labels.shape == (40, 48)
-    again = run_cli(*args)
+    again = python_m_cxrcore(*args, check=False, timeout=300)
     assert again.returncode == 2 and "never overwritten" in again.stderr
 
 

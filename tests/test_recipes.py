@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, make_class_folders
+from conftest import cli, make_class_folders, python_m_cxrcore
 from cxrcore.cli import build_parser, config_from_args
 from cxrcore.config import LABEL_PRESETS, TrainConfig
 from cxrcore.errors import ConfigError, CXRError
@@ -60,15 +58,12 @@ def test_the_settings_the_write_ups_state():
 
 
 def test_recipes_cli_prints_one_line_per_recipe_name_first_without_a_header():
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxrcore", "recipes"], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    """`recipes` as a user runs it, in its own process (the file's one); `--show` through cxrcore.cli.main."""
+    proc = python_m_cxrcore("recipes", check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(RECIPES)
-    shown = subprocess.run(
-        [sys.executable, "-m", "cxrcore", "recipes", "--show", "nope"], cwd=REPO, capture_output=True, text=True
-    )
+    shown = cli("recipes", "--show", "nope", check=False)
     assert shown.returncode == 2 and "unknown recipe 'nope'; recipes: resnet50-4class-rmsprop" in shown.stderr
 
 
