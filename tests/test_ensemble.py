@@ -19,7 +19,6 @@ from cxrcore.explain.cam import EnsembleExplainer, Explainer
 from cxrcore.predict import Predictor
 from cxrcore.training.train import train
 
-
 #: this module's fixtures that train: tests that use them are slow (conftest)
 TRAINING_FIXTURES = {"members"}
 

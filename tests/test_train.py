@@ -20,7 +20,6 @@ from cxrcore.predict import Predictor
 from cxrcore.training.train import train
 
 
-
 def tiny_config(data, **changes) -> TrainConfig:
     """conftest's tiny run with a one-epoch fine-tune stage, seed 1."""
     return conftest.tiny_config(data, **{"fine_tune_epochs": 1, "seed": 1, **changes})
