@@ -174,6 +174,9 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
             evaluate_run(run.path, data, drop_unknown=drop_unknown)
         except CXRError as exc:  # one external set failing (an image became unreadable) leaves the ensemble
             log.error("external validation of %s on %s failed: %s", run.run_id, data, exc)
+    recorded = first.audit()  # the members share one split of the same data: the same audit
+    if recorded is not None:
+        run.write_audit(recorded)
     model_card.write(run)
     return run
 

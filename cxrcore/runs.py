@@ -11,6 +11,7 @@
     operating_points.json  decision thresholds per class, chosen on the validation split
     ood.npz           the training split's feature statistics: how unlike the training data an image is
     MODEL_CARD.md     the model card: data, training, results with intervals, limitations
+    audit.json        the data audit of the training data (cxrcore.data.audit), recorded when training ended
     state/            resume state (until the run succeeds)
     external/<name>/  evaluations on other labelled data, one folder per dataset
 
@@ -50,6 +51,7 @@ RESUME_FILE, BEST_FILE = "resume.json", "best.keras"
 ENSEMBLE = "ensemble.json"  # an ensemble's members (cxrcore.ensemble)
 NOTES = "notes.json"  # the user's name and note for a run (the one file a finished run still takes edits in)
 FAITHFULNESS = "faithfulness.json"  # explanations scored on a test sample (cxrcore.explain.faithfulness)
+AUDIT = "audit.json"  # the training data's audit, recorded with the run (cxrcore.data.audit)
 NAME_MAX = 60
 
 #: statuses :meth:`RunDir.status` returns
@@ -378,6 +380,18 @@ class RunDir:
 
     def write_faithfulness(self, result: dict) -> None:
         write_json(self.file(FAITHFULNESS), result)
+
+    def audit(self) -> dict | None:
+        """``audit.json``: the data audit of the training data (:func:`cxrcore.data.audit.audit`) as it was
+        when the run was made; None for a run without one (made before runs recorded it)."""
+        try:
+            found = json.loads(self.file(AUDIT).read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    def write_audit(self, result: dict) -> None:
+        write_json(self.file(AUDIT), result)
 
     def model_card(self) -> str | None:
         """``MODEL_CARD.md`` as written by :mod:`cxrcore.evaluation.model_card`; None before it exists."""

@@ -170,3 +170,29 @@ def test_a_difference_inside_the_lungs_only_is_not_flagged_by_the_frame_check(tm
     assert not frame["flagged"], frame
     assert frame["ci_low"] - frame["chance"] <= 0.10
     assert "does not predict" in frame["message"] or "somewhat better" in frame["message"]
+
+
+def test_stratified_sample_keeps_each_class_share_by_hand():
+    from cxrcore.data.audit import stratified_sample
+
+    index = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "label": ["A"] * 30 + ["B"] * 10})
+    sample = stratified_sample(index, 8, seed=1)
+    assert sample["label"].value_counts().to_dict() == {"A": 6, "B": 2}  # 8 x 30/40 and 8 x 10/40
+    assert sample.index.is_unique and set(sample.index) <= set(index.index)
+    assert stratified_sample(index, 40).equals(index)  # no larger than the dataset: all of it
+    rare = pd.DataFrame({"path": [f"{i}.png" for i in range(41)], "label": ["A"] * 40 + ["B"]})
+    assert stratified_sample(rare, 10)["label"].value_counts().to_dict() == {"A": 10, "B": 1}  # all it has
+
+
+def test_a_large_set_is_audited_on_a_stratified_sample(tmp_path, fresh_cache, monkeypatch):
+    from cxrcore.data import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "SHORTCUT_SAMPLE", 16)
+    root = write_set(tmp_path / "d", brightness_only, per_class=12)
+    calls = []
+    found = audit(root, progress=lambda done, total: calls.append(total))
+    assert found["images"] == 24  # counts, leaks and duplicates: every image
+    shortcut = found["shortcut"]
+    assert shortcut["images"] == 16 and shortcut["sampled_from"] == 24 and set(calls) == {16}
+    assert "(a stratified sample of 16 of the 24 images)" in shortcut["message"]
+    assert shortcut["outside_lungs"]["sampled_from"] == 24

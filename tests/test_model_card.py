@@ -96,6 +96,33 @@ def test_without_external_data_the_card_says_so(tmp_path):
     assert "Data audit" not in card  # the training folder is gone: no audit, and none made up
 
 
+def test_the_card_states_the_audit_recorded_in_the_run_and_reads_no_image(tmp_path, monkeypatch):
+    from cxrcore.data import audit as audit_module
+
+    run = make_run(tmp_path, external_accuracy=None)
+    (tmp_path / "gone").mkdir()  # the training folder exists again, images and all
+    (tmp_path / "gone" / "A").mkdir()
+
+    def no_audit(*args, **kwargs):
+        raise AssertionError("rendering a card ran a data audit")
+
+    monkeypatch.setattr(audit_module, "audit", no_audit)
+    monkeypatch.setattr(audit_module, "shortcut_check", no_audit)
+    assert "Data audit" not in model_card.render(run)  # none recorded: none computed, none made up
+    run.write_audit(
+        {
+            "shortcut": {"accuracy": 0.84, "ci_low": 0.82, "ci_high": 0.85, "chance": 0.40, "flagged": True},
+            "patient_leak": {"patients": 0},
+            "duplicates": {"groups": 3, "across_splits": 1},
+            "sources": {"north": {"Abnormal": 150}, "south": {"Normal": 150}},
+        }
+    )
+    card = model_card.render(run)
+    assert "predict the label with 0.84 accuracy (0.82–0.85) against 0.40 chance — **flagged**." in card
+    assert "0 patient(s) across splits, 3 group(s) of identical files (1 across splits)" in card
+    assert "- Source `north`: 150 Abnormal" in card and "- Source `south`: 150 Normal" in card
+
+
 def test_the_explanations_section_has_a_lung_share_column(tmp_path):
     from cxrcore.explain import faithfulness
 

@@ -2,7 +2,8 @@
 with what uncertainty, where it fails, and what it must not be used for.
 
 Written at the end of training and rewritten after each evaluation, from the run's own files only
-(:class:`cxrcore.runs.RunDir`), so it never says more than was measured. The limitations are
+(:class:`cxrcore.runs.RunDir`), so it never says more than was measured: rendering reads no image (the
+data audit is the one recorded in the run, ``audit.json``). The limitations are
 stated from the measured facts: a shortcut the data audit found, an external set where the model
 fell, a small test split, images without patient ids, a run that learned nothing.
 """
@@ -35,19 +36,6 @@ def _v(metrics: dict, key: str, cls: str | None = None) -> str:
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
-def _audit(data: str) -> dict | None:
-    """The data audit of the training folder (cached by :mod:`cxrcore.data.audit`); None when the
-    folder is gone or cannot be audited."""
-    from ..data.audit import audit
-
-    if not data or not Path(data).exists():
-        return None
-    try:
-        return audit(data)
-    except (CXRError, OSError, ValueError):
-        return None
 
 
 def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[str]:
@@ -314,7 +302,7 @@ def render(run: runs.RunDir) -> str:
     config = run.config()
     metrics = run.metrics() or {}
     evaluations = run.external_evaluations()
-    found_audit = _audit(config.data)
+    found_audit = run.audit()
     lines = [
         f"# Model card: {run.run_id}",
         "",

@@ -23,9 +23,10 @@ import tensorflow as tf
 
 from .. import runs
 from ..config import TrainConfig
+from ..data.audit import audit
 from ..data.index import build_index
 from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
-from ..errors import RunError
+from ..errors import CXRError, RunError
 from ..evaluation import model_card
 from ..evaluation.evaluate import evaluate_frame, fit_on_validation
 from ..evaluation.external import check_external
@@ -208,6 +209,7 @@ def train(
     try:
         with strategy.scope():
             trained = _train(config, spec, image_size, frame, classes, run, progress, should_stop, devices, resume)
+        trained_at = time.time()
         # outside the strategy: evaluation predicts on this machine alone (model.predict cannot run
         # under a multi-worker strategy, and splitting inference over replicas gains nothing here)
         finish_run(run, *trained, frame, classes, image_size, config, started)
@@ -215,7 +217,10 @@ def train(
             shutil.rmtree(run.path / runs.STATE_DIR, ignore_errors=True)
         if run.is_final:
             evaluate_external(run, config)
+            record_audit(run, config.data)
             model_card.write(run)
+            # from the end of the last epoch to a complete run: validation fits, test and external sets, card
+            run.update_info(finish_seconds=round(time.time() - trained_at, 1))
         return run
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
@@ -235,10 +240,18 @@ def train(
         keras.mixed_precision.set_global_policy("float32")
 
 
+def record_audit(run: runs.RunDir, data: str) -> None:
+    """Record the data audit of the training data in the run (``audit.json``; cached per dataset content
+    by :mod:`cxrcore.data.audit`), for its model card. Data that can no longer be audited is logged."""
+    try:
+        run.write_audit(audit(data))
+    except (CXRError, OSError, ValueError) as exc:
+        log.error("data audit of %s not recorded: %s", data, exc)
+
+
 def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
     """Evaluate the finished model on each of ``config.external``, each kept apart in the run's
     ``external/``. A set that fails now (an image became unreadable) is logged; the run stands."""
-    from ..errors import CXRError
     from ..evaluation.evaluate import evaluate_run
 
     for data in config.external:
