@@ -110,7 +110,7 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
     member) and evaluate it like a trained run; returns it. Raises :class:`ConfigError` before writing
     anything when the members cannot be averaged."""
     from .evaluation import model_card
-    from .evaluation.evaluate import evaluate_frame, evaluate_run, fit_on_validation
+    from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, fit_on_validation
 
     if tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
@@ -153,11 +153,12 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
         tmp = run.path / f".tmp-{runs.MODEL}"
         model.save(tmp)
         tmp.replace(run.file(runs.MODEL))
+        network = CompiledModel(model, image_size)  # traced once for the validation and the test images
         if (frame["split"] == "val").any():
-            fit_on_validation(run, model, frame)
+            fit_on_validation(run, network, frame)
         test = frame[frame["split"] == "test"].reset_index(drop=True)
         if len(test):
-            evaluate_frame(run, model, test, run.path)
+            evaluate_frame(run, network, test, run.path)
         run.update_info(
             status="succeeded",
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -20,6 +20,32 @@ from . import metrics, model_card, ood, operating_points
 from .intervals import bootstrap_intervals
 
 
+class CompiledModel:
+    """A model's forward pass compiled once for its input size (:func:`cxrcore.training.model.inference_function`):
+    its probabilities and, when it has one backbone, the pooled features the unlike-the-training-data check
+    compares. A finished run scores its validation, training and test images through one of these, so the
+    model is traced once, not once per set of images."""
+
+    def __init__(self, model, image_size: int):
+        from ..training.model import feature_model, has_features, inference_function
+
+        self.model, self.image_size = model, int(image_size)
+        self.has_features = has_features(model)
+        self.forward = inference_function(feature_model(model) if self.has_features else model, self.image_size)
+
+    def __call__(self, images) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities, features or None)`` of a batch of float32 images."""
+        out = self.forward(images)
+        if self.has_features:
+            return np.asarray(out[0], dtype=float), np.asarray(out[1], dtype=float)
+        return np.asarray(out, dtype=float), None
+
+
+def compiled(model, image_size: int) -> CompiledModel:
+    """``model`` as a :class:`CompiledModel` (itself when it already is one)."""
+    return model if isinstance(model, CompiledModel) else CompiledModel(model, image_size)
+
+
 def predict_frame(
     model,
     frame: pd.DataFrame,
@@ -30,21 +56,26 @@ def predict_frame(
     features: bool = False,
 ):
     """Raw probabilities (n, k) for every image of ``frame``, in row order, prepared with the run's
-    ``pixels`` rules; with ``features``, ``(probabilities, pooled backbone features (n, d))``."""
+    ``pixels`` rules; with ``features``, ``(probabilities, pooled backbone features (n, d))``. ``model`` is a
+    Keras model or a :class:`CompiledModel` of it (compiled once for several frames)."""
     import tensorflow as tf
 
-    from ..training.model import feature_model
     from ..training.pipeline import decode_error_from, make_dataset
 
+    network = compiled(model, image_size)
+    if features and not network.has_features:
+        raise ValueError("this model has no one backbone's features (an ensemble?)")
     ds = make_dataset(frame, classes, image_size, batch_size=batch_size, cache=False, pixels=pixels)
-    network = feature_model(model) if features else model
+    probs, pooled = [], []
     try:
-        out = network.predict(ds.map(lambda x, y: x), verbose=0)
+        for images, _ in ds:
+            p, f = network(images)
+            probs.append(p)
+            pooled.append(f)
     except tf.errors.OpError as exc:
         raise (decode_error_from(exc) or exc) from None
-    if features:
-        return np.asarray(out[0], dtype=float), np.asarray(out[1], dtype=float)
-    return np.asarray(out, dtype=float)
+    probs = np.concatenate(probs)
+    return (probs, np.concatenate(pooled)) if features else probs
 
 
 def predictions_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -77,13 +108,12 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     - the training split's feature statistics (from at most :data:`cxrcore.evaluation.ood.MAX_TRAIN_IMAGES`
       of its images) and the unlike-the-training-data threshold (``ood.npz``).
 
-    Returns the calibration dict (for the log)."""
-    from ..training.model import has_features
-
+    Returns the calibration dict (for the log). ``model``: a Keras model or a :class:`CompiledModel` of it."""
     classes, config, size = run.labels(), run.config(), run.image_size()
+    model = compiled(model, size)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    with_features = has_features(model)  # an ensemble has no one backbone's features: no unlike-training check
+    with_features = model.has_features  # an ensemble has no one backbone's features: no unlike-training check
     found = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=with_features)
     raw, val_features = found if with_features else (found, None)
     y = labels_of(val, classes)
@@ -119,6 +149,9 @@ def evaluate_frame(run: runs.RunDir, model, frame: pd.DataFrame, out_dir: Path) 
     unlike the training data (per image in predictions.csv: ``ood_score``, ``unlike_training``)."""
     classes, config = run.labels(), run.config()
     calibration, points, stats = run.calibration(), run.operating_points(), run.feature_stats()
+    model = compiled(model, run.image_size())
+    if not model.has_features:
+        stats = None  # statistics of another model's features cannot score these
     found = predict_frame(
         model, frame, classes, run.image_size(), config.batch_size, config.pixels, features=stats is not None
     )

@@ -28,7 +28,7 @@ from ..data.index import build_index
 from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 from ..errors import CXRError, RunError
 from ..evaluation import model_card
-from ..evaluation.evaluate import evaluate_frame, fit_on_validation
+from ..evaluation.evaluate import CompiledModel, evaluate_frame, fit_on_validation
 from ..evaluation.external import check_external
 from ..runs import write_csv
 from .backbones import get_backbone
@@ -36,7 +36,7 @@ from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeSta
 from .devices import configure_devices
 from .distributed import fit_distributed, is_multi_worker
 from .features import plan_stage
-from .model import build_model, inference_function, resolve_weights, set_stage
+from .model import build_model, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
 
 log = logging.getLogger("cxrcore.training.train")
@@ -153,9 +153,8 @@ def _attach_log(run: runs.RunDir) -> logging.Handler:
     return handler
 
 
-def _inference_ms(model: keras.Model, image_size: int, repeats: int = 10) -> float:
-    """Milliseconds per single image through the prediction path's compiled forward pass."""
-    forward = inference_function(model, image_size)
+def _inference_ms(forward, image_size: int, repeats: int = 10) -> float:
+    """Milliseconds per single image through ``forward``, the prediction path's compiled forward pass."""
     x = np.zeros((1, image_size, image_size, 3), dtype=np.float32)
     forward(x)
     started = time.perf_counter()
@@ -487,13 +486,13 @@ def finish_run(run, model, checkpoint, epochs_done, cancelled, frame, classes, i
         checkpoint.set_model(model)
         checkpoint.save()
     train_seconds = round(time.time() - started, 1)
-    best = keras.saving.load_model(str(run.file(runs.MODEL)), compile=False)
+    best = CompiledModel(keras.saving.load_model(str(run.file(runs.MODEL)), compile=False), image_size)
     fields = dict(
         epochs_completed=epochs_done,
         best_epoch=checkpoint.best_epoch,
         best_val_loss=checkpoint.best if checkpoint.best_epoch else None,
         train_seconds=train_seconds,
-        inference_ms_per_image=_inference_ms(best, image_size),
+        inference_ms_per_image=_inference_ms(best.forward, image_size),
     )
     finishing = time.time()
     if not cancelled and (frame["split"] == "val").any():
