@@ -363,7 +363,9 @@ def prediction_line(result: dict) -> str:
     anything the model was trained on."""
     line = f"{result['image']}: {result['label']} {result['confidence']:.1%} (calibrated)"
     decision = result.get("decision")
-    if decision:
+    if decision and decision.get("withheld"):
+        line += f"; no decision at {decision['name']}"
+    elif decision:
         positive = ", ".join(decision["positive"]) or "none"
         line += f"; positive at {decision['name']}: {positive}"
     unlike = result.get("unlike_training")

@@ -81,6 +81,11 @@ def input_spec(run: runs.RunDir) -> dict:
         "operating_points": (
             {c: points["thresholds"][c] for c in run.labels()} if points and "thresholds" in points else None
         ),
+        "unlike_training_check": (
+            "not part of this export: the dashboard and `predict` flag images unlike the training data (feature "
+            "distance to the training split, ood.npz in the run) and make no decision for them; a model served "
+            "from this file gives probabilities for any input, a photo or a text page included"
+        ),
         "intended_use": "research and education; not a medical device (see the run's MODEL_CARD.md)",
     }
 

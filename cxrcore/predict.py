@@ -36,6 +36,9 @@ from .evaluation.operating_points import KIND_NAMES, KINDS, decide
 from .explain import faithfulness
 from .training.model import feature_model, inference_function, load_model
 
+#: why no decision is made for an image flagged as unlike the training data
+WITHHELD = "the image is unlike the training data: its probabilities are not to be trusted"
+
 
 class Predictor:
     """A run's best model, its labels and input size, ready to predict."""
@@ -247,11 +250,12 @@ class Predictor:
         """One image's result:
 
         - ``image``, ``label`` (the most probable class), ``confidence``, ``probabilities`` (calibrated);
-        - ``decision``: ``{"operating_point", "name", "thresholds", "positive"}``, the classes whose
-          probability is at or above their threshold at ``operating_point`` (None for a run without
-          operating points);
+        - ``decision``: ``{"operating_point", "name", "thresholds", "positive", "withheld"}``: ``positive``, the
+          classes whose probability is at or above their threshold at ``operating_point``; for an image
+          flagged as unlike the training data no decision is made: ``positive`` is None and ``withheld``
+          says why (None otherwise). The whole ``decision`` is None for a run without operating points;
         - ``unlike_training``: ``{"score", "threshold", "percentile", "flagged"}`` (None without feature statistics
-          or ``features``).
+          or ``features``); when flagged, the probabilities are kept but are not to be trusted.
         """
         if operating_point not in KINDS:
             raise ValueError(f"operating_point must be one of {', '.join(KINDS)}, got {operating_point!r}")
@@ -266,6 +270,7 @@ class Predictor:
                 + (f" {target:.2f}" if operating_point == "sensitivity" and target else ""),
                 "thresholds": {c: self.operating_points["thresholds"][c][operating_point] for c in self.labels},
                 "positive": [c for c, yes in zip(self.labels, called) if yes],
+                "withheld": None,
             }
         unlike = None
         if self.feature_stats is not None and features is not None:
@@ -276,6 +281,8 @@ class Predictor:
                 "percentile": self.feature_stats.percentile,
                 "flagged": score > self.feature_stats.threshold,
             }
+        if decision is not None and unlike is not None and unlike["flagged"]:
+            decision.update(positive=None, withheld=WITHHELD)
         return {
             "image": name,
             "label": self.labels[top],

@@ -78,12 +78,18 @@ def faithfulness_view(result: dict, key: str) -> None:
             "heuristic about position, not anatomy.",
             icon=":material/crop_free:",
         )
-    if result["lungs"].found == 0:
+    lungs = result["lungs"]
+    if lungs.found == 0:
         st.caption(
             "The lung model found no lung fields in this image, so the map's lung share is not measured (it may "
             "not be a frontal chest X-ray, or the lung model missed them)."
         )
-    elif result["lung_flagged"]:
+    elif lungs.status != "ok":
+        st.caption(
+            f"No lung outline drawn: the lung model found no plausible pair of lungs here ({lungs.status}); the "
+            "lung share below it is of what it found and means little."
+        )
+    if lungs.found and result["lung_flagged"]:
         st.warning(
             f"Most of this map's evidence is outside the lung fields: only {lung_text} of it lies inside the lungs "
             f"the lung model found (under {faithfulness.LUNG_SHARE_WARN:.0%}). The model may be using something "
@@ -153,10 +159,14 @@ for upload in uploads:
         )
     left, middle, right = st.columns([1, 1, 1.2])
     left.image(result["input"], caption="what the model sees", width="stretch")
-    shown = geometry.draw_outline(result["overlay"], result["lungs"].mask) if show_lungs else result["overlay"]
+    lungs = result["lungs"]
+    outlined = show_lungs and lungs.status == "ok"  # an outline only around plausible lungs
+    shown = geometry.draw_outline(result["overlay"], lungs.mask) if outlined else result["overlay"]
     middle.image(shown, caption=f"{METHOD_LABELS[method]} for {result['class']}", width="stretch")
     decision = result["decision"]
-    if decision:
+    if decision and decision.get("withheld"):
+        right.markdown(f"**No decision at {decision['name']}**: {decision['withheld']}.")
+    elif decision:
         positive = ", ".join(decision["positive"]) or "none of the classes"
         right.markdown(f"**Decision at {decision['name']}:** {positive}")
         right.caption(
@@ -165,9 +175,12 @@ for upload in uploads:
         )
     else:
         right.caption("This run was trained before operating points existed: no decision, only probabilities.")
+    untrusted = bool(unlike and unlike["flagged"])
     right.plotly_chart(
         plots.probability_bars(
-            result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
+            result["probabilities"],
+            title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
+            + (" - not to be trusted: unlike the training data" if untrusted else ""),
         ),
         width="stretch",
         key=f"predict_probs_{upload.file_id}",

@@ -610,6 +610,58 @@ def test_predict_page_says_a_photo_is_unlike_the_training_data(app, models, monk
     at.file_uploader(key="predict_upload").set_value([("holiday.png", buf.getvalue(), "image/png")])
     at.run()
     assert any("unlike anything the model was trained on" in e.value for e in at.error)
+    # no decision for it; its probabilities are kept, marked as not to be trusted
+    shown = everything_shown(at)
+    assert any(m.value.startswith("**No decision at target sensitivity") for m in at.markdown)
+    assert "**Decision at" not in shown and "not to be trusted: unlike the training data" in shown
+
+
+def test_predict_page_outlines_only_lungs_the_lung_model_found_plausible(app, models, monkeypatch):
+    """Hand-made lungs: two plausible ones in a mid-grey image (outlined), one lung in a bright one (no
+    outline, and the page says what was found)."""
+    import streamlit as st
+
+    from cxrcore.explain.cam import Explainer
+    from cxrcore.lungs import geometry, segment
+
+    monkeypatch.setenv("CXRCORE_MODELS", str(models))
+    st.cache_resource.clear()  # a fresh Predictor: nothing remembered from other tests
+
+    def middle(self, image, class_index=None, method="gradcam"):
+        heat = np.zeros(image.shape[:2], np.float32)
+        h, w = image.shape[:2]
+        heat[h // 8 : 7 * h // 8, w // 8 : 7 * w // 8] = 1.0
+        return heat
+
+    class HandSegmenter:
+        def lungs(self, rgb):
+            h, w = rgb.shape[:2]
+            mask = np.zeros((h, w), bool)
+            mask[h // 8 : 7 * h // 8, 5 * w // 8 : 7 * w // 8] = True  # the image's right lung
+            if rgb.mean() < 200:
+                mask[h // 8 : 7 * h // 8, w // 8 : 3 * w // 8] = True  # and its left one: 37.5% of the image
+            return geometry.lungs_from_mask(mask)
+
+    outlined = []
+    draw = geometry.draw_outline
+    monkeypatch.setattr(Explainer, "heatmap", middle)
+    monkeypatch.setattr(segment, "get_segmenter", lambda path=None: HandSegmenter())
+    monkeypatch.setattr(geometry, "draw_outline", lambda image, mask: outlined.append(mask.mean()) or draw(image, mask))
+
+    def flat_png(level: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((80, 80), level, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    at = app("pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        [("two.png", flat_png(150), "image/png"), ("one.png", flat_png(220), "image/png")]
+    )
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert outlined == [pytest.approx(0.375)]  # the two-lung image alone
+    notes = [c.value for c in at.caption if c.value.startswith("No lung outline drawn")]
+    assert len(notes) == 1 and "(only one lung found)" in notes[0]
 
 
 def test_compare_page_has_a_row_per_external_dataset(app, models, demo, monkeypatch, tmp_path):

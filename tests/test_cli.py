@@ -147,7 +147,10 @@ def test_predict_says_when_an_image_is_unlike_the_training_data(run_dir, tmp_pat
     proc = cli("predict", run_dir, photo, "--operating-point", "youden")
     result = json.loads(last_line(proc.stdout))
     assert result["unlike_training"]["flagged"] and result["decision"]["operating_point"] == "youden"
-    assert "UNLIKE THE TRAINING DATA" in proc.stderr and "positive at Youden's J:" in proc.stderr
+    assert result["decision"]["positive"] is None and "unlike the training data" in result["decision"]["withheld"]
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)  # kept, not to be trusted
+    assert "UNLIKE THE TRAINING DATA" in proc.stderr and "no decision at Youden's J" in proc.stderr
+    assert "positive at" not in proc.stderr
 
 
 def test_predict_reports_a_bad_image_and_still_predicts_the_rest(run_dir, demo, tmp_path):

@@ -54,6 +54,7 @@ def _check_exports_match_the_run(run: runs.RunDir, images: list[str], tmp_path) 
     assert spec["output"]["temperature"] == pytest.approx(run.temperature())
     assert spec["input"]["shape"] == [None, run.image_size(), run.image_size(), 3]
     assert spec["input"]["range"] == [0, 255] and "bilinear" in spec["input"]["prepare"]
+    assert spec["unlike_training_check"].startswith("not part of this export")
 
 
 def test_savedmodel_and_tflite_give_the_runs_calibrated_probabilities(separable_run, tmp_path):

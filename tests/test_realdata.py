@@ -230,8 +230,8 @@ def test_decisions_and_model_card_of_a_real_run(run_dir):
         at_target = points["classes"][cls]["sensitivity"]
         assert 0 < at_target["threshold"] < 1
         assert at_target["ci"]["sensitivity"]["ci_low"] <= at_target["sensitivity"]
-    split = pd.read_csv(run_dir / "split.csv", keep_default_na=False)
-    image = split.loc[split["split"] == "test", "path"].iloc[0]
+    table = pd.read_csv(run_dir / "predictions.csv")
+    image = table.loc[~table["unlike_training"], "path"].iloc[0]  # a decision is made for a familiar image
     result = Predictor(run_dir).predict([image], operating_point="youden")[0]
     thresholds = json.loads((run_dir / "operating_points.json").read_text())["thresholds"]
     expected = [c for c, p in result["probabilities"].items() if p >= thresholds[c]["youden"]]

@@ -131,7 +131,10 @@ def test_the_run_keeps_what_validation_chose_and_prediction_uses_it(trained):
         assert result["unlike_training"]["score"] == pytest.approx(row.ood_score, rel=1e-4)
         assert result["unlike_training"]["flagged"] == row.unlike_training
         expected = [c for c in ("bright", "dark") if getattr(row, f"prob_{c}") >= points["thresholds"][c]["youden"]]
-        assert result["decision"]["positive"] == expected
+        if row.unlike_training:  # no decision for an image unlike the training data
+            assert result["decision"]["positive"] is None and result["decision"]["withheld"]
+        else:
+            assert result["decision"]["positive"] == expected and result["decision"]["withheld"] is None
     card = run.model_card()
     assert card.startswith(f"# Model card: {run.run_id}") and "## Operating points" in card
 
