@@ -41,6 +41,10 @@ def pytest_collection_modifyitems(config, items):
         trains = TRAINING_FIXTURES | set(getattr(item.module, "TRAINING_FIXTURES", ()))
         if trains & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # quick tests first, then the slow ones, each in file order: xdist's worksteal deals the first half of
+    # the list to one worker and the second to the other, and an idle worker steals from the end of the
+    # other's queue, so the worker that runs out of quick tests takes over slow ones, not the reverse
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
 
 
 needs_weights = pytest.mark.skipif(

@@ -194,5 +194,5 @@ def test_a_large_set_is_audited_on_a_stratified_sample(tmp_path, fresh_cache, mo
     assert found["images"] == 24  # counts, leaks and duplicates: every image
     shortcut = found["shortcut"]
     assert shortcut["images"] == 16 and shortcut["sampled_from"] == 24 and set(calls) == {16}
-    assert "(a stratified sample of 16 of the 24 images)" in shortcut["message"]
+    assert shortcut["message"].startswith("On a stratified sample of 16 of the 24 images: ")
     assert shortcut["outside_lungs"]["sampled_from"] == 24

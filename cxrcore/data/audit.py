@@ -265,10 +265,10 @@ def _sampled_shortcut_check(index: pd.DataFrame, folds: int, seed: int, progress
     sample = stratified_sample(index, SHORTCUT_SAMPLE, seed)
     result = shortcut_check(sample, folds=folds, seed=seed, progress=progress, outside_lungs=True)
     if len(sample) < len(index):
-        note = f" (a stratified sample of {len(sample):,} of the {len(index):,} images)"
+        note = f"On a stratified sample of {len(sample):,} of the {len(index):,} images: "
         for part in (result, result.get("outside_lungs") or {}):
             part["sampled_from"] = int(len(index))
-            part["message"] = part["message"].rstrip(".") + note + "."
+            part["message"] = note + part["message"]
     return result
 
 
