@@ -80,7 +80,7 @@ def notebook_way(frame, classes, config, stage_epochs) -> dict:
 
 
 def project_way(config, out_dir) -> dict:
-    from cxrcore.training.train import train
+    from cxrcore.workflows import train
 
     run = train(config, out_dir=out_dir)
     info, history = run.info(), run.history()

@@ -21,7 +21,7 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     training/features    training on cached activations: the frozen part runs once per image
     training/activation_store  the on-disk activation cache (size limit, oldest first out)
     training/callbacks   checkpoint, history, progress, cancellation and resume-state callbacks
-    training/train       two-stage training (resumable); writes a run directory
+    training/train       two-stage training (resumable) into a run directory; finishing hooks attached by workflows
     evaluation/metrics   evaluation metrics as pure functions
     evaluation/evaluate  evaluation of a run on its test split or an external folder
     evaluation/plots     plotly figure builders (data in, go.Figure out)
@@ -42,6 +42,9 @@ Module map (sub-packages by stage, the way MONAI groups its code):
     jobs/commands        ``python -m cxrcore jobs ...``
     jobs/processes       detached processes, liveness, kills and file locks
     jobs/hardware        GPUs and CPUs, without importing TensorFlow
+    workflows            the use cases from start to end (train -> finish -> card, evaluate -> card,
+                         faithfulness -> card, ensemble -> card, export, one image on Predict); the
+                         one writer of the model card
 
 Names below are imported lazily, so ``import cxrcore`` does not load TensorFlow.
 """
@@ -83,7 +86,7 @@ _EXPORTS = {
     "make_dataset": "training.pipeline",
     "get_segmenter": "lungs.segment",
     "LungSegmenter": "lungs.segment",
-    "train": "training.train",
+    "train": "workflows",
     "classification_metrics": "evaluation.metrics",
     "evaluate_run": "evaluation.evaluate",
     "compare_runs": "evaluation.evaluate",

@@ -233,15 +233,15 @@ def cmd_train(args) -> int:
         from .runs import RunDir
 
         RunDir(args.resume).check_resumable()  # a finished or still-running run is refused at once
-        from .training.train import resume_run
+        from .workflows import resume
 
-        run = resume_run(args.resume, progress=_print_epoch)
+        run = resume(args.resume, progress=_print_epoch)
     else:
         from .data.index import scan_layout
 
         config = config_from_args(args)
         scan_layout(config.data)
-        from .training.train import train
+        from .workflows import train
 
         run = train(config, out_dir=args.out, progress=_print_epoch)
     print(run.path)
@@ -251,9 +251,10 @@ def cmd_train(args) -> int:
 def cmd_ensemble(args) -> int:
     """Average finished runs into a new run directory (printed last); its comparison with the best member
     goes to stderr."""
-    from .ensemble import create, report
+    from .ensemble import report
+    from .workflows import make_ensemble
 
-    run = create(args.runs, tta=args.tta, out_dir=args.out)
+    run = make_ensemble(args.runs, tta=args.tta, out_dir=args.out)
     found = report(run)
     if found and found["best_member"]:
         auc = found["difference"]["macro_auc"]
@@ -271,7 +272,7 @@ def cmd_ensemble(args) -> int:
 def cmd_export(args) -> int:
     """Export a run's model (calibrated) as a SavedModel or a TFLite file; the path is printed last and its
     input spec (``<path>.json``) sits beside it."""
-    from .export import export
+    from .workflows import export
 
     path = export(args.run, args.format, args.out)
     print(f"input spec: {path.with_name(path.name + '.json')}", file=sys.stderr)

@@ -109,7 +109,6 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
     """Average ``run_dirs`` into a new run directory (under ``out_dir``, default: beside the first
     member) and evaluate it like a trained run; returns it. Raises :class:`ConfigError` before writing
     anything when the members cannot be averaged."""
-    from .evaluation import model_card
     from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, fit_on_validation
 
     if tta not in TTA_MODES:
@@ -178,7 +177,6 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
     recorded = first.audit()  # the members share one split of the same data: the same audit
     if recorded is not None:
         run.write_audit(recorded)
-    model_card.write(run)
     return run
 
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from cxrcore import ensemble
+from cxrcore import ensemble, workflows
 from cxrcore import runs as run_files
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.compare import (
@@ -16,7 +16,6 @@ from cxrcore.evaluation.evaluate import (
     better,
     comparability,
     compare_runs,
-    evaluate_runs,
     external_results,
     rankable,
 )
@@ -76,7 +75,7 @@ if not found["comparable"]:
         skip = c[1].checkbox("Skip unknown classes", key="compare_external_skip")
         if st.button("Evaluate every run on it", key="compare_external_go", disabled=not folder.strip()):
             with st.spinner("Evaluating each run..."):
-                outcome = evaluate_runs(paths, folder.strip(), drop_unknown=skip)
+                outcome = workflows.evaluate_many(paths, folder.strip(), drop_unknown=skip)
             failed = {run_id: why for run_id, why in outcome.items() if why}
             for run_id, why in failed.items():
                 st.error(f"`{run_id}`: {why}")
@@ -211,7 +210,7 @@ if len(members) >= 2:
     if st.button("Make an ensemble of these runs", key="compare_make_ensemble"):
         try:
             with st.spinner("Building and evaluating the ensemble..."):
-                made = ensemble.create([r["path"] for r in members], tta="flip" if tta else "none")
+                made = workflows.make_ensemble([r["path"] for r in members], tta="flip" if tta else "none")
             st.session_state["compare_made"] = str(made.path)
         except CXRError as exc:
             show_error(exc)

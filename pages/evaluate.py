@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxrcore import export, runs
+from cxrcore import export, runs, workflows
 from cxrcore.data.io import prepare_image
-from cxrcore.evaluation import model_card, plots
+from cxrcore.evaluation import plots
 from cxrcore.evaluation.compare import (
     bootstrap_caption,
     format_interval,
@@ -297,7 +297,7 @@ def explanations_view(run) -> None:
     if c[2].button("Score the explanations", key="evaluate_faith_go", disabled=not chosen):
         bar = st.progress(0.0, text="Scoring maps...")
         try:
-            faithfulness.evaluate_run(
+            workflows.score_explanations(
                 run.path,
                 chosen,
                 int(size),
@@ -383,11 +383,9 @@ with tabs[2]:
     folder = c[0].text_input("Labelled folder or CSV manifest", key="evaluate_external_path")
     drop_unknown = c[1].checkbox("Skip unknown classes", key="evaluate_drop_unknown")
     if st.button("Evaluate on this folder", key="evaluate_external_go", disabled=not folder.strip()):
-        from cxrcore.evaluation.evaluate import evaluate_run
-
         try:
             with st.spinner("Predicting every image..."):
-                result = evaluate_run(run.path, folder.strip(), drop_unknown=drop_unknown)
+                result = workflows.evaluate(run.path, folder.strip(), drop_unknown=drop_unknown)
             st.success(f"Evaluated {result['n']} images; saved in `{result['out_dir']}`.")
         except CXRError as exc:
             show_error(exc)
@@ -418,8 +416,8 @@ with tabs[3]:
 with tabs[4]:
     card = run.model_card()
     if card is None and run.is_final:
-        with st.spinner("Writing the model card (the data audit runs once per dataset)..."):
-            model_card.write(run)
+        with st.spinner("Writing the model card..."):
+            workflows.write_card(run)
         card = run.model_card()
     if card is None:
         st.info("The model card is written when the run finishes, and refreshed by each evaluation.")
@@ -429,7 +427,7 @@ with tabs[4]:
             "Download MODEL_CARD.md", card.encode(), file_name=f"{run.run_id}_MODEL_CARD.md", mime="text/markdown"
         )
         if c[1].button("Refresh", key="evaluate_card_refresh", help="Write it again from the run's files"):
-            model_card.write(run)
+            workflows.write_card(run)
             card = run.model_card()
         c[2].caption(f"`{run.file(runs.MODEL_CARD)}`")
         with st.container(border=True):  # headings two levels down: the card sits inside the page

@@ -250,10 +250,17 @@ def analyse(
     operating_point: str,
     class_index: int | None = None,
 ) -> dict:
-    """One upload through one run: :meth:`cxrcore.predict.Predictor.explain` (prediction, decision,
-    unlike-the-training-data check, map and its scores; computed once per image, method and class), plus
-    the overlay in this colormap and opacity (raises ImageDecodeError)."""
-    from cxrcore.explain.cam import overlay
+    """One upload through one run, with the run's Predictor kept for the session (cached by its path):
+    :func:`cxrcore.workflows.analyse` (raises ImageDecodeError)."""
+    from cxrcore import workflows
 
-    found = predictor(run_dir).explain(data, method, class_index, name=name, operating_point=operating_point)
-    return {**found, "overlay": overlay(found["input"], found["heatmap"], colormap=colormap, alpha=alpha)}
+    return workflows.analyse(
+        predictor(run_dir),
+        data,
+        name=name,
+        method=method,
+        operating_point=operating_point,
+        colormap=colormap,
+        alpha=alpha,
+        class_index=class_index,
+    )

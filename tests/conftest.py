@@ -288,7 +288,7 @@ class Trained:
 
 
 def train_shared(shared: SharedRuns, config, out_dir: Path) -> Trained:
-    from cxrcore.training.train import train
+    from cxrcore.workflows import train
 
     events: list[dict] = []
     run = train(config, out_dir=out_dir, progress=events.append)

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 import conftest
 from conftest import REPO
-from cxrcore.training.train import train
+from cxrcore.workflows import train
 
 pytestmark = pytest.mark.slow
 APP = str(REPO / "app.py")

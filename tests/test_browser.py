@@ -28,7 +28,7 @@ import pytest
 from conftest import CXR_DEV, CXR_NIH, MNV2_035, REPO, copy_weights_to_keras_home, needs_cxr_dev, needs_weights
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.data.demo import make_demo_dataset
-from cxrcore.training.train import train
+from cxrcore.workflows import train
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "test-artifacts" / "browser"

@@ -17,7 +17,7 @@ from cxrcore.evaluation.calibration import apply_temperature
 from cxrcore.evaluation.intervals import paired_differences
 from cxrcore.explain.cam import EnsembleExplainer, Explainer
 from cxrcore.predict import Predictor
-from cxrcore.training.train import train
+from cxrcore.workflows import make_ensemble, train
 
 #: this module's fixtures that train: tests that use them are slow (conftest)
 TRAINING_FIXTURES = {"members"}
@@ -39,7 +39,7 @@ def members(tmp_path_factory):
 
 def test_an_ensemble_averages_its_members_calibrated_probabilities_and_is_a_run_like_any_other(members, tmp_path):
     a, b = members["a"], members["b"]
-    run = create([a.path, b.path], out_dir=tmp_path)
+    run = make_ensemble([a.path, b.path], out_dir=tmp_path)  # the use case: the ensemble, then its card
     assert run.status() == "succeeded" and run.ensemble()["members"] == [str(a.path), str(b.path)]
     assert [m.path for m in run.members()] == [a.path, b.path]
     for name in (runs.MODEL, runs.METRICS, runs.PREDICTIONS, runs.CALIBRATION, runs.OPERATING_POINTS, runs.MODEL_CARD):

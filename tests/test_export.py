@@ -15,7 +15,7 @@ from cxrcore import runs
 from cxrcore.errors import ConfigError, RunError
 from cxrcore.export import download_bytes, export
 from cxrcore.predict import Predictor
-from cxrcore.training.train import train
+from cxrcore.workflows import train
 
 
 def _litert(path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders, tiny_config
+from cxrcore import workflows
 from cxrcore.errors import ConfigError, ImageDecodeError
 from cxrcore.explain import faithfulness
 from cxrcore.explain.faithfulness import border_flagged, border_share, curve_auc, pixel_ranks, random_map, scores
@@ -201,7 +202,7 @@ TRAINING_FIXTURES = {"run_dir"}
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from cxrcore.training.train import train
+    from cxrcore.workflows import train
 
     data = make_class_folders(tmp_path_factory.mktemp("data"), classes=("Dark", "Bright"), per_class=20, size=32)
     out = tmp_path_factory.mktemp("models")
@@ -349,8 +350,8 @@ def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, predictor, caps
         again = faithfulness.evaluate_run(run_dir, ["gradcam"], 3, predictor=predictor)
         assert len(calls) == 6  # kept in the run: nothing computed again
         assert again == result
-        faithfulness.evaluate_run(run_dir, ["gradcam"], 2, predictor=predictor)
-        assert len(calls) == 10  # other settings: computed again
+        workflows.score_explanations(run_dir, methods=["gradcam"], sample_size=2, predictor=predictor)
+        assert len(calls) == 10  # other settings: computed again (the use case: scores, then the card)
     finally:
         faithfulness.scores = original
     kept = runs.RunDir(run_dir).faithfulness()
@@ -418,7 +419,7 @@ def test_scores_over_the_test_split_give_each_methods_lung_share(run_dir, tmp_pa
     fresh = Predictor(run)  # nothing remembered from other tests
     maps = {"gradcam": inside_map(), "gradcam++": outside_map()}
     monkeypatch.setattr(fresh, "explanation_map", lambda image, method, target: maps[method])
-    result = faithfulness.evaluate_run(run, ["gradcam", "gradcam++"], 3, predictor=fresh)
+    result = workflows.score_explanations(run, methods=["gradcam", "gradcam++"], sample_size=3, predictor=fresh)
     inside, outside, reference = (result["methods"][m] for m in ("gradcam", "gradcam++", "random"))
     assert inside["lung_share"]["mean"] == pytest.approx(1.0) and inside["lung_share"]["n"] == 3
     assert inside["lung_flagged"] == 0.0

@@ -18,7 +18,7 @@ from cxrcore import runs
 from cxrcore.config import AugmentConfig, HeadConfig, TrainConfig
 from cxrcore.training import activation_store, features
 from cxrcore.training.model import build_model
-from cxrcore.training.train import train
+from cxrcore.workflows import train
 
 #: this module's fixtures that train: tests that use them are slow (conftest)
 TRAINING_FIXTURES = {"pair"}

@@ -17,7 +17,7 @@ from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.errors import ConfigError, DataError, WeightsError
 from cxrcore.evaluation.evaluate import evaluate_run
 from cxrcore.predict import Predictor
-from cxrcore.training.train import train
+from cxrcore.workflows import train
 
 
 def tiny_config(data, **changes) -> TrainConfig:

@@ -83,10 +83,10 @@ def cmd_evaluate(args) -> int:
 
         scan_layout(args.data)
     from ..config import parse_pairs
-    from .evaluate import evaluate_run
+    from ..workflows import evaluate
     from .metrics import summary
 
-    result = evaluate_run(
+    result = evaluate(
         args.run_dir, args.data, drop_unknown=args.drop_unknown, label_map=parse_pairs(args.label_map, "--map")
     )
     for line in report_lines(result):

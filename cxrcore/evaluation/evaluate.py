@@ -16,7 +16,7 @@ import pandas as pd
 from .. import runs
 from ..errors import DataError
 from . import calibration as calib
-from . import metrics, model_card, ood, operating_points
+from . import metrics, ood, operating_points
 from .intervals import bootstrap_intervals
 
 
@@ -203,8 +203,6 @@ def evaluate_run(
     if data is None and run.is_final and run.metrics() is not None:
         stored = run.metrics()  # a finished run's test results never change; intervals may be added beside them
         stored = stored if "ci" in stored else _add_intervals(run, stored)
-        if run.model_card() is None:
-            model_card.write(run)
         return {**stored, "out_dir": str(run.path)}
     if data is None:
         frame = run.split()
@@ -232,7 +230,6 @@ def evaluate_run(
                 "seconds": round(time.time() - started, 2),
             },
         )
-    model_card.write(run)
     return {**result, "out_dir": str(out_dir)}
 
 

@@ -114,7 +114,9 @@ def cmd_faithfulness(args) -> int:
         if done == total or done % 20 == 0:
             print(f"  {done}/{total} maps scored", file=sys.stderr)
 
-    result = faithfulness.evaluate_run(
+    from ..workflows import score_explanations
+
+    result = score_explanations(
         args.run_dir,
         methods,
         args.sample,

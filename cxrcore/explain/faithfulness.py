@@ -349,9 +349,6 @@ def evaluate_run(
         "unreadable": unreadable,
     }
     run.write_faithfulness(result)
-    from ..evaluation import model_card
-
-    model_card.write(run)  # its Explanations section
     return result
 
 

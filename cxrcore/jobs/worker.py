@@ -105,11 +105,11 @@ def run_job(job_id: str, db: str, token: str) -> int:
     reporter = JobReporter(store, job_id, token)
     try:
         if job["resume"]:
-            from ..training.train import resume_run
+            from ..workflows import resume
 
-            resume_run(run.path, progress=reporter, should_stop=check)
+            resume(run.path, progress=reporter, should_stop=check)
         else:
-            from ..training.train import train
+            from ..workflows import train
 
             train(TrainConfig.from_dict(job["config"]), run=run, progress=reporter, should_stop=check)
     except CXRError as exc:

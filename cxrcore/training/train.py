@@ -17,18 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from .. import runs
 from ..config import TrainConfig
-from ..data.audit import audit
 from ..data.index import build_index
 from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
-from ..errors import CXRError, RunError
-from ..evaluation import model_card
-from ..evaluation.evaluate import CompiledModel, evaluate_frame, fit_on_validation
+from ..errors import RunError
 from ..evaluation.external import check_external
 from ..runs import write_csv
 from .backbones import get_backbone
@@ -153,16 +149,6 @@ def _attach_log(run: runs.RunDir) -> logging.Handler:
     return handler
 
 
-def _inference_ms(forward, image_size: int, repeats: int = 10) -> float:
-    """Milliseconds per single image through ``forward``, the prediction path's compiled forward pass."""
-    x = np.zeros((1, image_size, image_size, 3), dtype=np.float32)
-    forward(x)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        forward(x)
-    return round((time.perf_counter() - started) / repeats * 1000, 2)
-
-
 def train(
     config: TrainConfig,
     *,
@@ -172,8 +158,18 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     data_progress=None,
     resume: bool = False,
+    finish: Callable[[runs.RunDir, keras.Model, pd.DataFrame], dict | None] | None = None,
+    complete: Callable[[runs.RunDir], None] | None = None,
 ) -> runs.RunDir:
-    """Train ``config`` end to end and return its run directory.
+    """Train ``config`` and return its run directory: the stage of training alone. What a trained model is
+    then made into (calibration, test results, the model card) is attached by the caller
+    (:func:`cxrcore.workflows.train` attaches all of it):
+
+    - ``finish(run, best_model, frame)``, unless the run was cancelled, once the best model is saved: its
+      return value (fields for ``run.json``) is recorded with the run's outcome;
+    - ``complete(run)`` once the run has succeeded.
+
+    Both run inside the run's training log, and an exception in either marks the run failed.
 
     ``progress(event)`` receives batch and epoch events (see :class:`Progress`);
     ``should_stop()`` is polled after every batch and cancels gracefully (the best
@@ -208,18 +204,13 @@ def train(
     try:
         with strategy.scope():
             trained = _train(config, spec, image_size, frame, classes, run, progress, should_stop, devices, resume)
-        trained_at = time.time()
         # outside the strategy: evaluation predicts on this machine alone (model.predict cannot run
         # under a multi-worker strategy, and splitting inference over replicas gains nothing here)
-        finish_run(run, *trained, frame, classes, image_size, config, started)
+        finish_run(run, *trained, frame, config, started, finish)
         if not trained[-1]:  # not cancelled: nothing is left to resume
             shutil.rmtree(run.path / runs.STATE_DIR, ignore_errors=True)
-        if run.is_final:
-            evaluate_external(run, config)
-            record_audit(run, config.data)
-            model_card.write(run)
-            # from the end of the last epoch to a complete run: validation fits, test and external sets, card
-            run.update_info(finish_seconds=round(time.time() - trained_at, 1))
+        if run.is_final and complete is not None:
+            complete(run)
         return run
     except BaseException as exc:
         cancelled = isinstance(exc, KeyboardInterrupt)
@@ -239,44 +230,14 @@ def train(
         keras.mixed_precision.set_global_policy("float32")
 
 
-def record_audit(run: runs.RunDir, data: str) -> None:
-    """Record the data audit of the training data in the run (``audit.json``; cached per dataset content
-    by :mod:`cxrcore.data.audit`), for its model card. Data that can no longer be audited is logged."""
-    try:
-        run.write_audit(audit(data))
-    except (CXRError, OSError, ValueError) as exc:
-        log.error("data audit of %s not recorded: %s", data, exc)
-
-
-def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
-    """Evaluate the finished model on each of ``config.external``, each kept apart in the run's
-    ``external/``. A set that fails now (an image became unreadable) is logged; the run stands."""
-    from ..evaluation.evaluate import evaluate_run
-
-    for data in config.external:
-        try:
-            result = evaluate_run(run.path, data, drop_unknown=config.external_skip_unknown)
-        except CXRError as exc:
-            log.error("external validation on %s failed: %s", data, exc)
-            continue
-        log.info(
-            "external %s: accuracy %.4f, macro AUC %s (%d images)",
-            data,
-            result["accuracy"],
-            result["macro_auc"],
-            result["n"],
-        )
-
-
-def resume_run(
-    run_dir: str | Path, *, progress: ProgressFn = None, should_stop: Callable[[], bool] | None = None
-) -> runs.RunDir:
-    """Continue a run from its last completed epoch with its own configuration: the one resume
-    path (``train --resume``, a resumed background job, the dashboard's Resume button). A
-    finished run, or one whose process is alive, is refused with the reason."""
+def resume_run(run_dir: str | Path, **hooks) -> runs.RunDir:
+    """Continue a run from its last completed epoch with its own configuration (``hooks``: ``progress``,
+    ``should_stop``, ``finish``, ``complete`` as for :func:`train`). A finished run, or one whose process is
+    alive, is refused with the reason. :func:`cxrcore.workflows.resume` is the one resume path (``train
+    --resume``, a resumed background job, the dashboard's Resume button)."""
     run = runs.RunDir(run_dir)
     run.check_resumable()
-    return train(run.config(), run=run, progress=progress, should_stop=should_stop, resume=True)
+    return train(run.config(), run=run, resume=True, **hooks)
 
 
 def _restore(
@@ -477,43 +438,22 @@ def _train(
     return model, checkpoint, done, cancel.cancelled
 
 
-def finish_run(run, model, checkpoint, epochs_done, cancelled, frame, classes, image_size, config, started):
-    """Make sure a best model exists, learn from the validation split what evaluation and prediction
-    apply (temperature, operating points, feature statistics: :func:`fit_on_validation`), evaluate
-    it on the test split, record the outcome."""
+def finish_run(run, model, checkpoint, epochs_done, cancelled, frame, config, started, finish=None):
+    """Make sure a best model exists, hand it to ``finish`` (unless cancelled) and record the outcome."""
     if checkpoint.best_epoch is None:
         log.warning("no finite val_loss was seen; saving the last weights as the model")
         checkpoint.set_model(model)
         checkpoint.save()
     train_seconds = round(time.time() - started, 1)
-    best = CompiledModel(keras.saving.load_model(str(run.file(runs.MODEL)), compile=False), image_size)
     fields = dict(
         epochs_completed=epochs_done,
         best_epoch=checkpoint.best_epoch,
         best_val_loss=checkpoint.best if checkpoint.best_epoch else None,
         train_seconds=train_seconds,
-        inference_ms_per_image=_inference_ms(best.forward, image_size),
     )
-    finishing = time.time()
-    if not cancelled and (frame["split"] == "val").any():
-        calibration = fit_on_validation(run, best, frame)
-        log.info(
-            "calibration: temperature %.3f fitted on %d validation image(s), mean ECE %.4f -> %.4f",
-            calibration["temperature"],
-            calibration["n"],
-            calibration["ece_mean_before"],
-            calibration["ece_mean_after"],
-        )
-    test = frame[frame["split"] == "test"]
-    if not cancelled and len(test):
-        result = evaluate_frame(run, best, test.reset_index(drop=True), run.path)
-        log.info(
-            "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
-            result["accuracy"],
-            result["macro_f1"],
-            result["macro_auc"],
-        )
-    fields["finish_seconds"] = round(time.time() - finishing, 1)  # validation fits and the test evaluation
+    if finish is not None and not cancelled:
+        best = keras.saving.load_model(str(run.file(runs.MODEL)), compile=False)
+        fields.update(finish(run, best, frame) or {})
     run.update_info(
         status="cancelled" if cancelled else "succeeded",
         error=None,

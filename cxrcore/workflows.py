@@ -1,0 +1,200 @@
+"""Use cases from start to end, and the one place their side effects are written.
+
+Each function here is something a user does, as the CLI, the dashboard's pages and the jobs worker call
+it. The stages below compute and return (:mod:`cxrcore.training.train` trains,
+:mod:`cxrcore.evaluation.evaluate` scores a model on images, :mod:`cxrcore.explain.faithfulness` scores
+explanations, :mod:`cxrcore.ensemble` averages runs); this module runs them in order and writes what the
+run keeps from them, the model card (``MODEL_CARD.md``) last. No other module writes the card.
+
+- :func:`train` / :func:`resume`: train -> finish (the temperature, operating points and feature statistics
+  fitted on the validation split, the test results, the external sets) -> the data audit recorded -> card;
+- :func:`evaluate`: a run on its test split or on a labelled folder -> card; :func:`evaluate_many` for a
+  common external set;
+- :func:`score_explanations`: faithfulness of the explanation methods on a test sample -> card;
+- :func:`make_ensemble`: average finished runs into a new run -> card;
+- :func:`export`: a run as a SavedModel or TFLite file with its input spec;
+- :func:`analyse`: what the Predict page shows for one image.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .config import TrainConfig
+from .data.audit import audit
+from .ensemble import create
+from .errors import CXRError
+from .evaluation import model_card
+from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, evaluate_runs, fit_on_validation
+from .explain import faithfulness
+from .explain.cam import overlay
+from .export import export as export_run
+from .training.train import resume_run
+from .training.train import train as train_stage
+
+log = logging.getLogger("cxrcore.workflows")
+
+
+def write_card(run: runs.RunDir) -> Path | None:
+    """Write the run's model card (:mod:`cxrcore.evaluation.model_card`, from the run's recorded facts)."""
+    return model_card.write(run)
+
+
+def _inference_ms(forward, image_size: int, repeats: int = 10) -> float:
+    """Milliseconds per single image through ``forward``, the prediction path's compiled forward pass."""
+    x = np.zeros((1, image_size, image_size, 3), dtype=np.float32)
+    forward(x)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        forward(x)
+    return round((time.perf_counter() - started) / repeats * 1000, 2)
+
+
+def finish_training(run: runs.RunDir, model, frame) -> dict:
+    """What a trained model is made into, once, with its forward pass compiled once: the temperature,
+    operating points and feature statistics fitted on the validation split
+    (:func:`cxrcore.evaluation.evaluate.fit_on_validation`), then the test split's results. Returns the
+    fields ``run.json`` records (the inference time per image)."""
+    best = CompiledModel(model, run.image_size())
+    fields = {"inference_ms_per_image": _inference_ms(best.forward, best.image_size)}
+    if (frame["split"] == "val").any():
+        calibration = fit_on_validation(run, best, frame)
+        log.info(
+            "calibration: temperature %.3f fitted on %d validation image(s), mean ECE %.4f -> %.4f",
+            calibration["temperature"],
+            calibration["n"],
+            calibration["ece_mean_before"],
+            calibration["ece_mean_after"],
+        )
+    test = frame[frame["split"] == "test"]
+    if len(test):
+        result = evaluate_frame(run, best, test.reset_index(drop=True), run.path)
+        log.info(
+            "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
+            result["accuracy"],
+            result["macro_f1"],
+            result["macro_auc"],
+        )
+    return fields
+
+
+def record_audit(run: runs.RunDir, data: str) -> None:
+    """Record the data audit of the training data in the run (``audit.json``; cached per dataset content
+    by :mod:`cxrcore.data.audit`), for its model card. Data that can no longer be audited is logged."""
+    try:
+        run.write_audit(audit(data))
+    except (CXRError, OSError, ValueError) as exc:
+        log.error("data audit of %s not recorded: %s", data, exc)
+
+
+def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
+    """Evaluate the finished model on each of ``config.external``, each kept apart in the run's
+    ``external/``. A set that fails now (an image became unreadable) is logged; the run stands."""
+    for data in config.external:
+        try:
+            result = evaluate_run(run.path, data, drop_unknown=config.external_skip_unknown)
+        except CXRError as exc:
+            log.error("external validation on %s failed: %s", data, exc)
+            continue
+        log.info(
+            "external %s: accuracy %.4f, macro AUC %s (%d images)",
+            data,
+            result["accuracy"],
+            result["macro_auc"],
+            result["n"],
+        )
+
+
+def _hooks() -> dict:
+    """The ``finish`` and ``complete`` hooks of :func:`cxrcore.training.train.train`: finish, then (a run that
+    succeeded) the external sets, the audit and the card, with ``finish_seconds`` from the end of the last
+    epoch to the complete run."""
+    ended = {}
+
+    def finish(run, model, frame):
+        ended["at"] = time.time()
+        return finish_training(run, model, frame)
+
+    def complete(run):
+        evaluate_external(run, run.config())
+        record_audit(run, run.config().data)
+        write_card(run)
+        if "at" in ended:
+            run.update_info(finish_seconds=round(time.time() - ended["at"], 1))
+
+    return {"finish": finish, "complete": complete}
+
+
+def train(config: TrainConfig, **options) -> runs.RunDir:
+    """Train ``config`` into a complete run: :func:`cxrcore.training.train.train` (``options``: ``out_dir``,
+    ``run``, ``progress``, ``should_stop``, ``data_progress``, ``resume``), then finish, external sets, audit
+    and card."""
+    return train_stage(config, **options, **_hooks())
+
+
+def resume(run_dir: str | Path, **options) -> runs.RunDir:
+    """Continue an interrupted, failed or cancelled run from its last completed epoch to a complete run:
+    the one resume path (``train --resume``, a resumed background job, the dashboard's Resume button).
+    ``options``: ``progress``, ``should_stop``."""
+    return resume_run(run_dir, **options, **_hooks())
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, **options) -> dict:
+    """Evaluate a run on its test split or on a labelled folder
+    (:func:`cxrcore.evaluation.evaluate.evaluate_run`), then rewrite its card."""
+    result = evaluate_run(run_dir, data, **options)
+    write_card(runs.RunDir(run_dir))
+    return result
+
+
+def evaluate_many(run_dirs, data: str | Path, *, drop_unknown: bool = False) -> dict[str, str | None]:
+    """Evaluate each run on the labelled folder ``data``, each card rewritten: ``{run_id: None or the
+    error}`` (:func:`cxrcore.evaluation.evaluate.evaluate_runs`)."""
+    outcome = evaluate_runs(run_dirs, data, drop_unknown=drop_unknown)
+    for path in run_dirs:
+        write_card(runs.RunDir(path))
+    return outcome
+
+
+def score_explanations(run_dir: str | Path, *args, **options) -> dict:
+    """Score the explanation methods on a sample of the run's test split
+    (:func:`cxrcore.explain.faithfulness.evaluate_run`), then rewrite its card (its Explanations section)."""
+    result = faithfulness.evaluate_run(run_dir, *args, **options)
+    write_card(runs.RunDir(run_dir))
+    return result
+
+
+def make_ensemble(run_dirs, **options) -> runs.RunDir:
+    """Average finished runs into a new run (:func:`cxrcore.ensemble.create`: ``tta``, ``out_dir``), its card
+    written."""
+    run = create(run_dirs, **options)
+    write_card(run)
+    return run
+
+
+def export(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None) -> Path:
+    """A run as a SavedModel or TFLite file with its input spec (:func:`cxrcore.export.export`)."""
+    return export_run(run_dir, fmt, out_dir)
+
+
+def analyse(
+    predictor,
+    data: bytes,
+    *,
+    name: str,
+    method: str,
+    operating_point: str,
+    colormap: str,
+    alpha: float,
+    class_index: int | None = None,
+) -> dict:
+    """What the Predict page shows for one image: :meth:`cxrcore.predict.Predictor.explain` (prediction,
+    decision, unlike-the-training-data check, map, its scores and the lungs; computed once per image,
+    method and class) and the overlay in ``colormap`` at ``alpha`` (raises ImageDecodeError)."""
+    found = predictor.explain(data, method, class_index, name=name, operating_point=operating_point)
+    return {**found, "overlay": overlay(found["input"], found["heatmap"], colormap=colormap, alpha=alpha)}
