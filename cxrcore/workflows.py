@@ -83,13 +83,14 @@ def finish_training(run: runs.RunDir, model, frame) -> dict:
     return fields
 
 
-def record_audit(run: runs.RunDir, data: str) -> None:
-    """Record the data audit of the training data in the run (``audit.json``; cached per dataset content
-    by :mod:`cxrcore.data.audit`), for its model card. Data that can no longer be audited is logged."""
+def audit_data(data: str) -> dict | None:
+    """The data audit of a training set (:func:`cxrcore.data.audit.audit`, cached per dataset content);
+    None, logged, for data that cannot be audited (the run goes on without it)."""
     try:
-        run.write_audit(audit(data))
+        return audit(data)
     except (CXRError, OSError, ValueError) as exc:
-        log.error("data audit of %s not recorded: %s", data, exc)
+        log.error("data audit of %s not made: %s", data, exc)
+        return None
 
 
 def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
@@ -111,10 +112,14 @@ def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
 
 
 def _hooks() -> dict:
-    """The ``finish`` and ``complete`` hooks of :func:`cxrcore.training.train.train`: finish, then (a run that
-    succeeded) the external sets, the audit and the card, with ``finish_seconds`` from the end of the last
-    epoch to the complete run."""
-    ended = {}
+    """The hooks of :func:`cxrcore.training.train.train`: the data audit once the data is checked (a check of
+    the data, not of the model: made before the first epoch, once per dataset content, cached after), finish,
+    then (a run that succeeded) the external sets, the audit recorded and the card, with ``finish_seconds``
+    from the end of the last epoch to the complete run."""
+    found, ended = {}, {}
+
+    def prepared(config, frame):
+        found["audit"] = audit_data(config.data)
 
     def finish(run, model, frame):
         ended["at"] = time.time()
@@ -122,12 +127,13 @@ def _hooks() -> dict:
 
     def complete(run):
         evaluate_external(run, run.config())
-        record_audit(run, run.config().data)
+        if found.get("audit") is not None:
+            run.write_audit(found["audit"])
         write_card(run)
         if "at" in ended:
             run.update_info(finish_seconds=round(time.time() - ended["at"], 1))
 
-    return {"finish": finish, "complete": complete}
+    return {"prepared": prepared, "finish": finish, "complete": complete}
 
 
 def train(config: TrainConfig, **options) -> runs.RunDir:

@@ -159,3 +159,25 @@ def test_stage_two_cut_is_clean_and_below_the_first_trainable_layer():
     lower, upper = features.split_at(model, name)
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(upper(lower([x])), model([x]), atol=1e-5)
+
+
+def test_feature_statistics_come_from_the_cached_activations_and_equal_a_full_pass(pair):
+    """The fast run's unlike-the-training-data statistics are made from the activations cached at its
+    stage-2 cut (only the layers above it run), and are what a full pass of its saved model gives."""
+    from cxrcore.evaluation.evaluate import labels_of, predict_frame
+
+    fast, slow = pair
+    cut = fast.info()["finetune_cut"]
+    n_train = fast.info()["n_train"]  # every training image
+    assert (
+        f"feature statistics: {n_train} image(s) from the activations cached at {cut}"
+        in fast.file(runs.LOG).read_text()
+    )
+    assert "feature statistics:" not in slow.file(runs.LOG).read_text()  # full passes: nothing cached
+    split = fast.split()
+    train = split[split["split"] == "train"].reset_index(drop=True)
+    model = keras.saving.load_model(str(fast.file(runs.MODEL)), compile=False)
+    _, features = predict_frame(model, train, fast.labels(), 32, features=True)
+    y = labels_of(train, fast.labels())
+    expected = np.stack([features[y == c].mean(axis=0) for c in np.unique(y)])
+    np.testing.assert_allclose(fast.feature_stats().means, expected, rtol=1e-4, atol=1e-5)

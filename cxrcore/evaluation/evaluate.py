@@ -130,12 +130,33 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     }
     run.write_calibration(calibration)
     run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
-    if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
-        train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed).reset_index(drop=True)
     if len(train) >= 2 and with_features:
-        _, train_features = predict_frame(model, train, classes, size, config.batch_size, config.pixels, features=True)
+        cached = _cached_training_features(run, model.model, train)
+        if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
+            train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed)
+        if cached is not None:
+            train_features = cached[train.index.to_numpy()]
+        else:
+            train = train.reset_index(drop=True)
+            _, train_features = predict_frame(
+                model, train, classes, size, config.batch_size, config.pixels, features=True
+            )
         run.write_feature_stats(ood.fit(train_features, labels_of(train, classes), val_features))
     return calibration
+
+
+def _cached_training_features(run: runs.RunDir, model, train: pd.DataFrame) -> np.ndarray | None:
+    """The training images' pooled features from the activations cached where the run's last stage
+    trained (:func:`cxrcore.training.features.cached_features`): only the layers above that cut run. None
+    when that stage made full passes, or the cache no longer holds them (then the caller makes one)."""
+    from ..training.features import cached_features
+
+    info, history = run.info(), run.history()
+    stages = set(history["stage"]) if "stage" in history else set()
+    cut = info.get("finetune_cut") if "finetune" in stages else info.get("frozen_cut")
+    if not cut:
+        return None
+    return cached_features(model, cut, train, run.image_size(), run.config())
 
 
 def evaluate_frame(run: runs.RunDir, model, frame: pd.DataFrame, out_dir: Path) -> dict:

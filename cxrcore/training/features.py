@@ -330,3 +330,31 @@ def plan_stage(
         cut=cut,
         note=note,
     )
+
+
+def cached_features(
+    model: keras.Model, cut: str, frame: pd.DataFrame, image_size: int, config: TrainConfig
+) -> np.ndarray | None:
+    """The pooled backbone features of every image of ``frame`` (what :func:`cxrcore.training.model.feature_model`
+    gives: the input of ``head_pool``, averaged) from the activations the cache holds at ``cut`` for exactly
+    these images, through the layers above the cut only; None when the cache holds none for them (or the
+    cut cannot give them), and the caller makes a full pass. ``cut`` is where the model's last stage
+    trained (below it, nothing changed since the activations were computed)."""
+    try:
+        lower, _ = split_at(model, cut)
+    except ValueError:
+        return None
+    found = entry_for(lower, frame, image_size, config, views=0).load()
+    if not _fits(found, lower) or len(found) != len(frame):
+        return None
+    pool = model.get_layer(STAGE1_CUT)
+    if cut == STAGE1_CUT:  # the cached activations are head_pool's output: the features when it averages
+        return np.asarray(found, dtype=float) if isinstance(pool, keras.layers.GlobalAveragePooling2D) else None
+    pooled = keras.layers.GlobalAveragePooling2D(name="cached_features")(pool.input)
+    upper = keras.Model(model.get_layer(cut).output, pooled, name=f"{model.name}_features_above_{cut}")
+    out = [
+        np.asarray(upper(found[i : i + ACTIVATION_BATCH], training=False))
+        for i in range(0, len(found), ACTIVATION_BATCH)
+    ]
+    log.info("feature statistics: %d image(s) from the activations cached at %s", len(frame), cut)
+    return np.concatenate(out).astype(float)

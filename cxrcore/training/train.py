@@ -158,6 +158,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     data_progress=None,
     resume: bool = False,
+    prepared: Callable[[TrainConfig, pd.DataFrame], None] | None = None,
     finish: Callable[[runs.RunDir, keras.Model, pd.DataFrame], dict | None] | None = None,
     complete: Callable[[runs.RunDir], None] | None = None,
 ) -> runs.RunDir:
@@ -165,6 +166,7 @@ def train(
     then made into (calibration, test results, the model card) is attached by the caller
     (:func:`cxrcore.workflows.train` attaches all of it):
 
+    - ``prepared(config, frame)`` once the data is indexed, split and checked, before the first epoch;
     - ``finish(run, best_model, frame)``, unless the run was cancelled, once the best model is saved: its
       return value (fields for ``run.json``) is recorded with the run's outcome;
     - ``complete(run)`` once the run has succeeded.
@@ -197,6 +199,8 @@ def train(
         resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
         frame, classes = prepare_data(config, progress=data_progress)
         check_external(config, classes)  # an external set that could not be evaluated fails now, not after
+    if prepared is not None:
+        prepared(config, frame)
     strategy, devices = configure_devices(config.mixed_precision)
     run = run or runs.new_run_dir(config.backbone, out_dir)
     handler = _attach_log(run)
@@ -232,8 +236,8 @@ def train(
 
 def resume_run(run_dir: str | Path, **hooks) -> runs.RunDir:
     """Continue a run from its last completed epoch with its own configuration (``hooks``: ``progress``,
-    ``should_stop``, ``finish``, ``complete`` as for :func:`train`). A finished run, or one whose process is
-    alive, is refused with the reason. :func:`cxrcore.workflows.resume` is the one resume path (``train
+    ``should_stop``, ``prepared``, ``finish``, ``complete`` as for :func:`train`). A finished run, or one whose
+    process is alive, is refused with the reason. :func:`cxrcore.workflows.resume` is the one resume path (``train
     --resume``, a resumed background job, the dashboard's Resume button)."""
     run = runs.RunDir(run_dir)
     run.check_resumable()
