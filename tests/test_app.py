@@ -616,6 +616,13 @@ def test_predict_page_says_a_photo_is_unlike_the_training_data(app, models, monk
     assert "**Decision at" not in shown and "not to be trusted: unlike the training data" in shown
 
 
+def flat_png(level: int) -> bytes:
+    """An 80 px PNG of one grey level."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((80, 80), level, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_predict_page_outlines_only_lungs_the_lung_model_found_plausible(app, models, monkeypatch):
     """Hand-made lungs: two plausible ones in a mid-grey image (outlined), one lung in a bright one (no
     outline, and the page says what was found)."""
@@ -647,11 +654,6 @@ def test_predict_page_outlines_only_lungs_the_lung_model_found_plausible(app, mo
     monkeypatch.setattr(Explainer, "heatmap", middle)
     monkeypatch.setattr(segment, "get_segmenter", lambda path=None: HandSegmenter())
     monkeypatch.setattr(geometry, "draw_outline", lambda image, mask: outlined.append(mask.mean()) or draw(image, mask))
-
-    def flat_png(level: int) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(np.full((80, 80), level, np.uint8)).save(buf, format="PNG")
-        return buf.getvalue()
 
     at = app("pages/predict.py")
     at.file_uploader(key="predict_upload").set_value(
@@ -892,11 +894,6 @@ def test_predict_page_shows_the_maps_lung_share_and_warns_when_it_lies_outside_t
 
     monkeypatch.setattr(Explainer, "heatmap", left_quarter)
     monkeypatch.setattr(segment, "get_segmenter", lambda path=None: HandSegmenter())
-
-    def flat_png(level: int) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(np.full((80, 80), level, np.uint8)).save(buf, format="PNG")
-        return buf.getvalue()
 
     at = app("pages/predict.py")
     at.file_uploader(key="predict_upload").set_value(
