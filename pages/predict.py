@@ -175,12 +175,11 @@ for upload in uploads:
         )
     else:
         right.caption("This run was trained before operating points existed: no decision, only probabilities.")
-    untrusted = bool(unlike and unlike["flagged"])
+    if unlike and unlike["flagged"] and not (decision and decision.get("withheld")):  # else the decision says so
+        right.caption("The probabilities below are not to be trusted: unlike the training data.")
     right.plotly_chart(
         plots.probability_bars(
-            result["probabilities"],
-            title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
-            + (" - not to be trusted: unlike the training data" if untrusted else ""),
+            result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
         ),
         width="stretch",
         key=f"predict_probs_{upload.file_id}",
