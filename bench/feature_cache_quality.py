@@ -155,7 +155,7 @@ def paired(rows: list[dict], metric: str) -> dict:
     diffs = [p["diff"] for p in pairs]
     out = {"pairs": pairs, "n": len(diffs), "mean_diff": statistics.fmean(diffs) if diffs else None}
     if len(diffs) >= 2:
-        half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        half = float(stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
         out.update(ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
         out["cached_worse"] = out["ci_high"] < 0
         out["cached_better"] = out["ci_low"] > 0
