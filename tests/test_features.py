@@ -162,18 +162,17 @@ def test_stage_two_cut_is_clean_and_below_the_first_trainable_layer():
 
 
 def test_feature_statistics_come_from_the_cached_activations_and_equal_a_full_pass(pair):
-    """The fast run's unlike-the-training-data statistics are made from the activations cached at its
-    stage-2 cut (only the layers above it run), and are what a full pass of its saved model gives."""
+    """The fast run's validation outputs and unlike-the-training-data statistics are made from the activations
+    cached at its stage-2 cut (only the layers above it run), and are what a full pass of its saved model
+    gives."""
+    from cxrcore.evaluation.calibration import fit_temperature
     from cxrcore.evaluation.evaluate import labels_of, predict_frame
 
     fast, slow = pair
-    cut = fast.info()["finetune_cut"]
-    n_train = fast.info()["n_train"]  # every training image
-    assert (
-        f"feature statistics: {n_train} image(s) from the activations cached at {cut}"
-        in fast.file(runs.LOG).read_text()
-    )
-    assert "feature statistics:" not in slow.file(runs.LOG).read_text()  # full passes: nothing cached
+    cut, info, log = fast.info()["finetune_cut"], fast.info(), fast.file(runs.LOG).read_text()
+    for n in (info["n_train"], info["n_val"]):  # every training and every validation image
+        assert f"{n} image(s) scored from the activations cached at {cut}" in log
+    assert "scored from the activations cached" not in slow.file(runs.LOG).read_text()  # full passes
     split = fast.split()
     train = split[split["split"] == "train"].reset_index(drop=True)
     model = keras.saving.load_model(str(fast.file(runs.MODEL)), compile=False)
@@ -181,3 +180,6 @@ def test_feature_statistics_come_from_the_cached_activations_and_equal_a_full_pa
     y = labels_of(train, fast.labels())
     expected = np.stack([features[y == c].mean(axis=0) for c in np.unique(y)])
     np.testing.assert_allclose(fast.feature_stats().means, expected, rtol=1e-4, atol=1e-5)
+    val = split[split["split"] == "val"].reset_index(drop=True)  # the temperature a full pass would fit
+    raw = predict_frame(model, val, fast.labels(), 32)
+    assert fast.temperature() == pytest.approx(fit_temperature(raw, labels_of(val, fast.labels())), rel=1e-3)

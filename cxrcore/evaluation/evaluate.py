@@ -108,13 +108,20 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     - the training split's feature statistics (from at most :data:`cxrcore.evaluation.ood.MAX_TRAIN_IMAGES`
       of its images) and the unlike-the-training-data threshold (``ood.npz``).
 
+    Where the run's last stage trained on cached activations, the validation and training images are
+    scored from them (:func:`cxrcore.training.features.cached_outputs`: only the layers above the cut run).
     Returns the calibration dict (for the log). ``model``: a Keras model or a :class:`CompiledModel` of it."""
+    from ..training.features import cached_outputs
+
     classes, config, size = run.labels(), run.config(), run.image_size()
     model = compiled(model, size)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     with_features = model.has_features  # an ensemble has no one backbone's features: no unlike-training check
-    found = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=with_features)
+    cut = _last_cut(run) if with_features else None
+    found = cached_outputs(model.model, cut, val, size, config) if cut else None  # the layers above the cut
+    if found is None:
+        found = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=with_features)
     raw, val_features = found if with_features else (found, None)
     y = labels_of(val, classes)
     temperature = calib.fit_temperature(raw, y)
@@ -131,7 +138,8 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     run.write_calibration(calibration)
     run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
     if len(train) >= 2 and with_features:
-        cached = _cached_training_features(run, model.model, train)
+        cached = cached_outputs(model.model, cut, train, size, config) if cut else None
+        cached = None if cached is None else cached[1]
         if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
             train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed)
         if cached is not None:
@@ -145,18 +153,13 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     return calibration
 
 
-def _cached_training_features(run: runs.RunDir, model, train: pd.DataFrame) -> np.ndarray | None:
-    """The training images' pooled features from the activations cached where the run's last stage
-    trained (:func:`cxrcore.training.features.cached_features`): only the layers above that cut run. None
-    when that stage made full passes, or the cache no longer holds them (then the caller makes one)."""
-    from ..training.features import cached_features
-
+def _last_cut(run: runs.RunDir) -> str | None:
+    """Where the run's last stage trained on cached activations (``finetune_cut`` or ``frozen_cut``): the
+    layers below it did not change since those activations were computed. None when that stage made full
+    passes."""
     info, history = run.info(), run.history()
     stages = set(history["stage"]) if "stage" in history else set()
-    cut = info.get("finetune_cut") if "finetune" in stages else info.get("frozen_cut")
-    if not cut:
-        return None
-    return cached_features(model, cut, train, run.image_size(), run.config())
+    return info.get("finetune_cut") if "finetune" in stages else info.get("frozen_cut")
 
 
 def evaluate_frame(run: runs.RunDir, model, frame: pd.DataFrame, out_dir: Path) -> dict:

@@ -48,6 +48,9 @@ _VERSION = 1
 #: images per batch when computing activations (on 2 CPU cores, MobileNetV2-0.35 at 224 px: about 105
 #: images/s at 32, 65-90 at 16 or 64; the activations do not depend on it)
 ACTIVATION_BATCH = 32
+#: activations per call when the layers above a cut score cached activations (few layers: large batches
+#: spare the per-call overhead)
+SCORING_BATCH = 512
 
 
 # ------------------------------------------------------------------------------------- the cut
@@ -332,16 +335,17 @@ def plan_stage(
     )
 
 
-def cached_features(
+def cached_outputs(
     model: keras.Model, cut: str, frame: pd.DataFrame, image_size: int, config: TrainConfig
-) -> np.ndarray | None:
-    """The pooled backbone features of every image of ``frame`` (what :func:`cxrcore.training.model.feature_model`
-    gives: the input of ``head_pool``, averaged) from the activations the cache holds at ``cut`` for exactly
-    these images, through the layers above the cut only; None when the cache holds none for them (or the
-    cut cannot give them), and the caller makes a full pass. ``cut`` is where the model's last stage
-    trained (below it, nothing changed since the activations were computed)."""
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(probabilities, pooled backbone features)`` of every image of ``frame`` (what
+    :func:`cxrcore.training.model.feature_model` gives: the input of ``head_pool``, averaged) from the
+    activations the cache holds at ``cut`` for exactly these images, through the layers above the cut only;
+    None when the cache holds none for them (or the cut cannot give the features), and the caller makes a
+    full pass. ``cut`` is where the model's last stage trained (below it, nothing changed since the
+    activations were computed)."""
     try:
-        lower, _ = split_at(model, cut)
+        lower, upper = split_at(model, cut)
     except ValueError:
         return None
     found = entry_for(lower, frame, image_size, config, views=0).load()
@@ -349,12 +353,21 @@ def cached_features(
         return None
     pool = model.get_layer(STAGE1_CUT)
     if cut == STAGE1_CUT:  # the cached activations are head_pool's output: the features when it averages
-        return np.asarray(found, dtype=float) if isinstance(pool, keras.layers.GlobalAveragePooling2D) else None
-    pooled = keras.layers.GlobalAveragePooling2D(name="cached_features")(pool.input)
-    upper = keras.Model(model.get_layer(cut).output, pooled, name=f"{model.name}_features_above_{cut}")
-    out = [
-        np.asarray(upper(found[i : i + ACTIVATION_BATCH], training=False))
-        for i in range(0, len(found), ACTIVATION_BATCH)
-    ]
-    log.info("feature statistics: %d image(s) from the activations cached at %s", len(frame), cut)
-    return np.concatenate(out).astype(float)
+        if not isinstance(pool, keras.layers.GlobalAveragePooling2D):
+            return None
+
+        def above(x, training):
+            return upper(x, training=training), x
+
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D(name="cached_features")(pool.input)
+        above = keras.Model(
+            model.get_layer(cut).output, [model.outputs[0], pooled], name=f"{model.name}_outputs_above_{cut}"
+        )
+    probs, features = [], []
+    for i in range(0, len(found), SCORING_BATCH):
+        p, f = above(found[i : i + SCORING_BATCH], training=False)
+        probs.append(np.asarray(p, dtype=float))
+        features.append(np.asarray(f, dtype=float))
+    log.info("%d image(s) scored from the activations cached at %s", len(frame), cut)
+    return np.concatenate(probs), np.concatenate(features)
