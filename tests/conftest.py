@@ -287,7 +287,8 @@ class Trained:
         return self.run.path.parent
 
 
-def train_shared(shared: SharedRuns, config, out_dir: Path) -> Trained:
+def train_shared(config, out_dir: Path) -> Trained:
+    """Train ``config`` into ``out_dir`` the way a user does (the workflow), keeping its progress events."""
     from cxrcore.workflows import train
 
     events: list[dict] = []
@@ -315,9 +316,7 @@ def separable_run(separable_data, tmp_path_factory, shared_runs) -> Trained:
     """A simple_cnn trained 2 + 1 epochs on ``separable_data`` with 18 validation and 18 test images
     (enough for each class to get its operating points), its progress events kept."""
     out = tmp_path_factory.mktemp("separable-run")
-    trained = train_shared(
-        shared_runs, tiny_config(separable_data, val_fraction=0.3, test_fraction=0.3, fine_tune_epochs=1), out
-    )
+    trained = train_shared(tiny_config(separable_data, val_fraction=0.3, test_fraction=0.3, fine_tune_epochs=1), out)
     shared_runs.freeze(out)
     return trained
 
@@ -335,7 +334,7 @@ def demo_runs(demo_data, tmp_path_factory, shared_runs) -> Path:
     """A models folder with two finished runs on the demo set, seeds 1 and 2 (two different splits)."""
     out = tmp_path_factory.mktemp("demo-runs")
     for seed in (1, 2):
-        train_shared(shared_runs, demo_config(demo_data, seed=seed), out)
+        train_shared(demo_config(demo_data, seed=seed), out)
     return shared_runs.freeze(out)
 
 
@@ -345,8 +344,8 @@ def same_split_runs(demo_data, tmp_path_factory, shared_runs) -> Path:
     from cxrcore.config import HeadConfig
 
     out = tmp_path_factory.mktemp("same-split")
-    train_shared(shared_runs, demo_config(demo_data, seed=5, recipe="vgg16-binary"), out)
-    train_shared(shared_runs, demo_config(demo_data, seed=5, head=HeadConfig(dense_units=[16])), out)
+    train_shared(demo_config(demo_data, seed=5, recipe="vgg16-binary"), out)
+    train_shared(demo_config(demo_data, seed=5, head=HeadConfig(dense_units=[16])), out)
     return shared_runs.freeze(out)
 
 
@@ -369,6 +368,6 @@ def rules_run(tmp_path_factory, shared_runs) -> Trained:
     config = tiny_config(data, pixels=PixelRules(**ALL_PIXEL_RULES), focal_loss=True, epochs=1, fine_tune_epochs=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ood, "MAX_TRAIN_IMAGES", 10)
-        trained = train_shared(shared_runs, config, out)
+        trained = train_shared(config, out)
     shared_runs.freeze(out)
     return trained

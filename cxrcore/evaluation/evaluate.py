@@ -101,7 +101,7 @@ def labels_of(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     """What a finished run learns from its validation split (``frame`` holds its split column), once,
-    with one pass over the validation images and one over the training images:
+    with at most one pass over the validation images and one over the training images:
 
     - the temperature (``calibration.json``);
     - the operating points on calibrated probabilities (``operating_points.json``);
