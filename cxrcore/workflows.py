@@ -34,6 +34,7 @@ from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, ev
 from .explain import faithfulness
 from .explain.cam import overlay
 from .export import export as export_run
+from .training.model import load_model
 from .training.train import resume_run
 from .training.train import train as train_stage
 
@@ -45,7 +46,7 @@ def write_card(run: runs.RunDir) -> Path | None:
     return model_card.write(run)
 
 
-def _inference_ms(forward, image_size: int, repeats: int = 10) -> float:
+def _inference_ms(forward, image_size: int, repeats: int = 5) -> float:
     """Milliseconds per single image through ``forward``, the prediction path's compiled forward pass."""
     x = np.zeros((1, image_size, image_size, 3), dtype=np.float32)
     forward(x)
@@ -111,7 +112,7 @@ def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
         )
 
 
-def _hooks() -> dict:
+def training_hooks() -> dict:
     """The hooks of :func:`cxrcore.training.train.train`: the data audit once the data is checked (a check of
     the data, not of the model: made before the first epoch, once per dataset content, cached after), finish,
     then (a run that succeeded) the external sets, the audit recorded and the card, with ``finish_seconds``
@@ -121,9 +122,9 @@ def _hooks() -> dict:
     def prepared(config, frame):
         found["audit"] = audit_data(config.data)
 
-    def finish(run, model, frame):
-        ended["at"] = time.time()
-        return finish_training(run, model, frame)
+    def finish(run, frame):
+        ended["at"] = time.time()  # the end of the last epoch: loading the best model counts as finishing
+        return finish_training(run, load_model(run.file(runs.MODEL)), frame)
 
     def complete(run):
         evaluate_external(run, run.config())
@@ -140,14 +141,14 @@ def train(config: TrainConfig, **options) -> runs.RunDir:
     """Train ``config`` into a complete run: :func:`cxrcore.training.train.train` (``options``: ``out_dir``,
     ``run``, ``progress``, ``should_stop``, ``data_progress``, ``resume``), then finish, external sets, audit
     and card."""
-    return train_stage(config, **options, **_hooks())
+    return train_stage(config, **options, **training_hooks())
 
 
 def resume(run_dir: str | Path, **options) -> runs.RunDir:
     """Continue an interrupted, failed or cancelled run from its last completed epoch to a complete run:
     the one resume path (``train --resume``, a resumed background job, the dashboard's Resume button).
     ``options``: ``progress``, ``should_stop``."""
-    return resume_run(run_dir, **options, **_hooks())
+    return resume_run(run_dir, **options, **training_hooks())
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, **options) -> dict:

@@ -52,3 +52,21 @@ def test_fit_sets_the_threshold_at_the_validation_percentile_and_flags_what_lies
 def test_fit_refuses_too_little():
     with pytest.raises(ValueError, match="training features"):
         ood.fit(np.zeros((1, 3)), [0], np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("n, d", [(40, 60), (300, 8), (5, 1)])
+def test_the_shrunk_covariance_is_scikit_learns_ledoit_wolf(n, d):
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(n + d)
+    x = rng.normal(0, 1, (n, d)) * rng.uniform(0.5, 3.0, d)
+    reference = LedoitWolf(assume_centered=True, store_precision=True).fit(x)
+    np.testing.assert_allclose(ood.shrunk_covariance(x), reference.covariance_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ood.precision_of(reference.covariance_), reference.precision_, rtol=1e-6, atol=1e-8)
+
+
+def test_the_precision_of_a_singular_covariance_is_its_pseudo_inverse():
+    # features that never vary: (1 - s) S + s mu I is all zeros when every row is zero
+    singular = np.diag([2.0, 0.0])
+    assert ood.precision_of(singular) == pytest.approx(np.diag([0.5, 0.0]))
+    assert ood.precision_of(np.diag([2.0, 4.0])) == pytest.approx(np.diag([0.5, 0.25]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
 
 from conftest import REPO, copy_run
@@ -61,3 +62,30 @@ def test_a_trained_run_is_complete_with_its_audit_and_a_card_that_says_it_succee
     result = workflows.evaluate(copy.path)
     assert result["n"] == 18 and copy.model_card() is not None
     assert copy.model_card().split("## Data", 1)[1] == card.split("## Data", 1)[1]
+
+
+def test_finish_seconds_runs_from_the_last_epoch_to_the_complete_run(tmp_path, monkeypatch):
+    """Loading the best model, finishing, the external sets and the card all count (each stubbed to take a
+    known time here: 0.2 + 0.2 + 0.3 + 0.3 s)."""
+    run = runs.RunDir(tmp_path / "run")
+    run.path.mkdir()
+    calls = []
+
+    def takes(seconds, result=None):
+        def stub(*args, **kwargs):
+            calls.append(seconds)
+            time.sleep(seconds)
+            return result
+
+        return stub
+
+    monkeypatch.setattr(workflows, "load_model", takes(0.2, "model"))
+    monkeypatch.setattr(workflows, "finish_training", takes(0.2, {"inference_ms_per_image": 1.0}))
+    monkeypatch.setattr(workflows, "evaluate_external", takes(0.3))
+    monkeypatch.setattr(workflows, "write_card", takes(0.3))
+    monkeypatch.setattr(runs.RunDir, "config", lambda self: None)
+    hooks = workflows.training_hooks()
+    assert hooks["finish"](run, None) == {"inference_ms_per_image": 1.0}
+    hooks["complete"](run)
+    assert calls == [0.2, 0.2, 0.3, 0.3]
+    assert 1.0 <= run.info()["finish_seconds"] < 5.0

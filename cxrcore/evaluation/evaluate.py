@@ -119,7 +119,7 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     with_features = model.has_features  # an ensemble has no one backbone's features: no unlike-training check
     cut = _last_cut(run) if with_features else None
-    found = cached_outputs(model.model, cut, val, size, config) if cut else None  # the layers above the cut
+    found, cached = cached_outputs(model.model, cut, [val, train], size, config) if cut else (None, None)
     if found is None:
         found = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=with_features)
     raw, val_features = found if with_features else (found, None)
@@ -138,8 +138,7 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     run.write_calibration(calibration)
     run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
     if len(train) >= 2 and with_features:
-        cached = cached_outputs(model.model, cut, train, size, config) if cut else None
-        cached = None if cached is None else cached[1]
+        cached = None if cached is None else cached[1]  # the training images' features
         if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
             train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed)
         if cached is not None:

@@ -44,7 +44,7 @@ class FeatureStats:
         best = np.full(x.shape[0], np.inf)
         for mean in self.means:
             diff = x - mean
-            best = np.minimum(best, np.einsum("nd,de,ne->n", diff, self.precision, diff))
+            best = np.minimum(best, ((diff @ self.precision) * diff).sum(axis=1))  # diff P diff^T, row by row
         return np.sqrt(np.maximum(best, 0.0))
 
     def flagged(self, features) -> np.ndarray:
@@ -76,22 +76,62 @@ class FeatureStats:
             )
 
 
+def shrunk_covariance(centred) -> np.ndarray:
+    """The Ledoit-Wolf shrunk covariance (d, d) of already centred rows ``centred`` (n, d):
+    ``(1 - s) S + s mu I`` with ``S = X^T X / n``, ``mu = trace(S) / d`` and the shrinkage ``s`` of
+    Ledoit and Wolf (2004), in the form scikit-learn's ``ledoit_wolf_shrinkage(assume_centered=True)``
+    computes. One (d, d) product: the sum of ``(X**2)^T X**2``, which scikit-learn forms as a second
+    product, is the sum of each row's squared norm squared."""
+    x = np.asarray(centred, dtype=np.float64)
+    n, d = x.shape
+    cov = x.T @ x
+    cov /= n
+    if d == 1:
+        return cov
+    squared_norms = np.einsum("nd,nd->n", x, x)
+    mu = np.trace(cov) / d
+    delta_ = np.vdot(cov, cov)  # sum of the squared coefficients of X^T X, over n^2
+    beta = (np.sum(squared_norms**2) / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * np.trace(cov) + d * mu**2) / d
+    shrinkage = 0.0 if beta == 0 else min(beta, delta) / delta
+    cov *= 1.0 - shrinkage  # in place: a (d, d) matrix is large for this machine's memory traffic
+    cov.flat[:: d + 1] += shrinkage * mu
+    return cov
+
+
+def precision_of(covariance) -> np.ndarray:
+    """The inverse of a symmetric covariance matrix: by Cholesky where it is positive definite (a
+    shrunk covariance with any spread is), else the pseudo-inverse (features that never vary)."""
+    from scipy import linalg
+
+    covariance = np.asarray(covariance, dtype=np.float64)
+    factor, info = linalg.lapack.dpotrf(covariance, lower=True, clean=False)
+    if info == 0:
+        inverse, info = linalg.lapack.dpotri(factor, lower=True, overwrite_c=True)
+    if info != 0:  # not positive definite
+        return linalg.pinvh(covariance)
+    inverse = np.tril(inverse)  # dpotri fills the lower triangle only
+    inverse += np.tril(inverse, -1).T
+    return inverse
+
+
 def fit(train_features, train_labels, val_features, percentile: float = DEFAULT_PERCENTILE) -> FeatureStats:
     """Class means and shrunk shared covariance from the training split's features, the threshold from
     the validation split's scores. Classes absent from the training features are left out."""
-    from sklearn.covariance import LedoitWolf
-
-    x = np.asarray(train_features, dtype=np.float64)
+    x = np.array(train_features, dtype=np.float64)  # a copy: centred in place below
     y = np.asarray(train_labels, dtype=int)
     if x.ndim != 2 or x.shape[0] != y.size or y.size < 2:
         raise ValueError(f"need (n >= 2, d) training features with n labels, got {x.shape} and {y.size}")
-    classes = np.unique(y)
-    means = np.stack([x[y == c].mean(axis=0) for c in classes])
-    centred = x - means[np.searchsorted(classes, y)]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    classes, index = np.unique(y, return_inverse=True)
+    members = np.zeros((len(classes), y.size))
+    members[index, np.arange(y.size)] = 1.0
+    means = (members @ x) / members.sum(axis=1, keepdims=True)
+    for c in range(len(classes)):
+        x[index == c] -= means[c]
+    precision = precision_of(shrunk_covariance(x))
     provisional = FeatureStats(means, precision, np.inf, percentile, int(y.size), 0)
     val = np.asarray(val_features, dtype=np.float64)
-    reference = provisional.scores(val) if len(val) else provisional.scores(x)
+    reference = provisional.scores(val) if len(val) else provisional.scores(x + means[index])
     return FeatureStats(
         means, precision, float(np.percentile(reference, percentile)), float(percentile), int(y.size), int(len(val))
     )

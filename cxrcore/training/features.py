@@ -108,11 +108,15 @@ def _images_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def entry_for(lower: keras.Model, frame: pd.DataFrame, image_size: int, config: TrainConfig, views: int) -> Entry:
+def entry_for(
+    lower: keras.Model, frame: pd.DataFrame, image_size: int, config: TrainConfig, views: int, weights: str = ""
+) -> Entry:
+    """The cache entry of ``lower``'s activations for ``frame``'s images (``weights``: ``lower``'s weights
+    digest when the caller already has it)."""
     parts = {
         "version": _VERSION,
         "keras": keras.__version__,
-        "lower": _weights_digest(lower),
+        "lower": weights or _weights_digest(lower),
         "images": _images_digest(frame),
         "size": image_size,
         "pixels": config.to_dict()["pixels"],
@@ -336,25 +340,22 @@ def plan_stage(
 
 
 def cached_outputs(
-    model: keras.Model, cut: str, frame: pd.DataFrame, image_size: int, config: TrainConfig
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(probabilities, pooled backbone features)`` of every image of ``frame`` (what
+    model: keras.Model, cut: str, frames: list[pd.DataFrame], image_size: int, config: TrainConfig
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """For each of ``frames``, ``(probabilities, pooled backbone features)`` of its images (what
     :func:`cxrcore.training.model.feature_model` gives: the input of ``head_pool``, averaged) from the
-    activations the cache holds at ``cut`` for exactly these images, through the layers above the cut only;
-    None when the cache holds none for them (or the cut cannot give the features), and the caller makes a
-    full pass. ``cut`` is where the model's last stage trained (below it, nothing changed since the
-    activations were computed)."""
+    activations the cache holds at ``cut`` for exactly these images, through the layers above the cut only
+    (split and built once for all of them); None for a frame whose activations the cache does not hold (or
+    when the cut cannot give the features): the caller makes a full pass. ``cut`` is where the model's last
+    stage trained (below it, nothing changed since the activations were computed)."""
     try:
         lower, upper = split_at(model, cut)
     except ValueError:
-        return None
-    found = entry_for(lower, frame, image_size, config, views=0).load()
-    if not _fits(found, lower) or len(found) != len(frame):
-        return None
+        return [None] * len(frames)
     pool = model.get_layer(STAGE1_CUT)
     if cut == STAGE1_CUT:  # the cached activations are head_pool's output: the features when it averages
         if not isinstance(pool, keras.layers.GlobalAveragePooling2D):
-            return None
+            return [None] * len(frames)
 
         def above(x, training):
             return upper(x, training=training), x
@@ -364,10 +365,18 @@ def cached_outputs(
         above = keras.Model(
             model.get_layer(cut).output, [model.outputs[0], pooled], name=f"{model.name}_outputs_above_{cut}"
         )
-    probs, features = [], []
-    for i in range(0, len(found), SCORING_BATCH):
-        p, f = above(found[i : i + SCORING_BATCH], training=False)
-        probs.append(np.asarray(p, dtype=float))
-        features.append(np.asarray(f, dtype=float))
-    log.info("%d image(s) scored from the activations cached at %s", len(frame), cut)
-    return np.concatenate(probs), np.concatenate(features)
+    weights = _weights_digest(lower)
+    results = []
+    for frame in frames:
+        found = entry_for(lower, frame, image_size, config, views=0, weights=weights).load()
+        if not _fits(found, lower) or len(found) != len(frame):
+            results.append(None)
+            continue
+        probs, features = [], []
+        for i in range(0, len(found), SCORING_BATCH):
+            p, f = above(found[i : i + SCORING_BATCH], training=False)
+            probs.append(np.asarray(p, dtype=float))
+            features.append(np.asarray(f))  # float32: 1,280 wide for thousands of images
+        log.info("%d image(s) scored from the activations cached at %s", len(frame), cut)
+        results.append((np.concatenate(probs), np.concatenate(features)))
+    return results

@@ -159,7 +159,7 @@ def train(
     data_progress=None,
     resume: bool = False,
     prepared: Callable[[TrainConfig, pd.DataFrame], None] | None = None,
-    finish: Callable[[runs.RunDir, keras.Model, pd.DataFrame], dict | None] | None = None,
+    finish: Callable[[runs.RunDir, pd.DataFrame], dict | None] | None = None,
     complete: Callable[[runs.RunDir], None] | None = None,
 ) -> runs.RunDir:
     """Train ``config`` and return its run directory: the stage of training alone. What a trained model is
@@ -167,8 +167,9 @@ def train(
     (:func:`cxrcore.workflows.train` attaches all of it):
 
     - ``prepared(config, frame)`` once the data is indexed, split and checked, before the first epoch;
-    - ``finish(run, best_model, frame)``, unless the run was cancelled, once the best model is saved: its
-      return value (fields for ``run.json``) is recorded with the run's outcome;
+    - ``finish(run, frame)``, unless the run was cancelled, as soon as the best model is saved (in the run's
+      ``model.keras``) and the last epoch's time taken: its return value (fields for ``run.json``) is
+      recorded with the run's outcome;
     - ``complete(run)`` once the run has succeeded.
 
     Both run inside the run's training log, and an exception in either marks the run failed.
@@ -456,8 +457,7 @@ def finish_run(run, model, checkpoint, epochs_done, cancelled, frame, config, st
         train_seconds=train_seconds,
     )
     if finish is not None and not cancelled:
-        best = keras.saving.load_model(str(run.file(runs.MODEL)), compile=False)
-        fields.update(finish(run, best, frame) or {})
+        fields.update(finish(run, frame) or {})
     run.update_info(
         status="cancelled" if cancelled else "succeeded",
         error=None,
