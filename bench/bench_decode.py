@@ -2,7 +2,7 @@
 
     python bench/bench_decode.py [--dir DIR] [--size 224] [--only NAME,...]
 
-Makes one square image per format just under :data:`cxrcore.data.io.MAX_PIXELS` (8-bit
+Makes one square image per format just under :data:`cxrcore.data.formats.MAX_PIXELS` (8-bit
 PNG, 16-bit PNG, gray and RGB JPEG, uncompressed 16-bit DICOM with a rescale and a
 window, RLE DICOM) plus one RLE DICOM of 10000 x 10000, over the limit (a 1.6 MB file),
 in DIR (kept and reused when given, so a before/after comparison reads the same files).
@@ -35,9 +35,13 @@ OVER_LIMIT_SIDE = 10_000
 def pixel_limit() -> int:
     from PIL import Image
 
-    from cxrcore.data import io
+    try:
+        from cxrcore.data.formats import MAX_PIXELS
+    except ImportError:  # a commit from before data.formats
+        from cxrcore.data import io
 
-    return int(getattr(io, "MAX_PIXELS", Image.MAX_IMAGE_PIXELS))  # before the constant existed: Pillow's
+        MAX_PIXELS = getattr(io, "MAX_PIXELS", Image.MAX_IMAGE_PIXELS)  # before the constant existed: Pillow's
+    return int(MAX_PIXELS)
 
 
 def _pattern(side: int, dtype, modulo: int):

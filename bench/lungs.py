@@ -74,6 +74,8 @@ def timing(segmenter, repeats: int = 20) -> dict:
     import numpy as np
     from PIL import Image
 
+    from cxrcore.data.io import decode_image
+
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (1, segmenter.size, segmenter.size, 1)).astype(np.float32)
     segmenter._forward(x)
@@ -87,11 +89,11 @@ def timing(segmenter, repeats: int = 20) -> dict:
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (224, 224), dtype=np.uint8)).save(buf, format="PNG")
         files.append(buf.getvalue())
-    segmenter.segment(files[0])
+    segmenter.lungs(decode_image(files[0]))
     full_times = []
     for data in files[1:]:
         start = time.perf_counter()
-        segmenter.segment(data)
+        segmenter.lungs(decode_image(data))
         full_times.append(time.perf_counter() - start)
     return {
         "model_input": segmenter.size,
@@ -126,6 +128,7 @@ def contact_sheet(items, path: Path, columns: int = 8, tile: int = 160) -> None:
 def foreign(segmenter, data: Path, per_class: int, sheet_per_class: int, out: Path) -> dict:
     import numpy as np
 
+    from cxrcore.data.io import decode_image
     from cxrcore.lungs.geometry import PLAUSIBLE_FRACTION
 
     with open(data / "manifest.csv", newline="", encoding="utf-8") as fh:
@@ -139,7 +142,7 @@ def foreign(segmenter, data: Path, per_class: int, sheet_per_class: int, out: Pa
         chosen = sorted(rng.choice(paths, min(per_class, len(paths)), replace=False).tolist())
         found, statuses, fractions = [], {}, []
         for rel in chosen:
-            lungs = segmenter.segment(data / rel)
+            lungs = segmenter.lungs(decode_image(data / rel))
             found.append((rel, lungs))
             kind = "implausible lung fraction" if lungs.status.startswith("lung fraction") else lungs.status
             statuses[kind] = statuses.get(kind, 0) + 1

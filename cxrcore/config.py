@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.io import PixelRules
+from .data.pixels import PixelRules
 from .errors import ConfigError, WeightsError
-from .recipes import RECIPES
+from .recipes import RECIPES, get_recipe
+from .training.backbones import get_backbone
 
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
@@ -186,8 +187,6 @@ class TrainConfig:
         (``weights="imagenet"`` for ``simple_cnn`` is still an error). Calling it again
         changes nothing.
         """
-        from .training.backbones import get_backbone  # plain data: no TensorFlow behind it
-
         spec = get_backbone(self.backbone)  # ConfigError naming the valid backbones
         weights = self.weights
         if weights == AUTO:
@@ -207,8 +206,6 @@ class TrainConfig:
         (``simple_cnn`` in a comparison with pretrained backbones) mean it trains from
         scratch, as ``"auto"`` would; everything else is as :meth:`resolved`.
         """
-        from .training.backbones import get_backbone
-
         config = dataclasses.replace(self, backbone=backbone)
         if config.weights == "imagenet" and not get_backbone(backbone).pretrained:
             config.weights = AUTO
@@ -279,7 +276,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .training.backbones import get_backbone  # plain data: no TensorFlow behind it
 
         spec = get_backbone(self.backbone)  # ConfigError naming the valid backbones
         if self.weights == "imagenet" and not spec.pretrained:
@@ -302,3 +298,14 @@ def _build(cls, data: Any, where: str):
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def recipe_config(name: str, data: str = "", **overrides):
+    """The recipe's :class:`cxrcore.config.TrainConfig` for ``data``, with ``overrides`` (TrainConfig
+    fields) on top, validated. The config remembers the recipe (``recipe``); the recipes themselves are data
+    in :mod:`cxrcore.recipes`, below this module."""
+    recipe = get_recipe(name)
+    config = TrainConfig.from_dict({**recipe.config, "data": data, "recipe": recipe.name})
+    if recipe.label_preset:
+        config.labels = LABEL_PRESETS[recipe.label_preset]
+    return dataclasses.replace(config, **overrides).validate()

@@ -28,11 +28,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import runs
 from .errors import ConfigError, CXRError, RunError
+from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, fit_on_validation
+from .stats.intervals import paired_differences
 
 log = logging.getLogger("cxrcore.ensemble")
 
@@ -85,8 +86,8 @@ def build_model(members: list[runs.RunDir], image_size: int, tta: str = "none"):
     members' calibrated probabilities out."""
     import keras
 
-    from .training.layers import Calibrate, FlipLeftRight
-    from .training.model import load_model
+    from .training.layers import Calibrate, FlipLeftRight  # lazy: TensorFlow
+    from .training.model import load_model  # lazy: TensorFlow
 
     if tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
@@ -109,8 +110,6 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
     """Average ``run_dirs`` into a new run directory (under ``out_dir``, default: beside the first
     member) and evaluate it like a trained run; returns it. Raises :class:`ConfigError` before writing
     anything when the members cannot be averaged."""
-    from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, fit_on_validation
-
     if tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     members = check_members(run_dirs)
@@ -193,8 +192,6 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
     member (the same resampled patients for both), with a verdict: ``better``, ``worse`` or ``no clear
     difference`` (the interval of the macro-AUC difference excludes 0, or not). None for a run that is
     not an ensemble or has no test results."""
-    from .evaluation.intervals import paired_differences
-
     found = run.ensemble()
     if found is None or run.metrics() is None:
         return None
@@ -251,10 +248,3 @@ def _test_probabilities(run: runs.RunDir, classes: list[str]) -> pd.DataFrame:
     table["y"] = table["true_label"].map({c: i for i, c in enumerate(classes)})
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
     return table[["path", "y", "patient_id", *[f"prob_{c}" for c in classes]]]
-
-
-def member_maps_mean(maps: list[np.ndarray]) -> np.ndarray:
-    """The mean of the members' maps (each (H, W) in [0, 1] at the same size), rescaled to [0, 1]."""
-    mean = np.mean(np.stack(maps), axis=0)
-    top = float(mean.max())
-    return (mean / top).astype(np.float32) if top > 0 else np.zeros_like(mean, dtype=np.float32)

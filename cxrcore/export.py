@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import runs
 from .errors import ConfigError, RunError
+from .lungs import segment
 
 FORMATS = ("savedmodel", "tflite")
 #: beside an export of a run with lung pixel rules: the lung model those rules need
@@ -94,8 +95,8 @@ def serving_model(run: runs.RunDir):
     """The run's model with its temperature applied: prepared image in, calibrated probabilities out."""
     import keras
 
-    from .training.layers import Calibrate
-    from .training.model import load_model
+    from .training.layers import Calibrate  # lazy: TensorFlow
+    from .training.model import load_model  # lazy: TensorFlow
 
     model = load_model(run.require_model())
     probs = Calibrate(run.temperature(), name="calibrated")(model.outputs[0])
@@ -139,9 +140,7 @@ def export(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None) -> 
     spec = input_spec(run)
     runs.write_json(target.with_name(target.name + ".json"), spec)
     if "lung_model" in spec["input"]:
-        from .lungs.segment import SHIPPED_MODEL
-
-        shutil.copy2(SHIPPED_MODEL, out / LUNG_MODEL_COPY)
+        shutil.copy2(segment.SHIPPED_MODEL, out / LUNG_MODEL_COPY)
     return target
 
 

@@ -10,7 +10,7 @@ should not pay. Its probabilities are calibrated with the run's temperature
 Each result also carries what the run learned from its validation split, where it has it:
 the decision per class at an operating point (:mod:`cxrcore.evaluation.operating_points`;
 the target-sensitivity one unless asked otherwise) and whether the image is unlike the training
-data (:mod:`cxrcore.evaluation.ood`), measured on the same forward pass.
+data (:mod:`cxrcore.stats.ood`), measured on the same forward pass.
 
 :meth:`Predictor.explain` adds what the model looked at: a class activation map
 (:mod:`cxrcore.explain.cam`) with its faithfulness scores, border share and lung share
@@ -30,10 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from . import runs
-from .data.io import ImageSource, prepare_image
+from .data.formats import ImageSource
+from .data.io import prepare_image
+from .errors import ImageDecodeError
 from .evaluation.calibration import apply_temperature
 from .evaluation.operating_points import KIND_NAMES, KINDS, decide
 from .explain import faithfulness
+from .explain.cam import Explainer
+from .lungs import segment
 from .training.model import feature_model, inference_function, load_model
 
 #: why no decision is made for an image flagged as unlike the training data
@@ -105,8 +109,6 @@ class Predictor:
         operating_point: str = KINDS[0],
     ) -> list[dict]:
         """Like :meth:`predict`, but an unreadable image gives ``{"image", "error"}`` and the rest go on."""
-        from .errors import ImageDecodeError
-
         names = list(names) if names is not None else [_name(s) for s in sources]
         results: list[dict | None] = [None] * len(names)
         good, arrays = [], []
@@ -132,8 +134,6 @@ class Predictor:
 
     def explainer(self):
         """The run's :class:`cxrcore.explain.cam.Explainer` (an ensemble's: its members' mean), made once."""
-        from .explain.cam import Explainer
-
         with self._lock:
             if self._explainer is None:
                 self._explainer = Explainer.for_predictor(self)
@@ -162,10 +162,8 @@ class Predictor:
     def lungs(self, image: np.ndarray):
         """The lung fields (:class:`cxrcore.lungs.geometry.Lungs`) of a prepared image, found by the shipped lung
         model once per image. Raises RunError when that model is missing."""
-        from .lungs.segment import get_segmenter
-
         digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-        return self._remember((digest, "lungs"), lambda: get_segmenter().lungs(image))
+        return self._remember((digest, "lungs"), lambda: segment.get_segmenter().lungs(image))
 
     def explain(
         self,

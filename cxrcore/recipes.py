@@ -17,7 +17,6 @@ no frozen stage (``epochs`` 0) and one fine-tuning stage at the stated learning 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,18 +390,6 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ConfigError(f"unknown recipe '{name}'; recipes: {', '.join(RECIPES)}") from None
-
-
-def recipe_config(name: str, data: str = "", **overrides):
-    """The recipe's :class:`cxrcore.config.TrainConfig` for ``data``, with ``overrides`` (TrainConfig
-    fields) on top, validated. The config remembers the recipe (``recipe``)."""
-    from .config import LABEL_PRESETS, TrainConfig
-
-    recipe = get_recipe(name)
-    config = TrainConfig.from_dict({**recipe.config, "data": data, "recipe": recipe.name})
-    if recipe.label_preset:
-        config.labels = LABEL_PRESETS[recipe.label_preset]
-    return dataclasses.replace(config, **overrides).validate()
 
 
 def _norm(label: str) -> str:

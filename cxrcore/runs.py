@@ -40,7 +40,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import TrainConfig
+from .data.pixels import PixelRules
 from .errors import RunError
+from .stats.ood import FeatureStats
+from .training.backbones import get_backbone
 
 CONFIG, LABELS, SPLIT, HISTORY = "config.json", "labels.json", "split.csv", "history.csv"
 MODEL, METRICS, PREDICTIONS, INFO = "model.keras", "metrics.json", "predictions.csv", "run.json"
@@ -163,8 +167,6 @@ class RunDir:
         return list(self.read_json(LABELS))
 
     def config(self):
-        from .config import TrainConfig
-
         return TrainConfig.from_dict(self.read_json(CONFIG))
 
     def info(self) -> dict:
@@ -190,8 +192,6 @@ class RunDir:
         config = self.config()
         if config.image_size:
             return int(config.image_size)
-        from .training.backbones import get_backbone
-
         return get_backbone(config.backbone).input_size
 
     def annotation(self) -> dict:
@@ -226,10 +226,8 @@ class RunDir:
         return [RunDir(p) for p in found["members"]] if found else []
 
     def pixel_rules(self):
-        """The pixel rules (:class:`cxrcore.data.io.PixelRules`) every image this run's model sees goes
+        """The pixel rules (:class:`cxrcore.data.pixels.PixelRules`) every image this run's model sees goes
         through; the defaults for runs trained before they existed, or without a config.json."""
-        from .data.io import PixelRules
-
         if not self.file(CONFIG).exists():
             return PixelRules()
         return self.config().pixels
@@ -357,10 +355,8 @@ class RunDir:
         write_json(self.file(OPERATING_POINTS), points)
 
     def feature_stats(self):
-        """The training split's feature statistics (:class:`cxrcore.evaluation.ood.FeatureStats`) that
+        """The training split's feature statistics (:class:`cxrcore.stats.ood.FeatureStats`) that
         say how unlike the training data an image is; None for a run without them."""
-        from .evaluation.ood import FeatureStats
-
         try:
             return FeatureStats.load(self.file(FEATURE_STATS))
         except (OSError, ValueError, KeyError):

@@ -31,7 +31,7 @@ from .ensemble import create
 from .errors import CXRError
 from .evaluation import model_card
 from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, evaluate_runs, fit_on_validation
-from .explain import faithfulness
+from .explain import sampled
 from .explain.cam import overlay
 from .export import export as export_run
 from .training.model import load_model
@@ -170,8 +170,8 @@ def evaluate_many(run_dirs, data: str | Path, *, drop_unknown: bool = False) -> 
 
 def score_explanations(run_dir: str | Path, *args, **options) -> dict:
     """Score the explanation methods on a sample of the run's test split
-    (:func:`cxrcore.explain.faithfulness.evaluate_run`), then rewrite its card (its Explanations section)."""
-    result = faithfulness.evaluate_run(run_dir, *args, **options)
+    (:func:`cxrcore.explain.sampled.evaluate_run`), then rewrite its card (its Explanations section)."""
+    result = sampled.evaluate_run(run_dir, *args, **options)
     write_card(runs.RunDir(run_dir))
     return result
 

@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
-from cxrcore.data.io import PixelRules, prepare_image
+from cxrcore.data.io import prepare_image
+from cxrcore.data.pixels import PixelRules
 from cxrcore.evaluation import plots
 from pages.shared import (
     CXRError,

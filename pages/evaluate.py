@@ -20,7 +20,7 @@ from cxrcore.evaluation.compare import (
     side_by_side,
 )
 from cxrcore.evaluation.sanity import learned_nothing, transfer_drop
-from cxrcore.explain import faithfulness
+from cxrcore.explain import faithfulness, sampled
 from cxrcore.explain.cam import METHOD_LABELS
 from cxrcore.jobs import queue as job_queue
 from cxrcore.recipes import writeup_comparison
@@ -330,7 +330,7 @@ def explanations_view(run) -> None:
         (st.warning if warn else st.success)(line)
     if found["unreadable"]:
         st.caption(f"{len(found['unreadable'])} sampled image(s) could not be read and were skipped.")
-    if settings.get("model") != faithfulness.model_fingerprint(run):
+    if settings.get("model") != sampled.model_fingerprint(run):
         st.warning("These scores are of an earlier model file: score again to update them.")
 
 

@@ -17,14 +17,15 @@ from cxrcore.config import (
     TrainConfig,
     extend_scheme,
     parse_pairs,
+    recipe_config,
 )
-from cxrcore.data.io import PixelRules
+from cxrcore.data.pixels import PixelRules
 from cxrcore.errors import ConfigError, CXRError
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.sanity import learned_nothing
 from cxrcore.jobs import queue as job_queue
 from cxrcore.jobs.hardware import hardware_summary
-from cxrcore.recipes import RECIPES, recipe_config
+from cxrcore.recipes import RECIPES
 from cxrcore.training import activation_store
 from cxrcore.training.backbones import REGISTRY
 from pages.shared import current_dataset, jobs, load_index, require_app, show_error, synthetic_banner
@@ -224,7 +225,7 @@ pixels = PixelRules(
 )
 c[4].caption(
     "Pixel rules are part of the run: its model sees every image through them, at training and after. "
-    "The README's external-validation table shows what each changed on cxr-dev -> another hospital."
+    "docs/close-the-gap.md's external-validation table shows what each changed on cxr-dev -> another hospital."
 )
 c = st.columns(4)
 pooling = c[0].selectbox("Pooling", ["avg", "max", "flatten"], key="train_pooling")

@@ -6,8 +6,8 @@ before it draws the form, so the widgets it fills (by their keys) take the recip
 
 import streamlit as st
 
-from cxrcore.config import LABEL_PRESETS
-from cxrcore.recipes import RECIPES, describe, recipe_config
+from cxrcore.config import LABEL_PRESETS, recipe_config
+from cxrcore.recipes import RECIPES, describe
 
 NO_RECIPE = "(none: set everything below)"
 

@@ -359,8 +359,8 @@ def rules_run(tmp_path_factory, shared_runs) -> Trained:
     dark vs bright with one bright image fewer (12 and 11: unbalanced, so class weights differ), its
     feature statistics taken from a sample of 10 training images (``ood.MAX_TRAIN_IMAGES`` lowered
     while it trains)."""
-    from cxrcore.data.io import PixelRules
-    from cxrcore.evaluation import ood
+    from cxrcore.data.pixels import PixelRules
+    from cxrcore.stats import ood
 
     data = make_class_folders(tmp_path_factory.mktemp("rules") / "d", classes=("dark", "bright"), per_class=12)
     (data / "bright" / "img_000.png").unlink()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxrcore.config import AugmentConfig, HeadConfig, LabelScheme, TrainConfig
-from cxrcore.data.io import PixelRules
+from cxrcore.data.pixels import PixelRules
 from cxrcore.errors import ConfigError, WeightsError
 
 
@@ -191,7 +191,8 @@ def test_one_comparison_job_per_backbone_follows_each_backbone():
 
 
 def _cli_config(*argv, **kwargs):
-    from cxrcore.cli import build_parser, config_from_args
+    from cxrcore.cli import build_parser
+    from cxrcore.cli.options import config_from_args
 
     return config_from_args(build_parser().parse_args(["train", *argv]), **kwargs)
 
@@ -219,7 +220,8 @@ def test_cli_backbone_over_a_saved_config_lets_its_settings_follow(tmp_path):
 
 
 def test_external_validation_options_from_the_command_line(tmp_path):
-    from cxrcore.cli import build_parser, config_from_args
+    from cxrcore.cli import build_parser
+    from cxrcore.cli.options import config_from_args
 
     (tmp_path / "A").mkdir()
     args = build_parser().parse_args(

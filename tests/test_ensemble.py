@@ -14,9 +14,9 @@ from cxrcore.config import HeadConfig
 from cxrcore.ensemble import check_members, create, report
 from cxrcore.errors import ConfigError
 from cxrcore.evaluation.calibration import apply_temperature
-from cxrcore.evaluation.intervals import paired_differences
 from cxrcore.explain.cam import EnsembleExplainer, Explainer
 from cxrcore.predict import Predictor
+from cxrcore.stats.intervals import paired_differences
 from cxrcore.workflows import make_ensemble, train
 
 #: this module's fixtures that train: tests that use them are slow (conftest)

@@ -110,7 +110,8 @@ def test_a_run_with_lung_rules_exports_the_lung_model_its_pixels_need(rules_run,
 
     import tensorflow as tf
 
-    from cxrcore.data.io import PixelRules, prepare_image
+    from cxrcore.data.io import prepare_image
+    from cxrcore.data.pixels import PixelRules
     from cxrcore.lungs.segment import SHIPPED_MODEL, shipped_fingerprint
 
     run, data = rules_run.run, rules_run.data  # every pixel rule, lung crop and mask among them

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_class_folders, tiny_config
 from cxrcore import workflows
 from cxrcore.errors import ConfigError, ImageDecodeError
-from cxrcore.explain import faithfulness
+from cxrcore.explain import faithfulness, sampled
 from cxrcore.explain.faithfulness import border_flagged, border_share, curve_auc, pixel_ranks, random_map, scores
 
 # --------------------------------------------------------------------------- worked by hand
@@ -345,9 +345,9 @@ def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, predictor, caps
 
     faithfulness.scores = counting
     try:
-        result = faithfulness.evaluate_run(run_dir, ["gradcam"], 3, predictor=predictor)
+        result = sampled.evaluate_run(run_dir, ["gradcam"], 3, predictor=predictor)
         assert len(calls) == 3 * 2  # three images, Grad-CAM and the random reference
-        again = faithfulness.evaluate_run(run_dir, ["gradcam"], 3, predictor=predictor)
+        again = sampled.evaluate_run(run_dir, ["gradcam"], 3, predictor=predictor)
         assert len(calls) == 6  # kept in the run: nothing computed again
         assert again == result
         workflows.score_explanations(run_dir, methods=["gradcam"], sample_size=2, predictor=predictor)
@@ -366,7 +366,7 @@ def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, predictor, caps
     assert main(["faithfulness", str(run_dir), "--sample", "2", "--methods", "gradcam"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["settings"] == kept["settings"]
     with pytest.raises(ConfigError, match="unknown method"):
-        faithfulness.evaluate_run(run_dir, ["lime"], 2)
+        sampled.evaluate_run(run_dir, ["lime"], 2)
 
 
 def test_verdict_names_the_best_method_one_no_better_than_random_and_the_border():
@@ -457,9 +457,9 @@ def test_stored_scores_without_lung_share_or_of_another_lung_model_are_computed_
         return original(*args, **kwargs)
 
     monkeypatch.setattr(faithfulness, "scores", counting)
-    faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    sampled.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
     assert len(calls) == 6  # three images, Grad-CAM and the random reference
-    faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    sampled.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
     assert len(calls) == 6  # kept
 
     # as an older version wrote it: no lung share anywhere, no lung model in the settings
@@ -474,12 +474,12 @@ def test_stored_scores_without_lung_share_or_of_another_lung_model_are_computed_
         for method in ("gradcam", "random"):
             row[method].pop("lung_share")
     runs.RunDir(run).write_faithfulness(old)
-    again = faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    again = sampled.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
     assert len(calls) == 12  # computed again
     assert again["methods"]["gradcam"]["lung_share"]["mean"] == pytest.approx(1.0)
 
     other_model = tmp_path / "other-lungs.keras"
     other_model.write_bytes(b"another lung model")
     monkeypatch.setattr(segment, "SHIPPED_MODEL", other_model)
-    faithfulness.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
+    sampled.evaluate_run(run, ["gradcam"], 3, predictor=fresh)
     assert len(calls) == 18  # a new lung model: computed again

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrcore.evaluation.intervals import (
+from cxrcore.evaluation.metrics import classification_metrics, predictive_values, sensitivity_specificity
+from cxrcore.stats.intervals import (
     bootstrap_distribution,
     bootstrap_intervals,
     patient_groups,
     resample_weights,
     weighted_auc_ap,
 )
-from cxrcore.evaluation.metrics import classification_metrics, predictive_values, sensitivity_specificity
 
 
 def one_hot(pred: list[int], k: int = 2) -> np.ndarray:

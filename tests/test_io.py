@@ -22,8 +22,8 @@ from cxrcore.data.io import (
     is_dicom,
     prepare_image,
     read_header,
-    resize_rgb,
 )
+from cxrcore.data.pixels import resize
 from cxrcore.errors import DataError, ImageDecodeError
 
 # ---------------------------------------------------------------- helpers
@@ -755,10 +755,10 @@ def rle_dicom(path: Path, rows: int, cols: int, frames: list[bytes] | None = Non
 
 def test_dicom_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
     """A 3 MB RLE file of 10000 x 10000 cost 2.4 GB and was accepted."""
-    from cxrcore.data import io as io_mod
+    from cxrcore.data import formats
 
     path = rle_dicom(tmp_path / "huge.dcm", 10_000, 10_000)
-    assert path.stat().st_size < 4_000_000 and 10_000**2 > io_mod.MAX_PIXELS
+    assert path.stat().st_size < 4_000_000 and 10_000**2 > formats.MAX_PIXELS
     for fn in (decode_image, read_header):
         with pytest.raises(ImageDecodeError, match="too many pixels"):
             fn(path)
@@ -842,7 +842,7 @@ def test_jpeg2000_frame_header_is_checked_before_decoding(tmp_path, siz):
 
 
 def test_png_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
-    from cxrcore.data import io as io_mod
+    from cxrcore.data import formats
 
     data = bytearray(_png_bytes(32))
     data[16:24] = struct.pack(">II", 10_000, 10_000)  # IHDR width, height (CRC now wrong)
@@ -850,7 +850,7 @@ def test_png_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
         warnings.simplefilter("always")
         with pytest.raises(ImageDecodeError, match="too many pixels"):
             decode_image(bytes(data), name="big.png")
-    assert not recorded and 10_000**2 > io_mod.MAX_PIXELS
+    assert not recorded and 10_000**2 > formats.MAX_PIXELS
 
 
 def test_no_warnings_filter_is_touched_per_call(tmp_path, monkeypatch):
@@ -903,7 +903,7 @@ def test_prepare_image_equals_resizing_the_decoded_rgb(tmp_path, kind):
         }[kind]()
         path = save(img, tmp_path / "x.png")
     for size in (16, 53, 90):
-        np.testing.assert_array_equal(prepare_image(path, size), resize_rgb(decode_image(path), size))
+        np.testing.assert_array_equal(prepare_image(path, size), resize(decode_image(path), size))
 
 
 # ---------------------------------------------------------------- accepted formats

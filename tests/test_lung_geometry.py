@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cxrcore.data.pixels import resize
 from cxrcore.lungs import geometry
 
 
@@ -129,10 +130,10 @@ def test_outline_is_the_edge_only():
     assert not edge[4, 4] and edge[2, 2]
 
 
-def test_resize_mask_keeps_labels():
+def test_the_one_resize_keeps_labels_by_nearest_neighbour():
     labels = np.zeros((4, 4), dtype=np.int8)
     labels[:, :2], labels[:, 2:] = 1, 2
-    big = geometry.resize_mask(labels, 8, 12)
+    big = resize(labels, 8, 12, nearest=True)
     assert big.shape == (8, 12) and set(np.unique(big)) == {1, 2} and big.dtype == np.int8
 
 

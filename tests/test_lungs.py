@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import CXR_DEV, cli, needs_cxr_dev, python_m_cxrcore
-from cxrcore.data.io import PixelRules, prepare_image
+from cxrcore.data.io import decode_image, prepare_image
+from cxrcore.data.pixels import PixelRules
 from cxrcore.errors import ConfigError, DataError
 from cxrcore.lungs import geometry
 from cxrcore.lungs.segment import SHIPPED_MODEL, SHIPPED_RECORD, LungSegmenter, get_segmenter, shipped_record
@@ -58,7 +59,7 @@ def test_a_missing_model_file_is_a_clear_error(tmp_path):
 @needs_cxr_dev
 def test_two_lungs_are_found_on_a_real_film_in_every_format(tmp_path):
     segmenter = get_segmenter()
-    lungs = segmenter.segment(cxr_dev_image("Normal"))
+    lungs = segmenter.lungs(decode_image(cxr_dev_image("Normal")))
     assert lungs.found == 2 and lungs.status == "ok", lungs.record()
     left, right = lungs.boxes["image_left"], lungs.boxes["image_right"]
     assert left[2] <= right[0] + 10  # side by side, the left one on the left
@@ -68,7 +69,7 @@ def test_two_lungs_are_found_on_a_real_film_in_every_format(tmp_path):
     rgb = np.asarray(Image.open(cxr_dev_image("Normal")).convert("L"))
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
-    jpeg = segmenter.segment(buf.getvalue(), name="upload.jpg")
+    jpeg = segmenter.lungs(decode_image(buf.getvalue(), name="upload.jpg"))
     assert jpeg.found == 2 and abs(jpeg.fraction - lungs.fraction) < 0.03
     big = Image.fromarray(rgb).resize((448, 336), Image.BILINEAR)
     wide = segmenter.lungs(np.asarray(big))

@@ -124,7 +124,7 @@ def test_the_card_states_the_audit_recorded_in_the_run_and_reads_no_image(tmp_pa
 
 
 def test_the_explanations_section_has_a_lung_share_column(tmp_path):
-    from cxrcore.explain import faithfulness
+    from cxrcore.explain import sampled
 
     run = make_run(tmp_path, external_accuracy=None)
     run.file(runs.MODEL).write_bytes(b"a model file")  # the scores are of this model file
@@ -135,7 +135,7 @@ def test_the_explanations_section_has_a_lung_share_column(tmp_path):
     faithful = {"deletion": score(0.2), "insertion": score(0.8)}
     run.write_faithfulness(
         {
-            "settings": {"model": faithfulness.model_fingerprint(run)},
+            "settings": {"model": sampled.model_fingerprint(run)},
             "describe": "20 steps; removed pixels replaced by a blurred copy of the image",
             "border_warn": 0.6,
             "lung_warn": 0.5,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrcore.evaluation import ood
+from cxrcore.stats import ood
 
 
 def test_scores_are_the_distance_to_the_nearest_class_mean():

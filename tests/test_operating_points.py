@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrcore.evaluation import operating_points as ops
-from cxrcore.evaluation.intervals import decision_intervals
+from cxrcore.stats.intervals import decision_intervals
 
 
 @pytest.mark.parametrize(

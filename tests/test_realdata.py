@@ -105,7 +105,8 @@ def run_dir(env, subset, tmp_path_factory):
 
 def prepared(data: Path):
     """What `train --data DATA` with TRAIN_ARGS indexes and splits (the run's split.csv and counts), untrained."""
-    from cxrcore.cli import build_parser, config_from_args
+    from cxrcore.cli import build_parser
+    from cxrcore.cli.options import config_from_args
     from cxrcore.training.train import prepare_data
 
     config = config_from_args(build_parser().parse_args(["train", "--data", str(data), *map(str, TRAIN_ARGS)]))

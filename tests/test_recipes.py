@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 
 from conftest import cli, make_class_folders, python_m_cxrcore
-from cxrcore.cli import build_parser, config_from_args
-from cxrcore.config import LABEL_PRESETS, TrainConfig
+from cxrcore.cli import build_parser
+from cxrcore.cli.options import config_from_args
+from cxrcore.config import LABEL_PRESETS, TrainConfig, recipe_config
 from cxrcore.errors import ConfigError, CXRError
-from cxrcore.recipes import RECIPES, data_match, get_recipe, published_comparison, recipe_config
+from cxrcore.recipes import RECIPES, data_match, get_recipe, published_comparison
 
 
 def test_there_is_a_recipe_for_each_write_up_and_every_one_is_a_valid_config_that_round_trips():

@@ -140,7 +140,8 @@ def test_the_run_keeps_what_validation_chose_and_prediction_uses_it(trained):
 
 
 def test_pixel_rules_are_recorded_and_applied_at_prediction(rules_run):
-    from cxrcore.data.io import PixelRules, prepare_image
+    from cxrcore.data.io import prepare_image
+    from cxrcore.data.pixels import PixelRules
 
     run, root = rules_run.run, rules_run.data
     rules = PixelRules(**conftest.ALL_PIXEL_RULES)

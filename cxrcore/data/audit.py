@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..lungs import segment
+from ..lungs.geometry import grow
+from ..stats.intervals import patient_groups, resample_weights
 from .index import build_index, cache_dir
 from .io import prepare_image
 from .splits import assign_splits, duplicate_report, leakage_report
@@ -80,10 +83,7 @@ def outside_lung_statistics(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """The same statistics over the pixels outside the lung fields only (the shipped lung model's mask, grown
     by :data:`cxrcore.lungs.geometry.MASK_GROW`), and whether two lungs were found (when not, whatever was
     found is left out, or nothing)."""
-    from ..lungs.geometry import grow
-    from ..lungs.segment import get_segmenter
-
-    lungs = get_segmenter().lungs(gray.astype(np.uint8))
+    lungs = segment.get_segmenter().lungs(gray.astype(np.uint8))
     outside = ~grow(lungs.mask) if lungs.found else np.ones(gray.shape, dtype=bool)
     return _statistics(gray.astype(np.float32), outside), lungs.found == 2
 
@@ -106,8 +106,6 @@ def _cross_validated(features: np.ndarray, labels: np.ndarray, groups, folds: in
     (bootstrap over patients)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
-
-    from ..evaluation.intervals import resample_weights
 
     forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1)
     predicted = cross_val_predict(
@@ -168,8 +166,6 @@ def shortcut_check(
     lung fields only (plus size and format), with ``lungs_not_found`` (images where the lung model did not
     find two lungs): whether the frame alone predicts the label.
     """
-    from ..evaluation.intervals import patient_groups
-
     labels = index["label"].astype(str).to_numpy()
     counts = pd.Series(labels).value_counts()
     chance = float(counts.iloc[0] / len(labels))
@@ -248,10 +244,8 @@ def _cache_file(index: pd.DataFrame, hashes: list[str], folds: int, seed: int) -
     """The cache entry for this dataset's content: every image's name within the dataset, bytes,
     label, patient and source, with the settings and the lung model. Never the folder's path, so a
     copy of a dataset (or the same data written again) finds the audit of the first."""
-    from ..lungs.segment import shipped_fingerprint
-
     root = Path(index.attrs.get("root", ""))
-    digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}|{shipped_fingerprint()}".encode())
+    digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}|{segment.shipped_fingerprint()}".encode())
     for row, content in zip(index[["path", "label", "patient_id", "source"]].itertuples(index=False), hashes):
         path = Path(row.path)
         name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name

@@ -1,4 +1,4 @@
-"""DICOM: reading, validating, decoding and summarising DICOM files (PNG and JPEG: :mod:`.io`).
+"""DICOM: reading, validating, decoding and summarising DICOM files (PNG and JPEG: :mod:`.formats`).
 
 Privacy: DICOM files carry names, ids and institutions, and a corrupt length field can
 make any element's value run on over them. :func:`dicom_summary` therefore shows only
@@ -30,15 +30,11 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
+
 from ..errors import ImageDecodeError
-from .io import (
-    MAX_PIXELS,
-    ImageSource,
-    _check_pixels,
-    _describe,
-    _read_bytes,
-    is_dicom,
-)
+from .formats import MAX_PIXELS, ImageSource, check_pixels, describe, is_dicom, j2k_size, jpeg_size, read_bytes
+from .pixels import gray_or_rgb, stretch
 
 # ---------------------------------------------------------------- DICOM: reading
 
@@ -356,7 +352,7 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
     columns = req(_int(ds, _TAGS["Columns"], 1, 65535), keyword="Columns")
     frames = req(_frames(ds), keyword="NumberOfFrames")
     samples = req(_int(ds, _TAGS["SamplesPerPixel"], 1, 4), keyword="SamplesPerPixel")
-    _check_pixels(label, rows * columns * frames * samples)
+    check_pixels(label, rows * columns * frames * samples)
     photometric = req(
         _code(ds, _TAGS["PhotometricInterpretation"], _PHOTOMETRIC_TERMS), keyword="PhotometricInterpretation"
     )
@@ -403,14 +399,15 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
     )
 
 
-def _dicom_header(fh: BinaryIO, label: str) -> dict:
+def dicom_header(fh: BinaryIO, label: str) -> dict:
+    """Width, height, mode and format of a DICOM file from its elements, pixels not read."""
     ds, _ = _read_dicom(fh, label, pixels=False)
     req = functools.partial(_required, label=label)
     rows = req(_int(ds, _TAGS["Rows"], 1, 65535), keyword="Rows")
     columns = req(_int(ds, _TAGS["Columns"], 1, 65535), keyword="Columns")
     frames = req(_frames(ds), keyword="NumberOfFrames")
     samples = _int(ds, _TAGS["SamplesPerPixel"], 1, 4) if _TAGS["SamplesPerPixel"] in ds else 1
-    _check_pixels(label, rows * columns * frames * req(samples, keyword="SamplesPerPixel"))
+    check_pixels(label, rows * columns * frames * req(samples, keyword="SamplesPerPixel"))
     photometric = "MONOCHROME2"
     if _TAGS["PhotometricInterpretation"] in ds:
         photometric = req(
@@ -447,8 +444,8 @@ def dicom_summary(src: ImageSource, *, name: str | None = None) -> dict:
     ran on over other elements is left out, never shown raw. An unreadable file raises
     :class:`ImageDecodeError`.
     """
-    label = _describe(src, name)
-    data = _read_bytes(src, label)
+    label = describe(src, name)
+    data = read_bytes(src, label)
     if not is_dicom(data):
         return {}
     ds, _ = _read_dicom(data, label, pixels=False)
@@ -471,3 +468,201 @@ def _summary(ds) -> dict:
         "PixelSpacing": spacing if spacing and len(spacing) == 2 and min(spacing) > 0 else None,
     }
     return {tag: values[tag] for tag in SAFE_DICOM_TAGS if values[tag] is not None}
+
+
+# ---------------------------------------------------------------- DICOM: pixels
+# The transfer syntax's decoder, the size checks that run before it, and the first frame as ``uint8``
+# gray or RGB (no value from the file reaches a message, a log or a warning: see the module docstring).
+
+
+def _rle_decoded_length(segment: bytes, limit: int) -> int:
+    """How many bytes a DICOM RLE (PackBits) segment decodes to, counting stops past ``limit``.
+
+    pydicom's decoder has no bound: two bytes can stand for 128, so a small segment can
+    decode to 64 times its size whatever Rows and Columns say.
+    """
+    pos, total, end = 0, 0, len(segment)
+    while pos < end and total <= limit:
+        head = segment[pos]
+        if head < 128:  # a literal run of head + 1 bytes
+            total += min(head + 1, end - pos - 1)
+            pos += head + 2
+        elif head > 128:  # one byte repeated 257 - head times
+            total += 257 - head if pos + 1 < end else 0
+            pos += 2
+        else:
+            pos += 1
+    return total
+
+
+# ---------------------------------------------------------------- DICOM: decoding
+
+# What pydicom 3.0.2 needs per compressed transfer syntax, beyond itself and Pillow
+# (pydicom.pixels.decoders: pylibjpeg's plugins, pyjpegls, or python-gdcm; Pillow covers
+# JPEG baseline, 8-bit JPEG extended and JPEG 2000; RLE and deflate need nothing).
+_INSTALL = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS Lossless (or pyjpegls)
+    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE Lossless
+}
+_JPEG_FAMILY = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+)
+_J2K_FAMILY = (
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+)
+_RLE = "1.2.840.10008.1.2.5"
+
+
+def _syntax_name(syntax: str) -> str:
+    """The transfer syntax's name from pydicom's dictionary; never the UID string from the file."""
+    from pydicom.uid import UID, UID_dictionary
+
+    return f"'{UID(syntax).name}'" if syntax in UID_dictionary else "an unknown transfer syntax"
+
+
+def _decoder(img: _DicomImage, label: str):
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(img.syntax)
+    except NotImplementedError:
+        raise ImageDecodeError(label, f"DICOM pixel data in {_syntax_name(img.syntax)} is not supported") from None
+    pillow_only = decoder.available_plugins == ("pillow",)
+    if not decoder.is_available or (pillow_only and img.syntax == "1.2.840.10008.1.2.4.51" and img.bits_stored > 8):
+        raise ImageDecodeError(
+            label,
+            f"no decoder for DICOM pixel data in {_syntax_name(img.syntax)} is "
+            f"installed: pip install {_INSTALL.get(img.syntax, 'pylibjpeg')}",
+        )
+    return decoder
+
+
+def _check_first_frame(img: _DicomImage, label: str) -> None:
+    """The compressed first frame's own header against Rows/Columns and the pixel limit."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(img.pixel_data, 0, number_of_frames=img.frames)
+    except Exception:
+        raise ImageDecodeError(label, "invalid DICOM (bad encapsulated pixel data)") from None
+    if img.syntax == _RLE:
+        expected = img.rows * img.columns
+        if len(frame) < 64:
+            raise ImageDecodeError(label, "invalid DICOM (bad RLE frame)")
+        count, *offsets = struct.unpack("<16L", frame[:64])
+        ends = [*offsets[:count], len(frame)][1:]
+        limit = expected + expected // 64 + 64  # room for an encoder's padding, not for a bomb
+        for start, end in zip(offsets[:count], ends, strict=False):
+            if not 64 <= start <= end <= len(frame) or _rle_decoded_length(frame[start:end], limit) > limit:
+                raise ImageDecodeError(label, "invalid DICOM (an RLE segment decodes to more than the frame's pixels)")
+        return
+    size = jpeg_size(frame) if img.syntax in _JPEG_FAMILY else j2k_size(frame)
+    if size is None:
+        raise ImageDecodeError(label, "invalid DICOM (unreadable compressed frame header)")
+    check_pixels(label, math.prod(size))
+    if size[:2] != (img.columns, img.rows):
+        raise ImageDecodeError(label, "invalid DICOM (the compressed frame's size differs from Rows/Columns)")
+
+
+def _decoding_dataset(img: _DicomImage):
+    """A new dataset holding only the validated image elements and the pixel data bytes."""
+    pydicom = _pydicom()
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    def element(tag: int, vr: str, value) -> DataElement:
+        return DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta[0x00020010] = element(0x00020010, "UI", img.syntax)
+    for tag, vr, value in (
+        (0x00280002, "US", img.samples),
+        (0x00280004, "CS", img.photometric),
+        (0x00280010, "US", img.rows),
+        (0x00280011, "US", img.columns),
+        (0x00280100, "US", img.bits_allocated),
+        (0x00280101, "US", img.bits_stored),
+        (0x00280102, "US", img.bits_stored - 1),
+        (0x00280103, "US", img.pixel_representation),
+    ):
+        ds[tag] = element(tag, vr, value)
+    if img.samples > 1:
+        ds[0x00280006] = element(0x00280006, "US", img.planar)
+    if img.frames > 1:
+        ds[0x00280008] = element(0x00280008, "IS", str(img.frames))
+    if img.rescale is not None:
+        ds[0x00281053] = element(0x00281053, "DS", img.rescale[0])
+        ds[0x00281052] = element(0x00281052, "DS", img.rescale[1])
+    if img.window is not None:
+        ds[0x00281050] = element(0x00281050, "DS", img.window[0])
+        ds[0x00281051] = element(0x00281051, "DS", img.window[1])
+    if img.voi_function is not None:
+        ds[0x00281056] = element(0x00281056, "CS", img.voi_function)
+    for tag, lut in ((0x00283000, img.modality_lut), (0x00283010, img.voi_lut)):
+        if lut is not None:
+            item = Dataset()
+            item[0x00283002] = element(0x00283002, "SS" if lut[0][1] < 0 else "US", lut[0])
+            item[0x00283006] = element(0x00283006, "OW", lut[1])
+            ds[tag] = element(tag, "SQ", [item])
+    vr = "OB" if pydicom.uid.UID(img.syntax).is_encapsulated or img.bits_allocated <= 8 else "OW"
+    ds[_PIXEL_DATA] = element(_PIXEL_DATA, vr, img.pixel_data)
+    return ds
+
+
+def decode_dicom(data: bytes, label: str) -> np.ndarray:
+    """Gray (2-D) or RGB ``uint8`` pixels of the first frame."""
+    ds, syntax = _read_dicom(data, label, pixels=True)
+    img = _dicom_image(ds, syntax, label, pixels=True)
+    del ds
+    decoder = _decoder(img, label)
+    if decoder.is_encapsulated:
+        _check_first_frame(img, label)
+    clean = _decoding_dataset(img)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+    try:
+        arr = pixel_array(clean, index=0, view_only=True)
+        if img.photometric.startswith("MONOCHROME"):
+            windowed = img.window is not None or img.voi_lut is not None
+
+            def transform(block: np.ndarray) -> np.ndarray:
+                out = apply_modality_lut(block, clean)
+                return apply_voi_lut(out, clean) if windowed else out
+
+            gray = stretch(arr, transform)
+            if img.photometric == "MONOCHROME1":
+                np.subtract(255, gray, out=gray)
+            return gray
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageDecodeError(label, "not enough memory to decode it") from None
+    except Exception:  # decoders raise many types; their messages are not ours to show
+        raise ImageDecodeError(
+            label, f"invalid DICOM (the pixel data in {_syntax_name(syntax)} cannot be decoded)"
+        ) from None
+    if arr.dtype != np.uint8:
+        arr = stretch(arr)
+    elif not arr.flags.writeable:  # a view of the file's bytes (view_only above)
+        arr = arr.copy()
+    return gray_or_rgb(arr)

@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError, ImageDecodeError
-from .io import IMAGE_EXTENSIONS, read_header
+from .formats import IMAGE_EXTENSIONS
+from .io import read_header
 
 INDEX_COLUMNS = ["path", "label", "split", "patient_id", "source", "width", "height", "mode", "bytes"]
 #: manifest columns that name where an image came from (a hospital, a site, a public set); the

@@ -1,2 +1,3 @@
-"""Evaluation: metrics as pure functions (metrics), evaluating a run on its test split or an
-external folder (evaluate), and plotly figure builders (plots)."""
+"""Evaluation: metrics, calibration and operating points as pure functions, evaluating a run on its test
+split or an external folder (evaluate, external), comparisons (compare), sanity checks, the model card and
+plotly figure builders (plots)."""

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from .evaluate import EXTERNAL_ROWS
 from .metrics import per_class_table
+from .operating_points import KIND_NAMES, KINDS
 
 HEADLINE = {"accuracy": "accuracy", "macro F1": "macro_f1", "macro AUC": "macro_auc"}
 PER_CLASS_INTERVALS = ("sensitivity", "specificity", "ppv", "npv", "auc", "ap")
@@ -185,8 +187,6 @@ def compare_table(
     ``<dataset>: macro AUC`` for each external dataset in ``external`` (run id -> dataset -> metrics,
     :func:`cxrcore.evaluation.evaluate.external_results`); one column per run (the row names of
     :func:`cxrcore.evaluation.evaluate.compare_runs`)."""
-    from .evaluate import EXTERNAL_ROWS
-
     external = external or {}
     datasets = sorted({name for found in external.values() for name in found})
     columns = {}
@@ -213,8 +213,6 @@ def operating_points_table(metrics: Mapping) -> pd.DataFrame:
     """The operating points of an evaluation as text cells: one row per class and operating point, with
     the threshold (chosen on validation) and the sensitivity, specificity, PPV and NPV it gives on these
     images with their intervals. Empty for an evaluation without operating points."""
-    from .operating_points import KIND_NAMES, KINDS
-
     found = metrics.get("operating_points") or {}
     rows = []
     for cls, kinds in (found.get("classes") or {}).items():

@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 
 from .. import runs
-from ..errors import DataError
+from ..errors import CXRError, DataError
+from ..stats import ood
+from ..stats.intervals import bootstrap_intervals
 from . import calibration as calib
-from . import metrics, ood, operating_points
-from .intervals import bootstrap_intervals
+from . import metrics, operating_points
+from .external import external_frame
 
 
 class CompiledModel:
@@ -27,7 +29,7 @@ class CompiledModel:
     model is traced once, not once per set of images."""
 
     def __init__(self, model, image_size: int):
-        from ..training.model import feature_model, has_features, inference_function
+        from ..training.model import feature_model, has_features, inference_function  # lazy: TensorFlow
 
         self.model, self.image_size = model, int(image_size)
         self.has_features = has_features(model)
@@ -60,7 +62,7 @@ def predict_frame(
     Keras model or a :class:`CompiledModel` of it (compiled once for several frames)."""
     import tensorflow as tf
 
-    from ..training.pipeline import decode_error_from, make_dataset
+    from ..training.pipeline import decode_error_from, make_dataset  # lazy: TensorFlow
 
     network = compiled(model, image_size)
     if features and not network.has_features:
@@ -105,13 +107,13 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
 
     - the temperature (``calibration.json``);
     - the operating points on calibrated probabilities (``operating_points.json``);
-    - the training split's feature statistics (from at most :data:`cxrcore.evaluation.ood.MAX_TRAIN_IMAGES`
+    - the training split's feature statistics (from at most :data:`cxrcore.stats.ood.MAX_TRAIN_IMAGES`
       of its images) and the unlike-the-training-data threshold (``ood.npz``).
 
     Where the run's last stage trained on cached activations, the validation and training images are
     scored from them (:func:`cxrcore.training.features.cached_outputs`: only the layers above the cut run).
     Returns the calibration dict (for the log). ``model``: a Keras model or a :class:`CompiledModel` of it."""
-    from ..training.features import cached_outputs
+    from ..training.features import cached_outputs  # lazy: TensorFlow
 
     classes, config, size = run.labels(), run.config(), run.image_size()
     model = compiled(model, size)
@@ -217,8 +219,7 @@ def evaluate_run(
     mapping (``config.external_map``, plus ``label_map``). Labels the model does not know raise
     :class:`DataError` unless ``drop_unknown``. Returns the metrics dict, with ``out_dir`` added.
     """
-    from ..training.model import load_model
-    from .external import external_frame
+    from ..training.model import load_model  # lazy: TensorFlow
 
     run = runs.RunDir(run_dir)
     model_path = run.require_model()
@@ -422,8 +423,6 @@ def evaluate_runs(run_dirs: list[str | Path], data: str | Path, *, drop_unknown:
     """Evaluate each run on the labelled folder ``data`` (:func:`evaluate_run`, each with its own label
     scheme and class map), so runs can be compared on one external set: ``{run_id: None when done, or
     why it could not be}``. One run's failure (a class it cannot name) does not stop the others."""
-    from ..errors import CXRError
-
     outcome: dict[str, str | None] = {}
     for path in run_dirs:
         run = runs.RunDir(path)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import LabelScheme, TrainConfig
+from ..data.index import build_index
+from ..data.splits import apply_label_scheme
 from ..errors import DataError
 
 
@@ -27,9 +29,6 @@ def external_frame(
 ) -> pd.DataFrame:
     """The images of ``data`` labelled as the model's ``classes`` (DataError naming the unknown
     class names, the model's, and the two ways out, unless ``skip_unknown``)."""
-    from ..data.index import build_index
-    from ..data.splits import apply_label_scheme
-
     frame = apply_label_scheme(build_index(data, progress=progress), scheme, strict=False)
     if label_map:
         frame = frame.assign(label=frame["label"].replace(label_map))

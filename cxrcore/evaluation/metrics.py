@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from .intervals import DEFAULT_RESAMPLES, bootstrap_intervals
+from ..stats.intervals import DEFAULT_RESAMPLES, bootstrap_intervals
 
 
 def _num(value) -> float | None:

@@ -10,13 +10,21 @@ fell, a small test split, images without patient ids, a run that learned nothing
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from .. import runs
 from ..errors import CXRError
+from ..explain import faithfulness, sampled
+from ..lungs.geometry import LUNG_SHARE_WARN
+from ..recipes import writeup_comparison
 from . import sanity
 from .compare import bootstrap_caption, format_value, has_intervals, interval, operating_points_table
+
+log = logging.getLogger("cxrcore")
 
 #: a test split smaller than this gets a limitation about its wide intervals
 SMALL_TEST = 200
@@ -240,8 +248,6 @@ def limitations(run: runs.RunDir, metrics: dict, evaluations: list, found_audit:
 
 def _writeup_section(run: runs.RunDir) -> list[str]:
     """For a run started from a recipe: its write-up's published figures beside the run's."""
-    from ..recipes import writeup_comparison
-
     found = writeup_comparison(run)
     if found is None:
         return []
@@ -260,11 +266,6 @@ def _writeup_section(run: runs.RunDir) -> list[str]:
 
 def _explanations_section(run: runs.RunDir) -> list[str]:
     """Each explanation method's faithfulness on a test sample, where it was scored."""
-    import pandas as pd
-
-    from ..explain import faithfulness
-    from ..lungs.geometry import LUNG_SHARE_WARN
-
     found = run.faithfulness()
     if not found:
         return []
@@ -279,7 +280,7 @@ def _explanations_section(run: runs.RunDir) -> list[str]:
                 "" if pd.isna(row["lung share"]) else f"{row['lung share']:.0%}",
             ]
         )
-    stale = found["settings"].get("model") != faithfulness.model_fingerprint(run)
+    stale = found["settings"].get("model") != sampled.model_fingerprint(run)
     return [
         "## Explanations",
         "",
@@ -353,12 +354,10 @@ def render(run: runs.RunDir) -> str:
 def write(run: runs.RunDir) -> Path | None:
     """Write ``MODEL_CARD.md`` into the run directory; returns its path (None, logged, when the run's
     files cannot be read: a card never fails the training or evaluation that asked for it)."""
-    import logging
-
     path = run.file(runs.MODEL_CARD)
     try:
         runs.write_atomic(path, render(run))
     except (CXRError, OSError) as exc:
-        logging.getLogger("cxrcore").error("model card of %s not written: %s", run.run_id, exc)
+        log.error("model card of %s not written: %s", run.run_id, exc)
         return None
     return path

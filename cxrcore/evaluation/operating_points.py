@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .intervals import DEFAULT_RESAMPLES, decision_intervals
+from ..stats.intervals import DEFAULT_RESAMPLES, decision_intervals
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
 #: the operating points, in the order they are offered; the first is the default

@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from .operating_points import KIND_NAMES
+
 _COLORS = qualitative.Plotly
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=50))
 SPLIT_ORDER = ("train", "val", "test", "")
@@ -98,8 +100,6 @@ _SYMBOLS = {"sensitivity": "circle", "youden": "diamond"}
 def add_operating_points(fig: go.Figure, metrics: Mapping) -> go.Figure:
     """Mark each class's operating points (chosen on validation) at the false positive rate and
     sensitivity they give on these images, in the class's colour."""
-    from .operating_points import KIND_NAMES
-
     found = (metrics.get("operating_points") or {}).get("classes") or {}
     for i, name in enumerate(metrics.get("classes", list(found))):
         for kind, point in (found.get(name) or {}).items():

@@ -43,6 +43,9 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
+from ..data.pixels import resize
+from ..training.backbones import get_backbone
+
 METHODS = ("gradcam", "gradcam++", "scorecam")
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 
@@ -108,13 +111,6 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _resize_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
-    if heat.shape == (height, width):
-        return heat
-    img = Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
-
-
 def overlay(image_uint8: np.ndarray, heatmap01: np.ndarray, *, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
     """Blend a coloured heatmap onto an image: ``(1 - alpha) * image + alpha * colours``.
 
@@ -129,7 +125,7 @@ def overlay(image_uint8: np.ndarray, heatmap01: np.ndarray, *, colormap: str = "
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be 2-D (H, W), got shape {heat.shape}")
     heat = np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0)
-    colours = apply_colormap(_resize_map(heat, image.shape[0], image.shape[1]), colormap)
+    colours = apply_colormap(resize(heat, image.shape[0], image.shape[1]), colormap)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
@@ -201,8 +197,7 @@ class Explainer:
     def for_predictor(cls, predictor, **kwargs) -> Explainer | EnsembleExplainer:
         """An Explainer for a :class:`cxrcore.predict.Predictor`, at its backbone's registry layer; for an
         ensemble run, an :class:`EnsembleExplainer` over its members."""
-        from ..training.backbones import get_backbone
-        from ..training.model import load_model
+        from ..training.model import load_model  # lazy: TensorFlow
 
         members = predictor.run.members()
         if members:
@@ -288,7 +283,7 @@ class Explainer:
         image = _as_rgb_uint8(image_uint8)
         h, w = self.input_size
         if image.shape[:2] != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+            image = resize(image, h, w)
         return image.astype(np.float32)[None]
 
     def predicted_class(self, image_uint8: np.ndarray) -> int:
@@ -317,7 +312,7 @@ class Explainer:
         if method == "gradcam":
             chosen = -1 if class_index is None else class_index
             cam = np.asarray(self._gradcam_function()(seed, np.array([chosen], np.int32)))[0]
-            return _normalise(_resize_map(cam.astype(np.float32), *self.input_size))
+            return _normalise(resize(cam.astype(np.float32), *self.input_size))
         vis = self._visualizer(method)
         with self._lock:
             if method == "scorecam":
@@ -352,7 +347,7 @@ class Explainer:
                 )
         cam = np.asarray(cam)
         cam = cam.reshape(cam.shape[-2:]) if cam.ndim == 3 else cam
-        return _normalise(_resize_map(cam.astype(np.float32), *self.input_size))
+        return _normalise(resize(cam.astype(np.float32), *self.input_size))
 
 
 class EnsembleExplainer:
@@ -371,13 +366,21 @@ class EnsembleExplainer:
         image = _as_rgb_uint8(image_uint8)
         h, w = self.input_size
         if image.shape[:2] != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+            image = resize(image, h, w)
         return int(np.argmax(np.asarray(self.model(image.astype(np.float32)[None], training=False))[0]))
 
     def heatmap(self, image_uint8: np.ndarray, class_index: int | None = None, method: str = "gradcam") -> np.ndarray:
-        from ..ensemble import member_maps_mean
-
         if class_index is None:
             class_index = self.predicted_class(image_uint8)
-        maps = [_resize_map(m.heatmap(image_uint8, class_index, method), *self.input_size) for m in self.members]
+        maps = [
+            resize(np.asarray(m.heatmap(image_uint8, class_index, method), dtype=np.float32), *self.input_size)
+            for m in self.members
+        ]
         return member_maps_mean(maps)
+
+
+def member_maps_mean(maps: list[np.ndarray]) -> np.ndarray:
+    """The mean of the members' maps (each (H, W) in [0, 1] at the same size), rescaled to [0, 1]."""
+    mean = np.mean(np.stack(maps), axis=0)
+    top = float(mean.max())
+    return (mean / top).astype(np.float32) if top > 0 else np.zeros_like(mean, dtype=np.float32)

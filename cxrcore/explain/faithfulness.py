@@ -34,17 +34,17 @@ of the evidence it shows is outside the lungs. It is only as good as the lung mo
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
 
 from ..data.audit import BORDER_FRACTION, border_mask
+from ..data.pixels import resize
 from ..errors import ConfigError
 from ..lungs.geometry import LUNG_SHARE_WARN, lung_share
+from .cam import METHOD_LABELS
 
 #: steps of the deletion and insertion curves
 STEPS = 20
@@ -61,7 +61,6 @@ FLAGGED_COLUMN = f"flagged (border > {BORDER_WARN:.0%})"
 SAMPLE_SIZE = 40
 #: the reference "method" of :func:`evaluate_run`: a random map (:func:`random_map`)
 RANDOM = "random"
-_VERSION = 2  # bump when the scores' definition changes: cached results are then recomputed (2: lung share)
 
 ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
@@ -157,11 +156,9 @@ def random_map(shape: tuple[int, int], seed=0) -> np.ndarray:
     map, so it removes regions too: a pixel-level random order turns the image into salt-and-pepper
     noise after the first step, which no model recognises, and would make every map look worse than
     chance."""
-    from .cam import _resize_map
-
     grid = max(2, min(shape) // 32)
     coarse = np.random.default_rng(seed).random((grid, grid)).astype(np.float32)
-    return _resize_map(coarse, *shape)
+    return resize(coarse, *shape)
 
 
 def border_share(heat: np.ndarray, fraction: float = BORDER_FRACTION) -> float | None:
@@ -194,169 +191,13 @@ def percent(share: float, threshold: float) -> str:
 def map_lung_share(heat: np.ndarray, lungs) -> float | None:
     """The share of the map's mass inside ``lungs`` (a :class:`cxrcore.lungs.geometry.Lungs`, resized to the
     map when their sizes differ); None when no lung was found or the map is empty."""
-    from ..lungs.geometry import resize_mask
-
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float64), nan=0.0)
-    return lung_share(heat, resize_mask(lungs.labels, *heat.shape) > 0)
-
-
-# --------------------------------------------------------------------------- over a test sample
-
-
-def model_fingerprint(run) -> str:
-    """Which model the scores belong to: a digest of the model file's content (so a copied or moved run
-    keeps its scores), worked out once per file version (path, size, modification time)."""
-    path = run.require_model()
-    stat = path.stat()
-    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _content_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _request(run, methods, sample_size: int, seed: int, steps: int, baseline: str) -> dict:
-    from .. import runs
-    from ..lungs.segment import shipped_fingerprint
-
-    return {
-        "version": _VERSION,
-        "methods": list(methods),
-        "sample_size": int(sample_size),
-        "seed": int(seed),
-        "steps": int(steps),
-        "baseline": baseline,
-        "model": model_fingerprint(run),
-        "lungs": shipped_fingerprint(),  # the lung model the lung shares belong to
-        "split": hashlib.sha1(run.file(runs.SPLIT).read_bytes()).hexdigest()[:16],
-    }
-
-
-def _summary(values: np.ndarray, seed: int) -> dict:
-    """Mean and a 95% bootstrap interval over images."""
-    from ..evaluation.intervals import percentile_interval, resample_weights
-
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    weights = resample_weights(np.arange(finite.size), 1000, seed)
-    means = weights @ finite / weights.sum(axis=1)
-    return {"mean": float(finite.mean()), **percentile_interval(means, enough=100), "n": int(finite.size)}
-
-
-def evaluate_run(
-    run_dir,
-    methods: Sequence[str] | None = None,
-    sample_size: int = SAMPLE_SIZE,
-    *,
-    seed: int = 0,
-    steps: int = STEPS,
-    baseline: str = BASELINE,
-    progress: Callable[[int, int], None] | None = None,
-    predictor=None,
-) -> dict:
-    """Each method's deletion, insertion, border share and lung share averaged over a random sample of the
-    run's test split (the predicted class explained), beside a random map; kept in the run
-    (``faithfulness.json``) and returned from there when asked again with the same settings, model and lung
-    model (the shipped one's fingerprint is part of the settings, so a result from before lung shares, or of
-    another lung model, is computed again).
-
-    Returns ``{"settings", "describe", "border_warn", "lung_warn", "methods": {name: {"deletion",
-    "insertion", "border_share", "border_flagged", "lung_share", "lung_flagged", "seconds_per_image"}},
-    "images": [...], "unreadable"}``, each score a ``{"mean", "ci_low", "ci_high", "n"}``; the ``*_flagged``
-    entries are the share of the maps flagged (None when none had a share). The random map has deletion and
-    insertion only. Raises RunError when the shipped lung model is missing."""
-    from .. import runs
-    from ..errors import ImageDecodeError
-    from ..predict import Predictor
-    from .cam import METHODS
-
-    run = runs.RunDir(run_dir)
-    methods = list(methods or METHODS)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) or sample_size < 1:
-        raise ConfigError(f"sample size must be a positive integer, got {sample_size!r}")
-    check_settings(steps, baseline)
-    request = _request(run, methods, sample_size, seed, steps, baseline)
-    cached = run.faithfulness()
-    if cached and cached.get("settings") == request:
-        return cached
-    split = run.split()
-    test = split[split["split"] == "test"]
-    if test.empty:
-        raise ConfigError(f"{run.path} has no test split to score explanations on")
-    sample = test.sample(n=min(sample_size, len(test)), random_state=seed)
-    predictor = predictor or Predictor(run.path)
-    rows, unreadable, seconds = [], [], {m: 0.0 for m in methods}
-    total = len(sample) * (len(methods) + 1)
-    done = 0
-    for path, label in zip(sample["path"], sample["label"]):
-        try:
-            image = predictor.prepare(path)
-        except ImageDecodeError as exc:
-            unreadable.append({"image": str(path), "error": str(exc)})
-            done += len(methods) + 1
-            continue
-        probs = predictor.probabilities(image[None])[0]
-        target = int(np.argmax(probs))
-        row = {"image": str(path), "label": label, "explained": predictor.labels[target]}
-        lungs = predictor.lungs(image)
-        noise = random_map(image.shape[:2], seed=[seed, len(rows)])
-        for method in [*methods, RANDOM]:
-            started = time.perf_counter()
-            heat = noise if method == RANDOM else predictor.explanation_map(image, method, target)
-            found = scores(image, heat, target, predictor.probabilities, steps=steps, baseline=baseline)
-            if method != RANDOM:
-                seconds[method] += time.perf_counter() - started
-            row[method] = {
-                "deletion": found["deletion"],
-                "insertion": found["insertion"],
-                "border_share": None if method == RANDOM else border_share(heat),
-                "lung_share": None if method == RANDOM else map_lung_share(heat, lungs),
-            }
-            done += 1
-            if progress:
-                progress(done, total)
-        rows.append(row)
-    summary = {}
-    for method in [*methods, RANDOM]:
-        deletion = [r[method]["deletion"] for r in rows]
-        insertion = [r[method]["insertion"] for r in rows]
-        entry = {"deletion": _summary(deletion, seed), "insertion": _summary(insertion, seed)}
-        if method != RANDOM:
-            for name, flagged in (("border", border_flagged), ("lung", lung_flagged)):
-                shares = [r[method][f"{name}_share"] for r in rows]
-                known = [s for s in shares if s is not None]
-                entry[f"{name}_share"] = _summary([np.nan if s is None else s for s in shares], seed)
-                entry[f"{name}_flagged"] = (sum(flagged(s) for s in known) / len(known)) if known else None
-            entry["seconds_per_image"] = seconds[method] / len(rows) if rows else None
-        summary[method] = entry
-    result = {
-        "settings": request,
-        "describe": describe(steps, baseline),
-        "border_warn": BORDER_WARN,
-        "lung_warn": LUNG_SHARE_WARN,
-        "methods": summary,
-        "images": rows,
-        "unreadable": unreadable,
-    }
-    run.write_faithfulness(result)
-    return result
+    labels = np.asarray(lungs.labels)
+    return lung_share(heat, resize(labels, *heat.shape, nearest=labels.dtype.kind != "f") > 0)
 
 
 def table(result: dict):
     """One row per method (the random reference last): means with 95% intervals, as a DataFrame."""
-    import pandas as pd
-
-    from .cam import METHOD_LABELS
 
     def cell(entry):
         if not entry or entry.get("mean") is None:
@@ -390,8 +231,6 @@ def table(result: dict):
 def verdict(result: dict) -> list[str]:
     """Plain sentences: which method holds up best, which do not beat a random map, which lean on the
     border, which lie mostly outside the lungs."""
-    from .cam import METHOD_LABELS
-
     methods = {m: e for m, e in result["methods"].items() if m != RANDOM}
     reference = result["methods"].get(RANDOM, {})
     lines = []

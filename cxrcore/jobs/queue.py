@@ -17,6 +17,10 @@ import pandas as pd
 
 from .. import runs
 from ..config import TrainConfig
+from ..data.index import build_index, scan_layout
+from ..data.splits import apply_label_scheme, check_trainable
+from ..evaluation.external import check_external
+from ..training.backbones import get_backbone
 from .processes import kill_group, worker_alive
 from .scheduler import ensure_scheduler
 from .store import JobError, JobStore
@@ -96,8 +100,6 @@ def submit_comparison(
     """One job per backbone with the same data and settings, grouped; returns (group, job ids).
     Settings ``config`` leaves open (weights, image size, unfreeze depth) follow each backbone
     (:meth:`TrainConfig.for_backbone`)."""
-    from ..training.backbones import get_backbone
-
     specs = [get_backbone(name) for name in backbones]
     if len(specs) < 1:
         raise JobError("a comparison needs at least one backbone")
@@ -128,16 +130,10 @@ def submit_group(
 
 def _check_data(config: TrainConfig) -> None:
     """Fail at submission, not an hour later, when the data cannot be read at all."""
-    from ..data.index import scan_layout
-
     if not config.data:
         raise JobError("the job has no dataset (config.data is empty)")
     scan_layout(config.data)
     if config.external:  # every external set must be labelled as the model's classes
-        from ..data.index import build_index
-        from ..data.splits import apply_label_scheme, check_trainable
-        from ..evaluation.external import check_external
-
         check_external(config, check_trainable(apply_label_scheme(build_index(config.data), config.labels)))
 
 

@@ -20,6 +20,11 @@ import sys
 import time
 import traceback
 
+from ..config import TrainConfig
+from ..errors import CXRError
+from ..runs import RunDir
+from .store import JobStore
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -73,8 +78,6 @@ class CancelCheck:
 
 def _drop_unstarted_run(job: dict) -> None:
     """Remove the folder the scheduler made for a new job that never started (only job.log in it)."""
-    from ..runs import RunDir
-
     if job["run_dir"] and not job["resume"]:
         run = RunDir(job["run_dir"])
         if run.path.is_dir() and not run.exists() and not run.file("run.json").exists():
@@ -82,10 +85,6 @@ def _drop_unstarted_run(job: dict) -> None:
 
 
 def run_job(job_id: str, db: str, token: str) -> int:
-    from ..config import TrainConfig
-    from ..errors import CXRError
-    from ..runs import RunDir
-    from .store import JobStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -105,11 +104,11 @@ def run_job(job_id: str, db: str, token: str) -> int:
     reporter = JobReporter(store, job_id, token)
     try:
         if job["resume"]:
-            from ..workflows import resume
+            from ..workflows import resume  # lazy: TensorFlow
 
             resume(run.path, progress=reporter, should_stop=check)
         else:
-            from ..workflows import train
+            from ..workflows import train  # lazy: TensorFlow
 
             train(TrainConfig.from_dict(job["config"]), run=run, progress=reporter, should_stop=check)
     except CXRError as exc:

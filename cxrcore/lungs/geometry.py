@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.pixels import resize
+
 #: A region smaller than this share of the image is noise, not a lung.
 MIN_LUNG_SHARE = 0.01
 #: A lung smaller than this share of the larger one is not counted as the second lung.
@@ -151,19 +153,6 @@ def lungs_from_mask(mask: np.ndarray) -> Lungs:
     return Lungs(labels, boxes)
 
 
-def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A label or probability array resized to ``height x width`` (nearest neighbour for integer labels,
-    bilinear for floats)."""
-    from PIL import Image
-
-    arr = np.asarray(mask)
-    if arr.shape == (height, width):
-        return arr
-    if arr.dtype.kind == "f":
-        return np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
-    return np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((width, height), Image.NEAREST)).astype(arr.dtype)
-
-
 def crop_box(lungs: Lungs, margin: float = CROP_MARGIN) -> list[int] | None:
     """The box around both lungs with ``margin`` of its width and height added on each side, clipped to the
     image; ``None`` unless two lungs were found."""
@@ -222,7 +211,7 @@ def draw_outline(image: np.ndarray, mask: np.ndarray, colour=OUTLINE_COLOUR, wid
     mask = np.asarray(mask) > 0
     if not mask.any():
         return image
-    edge = outline(resize_mask(mask.astype(np.uint8), *image.shape[:2]) > 0, width)  # thin at the image's size
+    edge = outline(resize(mask.astype(np.uint8), *image.shape[:2], nearest=True) > 0, width)  # thin at the image's size
     drawn = np.array(image, copy=True)
     drawn[edge] = colour
     return drawn

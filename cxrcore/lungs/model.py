@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 
 from ..errors import ConfigError
+from ..training.backbones import get_backbone
+from ..training.model import application, resolve_weights
 from . import ENCODERS
 
 #: Filters per level of the plain U-Net, from the full-resolution level down to the bottleneck.
@@ -47,8 +49,6 @@ def _plain_unet(inputs):
 
 
 def _mobilenet_unet(inputs, encoder: str, weights):
-    from ..training.backbones import get_backbone
-    from ..training.model import application, resolve_weights
 
     spec = get_backbone(encoder)
     rgb = keras.layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])

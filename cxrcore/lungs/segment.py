@@ -1,10 +1,10 @@
 """Finding the lungs in an image: :class:`LungSegmenter` and the model shipped with the package.
 
 The shipped model (``cxrcore/lungs/shipped/lungs.keras``, with ``lungs.json``, the record of how it was made)
-is trained by ``python -m cxrcore lungs train`` and loaded with nothing downloaded. Any image the project
-reads (PNG, JPEG, DICOM, through :func:`cxrcore.data.io.decode_image`) is made gray, resized to the model's
-square input (aspect not kept, as for the classifiers), segmented, and the probability map is resized back
-to the image's own size before :func:`cxrcore.lungs.geometry.lungs_from_mask` picks the two lungs.
+is trained by ``python -m cxrcore lungs train`` and loaded with nothing downloaded. The segmenter works on
+decoded pixels (what :func:`cxrcore.data.io.decode_image` returns; it reads no file): they are made gray,
+resized to the model's square input (aspect not kept, as for the classifiers), segmented, and the probability
+map is resized back to the image's own size before :func:`cxrcore.lungs.geometry.lungs_from_mask` picks the two lungs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..data.pixels import resize
 from ..errors import RunError
 from . import geometry
 
@@ -72,12 +72,10 @@ class LungSegmenter:
     def probabilities_of_gray(self, gray: np.ndarray) -> np.ndarray:
         """The lung probability of each pixel of a gray 0..1 image, at the image's own size."""
         height, width = gray.shape
-        small = Image.fromarray(np.clip(gray * 255, 0, 255).astype(np.uint8)).resize(
-            (self.size, self.size), Image.BILINEAR
-        )
+        small = resize(np.clip(gray * 255, 0, 255).astype(np.uint8), self.size)
         x = np.asarray(small, dtype=np.float32)[None, ..., None]
         prob = np.asarray(self._forward(x))[0, ..., 0]
-        return geometry.resize_mask(prob.astype(np.float32), height, width)
+        return resize(prob.astype(np.float32), height, width)
 
     def lungs(self, rgb: np.ndarray, *, grid: int | None = None) -> geometry.Lungs:
         """The two lungs of decoded pixels (``uint8`` RGB or gray), at their size, or on a ``grid x grid``
@@ -89,13 +87,7 @@ class LungSegmenter:
             return self._memo[key]
         gray = _gray(arr)
         if grid:
-            gray = (
-                np.asarray(
-                    Image.fromarray((gray * 255).astype(np.uint8)).resize((grid, grid), Image.BILINEAR),
-                    dtype=np.float32,
-                )
-                / 255.0
-            )
+            gray = resize((gray * 255).astype(np.uint8), grid).astype(np.float32) / 255.0
         found = geometry.lungs_from_mask(self.probabilities_of_gray(gray) >= 0.5)
         self._memo[key] = found
         while len(self._memo) > _MEMO_SIZE:
@@ -123,13 +115,6 @@ class LungSegmenter:
         out = arr.copy()
         out[~keep] = 0
         return out
-
-    def segment(self, source, *, name: str | None = None) -> geometry.Lungs:
-        """The lungs of a file or uploaded bytes (PNG, JPEG or DICOM), at the image's own size. Raises
-        :class:`cxrcore.errors.ImageDecodeError` for an unreadable file."""
-        from ..data.io import decode_image
-
-        return self.lungs(decode_image(source, name=name))
 
 
 @lru_cache(maxsize=4)

@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.pixels import resize
 from ..errors import ConfigError, DataError
 from . import geometry
+from .augment import augment
+from .segment import LungSegmenter
 
 Progress = Callable[[str], None] | None
 
@@ -152,10 +155,8 @@ def read_mask_set(
 def _read_gray(path: str, size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            gray = img.convert("L")
-            if size:
-                gray = gray.resize((size, size), Image.BILINEAR)
-            return np.asarray(gray, dtype=np.float32)
+            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+        return np.asarray(resize(gray, size) if size else gray, dtype=np.float32)
     except (OSError, ValueError) as exc:  # Pillow's errors for a truncated or unknown file
         raise DataError(f"cannot read {path}: {str(exc).splitlines()[0] or type(exc).__name__}") from None
 
@@ -174,8 +175,6 @@ def _batches(images, masks, config: LungTrainConfig, *, train: bool):
     """A Keras ``PyDataset`` of (images 0..255, masks), augmented anew each epoch when ``train`` (two threads
     prepare batches while the model trains; each batch has its own seeded generator)."""
     import keras
-
-    from .augment import augment
 
     size = config.size
 
@@ -204,8 +203,7 @@ def _batches(images, masks, config: LungTrainConfig, *, train: bool):
 
 
 def _resample(gray: np.ndarray, size: int) -> np.ndarray:
-    img = Image.fromarray((gray * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return resize((gray * 255).astype(np.uint8), size).astype(np.float32) / 255.0
 
 
 def held_out_scores(predict, sets: list[MaskSet], part: str = "test") -> dict:
@@ -261,7 +259,7 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
 
     import keras
 
-    from .model import build_lung_model, dice_bce_loss
+    from .model import build_lung_model, dice_bce_loss  # lazy: TensorFlow
 
     keras.utils.set_random_seed(config.seed)
     load_size = int(round(config.size * 1.25))
@@ -311,8 +309,6 @@ def train_lungs(config: LungTrainConfig, progress: Progress = None) -> Path:
     shipped = build_lung_model(config.size, config.encoder, None)  # the weights alone, no optimizer state
     shipped.set_weights(model.get_weights())
     shipped.save(out / MODEL_FILE)
-
-    from .segment import LungSegmenter
 
     segmenter = LungSegmenter(out / MODEL_FILE)
     say("scoring the held-out split")

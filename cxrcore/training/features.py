@@ -39,7 +39,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import TrainConfig
+from ..lungs.segment import shipped_fingerprint
 from .activation_store import ENTRY_LIMIT_BYTES, Entry, cache_root, evict
+from .model import backbone_layers, finetune_layers
+from .pipeline import build_augmenter, make_dataset
 
 log = logging.getLogger("cxrcore.training.features")
 
@@ -125,8 +128,6 @@ def entry_for(
         "seed": config.seed if views else None,
     }
     if config.pixels.lung_crop or config.pixels.lung_mask:  # the pixels depend on the lung model too
-        from ..lungs.segment import shipped_fingerprint
-
         parts["lung_model"] = shipped_fingerprint()
     key = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     return Entry(cache_root() / key)
@@ -149,8 +150,6 @@ def compute_all(
     of ``frame`` (n, ...), or with ``views`` > 0, for that many augmented versions of each
     (views, n, ...). Each is read from the cache when it is there; the others are computed together,
     in one pass over the images, and cached."""
-    from .pipeline import build_augmenter, make_dataset
-
     entries = [entry_for(lower, frame, image_size, config, views) for lower in lowers]
     found = [entry.load() for entry in entries]
     for lower, entry, got in zip(lowers, entries, found):
@@ -261,8 +260,6 @@ class StagePlan:
 def finetune_cut(model: keras.Model, unfreeze: int) -> tuple[str, str] | None:
     """``(cut, note)`` for stage 2 with the top ``unfreeze`` backbone layers unfrozen (as
     :func:`cxrcore.training.model.set_stage` unfreezes them); None when no cut helps."""
-    from .model import backbone_layers, finetune_layers
-
     backbone = backbone_layers(model)
     chosen = {id(layer) for layer in finetune_layers(backbone, unfreeze)}
     trainable = [i for i, layer in enumerate(backbone) if id(layer) in chosen and layer.weights]

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 from ..config import HeadConfig
-from ..errors import WeightsError
+from ..errors import RunError, WeightsError
 from .backbones import Backbone, get_backbone
 from .layers import Preprocess, simple_cnn
 
@@ -184,7 +184,7 @@ def has_features(model: keras.Model) -> bool:
 
 def feature_model(model: keras.Model) -> keras.Model:
     """``model`` with a second output: the global average of the backbone's last feature map (the
-    input of the head's ``head_pool`` layer), the features :mod:`cxrcore.evaluation.ood` compares.
+    input of the head's ``head_pool`` layer), the features :mod:`cxrcore.stats.ood` compares.
     Outputs ``[probabilities, features]``."""
     feature_map = model.get_layer("head_pool").input
     pooled = keras.layers.GlobalAveragePooling2D(name="ood_features")(feature_map)
@@ -196,6 +196,4 @@ def load_model(path: str | Path) -> keras.Model:
     try:
         return keras.saving.load_model(str(path), compile=False)
     except (OSError, ValueError, FileNotFoundError) as exc:
-        from ..errors import RunError
-
         raise RunError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None

@@ -18,7 +18,8 @@ import pandas as pd
 import tensorflow as tf
 
 from ..config import AugmentConfig
-from ..data.io import PixelRules, prepare_image
+from ..data.io import prepare_image
+from ..data.pixels import PixelRules
 from ..errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -26,6 +26,7 @@ from ..data.index import build_index
 from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
 from ..errors import RunError
 from ..evaluation.external import check_external
+from ..lungs.segment import shipped_fingerprint
 from ..runs import write_csv
 from .backbones import get_backbone
 from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeState
@@ -46,7 +47,6 @@ def _lung_model_fingerprint(config: TrainConfig) -> str | None:
     """Which lung model the run's lung pixel rules use (a digest of the shipped file), or None without them."""
     if not (config.pixels.lung_crop or config.pixels.lung_mask):
         return None
-    from ..lungs.segment import shipped_fingerprint
 
     return shipped_fingerprint()
 

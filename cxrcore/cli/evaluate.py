@@ -1,11 +1,14 @@
-"""``python -m cxrcore evaluate``: a run on its test split or on another labelled folder, with the report
-printed for people (stderr) and a JSON summary (stdout), as for every ``python -m cxrcore`` command
-(see :mod:`cxrcore.cli`)."""
+"""``evaluate``: a run on its test split or on another labelled folder, the report printed for people
+(stderr) and a JSON summary (stdout)."""
 
 from __future__ import annotations
 
 import json
 import sys
+
+from ..config import parse_pairs
+from ..data.index import scan_layout
+from ..runs import RunDir
 
 
 def _with_ci(value, bounds: dict | None) -> str:
@@ -53,7 +56,7 @@ def report_lines(result: dict) -> list[str]:
         )
     else:
         lines.append("  calibration: none (trained before calibration existed)")
-    from .compare import operating_points_table
+    from ..evaluation.compare import operating_points_table  # lazy: scikit-learn (about 0.8 s on --help)
 
     points = operating_points_table(result)
     if not points.empty:
@@ -75,16 +78,11 @@ def _fmt(value) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from ..runs import RunDir
-
     RunDir(args.run_dir).require_model()
     if args.data:
-        from ..data.index import scan_layout
-
         scan_layout(args.data)
-    from ..config import parse_pairs
-    from ..workflows import evaluate
-    from .metrics import summary
+    from ..evaluation.metrics import summary  # lazy: scikit-learn (about 0.8 s on --help)
+    from ..workflows import evaluate  # lazy: TensorFlow
 
     result = evaluate(
         args.run_dir, args.data, drop_unknown=args.drop_unknown, label_map=parse_pairs(args.label_map, "--map")
@@ -97,7 +95,6 @@ def cmd_evaluate(args) -> int:
 
 
 def add_evaluate_parser(sub) -> None:
-    """The ``evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="evaluate a run; prints a JSON summary last")
     p.add_argument("run_dir")
     p.add_argument("--data", help="another labelled folder (external validation)")

@@ -1,5 +1,4 @@
-"""``python -m cxrcore lungs train`` and ``python -m cxrcore lungs segment``. Machine-readable results go to
-stdout, the rest to stderr, as for every ``python -m cxrcore`` command (see :mod:`cxrcore.cli`)."""
+"""``lungs train`` and ``lungs segment``: the lung segmentation model and the lungs it finds."""
 
 from __future__ import annotations
 
@@ -8,8 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from ..data.io import decode_image
 from ..errors import ImageDecodeError
+from ..lungs import ENCODERS
+from ..lungs.segment import get_segmenter
 
 
 def _say(message: str) -> None:
@@ -17,7 +20,7 @@ def _say(message: str) -> None:
 
 
 def cmd_lungs_train(args) -> int:
-    from .train import LungTrainConfig, train_lungs
+    from ..lungs.train import LungTrainConfig, train_lungs  # lazy: SciPy (its augmentation)
 
     weights = None if args.weights == "none" else args.weights
     config = LungTrainConfig(
@@ -55,17 +58,13 @@ def _unique_png(out: Path, stem: str, written: set[str]) -> Path:
 
 
 def cmd_lungs_segment(args) -> int:
-    from PIL import Image
-
-    from .segment import get_segmenter
-
     segmenter = get_segmenter(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed, written = 0, set()
     for image in args.images:
         try:
-            lungs = segmenter.segment(image)
+            lungs = segmenter.lungs(decode_image(image))
         except ImageDecodeError as exc:
             failed += 1
             print(json.dumps({"path": image, "error": str(exc)}))
@@ -79,9 +78,6 @@ def cmd_lungs_segment(args) -> int:
 
 
 def add_lungs_parser(sub) -> None:
-    """The ``lungs`` subcommand with ``train`` and ``segment``."""
-    from . import ENCODERS
-
     lungs = sub.add_parser("lungs", help="lung fields: train the lung model, segment images")
     actions = lungs.add_subparsers(dest="lungs_command", required=True)
     p = actions.add_parser(

@@ -1,6 +1,5 @@
-"""``python -m cxrcore explain`` and ``python -m cxrcore faithfulness``: class activation maps with their
-faithfulness scores, per image and over a run's test split. Machine-readable results go to stdout, the
-rest to stderr, as for every ``python -m cxrcore`` command (see :mod:`cxrcore.cli`)."""
+"""``explain`` and ``faithfulness``: class activation maps with their faithfulness scores, per image and
+over a run's test split."""
 
 from __future__ import annotations
 
@@ -8,20 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import prediction_line
 from ..errors import ConfigError, ImageDecodeError
+from ..explain import faithfulness
+from ..explain.cam import COLORMAPS, METHODS, overlay, to_png_bytes
+from ..explain.faithfulness import BASELINES, BORDER_WARN, SAMPLE_SIZE, STEPS, percent
+from ..lungs.geometry import LUNG_SHARE_WARN
+from ..runs import RunDir
+from .options import prediction_line
 
 
 def cmd_explain(args) -> int:
-    from ..lungs.geometry import LUNG_SHARE_WARN
-    from ..runs import RunDir
-    from .cam import overlay, to_png_bytes
-    from .faithfulness import BORDER_WARN, percent
-
     RunDir(args.run_dir).require_model()
     if not 0 <= args.alpha <= 1:
         raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    from ..predict import Predictor
+    from ..predict import Predictor  # lazy: TensorFlow
 
     predictor = Predictor(args.run_dir)
     class_index = None
@@ -106,15 +105,13 @@ def cmd_explain(args) -> int:
 
 
 def cmd_faithfulness(args) -> int:
-    from . import faithfulness
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 20 == 0:
             print(f"  {done}/{total} maps scored", file=sys.stderr)
 
-    from ..workflows import score_explanations
+    from ..workflows import score_explanations  # lazy: TensorFlow
 
     result = score_explanations(
         args.run_dir,
@@ -136,11 +133,7 @@ def cmd_faithfulness(args) -> int:
     return 0
 
 
-def add_explain_parsers(sub) -> None:
-    """The ``explain`` and ``faithfulness`` subcommands."""
-    from .cam import COLORMAPS, METHODS
-    from .faithfulness import BASELINES, SAMPLE_SIZE, STEPS
-
+def add_explain_parser(sub) -> None:
     p = sub.add_parser(
         "explain",
         help="class activation maps with faithfulness scores: overlay PNGs, one JSON line per image "
@@ -159,6 +152,9 @@ def add_explain_parsers(sub) -> None:
     p.add_argument("--baseline", choices=list(BASELINES), default=BASELINES[0], help="what removed pixels become")
     p.add_argument("--operating-point", choices=["sensitivity", "youden"], default="sensitivity")
     p.set_defaults(func=cmd_explain)
+
+
+def add_faithfulness_parser(sub) -> None:
     p = sub.add_parser(
         "faithfulness",
         help="score each explanation method on a sample of a run's test split (kept in the run); JSON last",

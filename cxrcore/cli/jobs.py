@@ -1,19 +1,19 @@
-"""``python -m cxrcore jobs ...``: submit, list, show, cancel, resume and wait for background jobs,
-and the scheduler in the foreground. Machine-readable results go to stdout, the rest to stderr,
-as for every ``python -m cxrcore`` command (see :mod:`cxrcore.cli`)."""
+"""``jobs ...``: submit, list, show, cancel, resume and wait for background jobs, and the scheduler in the
+foreground."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from ..cli import add_train_options, config_from_args
-from .queue import STATUSES
+from ..jobs import queue
+from ..jobs.scheduler import Scheduler
+from ..jobs.store import JobStore
+from ..runs import RunDir
+from .options import add_train_options, config_from_args
 
 
 def _jobs_store(args):
-    from .store import JobStore
-
     return JobStore(args.db)
 
 
@@ -43,15 +43,13 @@ _JOB_FIELDS = (
 
 
 def cmd_jobs_submit(args) -> int:
-    from .queue import submit, submit_comparison, submit_group
-
     recipes = [r.strip() for r in (args.recipe or "").split(",") if r.strip()]
     if len(recipes) > 1:  # a comparison of recipes: each with the same flags on top
         configs = []
         for name in recipes:
             args.recipe = name
             configs.append(config_from_args(args))
-        group, ids = submit_group(configs, store=_jobs_store(args), out_dir=args.out)
+        group, ids = queue.submit_group(configs, store=_jobs_store(args), out_dir=args.out)
         print(f"comparison {group}: {len(ids)} recipes queued", file=sys.stderr)
         for job_id in ids:
             print(job_id)
@@ -60,20 +58,18 @@ def cmd_jobs_submit(args) -> int:
     if len(names) > 1:
         args.backbone = names[0]
         config = config_from_args(args, resolve=False)  # weights, size, unfreeze follow each backbone
-        group, ids = submit_comparison(config, names, store=_jobs_store(args), out_dir=args.out)
+        group, ids = queue.submit_comparison(config, names, store=_jobs_store(args), out_dir=args.out)
         print(f"comparison {group}: {len(ids)} jobs queued", file=sys.stderr)
         for job_id in ids:
             print(job_id)
         return 0
     config = config_from_args(args)
-    print(submit(config, store=_jobs_store(args), out_dir=args.out))
+    print(queue.submit(config, store=_jobs_store(args), out_dir=args.out))
     return 0
 
 
 def cmd_jobs_list(args) -> int:
-    from .queue import list_jobs
-
-    jobs = list_jobs(store=_jobs_store(args), status=args.status, group=args.group)
+    jobs = queue.list_jobs(store=_jobs_store(args), status=args.status, group=args.group)
     if args.json:
         print(json.dumps([{k: j[k] for k in _JOB_FIELDS} for j in jobs]))
         return 0
@@ -92,10 +88,7 @@ def cmd_jobs_list(args) -> int:
 
 
 def cmd_jobs_show(args) -> int:
-    from ..runs import RunDir
-    from .queue import get
-
-    job = get(args.job_id, store=_jobs_store(args))
+    job = queue.get(args.job_id, store=_jobs_store(args))
     out = {k: job[k] for k in _JOB_FIELDS}
     out["metrics"] = job["metrics"]
     history = RunDir(job["run_dir"]).history() if args.history and job["run_dir"] else None
@@ -105,9 +98,7 @@ def cmd_jobs_show(args) -> int:
 
 
 def cmd_jobs_cancel(args) -> int:
-    from .queue import cancel
-
-    job = cancel(args.job_id, store=_jobs_store(args), force=args.force, wait=0 if args.no_wait else args.timeout)
+    job = queue.cancel(args.job_id, store=_jobs_store(args), force=args.force, wait=0 if args.no_wait else args.timeout)
     print(
         f"job {job['id']}: {job['status']}" + (" (cancel requested)" if job["status"] == "running" else ""),
         file=sys.stderr,
@@ -117,24 +108,18 @@ def cmd_jobs_cancel(args) -> int:
 
 
 def cmd_jobs_resume(args) -> int:
-    from .queue import resume
-
-    job = resume(args.job_id, store=_jobs_store(args))
+    job = queue.resume(args.job_id, store=_jobs_store(args))
     print(job["id"])
     return 0
 
 
 def cmd_jobs_wait(args) -> int:
-    from .queue import wait
-
-    job = wait(args.job_id, store=_jobs_store(args), timeout=args.timeout)
+    job = queue.wait(args.job_id, store=_jobs_store(args), timeout=args.timeout)
     print(job["status"])
     return 0 if job["status"] == "succeeded" else 1
 
 
 def cmd_jobs_worker(args) -> int:
-    from .scheduler import Scheduler
-
     scheduler = Scheduler(
         _jobs_store(args), max_jobs=args.max_jobs, gpus_per_job=args.gpus_per_job, idle_exit=args.idle_exit or None
     )
@@ -159,7 +144,7 @@ def add_jobs_parser(sub) -> None:
     )
     p.set_defaults(func=cmd_jobs_submit)
     p = jsub.add_parser("list", help="jobs, newest first")
-    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--status", choices=queue.STATUSES)
     p.add_argument("--group")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs_list)

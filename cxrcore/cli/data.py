@@ -1,0 +1,84 @@
+"""``index``, ``audit`` and ``demo-data``: datasets before any training."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..data.audit import audit
+from ..data.demo import make_demo_dataset
+from ..data.index import build_index, summarize
+from ..data.io import decode_image
+
+
+def cmd_index(args) -> int:
+    index = build_index(args.data)
+    if args.verify:
+        for path in index["path"]:
+            decode_image(path)
+    if args.csv:
+        index.to_csv(args.csv, index=False)
+    info = summarize(index)
+    print(
+        f"{info['images']} images, {len(info['classes'])} classes, layout {info['layout']}: {info['root']}",
+        file=sys.stderr,
+    )
+    for label, by_split in info["by_split"].items():
+        print(f"  {label:<24} {info['classes'][label]:>7}  {by_split}", file=sys.stderr)
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    result = audit(args.data, folds=args.folds, use_cache=not args.no_cache)
+    shortcut = result["shortcut"]
+    print(f"{result['images']} images, classes {result['classes']}", file=sys.stderr)
+    print(
+        f"  patient leak: {result['patient_leak']['patients']} patient(s) in more than one split "
+        f"({result['patient_leak']['images_without_patient_id']} images without a patient id)",
+        file=sys.stderr,
+    )
+    print(
+        f"  duplicates: {result['duplicates']['groups']} group(s) of identical files, "
+        f"{result['duplicates']['across_splits']} across splits",
+        file=sys.stderr,
+    )
+    for check in (shortcut, shortcut.get("outside_lungs")):
+        if check:
+            print(f"  {'WARNING: ' if check['flagged'] else ''}{check['message']}", file=sys.stderr)
+    for source, mix in (result["sources"] or {}).items():
+        print(f"  source {source}: {mix}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    path = make_demo_dataset(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
+    print("synthetic demo dataset (not real radiographs) written to:", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def add_index_parser(sub) -> None:
+    p = sub.add_parser("index", help="index a dataset and print its summary")
+    p.add_argument("data")
+    p.add_argument("--verify", action="store_true", help="also decode every image")
+    p.add_argument("--csv", help="write the index to this CSV file")
+    p.set_defaults(func=cmd_index)
+
+
+def add_audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="audit a dataset before training: leaks, duplicates, shortcuts; JSON last")
+    p.add_argument("data")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the shortcut check")
+    p.add_argument("--no-cache", action="store_true", help="compute again even if a cached result exists")
+    p.set_defaults(func=cmd_audit)
+
+
+def add_demo_data_parser(sub) -> None:
+    p = sub.add_parser("demo-data", help="write the synthetic demo dataset")
+    p.add_argument("out_dir")
+    p.add_argument("--n-per-class", type=int, default=150)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
