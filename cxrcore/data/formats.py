@@ -217,9 +217,7 @@ def decode_pil(data: bytes, fmt: str, label: str, size: int | None) -> np.ndarra
         if img.mode not in HIGH_BIT_MODES:
             if img.mode not in ("L", "RGB"):
                 img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)  # Pillow's pixels: no numpy copy
-            return np.asarray(img, dtype=np.uint8)
+            return np.asarray(img, dtype=np.uint8) if size is None else resize(img, size)  # no numpy copy first
         high = np.asarray(img)
     del img  # Pillow's copy of the pixels: the stretch needs `high`
     gray = stretch(high)

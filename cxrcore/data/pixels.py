@@ -82,16 +82,20 @@ def gray_or_rgb(arr: np.ndarray) -> np.ndarray:
     return arr if arr.ndim == 2 else to_rgb(arr)
 
 
-def resize(arr: np.ndarray, height: int, width: int | None = None, *, nearest: bool = False) -> np.ndarray:
+def resize(arr, height: int, width: int | None = None, *, nearest: bool = False) -> np.ndarray:
     """``arr`` resized to ``height x width`` (``width`` defaults to ``height``), the one resize of the
     project, with Pillow: ``uint8`` gray (2-D) or RGB images bilinear; float maps (heatmaps, probabilities)
     bilinear in float32; with ``nearest``, labels and masks (any integer or bool array, values 0..255)
-    by nearest neighbour, in their own dtype. Returned as it is when it already has that size.
+    by nearest neighbour, in their own dtype. Returned as it is when it already has that size. An 8-bit
+    Pillow image (``L`` or ``RGB``, as a decoder opened it) is resized as it is, without a numpy copy first.
 
     Pillow resamples each channel alike, so resizing gray and then copying it into three channels gives
     exactly the pixels of resizing the three-channel copy, for a third of the work and memory.
     """
     width = height if width is None else width
+    if isinstance(arr, Image.Image):
+        same = arr.size == (width, height)
+        return np.asarray(arr if same else arr.resize((width, height), Image.BILINEAR), dtype=np.uint8)
     arr = np.asarray(arr)
     if arr.shape[0] == height and arr.shape[1] == width:
         return arr
