@@ -16,7 +16,7 @@ from conftest import make_class_folders, write_image
 from cxrcore.data.index import build_index, patient_from_filename, scan_layout, summarize
 from cxrcore.errors import DataError
 
-COLUMNS = ["path", "label", "split", "patient_id", "source", "width", "height", "mode", "bytes"]
+COLUMNS = ["path", "label", "split", "patient_id", "source", "weight", "width", "height", "mode", "bytes"]
 
 
 # ---------------------------------------------------------------- helpers

@@ -8,6 +8,9 @@ read again, so re-opening a 100k-image dataset is a directory walk.
 
 Supported layouts (detected in this order):
 
+``dataset-list``       a JSON file naming several datasets (any of these layouts), recognised by its content:
+                       ``{"datasets": [{"path": "...", "name": "...", "labels": {"old": "new" or null},
+                       "weight": 1.0}, ...]}`` (see :func:`read_dataset_list`)
 ``manifest``           a CSV file, or ``ROOT/manifest.csv``: ``path,label[,patient_id][,split]``
 ``split-folders``      ``ROOT/{train,val,test}/<class>/*`` (e.g. the pediatric "chest_xray" set)
 ``covid-radiography``  ``ROOT/<Class>/images/*.png`` with ``masks/`` ignored
@@ -17,9 +20,11 @@ Supported layouts (detected in this order):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +33,7 @@ from ..errors import DataError, ImageDecodeError
 from .formats import IMAGE_EXTENSIONS
 from .io import read_header
 
-INDEX_COLUMNS = ["path", "label", "split", "patient_id", "source", "width", "height", "mode", "bytes"]
+INDEX_COLUMNS = ["path", "label", "split", "patient_id", "source", "weight", "width", "height", "mode", "bytes"]
 #: manifest columns that name where an image came from (a hospital, a site, a public set); the
 #: first one present becomes the index's ``source`` (empty when none is known)
 SOURCE_COLUMNS = ("source", "source_repo", "hospital", "site")
@@ -45,8 +50,11 @@ _SPLIT_ALIASES = {
 _IGNORED_DIRS = {"masks", "mask", "__macosx"}
 LAYOUTS_HELP = (
     "class folders (ROOT/<class>/*.png), split folders (ROOT/train|val|test/<class>/...), "
-    "COVID-19 Radiography (ROOT/<Class>/images/*.png) or a CSV manifest (path,label[,patient_id][,split])"
+    "COVID-19 Radiography (ROOT/<Class>/images/*.png), a CSV manifest (path,label[,patient_id][,split]) "
+    'or a JSON dataset list ({"datasets": [{"path": ..., "name": ..., "labels": {...}, "weight": 1.0}]})'
 )
+#: the keys a dataset list's entry may have (``path`` is required)
+LIST_KEYS = ("path", "name", "labels", "weight")
 
 # Patient ids encoded in well-known file names.
 PATIENT_PATTERNS = (
@@ -150,6 +158,122 @@ def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
     return root, rows
 
 
+@dataclass(frozen=True)
+class ListedDataset:
+    """One entry of a dataset list: where it is, the source its images carry (unless it names its own per
+    image), how its labels map to the list's classes (``None``: left out) and its weight."""
+
+    path: Path
+    name: str
+    labels: dict[str, str | None]
+    weight: float
+
+
+def is_dataset_list(path: Path) -> bool:
+    """Whether ``path`` is a file holding a dataset list: a JSON object (its content decides, not its name; one
+    that is not a list of datasets is refused by :func:`read_dataset_list`, naming what it lacks)."""
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def read_dataset_list(path: str | os.PathLike) -> list[ListedDataset]:
+    """The entries of a dataset list file, checked: each a JSON object with a ``path`` (relative to the
+    list's folder) that exists, an optional ``name`` (default: the dataset's folder or file name),
+    ``labels`` (label -> class, or null to leave the label out) and ``weight`` (a positive number, default
+    1). Raises :class:`DataError` naming the file and the entry for anything else."""
+    path = Path(path)
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read dataset list {path}: {exc}") from None
+    entries = found.get("datasets") if isinstance(found, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(
+            f'dataset list {path}: expected {{"datasets": [{{"path": ...}}, ...]}} with at least one dataset'
+        )
+    unknown_top = sorted(set(found) - {"datasets"})
+    if unknown_top:
+        raise DataError(f"dataset list {path}: unknown key(s) {', '.join(unknown_top)} (only datasets)")
+    listed, seen_paths, seen_names = [], set(), set()
+    for i, entry in enumerate(entries):
+        where = f"dataset list {path}, datasets[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"].strip():
+            raise DataError(f"{where}: each dataset needs a path (a string)")
+        unknown = sorted(set(entry) - set(LIST_KEYS))
+        if unknown:
+            raise DataError(f"{where}: unknown key(s) {', '.join(unknown)} (use {', '.join(LIST_KEYS)})")
+        target = Path(entry["path"]).expanduser()
+        target = (target if target.is_absolute() else path.parent / target).resolve()
+        if not target.exists():
+            raise DataError(f"{where}: {entry['path']} does not exist (looked for {target})")
+        if is_dataset_list(target):
+            raise DataError(f"{where}: {entry['path']} is itself a dataset list; list its datasets here instead")
+        if target in seen_paths:
+            raise DataError(f"{where}: {entry['path']} is listed twice")
+        name = entry.get("name", target.stem if target.is_file() else target.name)
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: name must be a non-empty string, got {name!r}")
+        if name.strip() in seen_names:
+            raise DataError(f"{where}: the name {name.strip()!r} is used twice")
+        labels = entry.get("labels", {})
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and (v is None or (isinstance(v, str) and v.strip())) for k, v in labels.items()
+        ):
+            raise DataError(f"{where}: labels must map each label to a class name or null, got {labels!r}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise DataError(f"{where}: weight must be a positive number, got {weight!r}")
+        seen_paths.add(target)
+        seen_names.add(name.strip())
+        listed.append(
+            ListedDataset(
+                target, name.strip(), {k: (v.strip() if v else None) for k, v in labels.items()}, float(weight)
+            )
+        )
+    return listed
+
+
+def _dataset_list_rows(path: Path) -> tuple[Path, list[dict]]:
+    """Every listed dataset's rows, each with its source (the dataset's own per image, else its name), its
+    label mapped, its weight and its path made absolute; patients are kept apart per dataset."""
+    rows = []
+    for i, listed in enumerate(read_dataset_list(path)):
+        root, _, found = scan_layout(listed.path)
+        present = {r["label"] for r in found}
+        unknown = sorted(set(listed.labels) - present)
+        if unknown:
+            raise DataError(
+                f"dataset list {path}, datasets[{i}] ({listed.name}): labels maps {', '.join(map(repr, unknown))}, "
+                f"which it does not have; its labels: {', '.join(sorted(present))}"
+            )
+        kept = 0
+        for r in found:
+            label = listed.labels.get(r["label"], r["label"])
+            if label is None:
+                continue
+            kept += 1
+            patient = r.get("patient_id", "")
+            rows.append(
+                {
+                    "relpath": os.path.normpath(root / r["relpath"]),
+                    "label": label,
+                    "split": r.get("split", ""),
+                    "patient_id": f"{listed.name}/{patient}" if patient else "",
+                    "source": r.get("source", "") or listed.name,
+                    "weight": listed.weight,
+                }
+            )
+        if not kept:
+            raise DataError(f"dataset list {path}, datasets[{i}] ({listed.name}): every label is mapped to null")
+    return path.parent, rows
+
+
 def scan_layout(data: str | os.PathLike) -> tuple[Path, str, list[dict]]:
     """Detect the layout of ``data`` and list its images (no image is opened).
 
@@ -159,8 +283,11 @@ def scan_layout(data: str | os.PathLike) -> tuple[Path, str, list[dict]]:
     if not data.exists():
         raise DataError(f"dataset not found: {data}")
     if data.is_file():
+        if is_dataset_list(data):
+            root, rows = _dataset_list_rows(data.resolve())
+            return root, "dataset-list", rows
         if data.suffix.lower() != ".csv":
-            raise DataError(f"{data} is a file; give a dataset folder or a CSV manifest")
+            raise DataError(f"{data} is a file; give a dataset folder, a CSV manifest or a JSON dataset list")
         root, rows = _manifest_rows(data.resolve())
         return root, "manifest", rows
     root = data.resolve()
@@ -291,6 +418,7 @@ def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache
                 "split": r["split"],
                 "patient_id": r["patient_id"],
                 "source": r.get("source", ""),
+                "weight": float(r.get("weight", 1.0)),
                 "width": facts[r["relpath"]]["width"],
                 "height": facts[r["relpath"]]["height"],
                 "mode": facts[r["relpath"]]["mode"],
