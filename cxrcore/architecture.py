@@ -61,7 +61,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "data",
         "decoding and the model's view of an image (lung rules included), dataset layouts, splits, the audit",
-        ("data.io", "data.index", "data.splits", "data.audit"),
+        ("data.io", "data.index", "data.splits", "data.sources", "data.audit"),
     ),
     (
         "runs and stores",

@@ -225,6 +225,15 @@ class RunDir:
         found = self.ensemble()
         return [RunDir(p) for p in found["members"]] if found else []
 
+    def loso_study(self) -> dict | None:
+        """For a run of a leave-one-source-out study: the study's ``loso.json`` (in the folder above the
+        run) with ``held_out``, the source this run was tested on; None for any other run."""
+        study = read_loso(self.path.parent)
+        if not study:
+            return None
+        mine = [f for f in study.get("folds", []) if f.get("run") == self.path.name]
+        return {**study, "held_out": mine[0]["source"] if mine else None}
+
     def pixel_rules(self):
         """The pixel rules (:class:`cxrcore.data.pixels.PixelRules`) every image this run's model sees goes
         through; the defaults for runs trained before they existed, or without a config.json."""
@@ -460,6 +469,52 @@ class RunDir:
             "macro_f1": metrics.get("macro_f1"),
             "macro_auc": metrics.get("macro_auc"),
         }
+
+
+#: the summary of a leave-one-source-out study, in its folder beside the study's runs
+LOSO = "loso.json"
+
+
+def new_study_dir(kind: str, backbone: str, parent: str | Path | None = None) -> Path:
+    """Create ``<parent>/<YYYYmmdd-HHMMSS>-<kind>-<backbone>``, a folder that holds a study's runs."""
+    parent = Path(parent) if parent else models_dir()
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(kind)}-{_slug(backbone)}"
+    for n in range(1000):
+        path = parent / (stem if n == 0 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"cannot create a study folder under {parent}")
+
+
+def write_loso(folder: str | Path, result: dict) -> None:
+    """Write a leave-one-source-out study's summary (``loso.json``) into its folder."""
+    write_atomic(Path(folder) / LOSO, json.dumps(result, indent=2))
+
+
+def read_loso(folder: str | Path) -> dict | None:
+    """A study folder's ``loso.json``; None when it has none or it cannot be read."""
+    try:
+        return json.loads((Path(folder) / LOSO).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def list_loso(parent: str | Path | None = None) -> list[dict]:
+    """The leave-one-source-out studies under ``parent`` (newest first), each its ``loso.json`` with
+    ``folder`` added."""
+    parent = Path(parent) if parent else models_dir()
+    if not parent.is_dir():
+        return []
+    found = []
+    for path in sorted(parent.iterdir(), reverse=True):
+        study = read_loso(path) if path.is_dir() else None
+        if study is not None:
+            found.append({**study, "folder": str(path)})
+    return found
 
 
 def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:

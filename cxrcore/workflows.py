@@ -18,6 +18,7 @@ run keeps from them, the model card (``MODEL_CARD.md``) last. No other module wr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -25,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from . import runs
-from .config import TrainConfig
+from .config import LabelScheme, TrainConfig
 from .data.audit import audit
+from .data.sources import fold_split, loso_folds
 from .ensemble import create
 from .errors import CXRError
 from .evaluation import model_card
@@ -35,7 +37,7 @@ from .explain import sampled
 from .explain.cam import overlay
 from .export import export as export_run
 from .training.model import load_model
-from .training.train import resume_run
+from .training.train import prepare_data, resume_run
 from .training.train import train as train_stage
 
 log = logging.getLogger("cxrcore.workflows")
@@ -149,6 +151,59 @@ def resume(run_dir: str | Path, **options) -> runs.RunDir:
     the one resume path (``train --resume``, a resumed background job, the dashboard's Resume button).
     ``options``: ``progress``, ``should_stop``."""
     return resume_run(run_dir, **options, **training_hooks())
+
+
+def leave_one_source_out(config: TrainConfig, out_dir: str | Path | None = None, progress=None) -> Path:
+    """Train one model per source that can be held out (:func:`cxrcore.data.sources.loso_folds`), each on
+    every other source (split into train and validation) and tested on the held-out source (and on
+    ``config.external``), each a complete run; returns the study's folder, which holds the runs and
+    ``loso.json``: one row per held-out source (``source``, ``n``, ``auc`` with its 95% interval, the
+    class ``prevalence``, the ``run``), then ``mean_auc`` and ``worst``, and the sources ``skipped``
+    with why. ``auc`` is the macro AUC (the AUC for two classes)."""
+    frame, classes = prepare_data(config)
+    folds, skipped = loso_folds(frame, classes)
+    folder = runs.new_study_dir("loso", config.backbone, out_dir)
+    study = {
+        "data": config.data,
+        "classes": classes,
+        "backbone": config.backbone,
+        "config": config.to_dict(),
+        "folds": [],
+        "skipped": skipped,
+        "status": "running",
+    }
+    runs.write_loso(folder, study)
+    log.info("leave one source out: %d fold(s) (%s) into %s", len(folds), ", ".join(folds), folder)
+    for source in folds:
+        split = fold_split(frame, source, val_fraction=config.val_fraction, seed=config.seed)
+        manifest = folder / f"fold-{len(study['folds']) + 1}.csv"
+        split[["path", "label", "patient_id", "source", "split"]].to_csv(manifest, index=False)
+        fold = dataclasses.replace(config, data=str(manifest), labels=LabelScheme())  # labels already mapped
+        run = train(fold.validate(), out_dir=folder, progress=progress)
+        metrics = run.metrics() or {}
+        ci = (metrics.get("ci") or {}).get("macro_auc") or {}
+        held = split[split["split"] == "test"]
+        study["folds"].append(
+            {
+                "source": source,
+                "n": int(len(held)),
+                "auc": metrics.get("macro_auc"),
+                "ci_low": ci.get("ci_low"),
+                "ci_high": ci.get("ci_high"),
+                "prevalence": {c: float((held["label"] == c).mean()) for c in classes},
+                "run": run.path.name,
+                "external": {
+                    e.source.get("data", e.name): e.metrics.get("macro_auc") for e in run.external_evaluations()
+                },
+            }
+        )
+        runs.write_loso(folder, study)
+    scored = [f for f in study["folds"] if f["auc"] is not None]
+    study["mean_auc"] = float(np.mean([f["auc"] for f in scored])) if scored else None
+    study["worst"] = min(scored, key=lambda f: f["auc"])["source"] if scored else None
+    study["status"] = "complete"
+    runs.write_loso(folder, study)
+    return folder
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, **options) -> dict:

@@ -8,7 +8,7 @@ import sys
 
 from ..data.index import scan_layout
 from ..recipes import RECIPES, describe, get_recipe
-from ..runs import RunDir
+from ..runs import RunDir, read_loso
 from ..training import activation_store
 from ..training.backbones import list_backbones
 from .options import add_train_options, config_from_args, print_epoch
@@ -21,6 +21,16 @@ def cmd_train(args) -> int:
         from ..workflows import resume  # lazy: TensorFlow
 
         run = resume(args.resume, progress=print_epoch)
+    elif args.loso:
+        config = config_from_args(args)
+        scan_layout(config.data)
+        from ..workflows import leave_one_source_out  # lazy: TensorFlow
+
+        folder = leave_one_source_out(config, out_dir=args.out, progress=print_epoch)
+        for line in loso_lines(read_loso(folder)):
+            print(line, file=sys.stderr)
+        print(folder)
+        return 0
     else:
         config = config_from_args(args)
         scan_layout(config.data)
@@ -29,6 +39,19 @@ def cmd_train(args) -> int:
         run = train(config, out_dir=args.out, progress=print_epoch)
     print(run.path)
     return 0
+
+
+def loso_lines(study: dict) -> list[str]:
+    """A leave-one-source-out study in a few lines: each held-out source's AUC, then the mean and the worst."""
+    lines = ["held-out source                          n     AUC (95% CI)"]
+    for fold in study["folds"]:
+        auc = "  -  " if fold["auc"] is None else f"{fold['auc']:.3f}"
+        ci = f" ({fold['ci_low']:.3f}-{fold['ci_high']:.3f})" if fold.get("ci_low") is not None else ""
+        lines.append(f"{fold['source'][:38]:<38} {fold['n']:>5}  {auc}{ci}")
+    if study.get("mean_auc") is not None:
+        lines.append(f"mean AUC {study['mean_auc']:.3f}; worst: {study['worst']}")
+    lines += [f"not held out: {source} ({why})" for source, why in study.get("skipped", {}).items()]
+    return lines
 
 
 def cmd_backbones(args) -> int:
@@ -79,6 +102,12 @@ def add_train_parser(sub) -> None:
         metavar="RUN_DIR",
         help="continue an interrupted run from its last completed epoch "
         "(with its own configuration; the other options are ignored)",
+    )
+    p.add_argument(
+        "--loso",
+        action="store_true",
+        help="leave one source out: one run per source that holds both classes, trained on the other sources "
+        "and tested on it (and on --external sets); prints the study folder (its runs and loso.json) last",
     )
     p.set_defaults(func=cmd_train)
 
