@@ -42,7 +42,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .data.pixels import PixelRules
-from .errors import RunError
+from .errors import CXRError, RunError
 from .stats.ood import FeatureStats
 from .training.backbones import get_backbone
 
@@ -225,14 +225,20 @@ class RunDir:
         found = self.ensemble()
         return [RunDir(p) for p in found["members"]] if found else []
 
-    def loso_study(self) -> dict | None:
-        """For a run of a leave-one-source-out study: the study's ``loso.json`` (in the folder above the
-        run) with ``held_out``, the source this run was tested on; None for any other run."""
+    def loso(self) -> dict | None:
+        """The leave-one-source-out study this run belongs to (``loso.json`` in the folder above it), with
+        ``held_out``: the source the run was tested on; else the newest study on the same data in the same
+        folder as the run, with ``held_out`` None; else None."""
         study = read_loso(self.path.parent)
-        if not study:
+        if study:
+            mine = [f for f in study.get("folds", []) if f.get("run") == self.path.name]
+            return {**study, "held_out": mine[0]["source"] if mine else None}
+        try:
+            data = str(self.config().data)
+        except CXRError:
             return None
-        mine = [f for f in study.get("folds", []) if f.get("run") == self.path.name]
-        return {**study, "held_out": mine[0]["source"] if mine else None}
+        beside = [s for s in list_loso(self.path.parent) if str(s.get("data")) == data]
+        return {**beside[0], "held_out": None} if beside else None
 
     def pixel_rules(self):
         """The pixel rules (:class:`cxrcore.data.pixels.PixelRules`) every image this run's model sees goes
@@ -533,12 +539,16 @@ def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:
 
 
 def list_runs(parent: str | Path | None = None) -> list[dict]:
-    """Runs under ``parent`` (newest first), as :meth:`RunDir.summary` rows; unreadable ones skipped."""
+    """Runs under ``parent`` (newest first), as :meth:`RunDir.summary` rows, the runs of a study folder
+    (one with ``loso.json``) included after it; unreadable ones skipped."""
     parent = Path(parent) if parent else models_dir()
     if not parent.is_dir():
         return []
     rows = []
     for path in sorted(parent.iterdir(), reverse=True):
+        if (path / LOSO).is_file():
+            rows += list_runs(path)
+            continue
         run = RunDir(path)
         if not run.exists():
             continue

@@ -203,6 +203,8 @@ def leave_one_source_out(config: TrainConfig, out_dir: str | Path | None = None,
     study["worst"] = min(scored, key=lambda f: f["auc"])["source"] if scored else None
     study["status"] = "complete"
     runs.write_loso(folder, study)
+    for fold in study["folds"]:  # each card shows the whole study
+        write_card(runs.RunDir(folder / fold["run"]))
     return folder
 
 

@@ -1,5 +1,7 @@
 """Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices, and one image through each."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from cxrcore import ensemble, workflows
@@ -11,6 +13,8 @@ from cxrcore.evaluation.compare import (
     format_value,
     has_intervals,
     level_percent,
+    loso_sentence,
+    loso_table,
 )
 from cxrcore.evaluation.evaluate import (
     better,
@@ -192,6 +196,29 @@ if metrics:
         col.plotly_chart(
             plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch", key=f"compare_cm_{run_id}"
         )
+
+st.subheader("Leave one source out")
+studies = run_files.list_loso()
+if not studies:
+    st.caption(
+        "No leave-one-source-out study yet. One trains a model per source, each tested on the source it never "
+        "saw: `python -m cxrcore train --data DATA ... --loso` (DATA with a source column, or a dataset list)."
+    )
+else:
+    study = st.selectbox(
+        "Study",
+        studies,
+        format_func=lambda s: (
+            f"{Path(s['folder']).name} · {Path(str(s['data'])).name} · "
+            + ("running" if s.get("mean_auc") is None else f"mean AUC {s['mean_auc']:.3f}")
+        ),
+        key="compare_loso",
+    )
+    st.dataframe(loso_table(study), hide_index=True, width="stretch")
+    for r in chosen:
+        run = run_files.RunDir(r["path"])
+        if str(run.config().data) == str(study["data"]) and r.get("macro_auc") is not None:
+            st.caption(f"`{r['run_id']}`: {loso_sentence(study, r['macro_auc'])}")
 
 st.subheader("Ensemble")
 ensembles = [r for r in chosen if run_files.RunDir(r["path"]).ensemble() is not None]

@@ -14,6 +14,8 @@ from cxrcore.evaluation.compare import (
     has_intervals,
     interval,
     level_percent,
+    loso_sentence,
+    loso_table,
     operating_points_table,
     report_display,
     report_table,
@@ -216,6 +218,27 @@ def mistakes(predictions: pd.DataFrame, classes: list[str], key: str) -> None:
         )
 
 
+def loso_view(run, metrics: dict) -> None:
+    """A leave-one-source-out study beside the internal figures: the one this run is a fold of, or one on
+    the same data."""
+    study = run.loso()
+    if study is None:
+        return
+    with st.container(border=True):
+        if study["held_out"] is not None:
+            st.markdown(
+                f"**Leave one source out.** This run is one fold: trained without `{study['held_out']}`, tested "
+                f"on all of it. The study's folds:"
+            )
+        else:
+            st.markdown(f"**{loso_sentence(study, metrics.get('macro_auc'))}**")
+        st.dataframe(loso_table(study), hide_index=True, width="stretch")
+        st.caption(
+            "Each held-out source is a hospital the model never saw: the AUC there is what to expect elsewhere, "
+            "not the internal test split's."
+        )
+
+
 def writeup_view(run) -> None:
     """For a run started from a recipe: the figures its write-up published beside the run's."""
     found = writeup_comparison(run)
@@ -355,6 +378,7 @@ with tabs[0]:
             st.caption("Metrics of the best checkpoint so far (evaluated by hand before the run finished).")
         writeup_view(run)
         metrics_view(test.metrics, test.predictions(), key="evaluate_test")
+        loso_view(run, test.metrics)
     elif status == "succeeded":
         st.info(
             "This run has no test split, so no test-split metrics: evaluate it on labelled data in the "

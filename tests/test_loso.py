@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import conftest
 from conftest import cli, tiny_config
 from cxrcore import runs
 from cxrcore.data.sources import fold_split, loso_folds
@@ -85,9 +86,31 @@ def test_a_study_holds_one_run_per_fold_and_its_summary(three_sources):
         assert set(test["source"]) == {fold["source"]} and fold["n"] == len(test) == 24
         assert fold["prevalence"] == {"A": 0.5, "B": 0.5}
         assert fold["auc"] == run.metrics()["macro_auc"]
-        assert run.loso_study()["held_out"] == fold["source"]
+        assert run.loso()["held_out"] == fold["source"]
+        assert f"trained without `{fold['source']}`" in run.model_card()
     aucs = [f["auc"] for f in study["folds"]]
     assert study["mean_auc"] == pytest.approx(np.mean(aucs))
     assert study["worst"] == study["folds"][int(np.argmin(aucs))]["source"]
     assert "mean AUC" in stderr and "not held out: east (holds one class only" in stderr
     assert [s["folder"] for s in runs.list_loso(folder.parent)] == [str(folder)]
+
+
+def test_evaluate_and_compare_show_the_study(three_sources, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    folder, _ = three_sources
+    monkeypatch.setenv("CXRCORE_MODELS", str(folder.parent))
+    monkeypatch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "2")
+    at = AppTest.from_file(str(conftest.REPO / "app.py"), default_timeout=120)
+    at.run()
+    for page in ("pages/evaluate.py", "pages/compare.py"):
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        shown = [d.value for d in at.dataframe]
+        study = [t for t in shown if "held-out source" in t.columns]
+        assert study and list(study[0]["held-out source"])[:2] == ["north", "south"], page
+        assert "mean" in list(study[0]["held-out source"])
+    at.switch_page("pages/evaluate.py")
+    at.run()
+    assert any("This run is one fold" in m.value for m in at.markdown)

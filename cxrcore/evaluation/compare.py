@@ -264,3 +264,40 @@ def side_by_side(internal: Mapping, external: Mapping) -> pd.DataFrame:
         }
     )
     return pd.DataFrame(rows).set_index("metric")
+
+
+def loso_table(study: Mapping) -> pd.DataFrame:
+    """A leave-one-source-out study (``loso.json``) as a table: one row per held-out source (images, its
+    AUC with the 95% interval, each class's share), then the mean and the worst."""
+    classes = list(study.get("classes") or [])
+    rows = []
+    for fold in study.get("folds") or []:
+        prevalence = fold.get("prevalence") or {}
+        rows.append(
+            {
+                "held-out source": fold["source"],
+                "images": fold["n"],
+                "AUC (95% CI)": format_value(fold.get("auc"), (fold.get("ci_low"), fold.get("ci_high"))),
+                **{f"{c} share": f"{prevalence[c]:.0%}" if c in prevalence else "" for c in classes},
+            }
+        )
+    if study.get("mean_auc") is not None:
+        rows.append({"held-out source": "mean", "AUC (95% CI)": f"{study['mean_auc']:.3f}"})
+        worst = next(f for f in study["folds"] if f["source"] == study["worst"])
+        rows.append({"held-out source": f"worst: {worst['source']}", "AUC (95% CI)": f"{worst['auc']:.3f}"})
+    return pd.DataFrame(rows).fillna("")
+
+
+def loso_sentence(study: Mapping, internal_auc: float | None = None) -> str:
+    """The study in one sentence, beside a run's internal test AUC when given."""
+    folds = study.get("folds") or []
+    if study.get("mean_auc") is None:
+        return f"Leave one source out: {len(folds)} fold(s) so far, not complete."
+    worst = next(f for f in folds if f["source"] == study["worst"])
+    text = (
+        f"Leave one source out ({len(folds)} held-out source(s)): mean AUC {study['mean_auc']:.3f}, worst "
+        f"{worst['auc']:.3f} on {worst['source']}"
+    )
+    if internal_auc is not None:
+        text += f", against {internal_auc:.3f} on the internal test split"
+    return text + "."

@@ -22,7 +22,15 @@ from ..explain import faithfulness, sampled
 from ..lungs.geometry import LUNG_SHARE_WARN
 from ..recipes import writeup_comparison
 from . import sanity
-from .compare import bootstrap_caption, format_value, has_intervals, interval, operating_points_table
+from .compare import (
+    bootstrap_caption,
+    format_value,
+    has_intervals,
+    interval,
+    loso_sentence,
+    loso_table,
+    operating_points_table,
+)
 
 log = logging.getLogger("cxrcore")
 
@@ -80,9 +88,23 @@ def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[st
             f"- Data audit: {leak.get('patients', 0)} patient(s) across splits, "
             f"{dups.get('groups', 0)} group(s) of identical files ({dups.get('across_splits', 0)} across splits)."
         )
-        for source, mix in (found_audit.get("sources") or {}).items():
-            lines.append(f"- Source `{source}`: " + ", ".join(f"{n} {label}" for label, n in mix.items()))
+        lines += _sources_lines(found_audit)
     return lines
+
+
+def _sources_lines(found_audit: dict) -> list[str]:
+    """The audit's per-source view: each source's images per class (``single class`` where it holds one) and
+    the verdict (which quotes the source-only AUC and the source check). An audit recorded before the
+    per-source view stored ``sources`` as ``{source: {class: images}}``, without the rest: still read."""
+    found = found_audit.get("sources") or []
+    if isinstance(found, dict):  # the old shape
+        found = [{"source": source, "counts": mix} for source, mix in found.items()]
+    lines = []
+    for row in found:
+        mix = {label: n for label, n in row["counts"].items() if n}
+        single = " (single class)" if len(mix) == 1 else ""
+        lines.append(f"- Source `{row['source']}`: " + ", ".join(f"{n} {label}" for label, n in mix.items()) + single)
+    return lines + [f"- Data audit, sources: {sentence}" for sentence in found_audit.get("verdict") or []]
 
 
 def _ensemble_section(run: runs.RunDir, found: dict) -> list[str]:
@@ -298,6 +320,23 @@ def _explanations_section(run: runs.RunDir) -> list[str]:
     ]
 
 
+def _loso_section(run: runs.RunDir, metrics: dict) -> list[str]:
+    """For a run of a leave-one-source-out study, the source it was tested on and the whole study; for a
+    run beside such a study on the same data (in the same folder), the study beside its internal AUC."""
+    study = run.loso()
+    if study is None:
+        return []
+    if study["held_out"] is not None:
+        intro = (
+            f"- This run is one fold of a leave-one-source-out study: trained without `{study['held_out']}`, "
+            f"its test split is every image of `{study['held_out']}`, a source it never saw."
+        )
+    else:
+        intro = f"- {loso_sentence(study, metrics.get('macro_auc'))}"
+    table = loso_table(study)
+    return ["## Leave one source out", "", intro, "", *_table(list(table.columns), table.values.tolist()), ""]
+
+
 def render(run: runs.RunDir) -> str:
     """The model card of ``run``, as Markdown."""
     config = run.config()
@@ -345,6 +384,7 @@ def render(run: runs.RunDir) -> str:
     else:
         lines += ["## Results", "", "- No test results: the run has not finished.", ""]
     lines += _writeup_section(run)
+    lines += _loso_section(run, metrics)
     lines += _explanations_section(run)
     lines += [*_external_section(metrics, evaluations), "", "## Limitations", ""]
     lines += [f"- {item}" for item in limitations(run, metrics, evaluations, found_audit)]
