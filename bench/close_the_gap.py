@@ -1,6 +1,6 @@
 """Close the gap: what moves external AUC, with internal AUC kept, printed as JSON lines.
 
-    python bench/close_the_gap.py [--data DEV] [--external EXT] [--out DIR] [--only NAME ...]
+    python bench/close_the_gap.py [--data DEV] [--mcsz LABELS_CSV] [--external EXT] [--out DIR] [--only NAME ...]
 
 Trains one MobileNetV2-0.35 (abnormal-vs-normal) per option on DEV (default
 ../shared/data/cxr-dev) and evaluates each on EXT (default ../shared/data/cxr-external-nih),
@@ -10,6 +10,11 @@ settings, and all of them are reported, whatever they score. One JSON line per o
 (internal and external macro AUC and accuracy with 95% intervals, the ECE, the share of external
 images flagged as unlike the training data when the run has that statistic), then a summary
 line. Runs already in DIR are read back, so an interrupted benchmark goes on where it stopped.
+
+The data-choice rows train on other data with the same settings: Montgomery + Shenzhen (MCSZ, both
+classes in each hospital; tuberculosis mapped to Abnormal by a dataset list), cxr-dev and MCSZ together
+(a dataset list of both), with ``--drop-single-class-sources`` and ``--balance source``, and leave one
+source out on MCSZ (each hospital held out in turn; the study's folds are each evaluated on EXT too).
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ OPTIONS = {
     "input 320 px": ["--image-size", "320"],
     "lung crop": ["--lung-crop"],
     "lung mask": ["--lung-mask"],
+}
+#: the data-choice rows: (the dataset list's name, the CLI flags they add)
+DATA_OPTIONS = {
+    "data: Montgomery + Shenzhen": ("mcsz", []),
+    "data: cxr-dev + Montgomery + Shenzhen": ("cxr-dev+mcsz", []),
+    "data: cxr-dev + MCSZ, single-class sources dropped": ("cxr-dev+mcsz", ["--drop-single-class-sources"]),
+    "data: cxr-dev + MCSZ, batches balanced by source": ("cxr-dev+mcsz", ["--balance", "source"]),
+    "data: cxr-dev + MCSZ, both": ("cxr-dev+mcsz", ["--drop-single-class-sources", "--balance", "source"]),
+    "leave one source out: Montgomery + Shenzhen": ("mcsz", ["--loso"]),
 }
 COMMON = [
     "--backbone",
@@ -65,6 +79,7 @@ def result_of(run_dir: Path, option: str) -> dict:
         "option": option,
         "run": str(run_dir),
         "status": run.status(),
+        "data": run.config().data,
         "pixels": run.config().to_dict()["pixels"],
         "train_seconds": run.info().get("train_seconds"),
         "finish_seconds": run.info().get("finish_seconds"),
@@ -81,36 +96,87 @@ def result_of(run_dir: Path, option: str) -> dict:
     return row
 
 
+def dataset_lists(out: Path, dev: str, mcsz: str) -> dict[str, Path]:
+    """The dataset lists the data-choice rows train on, written into ``out``."""
+    tb = {"path": str(Path(mcsz).resolve()), "name": "mcsz", "labels": {"Tuberculosis": "Abnormal"}}
+    dev_entry = {"path": str(Path(dev).resolve()), "name": "cxr-dev"}  # the preset maps its labels
+    lists = {"mcsz": [tb], "cxr-dev+mcsz": [dev_entry, tb]}
+    written = {}
+    for name, datasets in lists.items():
+        written[name] = out / f"{name}.json"
+        written[name].write_text(json.dumps({"datasets": datasets}, indent=2))
+    return written
+
+
+def loso_row(folder: Path, option: str) -> dict:
+    """A leave-one-source-out study's row: each held-out source's internal AUC and the fold's external AUC."""
+    from cxrcore import runs
+
+    study = runs.read_loso(folder) or {}
+    folds = []
+    for fold in study.get("folds", []):
+        row = result_of(folder / fold["run"], f"{option}: {fold['source']} held out")
+        folds.append(
+            {"source": fold["source"], "n": fold["n"], **{k: row.get(k) for k in ("internal_auc", "external_auc")}}
+        )
+    return {
+        "option": option,
+        "study": str(folder),
+        "mean_auc": study.get("mean_auc"),
+        "worst": study.get("worst"),
+        "folds": folds,
+        "skipped": study.get("skipped"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(SHARED / "data" / "cxr-dev"))
     parser.add_argument("--external", default=str(SHARED / "data" / "cxr-external-nih"))
     parser.add_argument("--weights", default=str(MNV2_035_WEIGHTS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "close-the-gap"))
-    parser.add_argument("--only", nargs="*", choices=list(OPTIONS), help="run only these options")
+    parser.add_argument("--mcsz", default=str(SHARED / "data" / "lung-masks-mcsz" / "labels.csv"))
+    parser.add_argument("--only", nargs="*", choices=[*OPTIONS, *DATA_OPTIONS], help="run only these options")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
     rows = []
-    for option in args.only or OPTIONS:
-        parent = out / option.replace(" ", "-").replace("%", "").replace("+", "and")
-        finished = sorted(parent.glob("*/metrics.json"))
+    lists = dataset_lists(out, args.data, args.mcsz)
+    for option in args.only or [*OPTIONS, *DATA_OPTIONS]:
+        data, flags = (
+            (lists[DATA_OPTIONS[option][0]], DATA_OPTIONS[option][1])
+            if option in DATA_OPTIONS
+            else (
+                args.data,
+                OPTIONS[option],
+            )
+        )
+        parent = out / option.replace(" ", "-").replace("%", "").replace("+", "and").replace(":", "").replace(",", "")
+        finished = sorted(parent.glob("*/loso.json" if "--loso" in flags else "*/metrics.json"))
+        if "--loso" in flags and finished and (json.loads(finished[-1].read_text()).get("status") != "complete"):
+            finished = []
         if not finished:
             if parent.exists():
                 shutil.rmtree(parent)  # an interrupted run of this option: start it again
-            command = [sys.executable, "-m", "cxrcore", "train", "--data", args.data, "--weights", args.weights]
-            command += [*COMMON, *OPTIONS[option], "--external", args.external, "--out", str(parent)]
+            command = [sys.executable, "-m", "cxrcore", "train", "--data", str(data), "--weights", args.weights]
+            command += [*COMMON, *flags, "--external", args.external, "--out", str(parent)]
             started = time.time()
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if done.returncode != 0:
                 print(json.dumps({"option": option, "error": done.stderr.strip().splitlines()[-3:]}), flush=True)
                 continue
             print(f"# {option}: trained in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
-            finished = sorted(parent.glob("*/metrics.json"))
-        rows.append(result_of(finished[-1].parent, option))
+            finished = sorted(parent.glob("*/loso.json" if "--loso" in flags else "*/metrics.json"))
+        rows.append(
+            loso_row(finished[-1].parent, option) if "--loso" in flags else result_of(finished[-1].parent, option)
+        )
         print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"summary": [{k: r.get(k) for k in ("option", "internal_auc", "external_auc")} for r in rows]}))
+    print(
+        json.dumps(
+            {"summary": [{k: r.get(k) for k in ("option", "internal_auc", "external_auc", "mean_auc")} for r in rows]}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrcore import runs as run_files  # noqa: E402  (after the environment is set)
 from cxrcore.data.demo import is_synthetic, make_demo_dataset  # noqa: E402
-from cxrcore.data.index import build_index, cache_dir, summarize  # noqa: E402
+from cxrcore.data.index import build_index, cache_dir, labels_of, save_dataset_list, summarize  # noqa: E402
 from cxrcore.errors import CXRError  # noqa: E402
 
 _APP_STARTED = False
@@ -264,3 +264,57 @@ def analyse(
         alpha=alpha,
         class_index=class_index,
     )
+
+
+def dataset_list_builder(key: str) -> str | None:
+    """Combine datasets into a dataset list: pick them, name each source, map its labels (or leave a label
+    out), weigh it, and save the list as JSON. Returns the saved list's path (once), else None."""
+    st.caption(
+        "Several datasets trained as one: each image keeps its source (a dataset's own source column, else "
+        "the name given here). Map labels to shared class names; a label left out is not used."
+    )
+    choices = [p for p in recent_datasets(16) if not p.endswith(".json")]
+    picked = st.multiselect("Datasets", choices, key=f"{key}_picked", placeholder="recently opened datasets")
+    extra = st.text_input("...and another folder / CSV path", key=f"{key}_extra", placeholder="/data/montgomery")
+    if extra.strip():
+        picked = [*picked, extra.strip()]
+    entries = []
+    for i, path in enumerate(picked):
+        try:
+            labels = list_labels(path)
+        except CXRError as exc:
+            show_error(exc)
+            continue
+        with st.container(border=True):
+            left, right = st.columns([3, 1])
+            name = left.text_input("Source name", Path(path).stem, key=f"{key}_name_{i}", help=path)
+            weight = right.number_input("Weight", 0.1, 10.0, 1.0, 0.1, key=f"{key}_weight_{i}")
+            table = st.data_editor(
+                pd.DataFrame({"label": labels, "class": labels, "leave out": [False] * len(labels)}),
+                key=f"{key}_labels_{i}",
+                hide_index=True,
+                disabled=["label"],
+                width="stretch",
+            )
+        mapping = {
+            row["label"]: (None if row["leave out"] else str(row["class"]).strip() or row["label"])
+            for row in table.to_dict("records")
+            if row["leave out"] or (str(row["class"]).strip() or row["label"]) != row["label"]
+        }
+        entries.append({"path": path, "name": name.strip() or Path(path).stem, "labels": mapping, "weight": weight})
+    target = st.text_input("Save the list as", str(demo_dir().parent / "lists" / "datasets.json"), key=f"{key}_save")
+    if st.button("Save the list", key=f"{key}_save_go", disabled=not entries):
+        try:
+            saved = save_dataset_list(target, entries)
+        except CXRError as exc:
+            show_error(exc)
+            return None
+        st.success(f"Saved {saved}: {len(entries)} dataset(s).")
+        return str(saved)
+    return None
+
+
+@st.cache_data(show_spinner=False, ttl=300, max_entries=32)
+def list_labels(path: str) -> list[str]:
+    """The labels of a dataset (its layout only, no image read)."""
+    return labels_of(path)

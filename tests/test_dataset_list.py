@@ -83,3 +83,20 @@ def test_a_list_is_recognised_by_its_content_and_lists_cannot_nest(two_sets):
     (two_sets / "empty.json").write_text(json.dumps({"sets": []}))
     with pytest.raises(DataError, match="expected"):
         build_index(two_sets / "empty.json")
+
+
+def test_a_list_saved_from_the_pages_reads_back_and_a_bad_one_is_not_written(two_sets):
+    from cxrcore.data.index import labels_of, save_dataset_list
+
+    assert labels_of(two_sets / "south.csv") == ["Normal", "TB"]
+    saved = save_dataset_list(
+        two_sets / "lists" / "mine.json",
+        [{"path": str(two_sets / "north"), "name": "North", "labels": {"TB": "Abnormal"}, "weight": 1.5}],
+    )
+    assert json.loads(saved.read_text())["datasets"][0]["path"] == str((two_sets / "north").resolve())
+    assert set(build_index(saved)["label"]) == {"Abnormal", "Normal"}
+    inside = save_dataset_list(two_sets / "here.json", [{"path": str(two_sets / "south.csv"), "name": "S"}])
+    assert json.loads(inside.read_text())["datasets"][0]["path"] == "south.csv"  # below the list: relative
+    with pytest.raises(DataError, match="'Tuberculosis', which it does not have"):
+        save_dataset_list(two_sets / "bad.json", [{"path": str(two_sets / "north"), "labels": {"Tuberculosis": "X"}}])
+    assert not (two_sets / "bad.json").exists() and not list(two_sets.glob(".bad.json.tmp*"))

@@ -239,6 +239,38 @@ def read_dataset_list(path: str | os.PathLike) -> list[ListedDataset]:
     return listed
 
 
+def labels_of(data: str | os.PathLike) -> list[str]:
+    """The labels a dataset's layout gives its images (no image is opened), sorted."""
+    return sorted({row["label"] for row in scan_layout(data)[2]})
+
+
+def save_dataset_list(path: str | os.PathLike, datasets: list[dict]) -> Path:
+    """Write a dataset list to ``path`` (``.json``): ``datasets`` as :func:`read_dataset_list` takes them
+    (``path``, ``name``, ``labels``, ``weight``), each path written relative to the list's folder when it lies
+    below it, else absolute. The file is read back and checked before it replaces anything: a bad entry
+    raises :class:`DataError` naming it and nothing is written."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".json":
+        raise DataError(f"a dataset list is saved as a .json file, not {path.name}")
+    folder = path.parent.resolve()
+    entries = []
+    for entry in datasets:
+        target = Path(entry["path"]).expanduser().resolve()
+        relative = target.is_relative_to(folder)
+        entries.append({**entry, "path": target.relative_to(folder).as_posix() if relative else str(target)})
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"datasets": entries}, indent=2) + "\n", encoding="utf-8")
+    try:
+        read_dataset_list(tmp)
+        _dataset_list_rows(tmp)  # every path, label map and name checked as training will read them
+    except DataError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(str(exc).replace(str(tmp), str(path))) from None
+    os.replace(tmp, path)
+    return path
+
+
 def _dataset_list_rows(path: Path) -> tuple[Path, list[dict]]:
     """Every listed dataset's rows, each with its source (the dataset's own per image, else its name), its
     label mapped, its weight and its path made absolute; patients are kept apart per dataset."""
