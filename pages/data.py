@@ -1,9 +1,10 @@
-"""Data: pick a dataset; its classes, splits, image formats, samples, augmentation, leakage and shortcuts."""
+"""Data: pick a dataset; its classes, splits, image formats, samples, augmentation, leakage, shortcuts and sources."""
 
 import pandas as pd
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
+from cxrcore.data.audit import NO_TRANSFER
 from cxrcore.data.io import prepare_image
 from cxrcore.data.pixels import PixelRules
 from cxrcore.evaluation import plots
@@ -175,15 +176,7 @@ st.caption(
 )
 
 
-@st.fragment
-def shortcut_section() -> None:
-    try:
-        with st.spinner("Checking for shortcuts: reads every image once (about 10 s per 1,000 images)..."):
-            result = dataset_audit(path)
-    except CXRError as exc:
-        show_error(exc)
-        return
-    shortcut = result["shortcut"]
+def show_shortcut(shortcut: dict) -> None:
     if shortcut["accuracy"] is None:
         st.info(f"No shortcut check: {shortcut['message']}.")
         return
@@ -207,9 +200,70 @@ def shortcut_section() -> None:
             f"The lung model did not find two lungs in {outside['lungs_not_found']} of {outside['images']} images; "
             "for those, only what it found (or nothing) was left out."
         )
-    if result["sources"]:
-        st.markdown("**Images per class and source** (from the manifest's source column)")
-        st.dataframe(pd.DataFrame(result["sources"]).T.fillna(0).astype(int), width="stretch")
+
+
+def show_sources(result: dict) -> None:
+    st.subheader("Per source")
+    st.caption(
+        "Where each class comes from (a manifest's source, source_repo, hospital or site column). When a class "
+        "comes from a source of its own, a model can learn the source (its scanner, exposure, markers) instead "
+        "of the finding, and will not transfer to another hospital. The source check asks, within each class, "
+        "whether the image statistics tell the sources apart (cross-validated by patient, on the shortcut "
+        "check's sample)."
+    )
+    table = result.get("sources")
+    if table:
+        rows = []
+        for row in table:
+            line = {"source": row["source"], "images": row["images"]}
+            for label, n in row["counts"].items():
+                line[label] = n
+                line[f"{label} share"] = f"{row['prevalence'][label]:.0%}"
+            rows.append({**line, "single class": "yes" if row["single_class"] else ""})
+        st.dataframe(pd.DataFrame(rows).set_index("source"), width="stretch")
+    auc = result.get("source_only_auc")
+    check = result.get("source_check")
+    if auc is not None:
+        st.metric("Source-only AUC (the source alone predicting the label)", f"{auc:.2f}")
+        st.caption("1.00: each class comes from sources of its own; 0.50: every source holds the same class mix.")
+    if check:
+        st.markdown("**Source check: can the source be read off the image, within each class?**")
+        checked = [c for c in check["classes"] if c["checked"]]
+        if checked:
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "class": c["class"],
+                            "sources": ", ".join(f"{s} ({n})" for s, n in c["sources"].items()),
+                            "balanced accuracy": round(c["balanced_accuracy"], 2),
+                            "95% CI": f"{c['ci_low']:.2f}–{c['ci_high']:.2f}",
+                            "chance": round(c["chance"], 2),
+                            "flagged": "yes" if c["flagged"] else "",
+                        }
+                        for c in checked
+                    ]
+                ).set_index("class"),
+                width="stretch",
+            )
+        (st.warning if check["flagged"] else st.info)(check["message"])
+        st.caption(f"Features: {check['features']}.")
+    for sentence in result.get("verdict") or []:
+        if check and sentence in check["message"]:
+            continue  # the source check's finding, shown above
+        (st.warning if NO_TRANSFER in sentence else st.info)(sentence)
+
+
+@st.fragment
+def shortcut_section() -> None:
+    try:
+        with st.spinner("Checking for shortcuts: reads every image once (about 10 s per 1,000 images)..."):
+            result = dataset_audit(path)
+    except CXRError as exc:
+        show_error(exc)
+        return
+    show_shortcut(result["shortcut"])
+    show_sources(result)
 
 
 shortcut_section()

@@ -1,4 +1,5 @@
-"""The data audit's shortcut check on synthetic sets whose classes differ in a known way."""
+"""The data audit's shortcut check on synthetic sets whose classes differ in a known way, and its per-source
+view (class mix per source, the source-only AUC, the source check, the verdict) worked by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cxrcore.data.audit import BORDER_FRACTION, STATS_SIZE, audit, border_mask, shortcut_check
+from cxrcore.data.audit import (
+    BORDER_FRACTION,
+    STATS_SIZE,
+    audit,
+    border_mask,
+    shortcut_check,
+    source_check,
+    source_only_auc,
+    source_verdict,
+    sources,
+)
 from cxrcore.data.index import build_index
 
 
@@ -75,7 +86,30 @@ def test_audit_reports_sources_and_is_cached(tmp_path):
     calls = []
     first = audit(root, progress=lambda done, total: calls.append(done))
     assert calls and first["images"] == 24 and first["classes"] == {"A": 12, "B": 12}
-    assert first["sources"] == {"north": {"A": 12}, "south": {"B": 12}}  # every class from one source
+    assert first["sources"] == [  # every class from one source
+        {
+            "source": "north",
+            "counts": {"A": 12, "B": 0},
+            "images": 12,
+            "prevalence": {"A": 1.0, "B": 0.0},
+            "single_class": True,
+        },
+        {
+            "source": "south",
+            "counts": {"A": 0, "B": 12},
+            "images": 12,
+            "prevalence": {"A": 0.0, "B": 1.0},
+            "single_class": True,
+        },
+    ]
+    assert first["source_only_auc"] == 1.0
+    assert [c["checked"] for c in first["source_check"]["classes"]] == [False, False]  # one source per class
+    assert first["source_check"]["classes"][0]["reason"] == "one source only: `north`"
+    assert (
+        "Each class comes from its own source(s): A from `north` (12 images); B from `south` (12 images)."
+        in (first["verdict"][0])
+    )
+    assert first["verdict"][0].endswith("Expect it not to transfer to another hospital.")
     assert first["patient_leak"]["patients"] == 0 and first["duplicates"]["groups"] == 0
     assert set(first["shortcut"]) >= {"accuracy", "chance", "ci_low", "ci_high", "flagged"}
     calls.clear()
@@ -196,3 +230,173 @@ def test_a_large_set_is_audited_on_a_stratified_sample(tmp_path, fresh_cache, mo
     assert shortcut["images"] == 16 and shortcut["sampled_from"] == 24 and set(calls) == {16}
     assert shortcut["message"].startswith("On a stratified sample of 16 of the 24 images: ")
     assert shortcut["outside_lungs"]["sampled_from"] == 24
+    assert found["sources"] is None and found["source_only_auc"] is None and found["source_check"] is None
+    assert found["verdict"][0].startswith("No source is named")
+
+
+# ---------------------------------------------------------------- the per-source view
+
+
+def frame(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    """An index without images: ``(label, source, images)`` rows, one patient per image."""
+    labels = [label for label, _, n in rows for _ in range(n)]
+    where = [source for _, source, n in rows for _ in range(n)]
+    return pd.DataFrame({"label": labels, "source": where, "patient_id": [f"p{i}" for i in range(len(labels))]})
+
+
+def test_the_class_mix_of_each_source_by_hand(tmp_path):
+    root = tmp_path / "d"
+    rows = [("A", "north"), ("A", "north"), ("A", "north"), ("A", "south"), ("B", "south"), ("B", "south")]
+    rows += [("C", "east"), ("C", "east"), ("C", "")]  # the last one names no source
+    for i, (label, _) in enumerate(rows):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32), 10 * i, np.uint8)).save(root / label / f"{i}.png")
+    manifest = [
+        {"path": f"{label}/{i}.png", "label": label, "patient_id": f"p{i}", "source": src}
+        for i, (label, src) in enumerate(rows)
+    ]
+    pd.DataFrame(manifest).to_csv(root / "manifest.csv", index=False)
+    table = sources(build_index(root))
+    assert [row["source"] for row in table] == ["(unknown)", "east", "north", "south"]  # sorted
+    unknown, east, north, south = table
+    assert north["counts"] == {"A": 3, "B": 0, "C": 0} and north["images"] == 3 and north["single_class"]
+    assert north["prevalence"] == {"A": 1.0, "B": 0.0, "C": 0.0}
+    assert south["counts"] == {"A": 1, "B": 2, "C": 0} and south["images"] == 3 and not south["single_class"]
+    assert south["prevalence"]["A"] == pytest.approx(1 / 3, abs=1e-4)
+    assert south["prevalence"]["B"] == pytest.approx(2 / 3, abs=1e-4)
+    assert east["counts"] == {"A": 0, "B": 0, "C": 2} and east["single_class"]
+    assert unknown["counts"] == {"A": 0, "B": 0, "C": 1} and unknown["images"] == 1
+    assert sources(frame([("A", "", 3), ("B", "", 3)])) is None  # no source named: no table
+
+
+def test_the_source_only_auc_by_hand():
+    assert source_only_auc(frame([("A", "north", 5), ("B", "south", 5)])) == 1.0  # each source one class
+    assert source_only_auc(frame([("A", "north", 4), ("B", "north", 4), ("A", "south", 2), ("B", "south", 2)])) == 0.5
+    # A: 8 at x, 2 at y; B: 3 at x, 7 at y. A's share is 8/11 at x and 2/9 at y: of the 10 x 10 pairs of an A and a
+    # B, 8 x 7 are ranked right, 8 x 3 and 2 x 7 tie (half each), 2 x 3 wrong: (56 + 12 + 7) / 100
+    mixed = frame([("A", "x", 8), ("A", "y", 2), ("B", "x", 3), ("B", "y", 7)])
+    assert source_only_auc(mixed) == pytest.approx(0.75)
+    # three classes, macro: C and N share r half and half (each 0.75: ranked right against V, tied with the
+    # other), V alone at w (1.0): (0.75 + 0.75 + 1) / 3
+    three = frame([("C", "r", 2), ("N", "r", 2), ("V", "w", 2)])
+    assert source_only_auc(three) == pytest.approx(2.5 / 3)
+    assert source_only_auc(frame([("A", "north", 3), ("B", "north", 3)])) is None  # one source
+    assert source_only_auc(frame([("A", "", 3), ("B", "", 3)])) is None  # none named
+
+
+def test_the_verdict_says_expect_no_transfer_only_where_classes_are_separated_by_source():
+    def verdict(rows):
+        index = frame(rows)
+        return source_verdict(sources(index), source_only_auc(index), None)
+
+    separated = verdict([("A", "north", 12), ("B", "south", 30), ("B", "west", 5)])
+    assert separated == [
+        "Each class comes from its own source(s): A from `north` (12 images); B from `south` (30 images) and "
+        "`west` (5 images). A model can learn the source instead of the finding. Expect it not to transfer to "
+        "another hospital."
+    ]
+    one_alone = verdict([("C", "r", 8), ("N", "r", 10), ("V", "w", 7)])
+    assert one_alone[0].startswith("V comes only from `w` (7 images), which holds no other class")
+    assert one_alone[0].endswith("Expect it not to transfer to another hospital.")
+    assert not any("transfer" in sentence for sentence in one_alone[1:])
+    almost = verdict([("A", "north", 95), ("B", "north", 1), ("B", "south", 99), ("A", "south", 1)])
+    assert almost[0].startswith("The classes are almost separated by source") and "AUC 0.99" in almost[0]
+    assert "Expect it not to transfer" in almost[0]
+    shared = verdict([("A", "north", 20), ("B", "north", 20), ("A", "south", 10), ("B", "south", 10)])
+    assert shared == [
+        "The classes share their sources: the source alone predicts the label with AUC 0.50 (1.00: fully "
+        "separated, 0.50: not at all)."
+    ]
+    assert verdict([("A", "", 3), ("B", "", 3)])[0].startswith("No source is named")
+    assert verdict([("A", "here", 3), ("B", "here", 4)]) == [
+        "All 7 images come from one source, `here` (3 A, 4 B): its own test split says nothing about another hospital."
+    ]
+
+
+def write_sourced(root, per_source=12, size=64):
+    """Classes A, B, C; A and B from north and south (12 images each, two per patient), C from north only.
+    Within A the south images are brighter; within B both hospitals draw from the same noise."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, hospitals in (("A", ("north", "south")), ("B", ("north", "south")), ("C", ("north",))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for hospital in hospitals:
+            brighter = 50 if (label, hospital) == ("A", "south") else 0
+            for i in range(per_source):
+                pixels = np.clip(rng.normal(100 + brighter, 20, (size, size)), 0, 255).astype(np.uint8)
+                name = f"{label}/{hospital}_{i:02d}.png"
+                Image.fromarray(pixels).save(root / name)
+                rows.append(
+                    {"path": name, "label": label, "patient_id": f"{label}{hospital}{i // 2}", "site": hospital}
+                )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_the_source_check_flags_a_hospital_that_looks_different_within_a_class(tmp_path):
+    check = source_check(build_index(write_sourced(tmp_path / "d")))
+    a, b, c = check["classes"]
+    assert a["class"] == "A" and a["checked"] and a["sources"] == {"north": 12, "south": 12}
+    assert a["chance"] == 0.5 and a["flagged"] and a["ci_low"] > 0.8  # brighter in the south
+    assert b["checked"] and not b["flagged"], b  # the same images in both hospitals
+    assert b["ci_low"] - b["chance"] <= 0.10 and b["ci_low"] <= b["balanced_accuracy"] <= b["ci_high"]
+    assert c == {
+        "class": "C",
+        "checked": False,
+        "flagged": False,
+        "images": 12,
+        "sources": {"north": 12},
+        "reason": "one source only: `north`",
+    }
+    assert check["flagged"] and check["images"] == 60  # 12 A and 12 B from each hospital, 12 C
+    assert check["message"].startswith("Within A, the image tells its source apart (A: balanced accuracy")
+    assert " Within B, it does not (B: balanced accuracy " in check["message"]
+    assert check["message"].endswith(" Not checked: C (one source only: `north`).")
+    assert source_check(frame([("A", "", 3), ("B", "", 3)])) is None  # no source named: nothing read
+    # the finding joins the verdict; the class mix alone (C only at north) is not a separation for A and B
+    index = build_index(tmp_path / "d")
+    said = source_verdict(sources(index), source_only_auc(index), check)
+    assert said[-2] == check["message"].split(" Not checked:")[0]
+    assert said[-1].startswith("Here the classes share their sources, so telling the sources apart does not give")
+    assert not any("Expect it not to transfer" in sentence for sentence in said)
+
+
+def test_the_model_card_lists_sources_from_the_new_and_the_old_audit(tmp_path):
+    from test_model_card import make_run
+
+    from cxrcore.evaluation import model_card
+
+    run = make_run(tmp_path, external_accuracy=None)
+    index = frame([("Abnormal", "north", 150), ("Normal", "south", 100), ("Normal", "north", 50)])
+    table = sources(index)
+    verdict = source_verdict(table, source_only_auc(index), None)
+    audit_base = {"shortcut": {"accuracy": None}, "patient_leak": {"patients": 0}, "duplicates": {"groups": 0}}
+    run.write_audit({**audit_base, "sources": table, "source_only_auc": source_only_auc(index), "verdict": verdict})
+    card = model_card.render(run)
+    assert "- Source `north`: 150 Abnormal, 50 Normal\n" in card
+    assert "- Source `south`: 100 Normal (single class)\n" in card
+    assert f"- Data audit, sources: {verdict[0]}" in card and "Normal comes only from" not in card
+    # an audit recorded before the per-source view: {source: {class: images}}, no verdict
+    run.write_audit({**audit_base, "sources": {"north": {"Abnormal": 150, "Normal": 50}, "south": {"Normal": 100}}})
+    old = model_card.render(run)
+    assert "- Source `north`: 150 Abnormal, 50 Normal\n" in old
+    assert "- Source `south`: 100 Normal (single class)\n" in old
+    assert "Data audit, sources:" not in old
+
+
+def test_the_audit_checks_sources_on_the_shortcut_checks_sample_reading_each_image_once(
+    tmp_path, fresh_cache, monkeypatch, fixed_lungs
+):
+    from cxrcore.data import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "SHORTCUT_SAMPLE", 80)
+    root = write_sourced(tmp_path / "d", per_source=20)  # 100 images: A and B 40 each, C 20
+    calls = []
+    found = audit(root, folds=3, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(50, 80), (80, 80)]  # the sample read once, for both checks
+    check = found["source_check"]
+    assert check["images"] == 80 and check["sampled_from"] == 100
+    assert check["message"].startswith("On a stratified sample of 80 of the 100 images: Within A, the image tells")
+    assert [c["class"] for c in check["classes"] if c["flagged"]] == ["A"]
+    assert [row["images"] for row in found["sources"]] == [60, 40]  # north, south: every image, not the sample
+    assert found["verdict"][-2] in check["message"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..data.audit import audit
+from ..data.audit import NO_TRANSFER, audit
 from ..data.demo import make_demo_dataset
 from ..data.index import build_index, summarize
 from ..data.io import decode_image
@@ -46,8 +46,17 @@ def cmd_audit(args) -> int:
     for check in (shortcut, shortcut.get("outside_lungs")):
         if check:
             print(f"  {'WARNING: ' if check['flagged'] else ''}{check['message']}", file=sys.stderr)
-    for source, mix in (result["sources"] or {}).items():
-        print(f"  source {source}: {mix}", file=sys.stderr)
+    for row in result["sources"] or []:
+        mix = ", ".join(f"{n} {label} ({row['prevalence'][label]:.0%})" for label, n in row["counts"].items() if n)
+        single = " (single class)" if row["single_class"] else ""
+        print(f"  source {row['source']}: {row['images']} images: {mix}{single}", file=sys.stderr)
+    if result["source_only_auc"] is not None:
+        print(f"  the source alone predicts the label with AUC {result['source_only_auc']:.2f}", file=sys.stderr)
+    if result["source_check"]:
+        check = result["source_check"]
+        print(f"  {'WARNING: ' if check['flagged'] else ''}source check: {check['message']}", file=sys.stderr)
+    for sentence in result["verdict"]:
+        print(f"  {'WARNING: ' if NO_TRANSFER in sentence else ''}{sentence}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

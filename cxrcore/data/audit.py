@@ -15,6 +15,13 @@ The same check runs a second time on statistics of the pixels **outside the lung
 the shoulders, the exposure outside the chest) predicts the label, a model can find its answer
 there. :func:`outside_lung_statistics` is that description.
 
+The per-source view (when a manifest names each image's source): the class mix of each source
+(:func:`sources`, ``single_class`` where a source holds one class only), how well the source alone
+predicts the label (:func:`source_only_auc`), whether the source can be read off the image within each
+class (:func:`source_check`, on the shortcut check's sample and features), and a plain verdict
+(:func:`source_verdict`): when the classes are separated by source, a model can learn the source
+instead of the finding, and it should not be expected to transfer to another hospital.
+
 Results are cached in the index cache folder, keyed by the dataset's content (every file's name
 within the dataset, bytes, label, patient and source) and by the settings and the lung model, never
 by the folder's path: opening the Data page again, or training on a copy of the data, costs nothing.
@@ -49,7 +56,22 @@ _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 #: the shortcut check looks at most at this many images: a stratified sample of a larger dataset (fixed
 #: seed), so its cost (the lung model and two cross-validated forests) does not grow with the dataset
 SHORTCUT_SAMPLE = 600
-_VERSION = 4  # bump when the features or the wording change: cached results are then recomputed
+#: the source check looks at a class only where at least two sources have this many of its images
+SOURCE_CHECK_MIN = 10
+#: what the source check's features are, as its result says
+SOURCE_FEATURES = (
+    "anatomy-free image statistics (intensity histogram and percentiles, mean and spread of the whole image, "
+    "its border band and its centre) with width, height, aspect ratio and pixel format"
+)
+#: images whose source is not named count as this source
+UNKNOWN_SOURCE = "(unknown)"
+#: from this source-only AUC up, the classes count as separated by source even where a source holds two
+SEPARATED_AUC = 0.9
+#: from this source-only AUC up (and below :data:`SEPARATED_AUC`), the class mix differs between sources
+MIXED_AUC = 0.7
+#: the verdict's sentence when the classes are separated by source
+NO_TRANSFER = "Expect it not to transfer to another hospital."
+_VERSION = 5  # bump when the features or the wording change: cached results are then recomputed
 
 Progress = Callable[[int, int], None] | None
 
@@ -101,21 +123,25 @@ def _header_features(index: pd.DataFrame) -> np.ndarray:
     )
 
 
-def _cross_validated(features: np.ndarray, labels: np.ndarray, groups, folds: int, seed: int) -> dict:
-    """Accuracy of a random forest on ``features``, cross-validated by patient group, with its 95% interval
-    (bootstrap over patients)."""
+def _predictions(features: np.ndarray, labels: np.ndarray, groups, folds: int, seed: int) -> np.ndarray:
+    """A random forest's out-of-fold predictions of ``labels`` from ``features``, folds grouped by patient."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
     forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1)
-    predicted = cross_val_predict(
+    return cross_val_predict(
         forest,
         features,
         labels,
         groups=groups,
         cv=StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed),
     )
-    correct = (predicted == labels).astype(float)
+
+
+def _cross_validated(features: np.ndarray, labels: np.ndarray, groups, folds: int, seed: int) -> dict:
+    """Accuracy of a random forest on ``features``, cross-validated by patient group, with its 95% interval
+    (bootstrap over patients)."""
+    correct = (_predictions(features, labels, groups, folds, seed) == labels).astype(float)
     weights = resample_weights(groups, 1000, seed)
     resampled = (weights @ correct) / weights.sum(axis=1)
     low, high = np.percentile(resampled, [2.5, 97.5])
@@ -155,33 +181,9 @@ def _message(scores: dict, chance: float, outside_lungs: bool) -> tuple[bool, st
     return flagged, f"No shortcut found: image statistics alone predict the class with {figures}."
 
 
-def shortcut_check(
-    index: pd.DataFrame, *, folds: int = 5, seed: int = 0, progress: Progress = None, outside_lungs: bool = False
-) -> dict:
-    """Cross-validated accuracy of a classifier on image statistics alone, against chance.
-
-    Returns ``{"accuracy", "ci_low", "ci_high", "chance", "flagged", "folds", "images",
-    "features", "message"}``; ``flagged`` when ``ci_low - chance > SHORTCUT_MARGIN``. With
-    ``outside_lungs``, also ``"outside_lungs"``: the same check on statistics of the pixels outside the
-    lung fields only (plus size and format), with ``lungs_not_found`` (images where the lung model did not
-    find two lungs): whether the frame alone predicts the label.
-    """
-    labels = index["label"].astype(str).to_numpy()
-    counts = pd.Series(labels).value_counts()
-    chance = float(counts.iloc[0] / len(labels))
-    folds = int(min(folds, counts.min()))
-    if counts.size < 2 or folds < 2:
-        empty = {
-            "accuracy": None,
-            "ci_low": None,
-            "ci_high": None,
-            "chance": chance,
-            "flagged": False,
-            "folds": folds,
-            "images": int(len(labels)),
-            "message": "too few images per class for a cross-validated check",
-        }
-        return {**empty, "outside_lungs": dict(empty)} if outside_lungs else empty
+def _read_statistics(index: pd.DataFrame, progress: Progress, outside_lungs: bool) -> tuple[list, list, int]:
+    """Each image's :func:`_statistics` (whole image), with ``outside_lungs`` also those outside the lung fields,
+    and how many images the lung model found no two lungs in; ``progress`` every 50 images."""
     whole, outside, missed = [], [], 0
     for i, path in enumerate(index["path"]):
         gray = prepare_image(path, STATS_SIZE)[..., 0]
@@ -192,6 +194,35 @@ def shortcut_check(
             missed += not found
         if progress is not None and (i + 1 == len(index) or (i + 1) % 50 == 0):
             progress(i + 1, len(index))
+    return whole, outside, missed
+
+
+def _too_few_for_shortcut(index: pd.DataFrame, folds: int, outside_lungs: bool) -> dict | None:
+    """The shortcut check's answer when a class has too few images to cross-validate; None when it can run."""
+    counts = index["label"].astype(str).value_counts()
+    folds = int(min(folds, counts.min()))
+    if counts.size >= 2 and folds >= 2:
+        return None
+    empty = {
+        "accuracy": None,
+        "ci_low": None,
+        "ci_high": None,
+        "chance": float(counts.iloc[0] / len(index)),
+        "flagged": False,
+        "folds": folds,
+        "images": int(len(index)),
+        "message": "too few images per class for a cross-validated check",
+    }
+    return {**empty, "outside_lungs": dict(empty)} if outside_lungs else empty
+
+
+def _shortcut_from(index: pd.DataFrame, read: tuple[list, list, int], folds: int, seed: int) -> dict:
+    """The shortcut check on statistics already read (:func:`_read_statistics`)."""
+    whole, outside, missed = read
+    labels = index["label"].astype(str).to_numpy()
+    counts = pd.Series(labels).value_counts()
+    chance = float(counts.iloc[0] / len(labels))
+    folds = int(min(folds, counts.min()))
     header = _header_features(index)
     groups, _ = patient_groups(index["patient_id"].tolist(), len(labels))
     results = {}
@@ -211,9 +242,26 @@ def shortcut_check(
             "message": message,
         }
     result = results["image"]
-    if outside_lungs:
+    if outside:
         result["outside_lungs"] = {**results["outside_lungs"], "lungs_not_found": int(missed)}
     return result
+
+
+def shortcut_check(
+    index: pd.DataFrame, *, folds: int = 5, seed: int = 0, progress: Progress = None, outside_lungs: bool = False
+) -> dict:
+    """Cross-validated accuracy of a classifier on image statistics alone, against chance.
+
+    Returns ``{"accuracy", "ci_low", "ci_high", "chance", "flagged", "folds", "images",
+    "features", "message"}``; ``flagged`` when ``ci_low - chance > SHORTCUT_MARGIN``. With
+    ``outside_lungs``, also ``"outside_lungs"``: the same check on statistics of the pixels outside the
+    lung fields only (plus size and format), with ``lungs_not_found`` (images where the lung model did not
+    find two lungs): whether the frame alone predicts the label.
+    """
+    empty = _too_few_for_shortcut(index, folds, outside_lungs)
+    if empty is not None:
+        return empty
+    return _shortcut_from(index, _read_statistics(index, progress, outside_lungs), folds, seed)
 
 
 def stratified_sample(index: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFrame:
@@ -227,12 +275,267 @@ def stratified_sample(index: pd.DataFrame, size: int, seed: int = 0) -> pd.DataF
     return pd.concat(parts).sort_index()
 
 
-def sources(index: pd.DataFrame) -> dict[str, dict[str, int]] | None:
-    """Images per class for each source (a manifest's source column), or None when none is named."""
-    if "source" not in index or not (index["source"].astype(str) != "").any():
+def _source_column(index: pd.DataFrame) -> pd.Series | None:
+    """Each image's source, :data:`UNKNOWN_SOURCE` where none is named; None when no image names one."""
+    if "source" not in index:
         return None
-    table = index.assign(source=index["source"].replace("", "(unknown)")).groupby(["source", "label"]).size()
-    return {src: {label: int(n) for label, n in group.droplevel(0).items()} for src, group in table.groupby(level=0)}
+    named = index["source"].fillna("").astype(str).str.strip()
+    if not (named != "").any():
+        return None
+    return named.replace("", UNKNOWN_SOURCE)
+
+
+def sources(index: pd.DataFrame) -> list[dict] | None:
+    """The class mix of each source (a manifest's source column), sorted by source; None when none is named.
+
+    One ``{"source", "counts": {class: images}, "images", "prevalence": {class: share}, "single_class"}`` per
+    source, every class of the dataset in ``counts`` and ``prevalence`` (0 where the source has none);
+    ``single_class`` where the source holds one class only. Images without a source count as
+    :data:`UNKNOWN_SOURCE`.
+    """
+    column = _source_column(index)
+    if column is None:
+        return None
+    labels = index["label"].astype(str)
+    classes = sorted(labels.unique())
+    table = pd.crosstab(column, labels).reindex(columns=classes, fill_value=0)
+    rows = []
+    for source in sorted(table.index):
+        counts = {c: int(table.at[source, c]) for c in classes}
+        images = sum(counts.values())
+        rows.append(
+            {
+                "source": str(source),
+                "counts": counts,
+                "images": images,
+                "prevalence": {c: round(n / images, 4) for c, n in counts.items()},
+                "single_class": sum(n > 0 for n in counts.values()) == 1,
+            }
+        )
+    return rows
+
+
+def source_only_auc(index: pd.DataFrame) -> float | None:
+    """How well the source alone predicts the label: the ROC AUC of a score that is, for each image, its class's
+    share in the image's source (one-vs-rest per class, the mean over the classes; with two classes both are
+    the same). 1.0 when every source holds one class, 0.5 when every source holds the classes in the same
+    shares. None with fewer than two sources or classes, or no source named."""
+    from sklearn.metrics import roc_auc_score
+
+    column = _source_column(index)
+    labels = index["label"].astype(str)
+    if column is None or column.nunique() < 2 or labels.nunique() < 2:
+        return None
+    shares = pd.crosstab(column, labels, normalize="index")
+    aucs = [roc_auc_score(labels == c, column.map(shares[c]).to_numpy(float)) for c in shares.columns]
+    return float(np.mean(aucs))
+
+
+def _balanced_accuracy(predicted: np.ndarray, truth: np.ndarray, groups: np.ndarray, seed: int) -> dict:
+    """The mean over the true classes of the share predicted right, with its 95% interval (bootstrap over
+    patients; a resample without some class averages the classes it has)."""
+    hits = predicted == truth
+    weights = resample_weights(groups, 1000, seed)
+    point, spread = [], []
+    for kind in np.unique(truth):
+        mine = truth == kind
+        point.append(hits[mine].mean())
+        total, right = weights @ mine.astype(float), weights @ (hits & mine).astype(float)
+        spread.append(np.divide(right, total, out=np.full(len(total), np.nan), where=total > 0))
+    resampled = np.nanmean(np.stack(spread, axis=1), axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {"balanced_accuracy": float(np.mean(point)), "ci_low": float(low), "ci_high": float(high)}
+
+
+def _names(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _source_finding(classes: list[dict]) -> tuple[bool, str]:
+    """Whether any checked class is flagged, and what the source check found in the classes it checked (at
+    least one)."""
+    checked = [c for c in classes if c["checked"]]
+
+    def figures(rows: list[dict]) -> str:
+        return "; ".join(
+            f"{c['class']}: balanced accuracy {c['balanced_accuracy']:.2f} "
+            f"(95% CI {c['ci_low']:.2f}-{c['ci_high']:.2f}) against {c['chance']:.2f} by chance"
+            for c in rows
+        )
+
+    flagged = [c for c in checked if c["flagged"]]
+    calm = [c for c in checked if not c["flagged"]]
+    if not flagged:
+        return False, f"Within each class checked, the image does not tell its source apart ({figures(calm)})."
+    message = (
+        f"Within {_names([c['class'] for c in flagged])}, the image tells its source apart ({figures(flagged)}): "
+        "the sources' images differ visibly (exposure, borders, size), and a model can tell them apart too."
+    )
+    if calm:
+        message += f" Within {_names([c['class'] for c in calm])}, it does not ({figures(calm)})."
+    return True, message
+
+
+def _source_message(classes: list[dict]) -> tuple[bool, str]:
+    """The finding, then the classes not checked and why."""
+    skipped = "; ".join(f"{c['class']} ({c['reason']})" for c in classes if not c["checked"])
+    if not any(c["checked"] for c in classes):
+        return False, f"No class could be checked: {skipped}."
+    flagged, message = _source_finding(classes)
+    return flagged, message + (f" Not checked: {skipped}." if skipped else "")
+
+
+def source_check(
+    index: pd.DataFrame,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Progress = None,
+    features: np.ndarray | None = None,
+) -> dict | None:
+    """Within each class separately: can the image's source be read off the image? None when no source is named.
+
+    The features are the audit's own cheap, fixed image features, the ones the shortcut check uses (no
+    trained network): the 16-bin intensity histogram, 7 percentiles, and mean and spread of the whole image,
+    its border band and its centre (gray, :data:`STATS_SIZE` px), plus width, height, aspect ratio and pixel
+    format; ``features`` passes them when already computed (one row per image of ``index``, in order). For
+    each class, the sources with at least :data:`SOURCE_CHECK_MIN` images of it (an unnamed source left out)
+    are told apart by a random forest, cross-validated by patient within the class; the score is the
+    balanced accuracy (chance: one over the number of sources) with a 95% interval (bootstrap over patients),
+    ``flagged`` when the interval starts more than :data:`SHORTCUT_MARGIN` above chance. A class with fewer
+    than two such sources is listed with ``checked: false`` and its ``reason``.
+
+    Returns ``{"classes": [{"class", "checked", "flagged", "images", "sources": {source: images}, ...}],
+    "flagged", "images", "features", "message"}``; a class not checked adds its ``reason``, a checked one
+    ``folds``, ``balanced_accuracy``, ``ci_low``, ``ci_high``, ``chance`` and ``left_out`` (its sources too
+    small to check, or unnamed).
+    """
+    column = _source_column(index)
+    if column is None:
+        return None
+    labels = index["label"].astype(str).to_numpy()
+    where = column.to_numpy()
+    patients = index["patient_id"].astype(str).to_numpy()
+    classes, plan = [], []
+    for cls in sorted(set(labels)):
+        counts = pd.Series(where[labels == cls]).value_counts().sort_index()
+        known = counts.drop(UNKNOWN_SOURCE, errors="ignore")
+        enough = sorted(known[known >= SOURCE_CHECK_MIN].index)
+        row = {"class": cls, "checked": False, "flagged": False, "images": int(counts.sum())}
+        row["sources"] = {str(k): int(v) for k, v in counts.items()}
+        rows = np.flatnonzero((labels == cls) & np.isin(where, enough))
+        groups = patient_groups(patients[rows].tolist(), len(rows))[0] if len(rows) else np.zeros(0, int)
+        fewest = min((len(set(groups[where[rows] == s])) for s in enough), default=0)
+        if len(known) < 2:
+            row["reason"] = "one source only: " + (f"`{known.index[0]}`" if len(known) else "none named")
+        elif len(enough) < 2:
+            row["reason"] = f"fewer than two sources with {SOURCE_CHECK_MIN} images or more"
+        elif min(folds, fewest) < 2:
+            row["reason"] = "too few patients per source to cross-validate"
+        else:
+            plan.append((row, rows, groups, int(min(folds, fewest)), enough))
+        classes.append(row)
+    if plan and features is None:
+        whole, _, _ = _read_statistics(index, progress, False)
+        features = np.concatenate([np.stack(whole), _header_features(index)], axis=1)
+    for row, rows, groups, class_folds, enough in plan:
+        truth = where[rows]
+        predicted = _predictions(features[rows], truth, groups, class_folds, seed)
+        scores = _balanced_accuracy(predicted, truth, groups, seed)
+        chance = 1.0 / len(enough)
+        row.update(
+            checked=True,
+            images=int(len(rows)),
+            sources={s: int((truth == s).sum()) for s in enough},
+            left_out=sorted(set(row["sources"]) - set(enough)),
+            folds=class_folds,
+            **scores,
+            chance=chance,
+            flagged=bool(scores["ci_low"] - chance > SHORTCUT_MARGIN),
+        )
+    flagged, message = _source_message(classes)
+    return {
+        "classes": classes,
+        "flagged": flagged,
+        "images": int(len(index)),
+        "features": SOURCE_FEATURES,
+        "message": message,
+    }
+
+
+def _holds(row: dict) -> str:
+    """```north` (120 A, 8 B)``: a source and its class mix."""
+    mix = ", ".join(f"{n:,} {c}" for c, n in row["counts"].items() if n)
+    return f"`{row['source']}` ({mix})"
+
+
+def _sized(rows: list[dict]) -> str:
+    """```north` (120 images) and `east` (40 images)``."""
+    return _names([f"`{row['source']}` ({row['images']:,} images)" for row in rows])
+
+
+def source_verdict(table: list[dict] | None, auc: float | None, check: dict | None) -> list[str]:
+    """The per-source view in plain sentences: whether the classes are separated by source (then a model can
+    learn the source instead of the finding, and a sentence ends with :data:`NO_TRANSFER`), and what the
+    source check found in the classes it checked."""
+    if table is None:
+        return [
+            "No source is named (no source, source_repo, hospital or site column in a manifest): whether the "
+            "classes come from different hospitals cannot be checked."
+        ]
+    if len(table) == 1:
+        return [
+            f"All {table[0]['images']:,} images come from one source, {_holds(table[0])}: its own test split says "
+            "nothing about another hospital."
+        ]
+    out = []
+    classes = list(table[0]["counts"])
+    holders = {c: [row for row in table if row["counts"][c]] for c in classes}
+    alone = [c for c in classes if all(row["single_class"] for row in holders[c])]
+    figure = (
+        "the source alone predicts the label with AUC "
+        + ("n/a" if auc is None else f"{auc:.2f}")
+        + " (1.00: fully separated, 0.50: not at all)"
+    )
+    if len(alone) == len(classes):
+        parts = "; ".join(f"{c} from {_sized(holders[c])}" for c in classes)
+        out.append(
+            f"Each class comes from its own source(s): {parts}. A model can learn the source instead of the "
+            f"finding. {NO_TRANSFER}"
+        )
+    elif auc is not None and auc >= SEPARATED_AUC:
+        out.append(
+            f"The classes are almost separated by source: {figure}; "
+            + "; ".join(_holds(row) for row in table)
+            + f". A model can learn the source instead of the finding. {NO_TRANSFER}"
+        )
+    elif alone:
+        for c in alone:
+            out.append(
+                f"{c} comes only from {_sized(holders[c])}, which holds no other class: a model can learn that "
+                f"source instead of {c}. {NO_TRANSFER}"
+            )
+        out.append(f"Over all classes, {figure}.")
+    elif auc is not None and auc >= MIXED_AUC:
+        out.append(
+            f"The class mix differs between sources: {figure}. Part of the label can be read from where an image "
+            "comes from; test the model on another hospital before trusting it there."
+        )
+    else:
+        out.append(f"The classes share their sources: {figure}.")
+    unknown = next((row for row in table if row["source"] == UNKNOWN_SOURCE), None)
+    if unknown:
+        out.append(f"{unknown['images']:,} images name no source; they are counted as one source, `{UNKNOWN_SOURCE}`.")
+    if check and any(c["checked"] for c in check["classes"]):
+        flagged, finding = _source_finding(check["classes"])
+        out.append(finding)
+        if flagged and not any(NO_TRANSFER in sentence for sentence in out):
+            out.append(
+                "Here the classes share their sources, so telling the sources apart does not give the label away; "
+                "but a hospital not in this data will look different again: test the model there before trusting it."
+            )
+    return out
 
 
 def _content_hashes(index: pd.DataFrame) -> list[str]:
@@ -253,17 +556,25 @@ def _cache_file(index: pd.DataFrame, hashes: list[str], folds: int, seed: int) -
     return cache_dir() / "audit" / f"{digest.hexdigest()[:20]}.json"
 
 
-def _sampled_shortcut_check(index: pd.DataFrame, folds: int, seed: int, progress: Progress) -> dict:
-    """:func:`shortcut_check` (with the check outside the lungs) on at most :data:`SHORTCUT_SAMPLE` images;
-    ``sampled_from`` says how many the dataset has, and the messages say when a sample was checked."""
+def _sampled_checks(index: pd.DataFrame, folds: int, seed: int, progress: Progress) -> tuple[dict, dict | None]:
+    """:func:`shortcut_check` (with the check outside the lungs) and :func:`source_check` on one stratified sample
+    of at most :data:`SHORTCUT_SAMPLE` images, each image read once; ``sampled_from`` says how many the dataset
+    has, and the messages say when a sample was checked."""
     sample = stratified_sample(index, SHORTCUT_SAMPLE, seed)
-    result = shortcut_check(sample, folds=folds, seed=seed, progress=progress, outside_lungs=True)
+    result = _too_few_for_shortcut(sample, folds, True)
+    features = None
+    if result is None:
+        read = _read_statistics(sample, progress, True)
+        result = _shortcut_from(sample, read, folds, seed)
+        features = np.concatenate([np.stack(read[0]), _header_features(sample)], axis=1)
+    by_source = source_check(sample, folds=folds, seed=seed, progress=progress, features=features)
     if len(sample) < len(index):
         note = f"On a stratified sample of {len(sample):,} of the {len(index):,} images: "
-        for part in (result, result.get("outside_lungs") or {}):
-            part["sampled_from"] = int(len(index))
-            part["message"] = note + part["message"]
-    return result
+        for part in (result, result.get("outside_lungs") or {}, by_source or {}):
+            if part:
+                part["sampled_from"] = int(len(index))
+                part["message"] = note + part["message"]
+    return result, by_source
 
 
 def audit(
@@ -271,8 +582,9 @@ def audit(
 ) -> dict:
     """The whole audit of a dataset: counts, patient leaks across the split training would use,
     byte-identical duplicates, the shortcut check (on the whole image, and on what lies outside the
-    lungs only; on a stratified sample of :data:`SHORTCUT_SAMPLE` images of a larger dataset) and the class
-    mix per source."""
+    lungs only; on a stratified sample of :data:`SHORTCUT_SAMPLE` images of a larger dataset) and the per-source
+    view: ``sources`` (:func:`sources`), ``source_only_auc`` (:func:`source_only_auc`), ``source_check``
+    (:func:`source_check`, on the same sample) and ``verdict`` (:func:`source_verdict`, plain sentences)."""
     index = build_index(data)
     hashes = _content_hashes(index)
     cache = _cache_file(index, hashes, folds, seed)
@@ -298,9 +610,11 @@ def audit(
             "groups": int(dups["hash"].nunique()) if len(dups) else 0,
             "across_splits": int(dups.loc[dups["cross_split"], "hash"].nunique()) if len(dups) else 0,
         },
-        "shortcut": _sampled_shortcut_check(index, folds, seed, progress),
-        "sources": sources(index),
     }
+    result["shortcut"], result["source_check"] = _sampled_checks(index, folds, seed, progress)
+    result["sources"] = sources(index)
+    result["source_only_auc"] = source_only_auc(index)
+    result["verdict"] = source_verdict(result["sources"], result["source_only_auc"], result["source_check"])
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
