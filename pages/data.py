@@ -12,6 +12,7 @@ from pages.shared import (
     CXRError,
     current_dataset,
     dataset_audit,
+    dataset_list_builder,
     demo_dir,
     load_index,
     recent_datasets,
@@ -29,7 +30,7 @@ st.title("Data")
 with st.expander("Open a dataset", expanded=False):
     st.caption(
         "A local folder in any supported layout: class folders, train/val/test folders, the COVID-19 "
-        "Radiography Database, or a CSV manifest (path,label[,patient_id][,split])."
+        "Radiography Database, a CSV manifest (path,label[,patient_id][,split]) or a JSON dataset list."
     )
     demo = str(demo_dir())
     choices = [demo] + [p for p in recent_datasets() if p != demo]
@@ -39,6 +40,12 @@ with st.expander("Open a dataset", expanded=False):
     typed = st.text_input("...or a folder / CSV path", key="data_path", placeholder="/data/chest_xray")
     if st.button("Open", key="data_open", type="primary"):
         set_dataset(typed.strip() or recent)
+        st.rerun()
+
+with st.expander("Combine datasets (a dataset list)", expanded=False):
+    saved = dataset_list_builder("data_list")
+    if saved:
+        set_dataset(saved)
         st.rerun()
 
 path = current_dataset()

@@ -100,3 +100,28 @@ def test_a_list_saved_from_the_pages_reads_back_and_a_bad_one_is_not_written(two
     with pytest.raises(DataError, match="'Tuberculosis', which it does not have"):
         save_dataset_list(two_sets / "bad.json", [{"path": str(two_sets / "north"), "labels": {"Tuberculosis": "X"}}])
     assert not (two_sets / "bad.json").exists() and not list(two_sets.glob(".bad.json.tmp*"))
+
+
+def test_the_data_page_builds_saves_and_opens_a_list(two_sets, monkeypatch, demo_data):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import REPO
+    from pages.shared import remember_dataset
+
+    monkeypatch.setenv("CXRLAB_DEMO_DATA", str(demo_data))
+    for path in (two_sets / "north", two_sets / "south.csv"):
+        remember_dataset(path)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    at.multiselect(key="data_list_picked").set_value([str(two_sets / "north"), str((two_sets / "south.csv").resolve())])
+    at.run()
+    at.text_input(key="data_list_name_0").set_value("North")
+    at.text_input(key="data_list_save").set_value(str(two_sets / "lists" / "combined.json"))
+    at.run()
+    at.button(key="data_list_save_go").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    saved = json.loads((two_sets / "lists" / "combined.json").read_text())["datasets"]
+    assert [d["name"] for d in saved] == ["North", "south"] and saved[0]["labels"] == {}
+    assert any(str(two_sets / "lists" / "combined.json") in h.value for h in at.subheader)  # opened
+    assert any(m.label == "Layout" and m.value == "dataset-list" for m in at.metric)
