@@ -25,6 +25,7 @@ from .training.backbones import get_backbone
 OPTIMIZERS = ("adam", "rmsprop", "adamax", "sgd")
 POOLINGS = ("avg", "max", "flatten")
 CLASS_WEIGHTS = ("none", "balanced")
+BALANCE_MODES = ("none", "source")  # source: each batch drawn evenly over (source, class) groups
 XLA_MODES = ("auto", "on", "off")  # auto: Keras's choice (XLA on a GPU, not on a CPU or under tf.distribute)
 AUTO = "auto"  # weights: the backbone's default (see TrainConfig.resolved)
 
@@ -153,6 +154,9 @@ class TrainConfig:
     labels: LabelScheme = field(default_factory=LabelScheme)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    # sources (the index's ``source`` column: a hospital, a site, a public set)
+    balance: str = "none"  # none | source: training batches drawn evenly over (source, class) groups
+    drop_single_class_sources: bool = False  # leave out sources whose images all hold one class
     mixed_precision: bool = False  # float16 compute; applied only on a GPU
     xla: str = "auto"  # XLA compilation of the training step: auto | on | off (see XLA_MODES)
     cache: bool = True  # keep decoded, resized images in memory
@@ -240,6 +244,14 @@ class TrainConfig:
             (self.fine_tune_lr_factor > 0, "fine_tune_lr_factor must be positive"),
             (self.patience >= 0 and self.reduce_lr_patience >= 0, "patience must be 0 or more"),
             (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}"),
+            (
+                isinstance(self.balance, str) and self.balance in BALANCE_MODES,
+                f"balance must be one of {', '.join(BALANCE_MODES)}",
+            ),
+            (
+                isinstance(self.drop_single_class_sources, bool),
+                "drop_single_class_sources must be true or false",
+            ),
             (self.xla in XLA_MODES, f"xla must be one of {', '.join(XLA_MODES)}"),
             (not self.recipe or self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)} (or empty)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),

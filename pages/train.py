@@ -53,7 +53,7 @@ hw = hardware()
 st.info(f"Training runs on: **{hw['text']}**", icon=":material/memory:")
 
 try:
-    _, info = load_index(path)
+    index, info = load_index(path)
     classes = list(info["classes"])
 except CXRError as exc:  # a missing folder, an empty class, an unreadable image
     show_error(exc)
@@ -151,6 +151,33 @@ feature_cache = c[3].checkbox(
     key="train_feature_cache",
     help="A frozen backbone (stage 1) or its frozen lower part (stage 2) runs once per image, not once per "
     "epoch: its activations are kept on disk and reused by later runs. Off: the whole network every epoch.",
+)
+c = st.columns(4)
+BALANCE = {"none": "none", "source": "by source and class"}
+balance = c[0].selectbox(
+    "Balance batches",
+    list(BALANCE),
+    key="train_balance",
+    format_func=BALANCE.get,
+    help="by source and class: every training batch is drawn evenly from each (source, class) group (a hospital's "
+    "normal images, its pneumonia images, ...), times a source's weight, so the largest source does not set what the "
+    "model learns. An epoch keeps its number of batches; validation and test are never rebalanced. Class weights "
+    "then weigh the classes as the balanced draw gives them (all 1 when every source holds every class). Needs a "
+    "source (or hospital, site) column in the manifest.",
+)
+drop_single_sources = c[1].checkbox(
+    "Drop single-class sources",
+    key="train_drop_single_class_sources",
+    help="Leave out the images of every source that holds one class only, before splitting: there the source "
+    "alone tells the class, a shortcut the model would learn. The run's log and run.json say which sources and "
+    "how many images. Images without a source are kept.",
+)
+named = sorted({str(s) for s in index["source"] if str(s).strip()}) if "source" in index else []
+c[2].caption(
+    f"Sources in this dataset: {', '.join(named[:8])}{' ...' if len(named) > 8 else ''}"
+    if named
+    else "This dataset names no sources: balancing by source and dropping single-class sources need a source "
+    "column in its manifest."
 )
 with st.expander("Activation cache", icon=":material/storage:"):
     found = activation_store.usage()
@@ -307,6 +334,8 @@ def build_config(backbone: str) -> TrainConfig:
         labels=labels,
         val_fraction=float(val_fraction),
         test_fraction=float(test_fraction),
+        balance=balance,
+        drop_single_class_sources=bool(drop_single_sources),
         mixed_precision=mixed,
         xla=xla,
         cache=cache,

@@ -285,3 +285,44 @@ def test_cli_pixel_rules_and_target_sensitivity(tmp_path):
         "10% border cropped, histogram equalised, cropped to the lungs, outside the lungs blacked out"
     )
     assert TrainConfig.from_dict(lungs.to_dict()).pixels == lungs.pixels
+
+
+# -- training on sources: balanced batches, single-class sources left out --
+
+
+def test_source_options_are_checked_by_name_and_round_trip(tmp_path):
+    cfg = TrainConfig(data="/d", balance="source", drop_single_class_sources=True).validate()
+    cfg.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == cfg
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=re.escape("balance must be one of none, source")):
+        TrainConfig(data="/d", balance="hospital").validate()
+    with pytest.raises(ConfigError, match="balance must be one of"):
+        TrainConfig.from_dict({"data": "/d", "balance": ["source"]}).validate()
+    with pytest.raises(ConfigError, match="drop_single_class_sources must be true or false"):
+        TrainConfig.from_dict({"data": "/d", "drop_single_class_sources": "yes"}).validate()
+
+
+def test_a_config_written_before_the_source_options_reads_with_them_off(tmp_path):
+    old = TrainConfig(data="/d", backbone="simple_cnn").to_dict()
+    del old["balance"], old["drop_single_class_sources"]
+    (tmp_path / "c.json").write_text(json.dumps(old))
+    cfg = TrainConfig.load(tmp_path / "c.json")
+    assert (cfg.balance, cfg.drop_single_class_sources) == ("none", False)
+
+
+def test_cli_source_options_and_recipes_combine(tmp_path):
+    from cxrcore.config import recipe_config
+
+    cfg = _cli_config("--data", "/d", "--balance", "source", "--drop-single-class-sources")
+    assert (cfg.balance, cfg.drop_single_class_sources) == ("source", True)
+    plain = _cli_config("--data", "/d")
+    assert (plain.balance, plain.drop_single_class_sources) == ("none", False)
+    cfg.save(tmp_path / "c.json")
+    kept = _cli_config("--config", str(tmp_path / "c.json"), "--epochs", "2")  # a saved config keeps them
+    assert (kept.balance, kept.drop_single_class_sources) == ("source", True)
+    recipe = _cli_config("--recipe", "vgg16-binary", "--data", "/d", "--balance", "source")
+    assert (recipe.recipe, recipe.balance) == ("vgg16-binary", "source")
+    assert recipe_config("pneumonet-cnn", "/d", drop_single_class_sources=True).drop_single_class_sources
+    with pytest.raises(SystemExit):
+        _cli_config("--data", "/d", "--balance", "hospital")

@@ -183,3 +183,31 @@ def test_feature_statistics_come_from_the_cached_activations_and_equal_a_full_pa
     val = split[split["split"] == "val"].reset_index(drop=True)  # the temperature a full pass would fit
     raw = predict_frame(model, val, fast.labels(), 32)
     assert fast.temperature() == pytest.approx(fit_temperature(raw, labels_of(val, fast.labels())), rel=1e-3)
+
+
+def test_a_stage_on_cached_activations_draws_its_batches_by_source_and_class(data, weights, tmp_path, monkeypatch):
+    """``balance`` "source": plan_stage hands the training rows' (source, class) groups to the dataset of
+    cached activations (validation gets none), and the batches follow them."""
+    from cxrcore.data.index import build_index
+    from cxrcore.data.splits import assign_splits, source_groups
+
+    monkeypatch.setenv("CXRCORE_CACHE", str(tmp_path / "cache"))
+    index = build_index(data)
+    bright = index["label"] == "bright"
+    index["source"] = np.where(bright & (bright.cumsum() > 20), "S2", "S1")  # S2: the last 4 bright images
+    frame = assign_splits(index, seed=3)
+    classes = ["bright", "dark"]
+    cfg = config(data, weights, fine_tune_epochs=0, balance="source")
+    model = build_model("mobilenetv2_0.35", 2, image_size=32, weights=str(weights), head=cfg.head)
+    given = []
+    real = features.dataset
+    monkeypatch.setattr(features, "dataset", lambda *a, **k: given.append(k.get("groups")) or real(*a, **k))
+    plan = features.plan_stage(model, "frozen", cfg, frame, classes, 32, unfreeze=0)
+    train_rows = frame[frame["split"] == "train"].reset_index(drop=True)
+    expected = source_groups(train_rows)
+    assert given[1] is None  # validation: never rebalanced
+    assert given[0].names == expected.names == [("S1", "bright"), ("S1", "dark"), ("S2", "bright")]
+    np.testing.assert_array_equal(given[0].codes, expected.codes)
+    drawn = np.concatenate([y.numpy().argmax(1) for _ in range(25) for _, y in plan.train])
+    assert len(drawn) == 25 * len(train_rows)
+    assert abs((drawn == 0).mean() - 2 / 3) < 0.06  # two of the three groups are bright

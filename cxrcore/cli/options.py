@@ -76,6 +76,19 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filename-rule", action="append", metavar="SUBSTRING=LABEL")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float)
+    p.add_argument(
+        "--balance",
+        choices=["none", "source"],
+        help="source: draw every training batch evenly over the (source, class) groups (times a source's weight), "
+        "so no hospital or public set dominates; validation and test are never rebalanced. Needs a source column",
+    )
+    p.add_argument(
+        "--drop-single-class-sources",
+        action="store_true",
+        default=None,
+        help="leave out the images of sources that hold one class only (a source that is one class teaches the "
+        "source, not the disease); says which and how many. Images without a source are kept",
+    )
     p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 on a GPU")
     p.add_argument(
         "--xla",
@@ -155,6 +168,8 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
         "label_smoothing",
         "val_fraction",
         "test_fraction",
+        "balance",
+        "drop_single_class_sources",
         "mixed_precision",
         "xla",
         "cache",

@@ -1,4 +1,4 @@
-"""Label schemes, train/val/test splits, class weights and leakage checks (pure pandas).
+"""Label schemes, train/val/test splits, class weights, sources and leakage checks (pure pandas).
 
 Splits are stratified by class, reproducible under a seed, and grouped by patient:
 all images of one patient land in one split. Images without a patient id are their
@@ -9,6 +9,7 @@ is kept; only a missing validation or test split is carved out of ``train``.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,165 @@ def class_weights(labels: pd.Series, classes: list[str], mode: str = "balanced")
     counts = labels.value_counts()
     n, k = float(len(labels)), len(classes)
     return {i: (n / (k * counts[c])) if counts.get(c, 0) else 0.0 for i, c in enumerate(classes)}
+
+
+# -- sources: where images came from (the index's ``source`` column; "" when unknown) --------------------
+
+UNKNOWN_SOURCE = "(unknown)"  # how a source named "" is shown
+BALANCE_OPTION = "balancing batches by source (--balance source)"
+DROP_OPTION = "dropping single-class sources (--drop-single-class-sources)"
+
+
+def sources(frame: pd.DataFrame) -> pd.Series:
+    """Each row's source as text ("" when unknown, or when the frame has no ``source`` column)."""
+    if "source" not in frame:
+        return pd.Series("", index=frame.index, dtype=object)
+    return frame["source"].fillna("").astype(str).str.strip()
+
+
+def source_weights(frame: pd.DataFrame) -> pd.Series:
+    """Each row's source weight (a dataset list's ``weight``; 1.0 when the frame has no ``weight`` column or
+    the row none). A weight that is not a finite number of 0 or more raises :class:`DataError`."""
+    if "weight" not in frame:
+        return pd.Series(1.0, index=frame.index, dtype=float)
+    raw = frame["weight"]
+    missing = raw.isna() | (raw.astype(str).str.strip() == "")
+    weights = pd.to_numeric(raw.where(~missing, 1.0), errors="coerce").astype(float)
+    values = weights.to_numpy(dtype=float)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        where = sorted(set(sources(frame)[bad]))
+        raise DataError(
+            f"source weight(s) must be numbers of 0 or more; bad for {', '.join(s or UNKNOWN_SOURCE for s in where)}"
+        )
+    return weights
+
+
+def require_sources(frame: pd.DataFrame, what: str) -> None:
+    """Raise :class:`DataError` naming ``what`` (the option that needs them) when no image has a known source."""
+    if not (sources(frame) != "").any():
+        raise DataError(
+            f"{what} needs to know where images came from, and no image of this dataset has a source: give the "
+            "manifest a source (or hospital, site, source_repo) column"
+        )
+
+
+def drop_single_class_sources(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """``frame`` without the images of sources that hold one class only (after the label scheme, before
+    splitting), and what was done: ``{"dropped": {source: {"class", "images"}}, "images_dropped",
+    "unknown_kept"}``. Images without a source ("") are never dropped: they may come from several places,
+    so they are kept, and ``unknown_kept`` counts them. Raises :class:`DataError` when no source is known,
+    when nothing would be left, or when fewer than two classes would be."""
+    require_sources(frame, DROP_OPTION)
+    where = sources(frame)
+    known = where != ""
+    per_source = frame.loc[known, "label"].groupby(where[known]).agg(["nunique", "size", "first"])
+    single = per_source[per_source["nunique"] == 1]
+    report = {
+        "dropped": {
+            str(name): {"class": str(row["first"]), "images": int(row["size"])} for name, row in single.iterrows()
+        },
+        "images_dropped": int(single["size"].sum()),
+        "unknown_kept": int((~known).sum()),
+    }
+    kept = frame[~where.isin(set(single.index))].reset_index(drop=True)
+    if kept.empty:
+        raise DataError(
+            f"{DROP_OPTION} leaves no images: every source holds one class ({_describe_dropped(report['dropped'])})"
+        )
+    left = sorted(kept["label"].unique())
+    if len(left) < 2:
+        raise DataError(
+            f"{DROP_OPTION} leaves one class only ({', '.join(left)}): it dropped "
+            f"{_describe_dropped(report['dropped'])}"
+        )
+    kept.attrs.update(frame.attrs)
+    return kept, report
+
+
+def _describe_dropped(dropped: dict) -> str:
+    return ", ".join(f"{name} ({d['images']} {d['class']})" for name, d in dropped.items()) or "none"
+
+
+def describe_drop(report: dict) -> str:
+    """What :func:`drop_single_class_sources` did, in one line for the log."""
+    dropped = report["dropped"]
+    text = (
+        f"dropped {len(dropped)} single-class source(s), {report['images_dropped']} image(s): "
+        f"{_describe_dropped(dropped)}"
+        if dropped
+        else "no source holds one class only: nothing dropped"
+    )
+    if report["unknown_kept"]:
+        text += f"; {report['unknown_kept']} image(s) without a source kept (a missing source is never dropped)"
+    return text
+
+
+@dataclass
+class SourceGroups:
+    """The (source, class) groups of a training split, for batches balanced over them: ``codes`` gives each
+    row (in the frame's order) its group, ``probabilities`` the chance that a drawn example comes from each
+    group (equal per group, times the source's weight), ``names`` and ``sizes`` say which groups they are."""
+
+    codes: np.ndarray  # (n,) int: each row's group
+    names: list[tuple[str, str]]  # (source, class) per group
+    sizes: np.ndarray  # (groups,) images per group
+    probabilities: np.ndarray  # (groups,) sums to 1
+
+    def class_shares(self) -> dict[str, float]:
+        """Each class's expected share of the drawn examples."""
+        shares: dict[str, float] = {}
+        for (_, label), p in zip(self.names, self.probabilities):
+            shares[label] = shares.get(label, 0.0) + float(p)
+        return shares
+
+    def table(self) -> list[dict]:
+        """One row per group: source, class, images, share of the drawn examples (for run.json)."""
+        return [
+            {"source": source, "class": label, "images": int(n), "share": round(float(p), 4)}
+            for (source, label), n, p in zip(self.names, self.sizes, self.probabilities)
+        ]
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"{source or UNKNOWN_SOURCE}/{label}: {int(n)} image(s), {p:.1%} of draws"
+            for (source, label), n, p in zip(self.names, self.sizes, self.probabilities)
+        )
+
+
+def source_groups(frame: pd.DataFrame) -> SourceGroups:
+    """The (source, class) groups of ``frame`` (the training rows) for ``--balance source``. Each group is
+    drawn with the same probability, times its source's weight (the ``weight`` column, 1.0 without one).
+    Images without a source form one more source, shown as (unknown). Raises :class:`DataError` when no
+    source is known or every group's weight is 0."""
+    require_sources(frame, BALANCE_OPTION)
+    where = sources(frame).to_numpy()
+    labels = frame["label"].astype(str).to_numpy()
+    weights = source_weights(frame).to_numpy(dtype=float)
+    keys = list(zip(where, labels))
+    names = sorted(set(keys))
+    lookup = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter((lookup[k] for k in keys), dtype=np.int64, count=len(keys))
+    sizes = np.bincount(codes, minlength=len(names))
+    group_weight = np.bincount(codes, weights=weights, minlength=len(names)) / np.maximum(sizes, 1)
+    if group_weight.sum() <= 0:
+        raise DataError(f"{BALANCE_OPTION}: every source has weight 0, so no image could be drawn")
+    return SourceGroups(codes, names, sizes, group_weight / group_weight.sum())
+
+
+def training_class_weights(
+    train: pd.DataFrame, classes: list[str], mode: str = "balanced", groups: SourceGroups | None = None
+) -> dict[int, float] | None:
+    """Keras ``class_weight`` for the training rows ``train``. Without ``groups`` as :func:`class_weights`.
+    With ``groups`` (batches balanced over (source, class)), "balanced" weighs each class by how often the
+    balanced draw gives it, not by how many images it has: ``1 / (k * share_c)``, so all 1.0 when every source
+    holds every class with equal weights, and only what the draw leaves unbalanced (a source lacking a class)
+    is corrected."""
+    if groups is None or mode == "none":
+        return class_weights(train["label"], classes, mode)
+    shares = groups.class_shares()
+    k = len(classes)
+    return {i: (1.0 / (k * shares[c])) if shares.get(c, 0.0) > 0 else 0.0 for i, c in enumerate(classes)}
 
 
 def leakage_report(index: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,13 @@ import pandas as pd
 from .. import runs
 from ..config import TrainConfig
 from ..data.index import build_index, scan_layout
-from ..data.splits import apply_label_scheme, check_trainable
+from ..data.splits import (
+    BALANCE_OPTION,
+    apply_label_scheme,
+    check_trainable,
+    drop_single_class_sources,
+    require_sources,
+)
 from ..evaluation.external import check_external
 from ..training.backbones import get_backbone
 from .processes import kill_group, worker_alive
@@ -133,6 +139,12 @@ def _check_data(config: TrainConfig) -> None:
     if not config.data:
         raise JobError("the job has no dataset (config.data is empty)")
     scan_layout(config.data)
+    if config.balance == "source" or config.drop_single_class_sources:  # the sources they need are there
+        frame = apply_label_scheme(build_index(config.data), config.labels)
+        if config.drop_single_class_sources:
+            frame, _ = drop_single_class_sources(frame)  # refuses when nothing, or one class, would be left
+        if config.balance == "source":
+            require_sources(frame, BALANCE_OPTION)
     if config.external:  # every external set must be labelled as the model's classes
         check_external(config, check_trainable(apply_label_scheme(build_index(config.data), config.labels)))
 

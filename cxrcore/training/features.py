@@ -39,10 +39,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import TrainConfig
+from ..data.splits import SourceGroups, source_groups
 from ..lungs.segment import shipped_fingerprint
 from .activation_store import ENTRY_LIMIT_BYTES, Entry, cache_root, evict
 from .model import backbone_layers, finetune_layers
-from .pipeline import build_augmenter, make_dataset
+from .pipeline import balanced, build_augmenter, make_dataset
 
 log = logging.getLogger("cxrcore.training.features")
 
@@ -216,26 +217,41 @@ def dataset(
     training: bool,
     seed: int,
     max_steps: int | None = None,
+    groups: SourceGroups | None = None,
 ):
     """Batches of ``(activations, one-hot labels)``; with views (activations of shape (views, n, ...)), each
-    image's view is drawn at random every epoch (seeded)."""
+    image's view is drawn at random every epoch (seeded).
+
+    ``groups`` (training only; :func:`cxrcore.data.splits.source_groups` of the same rows, in the same order)
+    balances the draw over (source, class) groups as the image pipeline does (:func:`balanced`, by row
+    index): ``n`` examples an epoch, as many batches as without it."""
     import tensorflow as tf
 
     onehot = tf.one_hot(np.asarray(labels, dtype=np.int32), k)
     n = int(onehot.shape[0])
-    if activations.ndim >= 2 and activations.shape[0] != n:  # (views, n, ...)
+    with_views = activations.ndim >= 2 and activations.shape[0] != n  # (views, n, ...)
+    by_group = training and groups is not None
+    if by_group and len(groups.codes) != n:
+        raise ValueError(f"source groups for {len(groups.codes)} rows, activations for {n}")
+    if with_views or by_group:  # a dataset of row indices, then the rows gathered
         table = tf.constant(np.asarray(activations))
-        views = int(activations.shape[0])
-        ds = tf.data.Dataset.range(n)
-        if training:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        rng = tf.random.Generator.from_seed(seed)
+        if by_group:
+            ds = balanced(lambda rows: tf.data.Dataset.from_tensor_slices(rows.astype(np.int64)), groups, seed)
+        else:
+            ds = tf.data.Dataset.range(n)
+            if training:
+                ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        if with_views:
+            views = int(activations.shape[0])
+            rng = tf.random.Generator.from_seed(seed)
 
-        def pick(i):
-            view = rng.uniform((), 0, views, dtype=tf.int64)
-            return tf.gather(tf.gather(table, view), i), tf.gather(onehot, i)
+            def pick(i):
+                view = rng.uniform((), 0, views, dtype=tf.int64)
+                return tf.gather(tf.gather(table, view), i), tf.gather(onehot, i)
 
-        ds = ds.map(pick)
+            ds = ds.map(pick)
+        else:
+            ds = ds.map(lambda i: (tf.gather(table, i), tf.gather(onehot, i)), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((np.asarray(activations), onehot))
         if training:
@@ -313,11 +329,13 @@ def plan_stage(
     k = len(classes)
     train_labels = labels[(frame["split"] == "train").to_numpy()]
     val_labels = labels[(frame["split"] == "val").to_numpy()]
+    groups = source_groups(train) if config.balance == "source" else None  # by row of train_acts
     log.info(
-        "stage %s: training on cached activations at %s%s",
+        "stage %s: training on cached activations at %s%s%s",
         stage,
         note,
         f", {views} augmented view(s) per image" if views else "",
+        f", batches balanced over {len(groups.names)} (source, class) group(s)" if groups is not None else "",
     )
     return StagePlan(
         model=upper,
@@ -329,6 +347,7 @@ def plan_stage(
             training=True,
             seed=config.seed,
             max_steps=max_steps,
+            groups=groups,
         ),
         val=dataset(val_acts, val_labels, k, batch_size=config.batch_size, training=False, seed=config.seed),
         cut=cut,

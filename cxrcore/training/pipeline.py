@@ -5,12 +5,20 @@ the same function the prediction path uses. Decoded, resized images are cached a
 ``uint8`` (224 px: ~150 kB per image), so epochs after the first skip decoding.
 Augmentation uses Keras preprocessing layers on whole batches, after the cache, in a
 sequential map, so a given seed gives the same batches on every run.
+
+``balance="source"`` (training only) draws each example from the (source, class) groups of
+:func:`cxrcore.data.splits.source_groups` with equal probability (times the source's weight):
+one dataset per group, cached, shuffled and repeated, combined by
+``tf.data.Dataset.sample_from_datasets``; an epoch still holds ``len(frame)`` examples, so it has
+as many batches as without balancing. :func:`balanced` is shared with the activation cache
+(:func:`cxrcore.training.features.dataset`), which draws row indices the same way.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -20,9 +28,11 @@ import tensorflow as tf
 from ..config import AugmentConfig
 from ..data.io import prepare_image
 from ..data.pixels import PixelRules
+from ..data.splits import SourceGroups, source_groups
 from ..errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 10_000
 
 
 def max_steps_from_env(default: int | None = None) -> int | None:
@@ -73,11 +83,15 @@ def make_dataset(
     cache: bool = True,
     max_steps: int | None = None,
     pixels: PixelRules | None = None,
+    balance: str = "none",
 ) -> tf.data.Dataset:
     """Batches of ``(float32 images in 0..255, one-hot labels)`` in the order of ``classes``,
     each image prepared with the run's ``pixels`` rules.
 
-    ``training`` shuffles (reshuffled each epoch, seeded) and applies ``augment``.
+    ``training`` shuffles (reshuffled each epoch, seeded) and applies ``augment``; with ``balance``
+    ``"source"`` it draws each example from the (source, class) groups of ``frame`` evenly (times the
+    source's weight; see :func:`balanced`), ``len(frame)`` examples an epoch. Outside training
+    ``balance`` is ignored: validation and test are never rebalanced.
     Rows whose label is not in ``classes`` raise :class:`DataError`.
     """
     if frame.empty:
@@ -88,13 +102,24 @@ def make_dataset(
         raise DataError(f"label(s) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})")
     labels = frame["label"].map(lookup).to_numpy(np.int32)
     paths = frame["path"].astype(str).to_numpy()
-    ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = ds.map(_loader(image_size, pixels), num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(tf.one_hot(labels, len(classes))))
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(len(frame), 10_000), seed=seed, reshuffle_each_iteration=True)
+    load = _loader(image_size, pixels)
+
+    def examples(rows: np.ndarray | None = None) -> tf.data.Dataset:
+        """(image, one-hot label) for ``rows`` (positions in ``frame``; None: all, in order), cached."""
+        chosen_paths, chosen_labels = (paths, labels) if rows is None else (paths[rows], labels[rows])
+        ds = tf.data.Dataset.from_tensor_slices(chosen_paths)
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(tf.one_hot(chosen_labels, len(classes))))
+        return ds.cache() if cache else ds
+
+    if balance not in ("none", "source"):
+        raise DataError(f"balance must be none or source, got '{balance}'")
+    if training and balance == "source":
+        ds = balanced(examples, source_groups(frame), seed)
+    else:
+        ds = examples()
+        if training:
+            ds = ds.shuffle(min(len(frame), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if max_steps:
         ds = ds.take(max_steps)
@@ -108,6 +133,23 @@ def make_dataset(
 
     ds = ds.map(to_float, num_parallel_calls=None if augmenter is not None else AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def balanced(part: Callable[[np.ndarray], tf.data.Dataset], groups: SourceGroups, seed: int) -> tf.data.Dataset:
+    """Examples drawn from ``groups`` with their probabilities: ``part(rows)`` makes the dataset of one
+    group's rows (positions, in order), which is shuffled (reshuffled each pass, seeded) and repeated, and
+    ``tf.data.Dataset.sample_from_datasets`` picks the group of every example (seeded, a new draw each
+    epoch). One epoch is as many examples as there are rows. A group of probability 0 is never drawn."""
+    parts, weights = [], []
+    for g, probability in enumerate(groups.probabilities):
+        if probability <= 0:
+            continue
+        rows = np.flatnonzero(groups.codes == g)
+        shuffled = part(rows).shuffle(min(len(rows), SHUFFLE_BUFFER), seed=seed + 1 + g, reshuffle_each_iteration=True)
+        parts.append(shuffled.repeat())
+        weights.append(float(probability))
+    drawn = tf.data.Dataset.sample_from_datasets(parts, weights=weights, seed=seed, rerandomize_each_iteration=True)
+    return drawn.take(len(groups.codes))
 
 
 _DECODE_MESSAGE = re.compile(r"(cannot read image .*?)(?:\n|\s+\[\[|$)")

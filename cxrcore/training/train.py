@@ -23,7 +23,16 @@ import tensorflow as tf
 from .. import runs
 from ..config import TrainConfig
 from ..data.index import build_index
-from ..data.splits import apply_label_scheme, assign_splits, check_trainable, class_weights, leakage_report
+from ..data.splits import (
+    apply_label_scheme,
+    assign_splits,
+    check_trainable,
+    describe_drop,
+    drop_single_class_sources,
+    leakage_report,
+    source_groups,
+    training_class_weights,
+)
 from ..errors import RunError
 from ..evaluation.external import check_external
 from ..lungs.segment import shipped_fingerprint
@@ -52,11 +61,23 @@ def _lung_model_fingerprint(config: TrainConfig) -> str | None:
 
 
 def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list[str]]:
-    """Index, relabel and split the dataset; returns the frame (with ``split``) and the classes."""
+    """Index, relabel, leave out single-class sources (``drop_single_class_sources``) and split the
+    dataset; returns the frame (with ``split``) and the classes. What was left out is in
+    ``frame.attrs["sources"]`` (:func:`cxrcore.data.splits.drop_single_class_sources`; the run records it
+    in run.json). With ``balance`` "source", a training split whose images have no known source is refused
+    here, before anything is written."""
     index = build_index(config.data, progress=progress)
     frame = apply_label_scheme(index, config.labels) if not config.labels.is_identity else index
+    dropped = None
+    if config.drop_single_class_sources:  # on the whole dataset, before splitting
+        frame, dropped = drop_single_class_sources(frame)  # logged by the run, into its log
     frame = assign_splits(frame, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
-    return frame, check_trainable(frame)
+    classes = check_trainable(frame)
+    if config.balance == "source":
+        source_groups(frame[frame["split"] == "train"])  # DataError now when no source is known
+    if dropped is not None:
+        frame.attrs["sources"] = dropped
+    return frame, classes
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -325,6 +346,18 @@ def _train(
     leaked = leakage_report(frame)
     if len(leaked):
         log.warning("%d patient(s) have images in more than one split (the layout's own split)", len(leaked))
+    dropped = frame.attrs.get("sources")
+    if dropped is not None:  # a resumed run has it in run.json already
+        log.info("sources: %s", describe_drop(dropped))
+        run.update_info(dropped_sources=dropped)
+    train_frame = frame[frame["split"] == "train"]
+    groups = source_groups(train_frame) if config.balance == "source" else None
+    if groups is not None:
+        log.info("training batches balanced over (source, class): %s", groups.describe())
+        unknown = int(sum(n for (source, _), n in zip(groups.names, groups.sizes) if source == ""))
+        if unknown:
+            log.warning("%d training image(s) have no source: they are drawn as one more source, (unknown)", unknown)
+        run.update_info(balance_groups=groups.table())
 
     max_steps = config.max_steps or max_steps_from_env()
     make = dict(
@@ -336,9 +369,14 @@ def _train(
         max_steps=max_steps,
         pixels=config.pixels,
     )
-    train_ds = make_dataset(frame[frame["split"] == "train"], training=True, augment=config.augment, **make)
-    val_ds = make_dataset(frame[frame["split"] == "val"], **make)
-    weights = class_weights(frame.loc[frame["split"] == "train", "label"], classes, config.class_weights)
+    train_ds = make_dataset(train_frame, training=True, augment=config.augment, balance=config.balance, **make)
+    val_ds = make_dataset(frame[frame["split"] == "val"], **make)  # never rebalanced
+    weights = training_class_weights(train_frame, classes, config.class_weights, groups)
+    if groups is not None and weights is not None:
+        log.info(
+            "class weights on the balanced draw: %s",
+            ", ".join(f"{c} {weights[i]:.3f}" for i, c in enumerate(classes)),
+        )
     cancel = Cancel(should_stop)
     checkpoint = AtomicCheckpoint(run.file(runs.MODEL), cancel=cancel)
     history = HistoryLog(run.file(runs.HISTORY), cancel=cancel)
