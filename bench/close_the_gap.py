@@ -13,7 +13,8 @@ line. Runs already in DIR are read back, so an interrupted benchmark goes on whe
 
 The data-choice rows train on other data with the same settings: Montgomery + Shenzhen (MCSZ, both
 classes in each hospital; tuberculosis mapped to Abnormal by a dataset list), cxr-dev and MCSZ together
-(a dataset list of both), with ``--drop-single-class-sources`` and ``--balance source``, and leave one
+(a dataset list of both, COVID and viral pneumonia mapped to Abnormal; EXT's Pneumonia is Abnormal),
+with ``--drop-single-class-sources`` and ``--balance source``, and leave one
 source out on MCSZ (each hospital held out in turn; the study's folds are each evaluated on EXT too).
 """
 
@@ -99,7 +100,8 @@ def result_of(run_dir: Path, option: str) -> dict:
 def dataset_lists(out: Path, dev: str, mcsz: str) -> dict[str, Path]:
     """The dataset lists the data-choice rows train on, written into ``out``."""
     tb = {"path": str(Path(mcsz).resolve()), "name": "mcsz", "labels": {"Tuberculosis": "Abnormal"}}
-    dev_entry = {"path": str(Path(dev).resolve()), "name": "cxr-dev"}  # the preset maps its labels
+    abnormal = {"COVID": "Abnormal", "Viral Pneumonia": "Abnormal"}
+    dev_entry = {"path": str(Path(dev).resolve()), "name": "cxr-dev", "labels": abnormal}
     lists = {"mcsz": [tb], "cxr-dev+mcsz": [dev_entry, tb]}
     written = {}
     for name, datasets in lists.items():
@@ -160,7 +162,11 @@ def main() -> None:
             if parent.exists():
                 shutil.rmtree(parent)  # an interrupted run of this option: start it again
             command = [sys.executable, "-m", "cxrcore", "train", "--data", str(data), "--weights", args.weights]
-            command += [*COMMON, *flags, "--external", args.external, "--out", str(parent)]
+            common = COMMON
+            if option in DATA_OPTIONS:  # the list maps the labels; NIH's Pneumonia is Abnormal
+                at = COMMON.index("--label-preset")
+                common = [*COMMON[:at], *COMMON[at + 2 :], "--external-map", "Pneumonia=Abnormal"]
+            command += [*common, *flags, "--external", args.external, "--out", str(parent)]
             started = time.time()
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if done.returncode != 0:
