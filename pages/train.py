@@ -28,14 +28,28 @@ from cxrcore.jobs.hardware import hardware_summary
 from cxrcore.recipes import RECIPES
 from cxrcore.training import activation_store
 from cxrcore.training.backbones import REGISTRY
-from pages.shared import current_dataset, jobs, load_index, require_app, show_error, synthetic_banner
+from pages.shared import (
+    current_dataset,
+    dataset_list_builder,
+    jobs,
+    load_index,
+    require_app,
+    set_dataset,
+    show_error,
+    synthetic_banner,
+)
 from pages.train_recipe import recipe_picker
 
 require_app()
 st.title("Train")
 path = current_dataset()
-st.caption(f"Dataset: `{path}` (change it on the Data page)")
+st.caption(f"Dataset: `{path}` (change it on the Data page, or combine several below)")
 synthetic_banner(path)
+with st.expander("Train on several datasets (a dataset list)", icon=":material/join:"):
+    saved = dataset_list_builder("train_list")
+    if saved:
+        set_dataset(saved)
+        st.rerun()
 
 
 @st.cache_data(ttl=3600, show_spinner=False)

@@ -131,7 +131,7 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at = app("pages/train.py")
     assert "Training runs on:" in texts(at)
     at.multiselect(key="train_backbones").set_value([])
-    at.button[0].click()  # the form's submit button
+    at.button(key="train_start").click()
     at.run()
     assert any("pick at least one backbone" in e.value for e in at.error)
     at.multiselect(key="train_backbones").set_value(["simple_cnn", "mobilenet_0.25"])
@@ -144,7 +144,7 @@ def test_train_page_queues_a_job_and_rejects_an_empty_selection(app, tmp_path):
     at.run()
     plan = next(t.value for t in at.dataframe if "pixels" in t.value.columns)
     assert set(plan["pixels"]) == {"10% border cropped, histogram equalised, cropped to the lungs"}
-    at.button[0].click()
+    at.button(key="train_start").click()
     at.run()
     assert any("2 jobs, one per backbone" in s.value for s in at.success)
     at.run()  # a later rerun (a click anywhere) still says what was submitted
@@ -185,7 +185,7 @@ def test_train_page_weights_follow_a_switch_to_a_pretrained_backbone(app, monkey
     assert plan, "no 'what will run' table before Start"
     row = plan[-1].set_index("backbone").loc["mobilenetv2_0.35"]
     assert row["weights"] == "imagenet" and int(row["image size"]) == spec.input_size
-    at.button[0].click()  # Start training
+    at.button(key="train_start").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     queued = JobStore(default_db()).list()
