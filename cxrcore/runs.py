@@ -502,11 +502,56 @@ def write_loso(folder: str | Path, result: dict) -> None:
 
 
 def read_loso(folder: str | Path) -> dict | None:
-    """A study folder's ``loso.json``; None when it has none or it cannot be read."""
+    """A study folder's ``loso.json`` with each fold's result read from its run (found by the fold's
+    manifest): ``run``, ``status``, ``auc`` (the macro AUC) with ``ci_low``/``ci_high``, ``external``
+    (each external set's AUC); then ``mean_auc`` and ``worst`` over the folds scored, and ``status``
+    ``complete`` once every fold's run has ended (written back then). None when there is no study."""
+    folder = Path(folder)
     try:
-        return json.loads((Path(folder) / LOSO).read_text())
+        study = json.loads((folder / LOSO).read_text())
     except (OSError, ValueError):
         return None
+    if study.get("status") == "complete":
+        return study
+    found = {}
+    for path in folder.iterdir():
+        run = RunDir(path)
+        if path.is_dir() and run.exists():
+            try:
+                found[Path(run.config().data).name] = run
+            except CXRError:
+                continue
+    folds = []
+    for fold in study.get("folds", []):
+        run = found.get(fold.get("manifest"))
+        metrics = (run.metrics() if run else None) or {}
+        ci = (metrics.get("ci") or {}).get("macro_auc") or {}
+        folds.append(
+            {
+                **fold,
+                "run": run.path.name if run else None,
+                "status": run.status() if run else "queued",
+                "auc": metrics.get("macro_auc"),
+                "ci_low": ci.get("ci_low"),
+                "ci_high": ci.get("ci_high"),
+                "external": {
+                    e.source.get("data", e.name): e.metrics.get("macro_auc")
+                    for e in (run.external_evaluations() if run else [])
+                },
+            }
+        )
+    scored = [f for f in folds if f["auc"] is not None]
+    ended = all(f["status"] in ("succeeded", "failed", "cancelled", "interrupted") for f in folds)
+    study = {
+        **study,
+        "folds": folds,
+        "mean_auc": sum(f["auc"] for f in scored) / len(scored) if scored else None,
+        "worst": min(scored, key=lambda f: f["auc"])["source"] if scored else None,
+        "status": "complete" if folds and ended else "running" if any(f["run"] for f in folds) else "planned",
+    }
+    if study["status"] == "complete":
+        write_loso(folder, study)
+    return study
 
 
 def list_loso(parent: str | Path | None = None) -> list[dict]:
@@ -517,7 +562,7 @@ def list_loso(parent: str | Path | None = None) -> list[dict]:
         return []
     found = []
     for path in sorted(parent.iterdir(), reverse=True):
-        study = read_loso(path) if path.is_dir() else None
+        study = read_loso(path) if (path / LOSO).is_file() else None
         if study is not None:
             found.append({**study, "folder": str(path)})
     return found

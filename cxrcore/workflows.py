@@ -36,6 +36,7 @@ from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, ev
 from .explain import sampled
 from .explain.cam import overlay
 from .export import export as export_run
+from .jobs.queue import submit_group
 from .training.model import load_model
 from .training.train import prepare_data, resume_run
 from .training.train import train as train_stage
@@ -153,59 +154,65 @@ def resume(run_dir: str | Path, **options) -> runs.RunDir:
     return resume_run(run_dir, **options, **training_hooks())
 
 
-def leave_one_source_out(config: TrainConfig, out_dir: str | Path | None = None, progress=None) -> Path:
-    """Train one model per source that can be held out (:func:`cxrcore.data.sources.loso_folds`), each on
-    every other source (split into train and validation) and tested on the held-out source (and on
-    ``config.external``), each a complete run; returns the study's folder, which holds the runs and
-    ``loso.json``: one row per held-out source (``source``, ``n``, ``auc`` with its 95% interval, the
-    class ``prevalence``, the ``run``), then ``mean_auc`` and ``worst``, and the sources ``skipped``
-    with why. ``auc`` is the macro AUC (the AUC for two classes)."""
+def plan_loso(config: TrainConfig, out_dir: str | Path | None = None) -> tuple[Path, list[TrainConfig]]:
+    """A leave-one-source-out study planned: its folder (``out_dir`` or the models folder), one manifest per
+    source that can be held out (:func:`cxrcore.data.sources.loso_folds`: that source the test split, every
+    other image split into train and validation) and ``loso.json`` listing the folds and the sources not
+    held out with why; returns the folder and one training configuration per fold (``config`` on the
+    fold's manifest; the labels are already the run's classes there)."""
     frame, classes = prepare_data(config)
     folds, skipped = loso_folds(frame, classes)
     folder = runs.new_study_dir("loso", config.backbone, out_dir)
+    planned, configs = [], []
+    for i, source in enumerate(folds, 1):
+        split = fold_split(frame, source, val_fraction=config.val_fraction, seed=config.seed)
+        manifest = folder / f"fold-{i}.csv"
+        split[["path", "label", "patient_id", "source", "split"]].to_csv(manifest, index=False)
+        held = split[split["split"] == "test"]
+        planned.append(
+            {
+                "source": source,
+                "n": int(len(held)),
+                "prevalence": {c: float((held["label"] == c).mean()) for c in classes},
+                "manifest": manifest.name,
+            }
+        )
+        configs.append(dataclasses.replace(config, data=str(manifest), labels=LabelScheme()).validate())
     study = {
         "data": config.data,
         "classes": classes,
         "backbone": config.backbone,
         "config": config.to_dict(),
-        "folds": [],
+        "folds": planned,
         "skipped": skipped,
-        "status": "running",
+        "status": "planned",
     }
     runs.write_loso(folder, study)
     log.info("leave one source out: %d fold(s) (%s) into %s", len(folds), ", ".join(folds), folder)
-    for source in folds:
-        split = fold_split(frame, source, val_fraction=config.val_fraction, seed=config.seed)
-        manifest = folder / f"fold-{len(study['folds']) + 1}.csv"
-        split[["path", "label", "patient_id", "source", "split"]].to_csv(manifest, index=False)
-        fold = dataclasses.replace(config, data=str(manifest), labels=LabelScheme())  # labels already mapped
-        run = train(fold.validate(), out_dir=folder, progress=progress)
-        metrics = run.metrics() or {}
-        ci = (metrics.get("ci") or {}).get("macro_auc") or {}
-        held = split[split["split"] == "test"]
-        study["folds"].append(
-            {
-                "source": source,
-                "n": int(len(held)),
-                "auc": metrics.get("macro_auc"),
-                "ci_low": ci.get("ci_low"),
-                "ci_high": ci.get("ci_high"),
-                "prevalence": {c: float((held["label"] == c).mean()) for c in classes},
-                "run": run.path.name,
-                "external": {
-                    e.source.get("data", e.name): e.metrics.get("macro_auc") for e in run.external_evaluations()
-                },
-            }
-        )
-        runs.write_loso(folder, study)
-    scored = [f for f in study["folds"] if f["auc"] is not None]
-    study["mean_auc"] = float(np.mean([f["auc"] for f in scored])) if scored else None
-    study["worst"] = min(scored, key=lambda f: f["auc"])["source"] if scored else None
-    study["status"] = "complete"
-    runs.write_loso(folder, study)
-    for fold in study["folds"]:  # each card shows the whole study
-        write_card(runs.RunDir(folder / fold["run"]))
+    return folder, configs
+
+
+def leave_one_source_out(config: TrainConfig, out_dir: str | Path | None = None, progress=None) -> Path:
+    """Train one model per source that can be held out (:func:`plan_loso`), each on every other source and
+    tested on the held-out source (and on ``config.external``), each a complete run; returns the study's
+    folder, which holds the runs and ``loso.json`` (:func:`cxrcore.runs.read_loso`: one row per held-out
+    source with its AUC and 95% interval, then the mean and the worst). Each run's card shows the study."""
+    folder, configs = plan_loso(config, out_dir)
+    for fold in configs:
+        train(fold, out_dir=folder, progress=progress)
+    study = runs.read_loso(folder)
+    for fold in study["folds"]:
+        if fold.get("run"):
+            write_card(runs.RunDir(folder / fold["run"]))
     return folder
+
+
+def submit_loso(config: TrainConfig, *, store=None) -> tuple[Path, str, list[str]]:
+    """A leave-one-source-out study as background jobs (:func:`plan_loso`, then one job per fold, queued as
+    one group into the study's folder): ``(folder, group, job ids)``. ``loso.json`` fills in as the runs end."""
+    folder, configs = plan_loso(config)
+    group, ids = submit_group(configs, store=store, out_dir=folder)
+    return folder, group, ids
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, **options) -> dict:

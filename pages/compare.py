@@ -6,6 +6,7 @@ import streamlit as st
 
 from cxrcore import ensemble, workflows
 from cxrcore import runs as run_files
+from cxrcore.config import TrainConfig
 from cxrcore.evaluation import plots
 from cxrcore.evaluation.compare import (
     bootstrap_caption,
@@ -24,7 +25,63 @@ from cxrcore.evaluation.evaluate import (
     rankable,
 )
 from cxrcore.explain.cam import METHOD_LABELS
-from pages.shared import CXRError, analyse, no_models, require_app, run_label, show_error, trained_runs
+from cxrcore.training.backbones import list_backbones
+from pages.shared import (
+    CXRError,
+    analyse,
+    current_dataset,
+    jobs,
+    no_models,
+    require_app,
+    run_label,
+    show_error,
+    trained_runs,
+)
+
+
+def loso_section(chosen: list[dict]) -> None:
+    """Leave-one-source-out studies: each held-out source's AUC, beside the chosen runs on the same data;
+    and a study queued as background jobs on the current dataset."""
+    st.subheader("Leave one source out")
+    with st.expander("Start a study on the current dataset", icon=":material/science:"):
+        data = current_dataset()
+        st.caption(
+            f"Dataset: `{data}`. One background job per source that holds both classes: trained on every other "
+            "source, tested on the one it never saw. The sources come from the dataset's source column or its "
+            "dataset list."
+        )
+        names = [b["name"] for b in list_backbones()]
+        c = st.columns(3)
+        backbone = c[0].selectbox("Backbone", names, index=names.index("mobilenetv2_0.35"), key="loso_backbone")
+        epochs = c[1].number_input("Frozen epochs", 0, 500, 6, key="loso_epochs")
+        fine_tune = c[2].number_input("Fine-tune epochs", 0, 500, 3, key="loso_fine_tune")
+        if st.button("Queue the study", key="loso_start", type="primary"):
+            config = TrainConfig(data=data, backbone=backbone, epochs=int(epochs), fine_tune_epochs=int(fine_tune))
+            try:
+                folder, group, ids = workflows.submit_loso(config.resolved(), store=jobs())
+            except CXRError as exc:
+                show_error(exc)
+            else:
+                st.success(f"Queued {len(ids)} job(s) (group `{group}`), one per held-out source, into `{folder}`.")
+    studies = run_files.list_loso()
+    if not studies:
+        st.caption("No study yet (or from the command line: `python -m cxrcore train --data DATA ... --loso`).")
+        return
+    study = st.selectbox(
+        "Study",
+        studies,
+        format_func=lambda s: (
+            f"{Path(s['folder']).name} · {Path(str(s['data'])).name} · "
+            + (f"mean AUC {s['mean_auc']:.3f}" if s.get("mean_auc") is not None else s.get("status", ""))
+        ),
+        key="compare_loso",
+    )
+    st.dataframe(loso_table(study), hide_index=True, width="stretch")
+    for r in chosen:
+        run = run_files.RunDir(r["path"])
+        if str(run.config().data) == str(study["data"]) and r.get("macro_auc") is not None:
+            st.caption(f"`{r['run_id']}`: {loso_sentence(study, r['macro_auc'])}")
+
 
 require_app()
 st.title("Compare")
@@ -38,6 +95,7 @@ if len(runs) < 2:
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     else:
         no_models()
+    loso_section(runs)
     st.stop()
 
 chosen = st.multiselect(
@@ -197,28 +255,7 @@ if metrics:
             plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch", key=f"compare_cm_{run_id}"
         )
 
-st.subheader("Leave one source out")
-studies = run_files.list_loso()
-if not studies:
-    st.caption(
-        "No leave-one-source-out study yet. One trains a model per source, each tested on the source it never "
-        "saw: `python -m cxrcore train --data DATA ... --loso` (DATA with a source column, or a dataset list)."
-    )
-else:
-    study = st.selectbox(
-        "Study",
-        studies,
-        format_func=lambda s: (
-            f"{Path(s['folder']).name} · {Path(str(s['data'])).name} · "
-            + ("running" if s.get("mean_auc") is None else f"mean AUC {s['mean_auc']:.3f}")
-        ),
-        key="compare_loso",
-    )
-    st.dataframe(loso_table(study), hide_index=True, width="stretch")
-    for r in chosen:
-        run = run_files.RunDir(r["path"])
-        if str(run.config().data) == str(study["data"]) and r.get("macro_auc") is not None:
-            st.caption(f"`{r['run_id']}`: {loso_sentence(study, r['macro_auc'])}")
+loso_section(chosen)
 
 st.subheader("Ensemble")
 ensembles = [r for r in chosen if run_files.RunDir(r["path"]).ensemble() is not None]

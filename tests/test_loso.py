@@ -114,3 +114,21 @@ def test_evaluate_and_compare_show_the_study(three_sources, monkeypatch):
     at.switch_page("pages/evaluate.py")
     at.run()
     assert any("This run is one fold" in m.value for m in at.markdown)
+
+
+def test_a_study_queued_as_jobs_is_one_group_into_its_folder(three_sources, tmp_path, monkeypatch):
+    from cxrcore import workflows
+    from cxrcore.jobs import queue
+    from cxrcore.jobs.store import JobStore
+
+    monkeypatch.setattr(queue, "ensure_scheduler", lambda store: None)  # queued, not run
+    monkeypatch.setenv("CXRCORE_MODELS", str(tmp_path / "models"))
+    data = three_sources[0].parent.parent / "manifest.csv"
+    store = JobStore(tmp_path / "jobs.sqlite")
+    folder, group, ids = workflows.submit_loso(tiny_config(data.parent, epochs=1), store=store)
+    jobs = store.list(group=group)
+    assert len(ids) == len(jobs) == 2 and {j["out_dir"] for j in jobs} == {str(folder)}
+    assert sorted(Path(j["config"]["data"]).name for j in jobs) == ["fold-1.csv", "fold-2.csv"]
+    study = runs.read_loso(folder)
+    assert study["status"] == "planned" and [f["status"] for f in study["folds"]] == ["queued", "queued"]
+    assert study["mean_auc"] is None and study["skipped"] == {"east": "holds one class only (A, 12 images)"}

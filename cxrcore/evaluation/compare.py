@@ -277,7 +277,9 @@ def loso_table(study: Mapping) -> pd.DataFrame:
             {
                 "held-out source": fold["source"],
                 "images": fold["n"],
-                "AUC (95% CI)": format_value(fold.get("auc"), (fold.get("ci_low"), fold.get("ci_high"))),
+                "AUC (95% CI)": format_value(fold["auc"], (fold.get("ci_low"), fold.get("ci_high")))
+                if fold.get("auc") is not None
+                else fold.get("status", "n/a"),
                 **{f"{c} share": f"{prevalence[c]:.0%}" if c in prevalence else "" for c in classes},
             }
         )
