@@ -400,3 +400,17 @@ def test_the_audit_checks_sources_on_the_shortcut_checks_sample_reading_each_ima
     assert [c["class"] for c in check["classes"] if c["flagged"]] == ["A"]
     assert [row["images"] for row in found["sources"]] == [60, 40]  # north, south: every image, not the sample
     assert found["verdict"][-2] in check["message"]
+
+
+def test_a_single_class_source_beside_shared_classes_is_named_with_the_way_to_leave_it_out():
+    from cxrcore.data.audit import source_verdict
+
+    def row(source, a, b):
+        return {"source": source, "counts": {"A": a, "B": b}, "images": a + b, "single_class": (a == 0) != (b == 0)}
+
+    table = [row("north", 50, 50), row("south", 40, 60), row("east", 70, 0)]
+    verdict = " ".join(source_verdict(table, 0.72, None))
+    assert "`east` (70 A) holds one class only" in verdict and "--drop-single-class-sources" in verdict
+    assert "Expect it not to transfer" not in verdict  # A is not only from single-class sources
+    mixed = " ".join(source_verdict([row("north", 50, 50), row("south", 40, 60)], 0.55, None))
+    assert "holds one class only" not in mixed

@@ -71,7 +71,7 @@ SEPARATED_AUC = 0.9
 MIXED_AUC = 0.7
 #: the verdict's sentence when the classes are separated by source
 NO_TRANSFER = "Expect it not to transfer to another hospital."
-_VERSION = 5  # bump when the features or the wording change: cached results are then recomputed
+_VERSION = 6  # bump when the features or the wording change: cached results are then recomputed
 
 Progress = Callable[[int, int], None] | None
 
@@ -524,13 +524,21 @@ def source_verdict(table: list[dict] | None, auc: float | None, check: dict | No
         )
     else:
         out.append(f"The classes share their sources: {figure}.")
+    single = [row for row in table if row["single_class"] and row["source"] != UNKNOWN_SOURCE]
+    if single and not alone:  # a class shared elsewhere, but some source holds it alone
+        out.append(
+            "; ".join(f"{_holds(row)} holds one class only" for row in single)
+            + ": where such a source's images are, their source gives their label away. "
+            "`--drop-single-class-sources` leaves them out of training."
+        )
     unknown = next((row for row in table if row["source"] == UNKNOWN_SOURCE), None)
     if unknown:
         out.append(f"{unknown['images']:,} images name no source; they are counted as one source, `{UNKNOWN_SOURCE}`.")
     if check and any(c["checked"] for c in check["classes"]):
         flagged, finding = _source_finding(check["classes"])
         out.append(finding)
-        if flagged and not any(NO_TRANSFER in sentence for sentence in out):
+        shared = not single and (auc is None or auc < MIXED_AUC)
+        if flagged and shared and not any(NO_TRANSFER in sentence for sentence in out):
             out.append(
                 "Here the classes share their sources, so telling the sources apart does not give the label away; "
                 "but a hospital not in this data will look different again: test the model there before trusting it."
