@@ -44,6 +44,7 @@ OPTIONS = {
 #: the data-choice rows: (the dataset list's name, the CLI flags they add)
 DATA_OPTIONS = {
     "data: Montgomery + Shenzhen": ("mcsz", []),
+    "data: Montgomery + Shenzhen, lung crop": ("mcsz", ["--lung-crop"]),
     "data: cxr-dev + Montgomery + Shenzhen": ("cxr-dev+mcsz", []),
     "data: cxr-dev + MCSZ, single-class sources dropped": ("cxr-dev+mcsz", ["--drop-single-class-sources"]),
     "data: cxr-dev + MCSZ, batches balanced by source": ("cxr-dev+mcsz", ["--balance", "source"]),

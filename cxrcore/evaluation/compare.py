@@ -276,7 +276,7 @@ def loso_table(study: Mapping) -> pd.DataFrame:
         rows.append(
             {
                 "held-out source": fold["source"],
-                "images": fold["n"],
+                "images": f"{fold['n']:,}",
                 "AUC (95% CI)": format_value(fold["auc"], (fold.get("ci_low"), fold.get("ci_high")))
                 if fold.get("auc") is not None
                 else fold.get("status", "n/a"),
