@@ -481,11 +481,12 @@ class RunDir:
 LOSO = "loso.json"
 
 
-def new_study_dir(kind: str, backbone: str, parent: str | Path | None = None) -> Path:
-    """Create ``<parent>/<YYYYmmdd-HHMMSS>-<kind>-<backbone>``, a folder that holds a study's runs."""
+def _new_folder(parent: str | Path | None, name: str) -> Path:
+    """Create ``<parent>/<YYYYmmdd-HHMMSS>-<name>`` (``parent``: the models folder by default), with a suffix
+    when that exists already."""
     parent = Path(parent) if parent else models_dir()
     parent.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(kind)}-{_slug(backbone)}"
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     for n in range(1000):
         path = parent / (stem if n == 0 else f"{stem}-{n}")
         try:
@@ -493,7 +494,12 @@ def new_study_dir(kind: str, backbone: str, parent: str | Path | None = None) ->
             return path
         except FileExistsError:
             continue
-    raise RunError(f"cannot create a study folder under {parent}")
+    raise RunError(f"cannot create a folder for {stem} under {parent}")
+
+
+def new_study_dir(kind: str, backbone: str, parent: str | Path | None = None) -> Path:
+    """Create ``<parent>/<YYYYmmdd-HHMMSS>-<kind>-<backbone>``, a folder that holds a study's runs."""
+    return _new_folder(parent, f"{_slug(kind)}-{_slug(backbone)}")
 
 
 def write_loso(folder: str | Path, result: dict) -> None:
@@ -570,17 +576,7 @@ def list_loso(parent: str | Path | None = None) -> list[dict]:
 
 def new_run_dir(backbone: str, parent: str | Path | None = None) -> RunDir:
     """Create ``<parent>/<YYYYmmdd-HHMMSS>-<backbone>`` (a suffix keeps it unique)."""
-    parent = Path(parent) if parent else models_dir()
-    parent.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(backbone)}"
-    for n in range(1000):
-        path = parent / (stem if n == 0 else f"{stem}-{n}")
-        try:
-            path.mkdir()
-            return RunDir(path)
-        except FileExistsError:
-            continue
-    raise RunError(f"cannot create a run directory under {parent}")
+    return RunDir(_new_folder(parent, _slug(backbone)))
 
 
 def list_runs(parent: str | Path | None = None) -> list[dict]:
