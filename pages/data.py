@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
-from cxrcore.data.audit import NO_TRANSFER
 from cxrcore.data.io import prepare_image
 from cxrcore.data.pixels import PixelRules
+from cxrcore.data.sources import NO_TRANSFER
 from cxrcore.evaluation import plots
 from pages.shared import (
     CXRError,

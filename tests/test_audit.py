@@ -18,11 +18,10 @@ from cxrcore.data.audit import (
     border_mask,
     shortcut_check,
     source_check,
-    source_only_auc,
-    source_verdict,
-    sources,
 )
 from cxrcore.data.index import build_index
+from cxrcore.data.sources import source_only_auc, source_verdict
+from cxrcore.data.sources import source_table as sources
 
 
 def write_set(root, draw, per_class=40, size=64):
@@ -403,8 +402,6 @@ def test_the_audit_checks_sources_on_the_shortcut_checks_sample_reading_each_ima
 
 
 def test_a_single_class_source_beside_shared_classes_is_named_with_the_way_to_leave_it_out():
-    from cxrcore.data.audit import source_verdict
-
     def row(source, a, b):
         return {"source": source, "counts": {"A": a, "B": b}, "images": a + b, "single_class": (a == 0) != (b == 0)}
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
-from ..data.audit import NO_TRANSFER, audit
+from ..data.audit import audit
 from ..data.demo import make_demo_dataset
 from ..data.index import build_index, summarize
 from ..data.io import decode_image
+from ..data.sources import NO_TRANSFER
 
 
 def cmd_index(args) -> int:
