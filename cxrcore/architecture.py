@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         (
             "data.formats",
             "data.dicom",
+            "data.dicom_pixels",
             "lungs.geometry",
             "lungs.augment",
             "evaluation.metrics",

@@ -1,4 +1,5 @@
-"""DICOM: reading, validating, decoding and summarising DICOM files (PNG and JPEG: :mod:`.formats`).
+"""DICOM: reading, validating and summarising DICOM files (decoding: :mod:`.dicom_pixels`; PNG, JPEG:
+:mod:`.formats`).
 
 Privacy: DICOM files carry names, ids and institutions, and a corrupt length field can
 make any element's value run on over them. :func:`dicom_summary` therefore shows only
@@ -7,7 +8,7 @@ dataset holding only validated image elements, and error messages are reasons wr
 here, never text taken from the file (nor from a decoder's message, which may quote
 it). Both libraries that read files log what they read: Pillow logs EXIF tags and PNG
 profile names at DEBUG, pydicom logs and warns with invalid values in full. So, once,
-on first use (:func:`_pydicom`, and at import for Pillow): the ``PIL`` and ``pydicom``
+on first use (:func:`configured_pydicom`, and at import for Pillow): the ``PIL`` and ``pydicom``
 loggers are set to CRITICAL (neither logs at that level: nothing from a file reaches
 a log or ``job.log``); pydicom's ``reading_validation_mode`` is IGNORE (its validation
 warnings quote the value; values are validated here instead); and a top-level
@@ -30,17 +31,14 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
-
 from ..errors import ImageDecodeError
-from .formats import MAX_PIXELS, ImageSource, check_pixels, describe, is_dicom, j2k_size, jpeg_size, read_bytes
-from .pixels import gray_or_rgb, stretch
+from .formats import MAX_PIXELS, ImageSource, check_pixels, describe, is_dicom, read_bytes
 
 # ---------------------------------------------------------------- DICOM: reading
 
 
 @functools.cache
-def _pydicom():
+def configured_pydicom():
     """pydicom, imported and configured once (see the module docstring for why)."""
     import pydicom
     import pydicom.config
@@ -165,16 +163,16 @@ _TAGS = {
     "ModalityLUTSequence": 0x00283000,
     "VOILUTSequence": 0x00283010,
 }
-_PIXEL_DATA = 0x7FE00010
+PIXEL_DATA = 0x7FE00010
 
 
-def _read_dicom(src: bytes | BinaryIO, label: str, *, pixels: bool):
+def read_dicom(src: bytes | BinaryIO, label: str, *, pixels: bool):
     """(dataset of the :data:`_TAGS` elements, raw and unconverted; transfer syntax).
 
     ``src`` is the file's bytes, or the file opened at its start (then only what is needed
     is read: the elements up to the pixel data, or all of a deflated or blanked file).
     """
-    pydicom = _pydicom()
+    pydicom = configured_pydicom()
     data = src if isinstance(src, bytes) else src.read(1 << 16)
     syntax, start = _file_meta(data, label)
     if not isinstance(src, bytes) and (syntax == _DEFLATED or len(data) < start + (1 << 16)):
@@ -189,7 +187,7 @@ def _read_dicom(src: bytes | BinaryIO, label: str, *, pixels: bool):
     else:
         fp = src
         fp.seek(0)
-    tags = list(_TAGS.values()) + ([_PIXEL_DATA] if pixels else [])
+    tags = list(_TAGS.values()) + ([PIXEL_DATA] if pixels else [])
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=not pixels, specific_tags=tags)
     except Exception:  # pydicom raises many types for broken files; their messages may quote values
@@ -292,7 +290,7 @@ def _frames(ds) -> int | None:
 
 
 @dataclass
-class _DicomImage:
+class DicomImage:
     """The validated image elements of a DICOM file: all pydicom gets to decode it."""
 
     syntax: str
@@ -345,7 +343,7 @@ def _lut(ds, keyword: str, pixel_representation: int, label: str) -> tuple[list[
     return [entries % 65536, first, bits], raw[0]
 
 
-def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
+def dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> DicomImage:
     """Validates what decoding needs, and the pixel limit, from the header alone."""
     req = functools.partial(_required, label=label)
     rows = req(_int(ds, _TAGS["Rows"], 1, 65535), keyword="Rows")
@@ -377,9 +375,9 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
         voi_function = req(_code(ds, _TAGS["VOILUTFunction"], _VOI_FUNCTIONS), keyword="VOILUTFunction")
     pixel_data = None
     if pixels:
-        raw = _raw(ds, _PIXEL_DATA, ("OB", "OW"))
+        raw = _raw(ds, PIXEL_DATA, ("OB", "OW"))
         pixel_data = req(raw[0] if raw and raw[0] else None, keyword="Pixel Data")
-    return _DicomImage(
+    return DicomImage(
         syntax=syntax,
         rows=rows,
         columns=columns,
@@ -401,7 +399,7 @@ def _dicom_image(ds, syntax: str, label: str, *, pixels: bool) -> _DicomImage:
 
 def dicom_header(fh: BinaryIO, label: str) -> dict:
     """Width, height, mode and format of a DICOM file from its elements, pixels not read."""
-    ds, _ = _read_dicom(fh, label, pixels=False)
+    ds, _ = read_dicom(fh, label, pixels=False)
     req = functools.partial(_required, label=label)
     rows = req(_int(ds, _TAGS["Rows"], 1, 65535), keyword="Rows")
     columns = req(_int(ds, _TAGS["Columns"], 1, 65535), keyword="Columns")
@@ -448,7 +446,7 @@ def dicom_summary(src: ImageSource, *, name: str | None = None) -> dict:
     data = read_bytes(src, label)
     if not is_dicom(data):
         return {}
-    ds, _ = _read_dicom(data, label, pixels=False)
+    ds, _ = read_dicom(data, label, pixels=False)
     try:
         return _summary(ds)
     except Exception:  # the readers above return None for a bad value; this is a safety net
@@ -468,201 +466,3 @@ def _summary(ds) -> dict:
         "PixelSpacing": spacing if spacing and len(spacing) == 2 and min(spacing) > 0 else None,
     }
     return {tag: values[tag] for tag in SAFE_DICOM_TAGS if values[tag] is not None}
-
-
-# ---------------------------------------------------------------- DICOM: pixels
-# The transfer syntax's decoder, the size checks that run before it, and the first frame as ``uint8``
-# gray or RGB (no value from the file reaches a message, a log or a warning: see the module docstring).
-
-
-def _rle_decoded_length(segment: bytes, limit: int) -> int:
-    """How many bytes a DICOM RLE (PackBits) segment decodes to, counting stops past ``limit``.
-
-    pydicom's decoder has no bound: two bytes can stand for 128, so a small segment can
-    decode to 64 times its size whatever Rows and Columns say.
-    """
-    pos, total, end = 0, 0, len(segment)
-    while pos < end and total <= limit:
-        head = segment[pos]
-        if head < 128:  # a literal run of head + 1 bytes
-            total += min(head + 1, end - pos - 1)
-            pos += head + 2
-        elif head > 128:  # one byte repeated 257 - head times
-            total += 257 - head if pos + 1 < end else 0
-            pos += 2
-        else:
-            pos += 1
-    return total
-
-
-# ---------------------------------------------------------------- DICOM: decoding
-
-# What pydicom 3.0.2 needs per compressed transfer syntax, beyond itself and Pillow
-# (pydicom.pixels.decoders: pylibjpeg's plugins, pyjpegls, or python-gdcm; Pillow covers
-# JPEG baseline, 8-bit JPEG extended and JPEG 2000; RLE and deflate need nothing).
-_INSTALL = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Extended (12-bit)
-    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS Lossless (or pyjpegls)
-    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
-    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE Lossless
-}
-_JPEG_FAMILY = (
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81",
-)
-_J2K_FAMILY = (
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-)
-_RLE = "1.2.840.10008.1.2.5"
-
-
-def _syntax_name(syntax: str) -> str:
-    """The transfer syntax's name from pydicom's dictionary; never the UID string from the file."""
-    from pydicom.uid import UID, UID_dictionary
-
-    return f"'{UID(syntax).name}'" if syntax in UID_dictionary else "an unknown transfer syntax"
-
-
-def _decoder(img: _DicomImage, label: str):
-    from pydicom.pixels import get_decoder
-
-    try:
-        decoder = get_decoder(img.syntax)
-    except NotImplementedError:
-        raise ImageDecodeError(label, f"DICOM pixel data in {_syntax_name(img.syntax)} is not supported") from None
-    pillow_only = decoder.available_plugins == ("pillow",)
-    if not decoder.is_available or (pillow_only and img.syntax == "1.2.840.10008.1.2.4.51" and img.bits_stored > 8):
-        raise ImageDecodeError(
-            label,
-            f"no decoder for DICOM pixel data in {_syntax_name(img.syntax)} is "
-            f"installed: pip install {_INSTALL.get(img.syntax, 'pylibjpeg')}",
-        )
-    return decoder
-
-
-def _check_first_frame(img: _DicomImage, label: str) -> None:
-    """The compressed first frame's own header against Rows/Columns and the pixel limit."""
-    from pydicom.encaps import get_frame
-
-    try:
-        frame = get_frame(img.pixel_data, 0, number_of_frames=img.frames)
-    except Exception:
-        raise ImageDecodeError(label, "invalid DICOM (bad encapsulated pixel data)") from None
-    if img.syntax == _RLE:
-        expected = img.rows * img.columns
-        if len(frame) < 64:
-            raise ImageDecodeError(label, "invalid DICOM (bad RLE frame)")
-        count, *offsets = struct.unpack("<16L", frame[:64])
-        ends = [*offsets[:count], len(frame)][1:]
-        limit = expected + expected // 64 + 64  # room for an encoder's padding, not for a bomb
-        for start, end in zip(offsets[:count], ends, strict=False):
-            if not 64 <= start <= end <= len(frame) or _rle_decoded_length(frame[start:end], limit) > limit:
-                raise ImageDecodeError(label, "invalid DICOM (an RLE segment decodes to more than the frame's pixels)")
-        return
-    size = jpeg_size(frame) if img.syntax in _JPEG_FAMILY else j2k_size(frame)
-    if size is None:
-        raise ImageDecodeError(label, "invalid DICOM (unreadable compressed frame header)")
-    check_pixels(label, math.prod(size))
-    if size[:2] != (img.columns, img.rows):
-        raise ImageDecodeError(label, "invalid DICOM (the compressed frame's size differs from Rows/Columns)")
-
-
-def _decoding_dataset(img: _DicomImage):
-    """A new dataset holding only the validated image elements and the pixel data bytes."""
-    pydicom = _pydicom()
-    from pydicom.dataelem import DataElement
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    def element(tag: int, vr: str, value) -> DataElement:
-        return DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta[0x00020010] = element(0x00020010, "UI", img.syntax)
-    for tag, vr, value in (
-        (0x00280002, "US", img.samples),
-        (0x00280004, "CS", img.photometric),
-        (0x00280010, "US", img.rows),
-        (0x00280011, "US", img.columns),
-        (0x00280100, "US", img.bits_allocated),
-        (0x00280101, "US", img.bits_stored),
-        (0x00280102, "US", img.bits_stored - 1),
-        (0x00280103, "US", img.pixel_representation),
-    ):
-        ds[tag] = element(tag, vr, value)
-    if img.samples > 1:
-        ds[0x00280006] = element(0x00280006, "US", img.planar)
-    if img.frames > 1:
-        ds[0x00280008] = element(0x00280008, "IS", str(img.frames))
-    if img.rescale is not None:
-        ds[0x00281053] = element(0x00281053, "DS", img.rescale[0])
-        ds[0x00281052] = element(0x00281052, "DS", img.rescale[1])
-    if img.window is not None:
-        ds[0x00281050] = element(0x00281050, "DS", img.window[0])
-        ds[0x00281051] = element(0x00281051, "DS", img.window[1])
-    if img.voi_function is not None:
-        ds[0x00281056] = element(0x00281056, "CS", img.voi_function)
-    for tag, lut in ((0x00283000, img.modality_lut), (0x00283010, img.voi_lut)):
-        if lut is not None:
-            item = Dataset()
-            item[0x00283002] = element(0x00283002, "SS" if lut[0][1] < 0 else "US", lut[0])
-            item[0x00283006] = element(0x00283006, "OW", lut[1])
-            ds[tag] = element(tag, "SQ", [item])
-    vr = "OB" if pydicom.uid.UID(img.syntax).is_encapsulated or img.bits_allocated <= 8 else "OW"
-    ds[_PIXEL_DATA] = element(_PIXEL_DATA, vr, img.pixel_data)
-    return ds
-
-
-def decode_dicom(data: bytes, label: str) -> np.ndarray:
-    """Gray (2-D) or RGB ``uint8`` pixels of the first frame."""
-    ds, syntax = _read_dicom(data, label, pixels=True)
-    img = _dicom_image(ds, syntax, label, pixels=True)
-    del ds
-    decoder = _decoder(img, label)
-    if decoder.is_encapsulated:
-        _check_first_frame(img, label)
-    clean = _decoding_dataset(img)
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-
-    try:
-        arr = pixel_array(clean, index=0, view_only=True)
-        if img.photometric.startswith("MONOCHROME"):
-            windowed = img.window is not None or img.voi_lut is not None
-
-            def transform(block: np.ndarray) -> np.ndarray:
-                out = apply_modality_lut(block, clean)
-                return apply_voi_lut(out, clean) if windowed else out
-
-            gray = stretch(arr, transform)
-            if img.photometric == "MONOCHROME1":
-                np.subtract(255, gray, out=gray)
-            return gray
-    except ImageDecodeError:
-        raise
-    except MemoryError:
-        raise ImageDecodeError(label, "not enough memory to decode it") from None
-    except Exception:  # decoders raise many types; their messages are not ours to show
-        raise ImageDecodeError(
-            label, f"invalid DICOM (the pixel data in {_syntax_name(syntax)} cannot be decoded)"
-        ) from None
-    if arr.dtype != np.uint8:
-        arr = stretch(arr)
-    elif not arr.flags.writeable:  # a view of the file's bytes (view_only above)
-        arr = arr.copy()
-    return gray_or_rgb(arr)

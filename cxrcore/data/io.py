@@ -58,7 +58,8 @@ import numpy as np
 
 from ..errors import ImageDecodeError
 from ..lungs import segment
-from .dicom import decode_dicom, dicom_header
+from .dicom import dicom_header
+from .dicom_pixels import decode_dicom
 from .formats import (
     ImageSource,
     decode_pil,
