@@ -29,10 +29,11 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "leaves",
-        "pure functions and frozen data: pixels, intervals, feature statistics, calibration, the backbone "
+        "pure functions and frozen data: pixels, patient ids, intervals, feature statistics, calibration, the backbone "
         "registry, the recipes, devices and hardware",
         (
             "data.pixels",
+            "data.patients",
             "data.demo",
             "stats.intervals",
             "stats.ood",
@@ -61,8 +62,9 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lung segmenter", "the shipped lung model, on decoded arrays", ("lungs.segment",)),
     (
         "data",
-        "decoding and the model's view of an image (lung rules included), dataset layouts, splits, the audit",
-        ("data.io", "data.index", "data.splits", "data.sources", "data.audit"),
+        "decoding and the model's view of an image (lung rules included), findings datasets, dataset layouts, "
+        "splits, the audit",
+        ("data.io", "data.findings", "data.index", "data.splits", "data.sources", "data.audit"),
     ),
     (
         "runs and stores",

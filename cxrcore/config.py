@@ -84,6 +84,66 @@ class LabelScheme:
         return "; ".join(parts) or "folder labels as they are"
 
 
+UNCERTAIN_POLICIES = (
+    "ignore",
+    "ones",
+    "zeros",
+)  # CheXpert's -1: left out, positive, negative (U-Ignore, U-Ones, U-Zeros)
+BLANK_POLICIES = ("negative", "ignore")  # CheXpert's blank: negative (as most CheXpert work does), or left out
+VIEWS = ("all", "frontal", "pa", "ap")
+
+
+@dataclass(frozen=True)
+class FindingsOptions:
+    """How a findings dataset's labels and views are read (NIH ChestX-ray14, CheXpert, a ``path,labels``
+    manifest; :mod:`cxrcore.data.findings`). ``uncertain`` (CheXpert's -1) and ``blank`` say what becomes of
+    those labels: ``ignore`` leaves the label out of the loss and the metrics for that finding only.
+    ``findings`` keeps a subset, by name as the dataset spells it or its exact equivalent in the other
+    dataset (empty: all); ``views`` keeps frontal films, or PA or AP ones (``all``: every film)."""
+
+    uncertain: str = "ignore"
+    blank: str = "negative"
+    findings: tuple[str, ...] = ()
+    views: str = "all"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "findings", tuple(self.findings))
+
+    def validate(self) -> FindingsOptions:
+        """Raises :class:`ConfigError` naming the field; returns self."""
+        for name, value, allowed in (
+            ("uncertain", self.uncertain, UNCERTAIN_POLICIES),
+            ("blank", self.blank, BLANK_POLICIES),
+            ("views", self.views, VIEWS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not all(isinstance(f, str) and f.strip() for f in self.findings):
+            raise ConfigError(f"findings must be a list of finding names, got {list(self.findings)!r}")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self == FindingsOptions()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "findings": list(self.findings)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FindingsOptions:
+        return _build(cls, data, "findings options").validate()
+
+    def describe(self) -> str:
+        """The options in words, e.g. ``"uncertain: ignore; blank: negative; views: all"``."""
+        kept = f"; findings: {', '.join(self.findings)}" if self.findings else ""
+        return f"uncertain: {self.uncertain}; blank: {self.blank}; views: {self.views}{kept}"
+
+
+def parse_findings(text: str | None) -> tuple[str, ...]:
+    """``"A,B"`` (the CLI's ``--findings``) -> ``("A", "B")``; empty or None -> ``()`` (all)."""
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
 def parse_pairs(items, what: str) -> dict[str, str]:
     """``["OLD=NEW", ...]`` -> ``{"OLD": "NEW"}``; ConfigError naming ``what`` for a malformed item."""
     out = {}

@@ -10,30 +10,63 @@ from ..data.demo import make_demo_dataset
 from ..data.index import build_index, summarize
 from ..data.io import decode_image
 from ..data.sources import NO_TRANSFER
+from ..data.splits import assign_splits
+from .options import add_findings_options, findings_options
+
+#: how ``index`` splits a findings dataset to count its positives per split
+SPLIT_NOTE = "as training would split: seed 42, 80/10/10 by patient unless the dataset has its own test split"
 
 
 def cmd_index(args) -> int:
-    index = build_index(args.data)
+    index = build_index(args.data, options=findings_options(args))
     if args.verify:
         for path in index["path"]:
             decode_image(path)
     if args.csv:
         index.to_csv(args.csv, index=False)
-    info = summarize(index)
-    print(
-        f"{info['images']} images, {len(info['classes'])} classes, layout {info['layout']}: {info['root']}",
-        file=sys.stderr,
-    )
-    for label, by_split in info["by_split"].items():
-        print(f"  {label:<24} {info['classes'][label]:>7}  {by_split}", file=sys.stderr)
+    if "findings" in index.attrs:
+        info = {**summarize(assign_splits(index)), "splits": SPLIT_NOTE}
+        print_findings(info)
+    else:
+        info = summarize(index)
+        print(
+            f"{info['images']} images, {len(info['classes'])} classes, layout {info['layout']}: {info['root']}",
+            file=sys.stderr,
+        )
+        for label, by_split in info["by_split"].items():
+            print(f"  {label:<24} {info['classes'][label]:>7}  {by_split}", file=sys.stderr)
     print(json.dumps(info))
     return 0
 
 
+def print_findings(info: dict) -> None:
+    """A findings dataset's summary, for people (stderr)."""
+    say = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    say(
+        f"{info['images']} images, {len(info['findings'])} findings, layout {info['layout']} ({info['csv']}): "
+        f"{info['root']}"
+    )
+    if info["missing"]:
+        say(
+            f"  {info['missing']} listed image(s) are not on disk (a partial download?), skipped; first: "
+            f"{', '.join(info['missing_examples'])}"
+        )
+    if info["views_left_out"]:
+        say(f"  {info['views_left_out']} film(s) left out by --views")
+    if info["ignored_csvs"]:
+        say(f"  also found {', '.join(info['ignored_csvs'])}: not read (pass a CSV itself to choose)")
+    say(f"  test split: {info['official_split'] or 'none of its own; carved by patient'}; counts {info['splits']}")
+    for name, row in info["findings"].items():
+        rare = f"  too few positives in {', '.join(info['too_few'][name])}" if name in info["too_few"] else ""
+        left = f", {row['left_out']} left out" if row["left_out"] else ""
+        say(f"  {name:<28} {row['positives']:>7} ({row['prevalence']:6.1%}{left})  {row['by_split']}{rare}")
+    say(f"  no finding: {info['all_negative']} images ({info['all_negative_share']:.1%})")
+
+
 def cmd_audit(args) -> int:
-    result = audit(args.data, folds=args.folds, use_cache=not args.no_cache)
+    result = audit(args.data, folds=args.folds, use_cache=not args.no_cache, options=findings_options(args))
     shortcut = result["shortcut"]
-    print(f"{result['images']} images, classes {result['classes']}", file=sys.stderr)
+    print(f"{result['images']} images, {result['checked_on']}: {result['classes']}", file=sys.stderr)
     print(
         f"  patient leak: {result['patient_leak']['patients']} patient(s) in more than one split "
         f"({result['patient_leak']['images_without_patient_id']} images without a patient id)",
@@ -74,6 +107,7 @@ def add_index_parser(sub) -> None:
     p.add_argument("data")
     p.add_argument("--verify", action="store_true", help="also decode every image")
     p.add_argument("--csv", help="write the index to this CSV file")
+    add_findings_options(p)
     p.set_defaults(func=cmd_index)
 
 
@@ -82,6 +116,7 @@ def add_audit_parser(sub) -> None:
     p.add_argument("data")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the shortcut check")
     p.add_argument("--no-cache", action="store_true", help="compute again even if a cached result exists")
+    add_findings_options(p)
     p.set_defaults(func=cmd_audit)
 
 

@@ -8,7 +8,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import AUTO, LABEL_PRESETS, AugmentConfig, TrainConfig, extend_scheme, parse_pairs, recipe_config
+from ..config import (
+    AUTO,
+    BLANK_POLICIES,
+    LABEL_PRESETS,
+    UNCERTAIN_POLICIES,
+    VIEWS,
+    AugmentConfig,
+    FindingsOptions,
+    TrainConfig,
+    extend_scheme,
+    parse_findings,
+    parse_pairs,
+    recipe_config,
+)
 from ..errors import CXRError
 
 
@@ -25,6 +38,37 @@ def parse_augment(text: str):
         except ValueError:
             raise CXRError(f"--augment: {name} needs a number, e.g. {name}=0.1") from None
     return AugmentConfig(**values)
+
+
+def add_findings_options(p: argparse.ArgumentParser) -> None:
+    """How a findings dataset (NIH ChestX-ray14, CheXpert, a path,labels manifest) is read."""
+    g = p.add_argument_group("findings datasets (NIH ChestX-ray14, CheXpert, a path,labels manifest)")
+    g.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        default="ignore",
+        help="CheXpert's uncertain labels (-1): ignore (left out of the loss and metrics for that finding; "
+        "default), ones (positive) or zeros (negative), as named in the CheXpert paper",
+    )
+    g.add_argument(
+        "--blank",
+        choices=BLANK_POLICIES,
+        default="negative",
+        help="CheXpert's blank labels: negative (default, as most CheXpert work) or ignore",
+    )
+    g.add_argument("--findings", help="keep these findings only, comma-separated (e.g. Effusion,Cardiomegaly)")
+    g.add_argument(
+        "--views",
+        choices=VIEWS,
+        default="all",
+        help="keep frontal films, or PA or AP ones (needs a view column); default all",
+    )
+
+
+def findings_options(args: argparse.Namespace) -> FindingsOptions:
+    return FindingsOptions(
+        uncertain=args.uncertain, blank=args.blank, findings=parse_findings(args.findings), views=args.views
+    ).validate()
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:

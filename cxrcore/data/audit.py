@@ -38,9 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import FindingsOptions
 from ..lungs import segment
 from ..lungs.geometry import grow
 from ..stats.intervals import patient_groups, resample_weights
+from .findings import SUMMARY_NOTE, is_findings, summary_labels
 from .index import build_index, cache_dir
 from .io import prepare_image
 from .sources import (
@@ -71,7 +73,7 @@ SOURCE_FEATURES = (
     "anatomy-free image statistics (intensity histogram and percentiles, mean and spread of the whole image, "
     "its border band and its centre) with width, height, aspect ratio and pixel format"
 )
-_VERSION = 6  # bump when the features or the wording change: cached results are then recomputed
+_VERSION = 7  # bump when the features or the wording change: cached results are then recomputed
 
 Progress = Callable[[int, int], None] | None
 
@@ -374,12 +376,12 @@ def _content_hashes(index: pd.DataFrame) -> list[str]:
     return [hashlib.sha1(Path(path).read_bytes()).hexdigest() for path in index["path"]]
 
 
-def _cache_file(index: pd.DataFrame, hashes: list[str], folds: int, seed: int) -> Path:
+def _cache_file(index: pd.DataFrame, hashes: list[str], folds: int, seed: int, how: str = "") -> Path:
     """The cache entry for this dataset's content: every image's name within the dataset, bytes,
     label, patient and source, with the settings and the lung model. Never the folder's path, so a
     copy of a dataset (or the same data written again) finds the audit of the first."""
     root = Path(index.attrs.get("root", ""))
-    digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}|{segment.shipped_fingerprint()}".encode())
+    digest = hashlib.sha1(f"{_VERSION}|{folds}|{seed}|{segment.shipped_fingerprint()}|{how}".encode())
     for row, content in zip(index[["path", "label", "patient_id", "source"]].itertuples(index=False), hashes):
         path = Path(row.path)
         name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
@@ -409,16 +411,27 @@ def _sampled_checks(index: pd.DataFrame, folds: int, seed: int, progress: Progre
 
 
 def audit(
-    data: str | os.PathLike, *, folds: int = 5, seed: int = 0, use_cache: bool = True, progress: Progress = None
+    data: str | os.PathLike,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    use_cache: bool = True,
+    progress: Progress = None,
+    options: FindingsOptions | None = None,
 ) -> dict:
     """The whole audit of a dataset: counts, patient leaks across the split training would use,
     byte-identical duplicates, the shortcut check (on the whole image, and on what lies outside the
     lungs only; on a stratified sample of :data:`SHORTCUT_SAMPLE` images of a larger dataset) and the per-source
     view: ``sources`` (:func:`sources`), ``source_only_auc`` (:func:`source_only_auc`), ``source_check``
-    (:func:`source_check`, on the same sample) and ``verdict`` (:func:`source_verdict`, plain sentences)."""
-    index = build_index(data)
+    (:func:`source_check`, on the same sample) and ``verdict`` (:func:`source_verdict`, plain sentences).
+
+    A findings dataset (read under ``options``) is checked on its findings sets for leaks and duplicates,
+    and on a stated summary (any finding against No Finding: ``checked_on``) for the shortcut and source
+    checks, whose messages say so."""
+    index = build_index(data, options=options)
+    findings = is_findings(index)
     hashes = _content_hashes(index)
-    cache = _cache_file(index, hashes, folds, seed)
+    cache = _cache_file(index, hashes, folds, seed, (options or FindingsOptions()).describe() if findings else "")
     where = str(index.attrs.get("root", data))
     if use_cache:
         try:
@@ -428,10 +441,13 @@ def audit(
     split = assign_splits(index)
     leaks = leakage_report(split)
     dups = duplicate_report(split, hashes=dict(zip(index["path"], hashes)))
+    checked = summary_labels(index) if findings else index
     result = {
         "data": where,
+        "task": "findings" if findings else "classes",
+        "checked_on": SUMMARY_NOTE if findings else "the classes",
         "images": int(len(index)),
-        "classes": {str(k): int(v) for k, v in index["label"].value_counts().sort_index().items()},
+        "classes": {str(k): int(v) for k, v in checked["label"].value_counts().sort_index().items()},
         "patients_known": int((index["patient_id"] != "").sum()),
         "patient_leak": {
             "patients": int(len(leaks)),
@@ -440,11 +456,16 @@ def audit(
         "duplicates": {
             "groups": int(dups["hash"].nunique()) if len(dups) else 0,
             "across_splits": int(dups.loc[dups["cross_split"], "hash"].nunique()) if len(dups) else 0,
+            "conflicting_labels": int((dups.groupby("hash")["label"].nunique() > 1).sum()) if len(dups) else 0,
         },
     }
-    result["shortcut"], result["source_check"] = _sampled_checks(index, folds, seed, progress)
-    result["sources"] = source_table(index)
-    result["source_only_auc"] = source_only_auc(index)
+    result["shortcut"], result["source_check"] = _sampled_checks(checked, folds, seed, progress)
+    if findings:
+        for part in (result["shortcut"], result["shortcut"].get("outside_lungs") or {}, result["source_check"] or {}):
+            if part.get("message"):
+                part["message"] = f"Checked {SUMMARY_NOTE}: {part['message']}"
+    result["sources"] = source_table(checked)
+    result["source_only_auc"] = source_only_auc(checked)
     result["verdict"] = source_verdict(result["sources"], result["source_only_auc"], result["source_check"])
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

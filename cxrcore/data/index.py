@@ -22,16 +22,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..config import FindingsOptions
 from ..errors import DataError, ImageDecodeError
+from .findings import (
+    FINDINGS_ATTRS,
+    FORMATS,
+    csv_format,
+    finding_columns,
+    findings_csv,
+    findings_summary,
+    is_findings,
+    read_findings,
+    require_view_column,
+    view_kept,
+)
 from .formats import IMAGE_EXTENSIONS
 from .io import read_header
+from .patients import patient_from_filename, patients
 
 INDEX_COLUMNS = ["path", "label", "split", "patient_id", "source", "weight", "width", "height", "mode", "bytes"]
 #: manifest columns that name where an image came from (a hospital, a site, a public set); the
@@ -56,25 +69,7 @@ LAYOUTS_HELP = (
 #: the keys a dataset list's entry may have (``path`` is required)
 LIST_KEYS = ("path", "name", "labels", "weight")
 
-# Patient ids encoded in well-known file names.
-PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),  # pediatric pneumonia set
-    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),  # its NORMAL images
-    re.compile(r"^(\d{8})_\d{3}$"),  # NIH ChestX-ray14
-    re.compile(r"^synthetic_(p\d+)_\d+$"),  # cxrcore demo data
-)
-
 Progress = Callable[[int, int], None] | None
-
-
-def patient_from_filename(name: str) -> str:
-    """Patient id from a known file-name pattern, or "" when none matches."""
-    stem = Path(name).stem
-    for pattern in PATIENT_PATTERNS:
-        match = pattern.match(stem)
-        if match:
-            return match.group(1)
-    return ""
 
 
 def _is_image(path: Path) -> bool:
@@ -150,6 +145,7 @@ def _manifest_rows(csv_path: Path) -> tuple[Path, list[dict]]:
                 "split": _SPLIT_ALIASES.get(split_raw, ""),
                 "patient_id": patient,
                 "source": rec[source_column].strip() if source_column else "",
+                **({"view": rec["view"]} if "view" in rec else {}),
             }
         )
     absent = [r["relpath"] for r in rows if not (root / r["relpath"]).is_file()]
@@ -276,7 +272,12 @@ def _dataset_list_rows(path: Path) -> tuple[Path, list[dict]]:
     label mapped, its weight and its path made absolute; patients are kept apart per dataset."""
     rows = []
     for i, listed in enumerate(read_dataset_list(path)):
-        root, _, found = scan_layout(listed.path)
+        root, layout, found = scan_layout(listed.path)
+        if layout in FORMATS:
+            raise DataError(
+                f"dataset list {path}, datasets[{i}] ({listed.name}) is a findings dataset ({layout}); a dataset "
+                "list combines class-labelled datasets"
+            )
         present = {r["label"] for r in found}
         unknown = sorted(set(listed.labels) - present)
         if unknown:
@@ -306,20 +307,63 @@ def _dataset_list_rows(path: Path) -> tuple[Path, list[dict]]:
     return path.parent, rows
 
 
-def scan_layout(data: str | os.PathLike) -> tuple[Path, str, list[dict]]:
-    """Detect the layout of ``data`` and list its images (no image is opened).
+@dataclass
+class Scan:
+    """What a dataset's layout says before any image is opened: its root, its layout's name, one row per
+    image (``relpath`` below ``root``, ``label``, ``split``, ``patient_id``, ``source``, ``weight`` where a
+    dataset list gives one; a findings dataset adds ``view``/``age``/``sex`` where known and its
+    ``finding:`` columns) and, for a findings dataset, how it was read (:meth:`FindingsTable.attrs`)."""
 
-    Returns ``(root, layout, rows)`` where each row has relpath, label, split, patient_id.
-    """
+    root: Path
+    layout: str
+    rows: pd.DataFrame
+    attrs: dict = field(default_factory=dict)
+
+
+def _class_options(options: FindingsOptions, rows: list[dict], where, has_view: bool) -> list[dict]:
+    """A class-labelled dataset under findings options: the views kept where it has a view column; label
+    policies and ``--findings`` refused (they apply to findings datasets)."""
+    if options.findings or options.uncertain != "ignore" or options.blank != "negative":
+        raise DataError(
+            f"{where} is a class-labelled dataset: --findings, --uncertain and --blank apply to findings datasets "
+            "(NIH ChestX-ray14, CheXpert, a path,labels manifest)"
+        )
+    require_view_column(has_view, options.views, where)
+    if options.views == "all":
+        return rows
+    keep = view_kept(pd.Series([r.get("view", "") for r in rows], dtype=str), options.views)
+    kept = [r for r, k in zip(rows, keep) if k]
+    if not kept:
+        raise DataError(f"{where}: no image is left by --views {options.views}")
+    return kept
+
+
+def scan(data: str | os.PathLike, options: FindingsOptions | None = None) -> Scan:
+    """Detect the layout of ``data`` and list its images (no image is opened): a findings CSV first
+    (:mod:`cxrcore.data.findings`, recognised by its columns, passed directly or at the top of the folder),
+    then the class-labelled layouts. ``options`` (uncertain and blank labels, the findings and views kept)
+    apply to findings datasets; of them, a class-labelled dataset takes only ``views``, and only with a view
+    column."""
+    options = (options or FindingsOptions()).validate()
     data = Path(data).expanduser()
     if not data.exists():
         raise DataError(f"dataset not found: {data}")
+    if data.is_file() and is_dataset_list(data):
+        root, rows = _dataset_list_rows(data.resolve())
+        return Scan(root, "dataset-list", pd.DataFrame(_class_options(options, rows, data, False)), {})
+    if data.is_file() and data.suffix.lower() != ".csv":
+        raise DataError(f"{data} is a file; give a dataset folder, a CSV manifest or a JSON dataset list")
+    found = (data, csv_format(data), []) if data.is_file() else findings_csv(data.resolve())
+    if found and found[1]:
+        table = read_findings(found[0], found[1], options, found[2])
+        return Scan(table.root, table.layout, table.rows, table.attrs())
+    root, layout, rows = _class_layout(data)
+    has_view = layout == "manifest" and any("view" in r for r in rows[:1])
+    return Scan(root, layout, pd.DataFrame(_class_options(options, rows, data, has_view)), {})
+
+
+def _class_layout(data: Path) -> tuple[Path, str, list[dict]]:
     if data.is_file():
-        if is_dataset_list(data):
-            root, rows = _dataset_list_rows(data.resolve())
-            return root, "dataset-list", rows
-        if data.suffix.lower() != ".csv":
-            raise DataError(f"{data} is a file; give a dataset folder, a CSV manifest or a JSON dataset list")
         root, rows = _manifest_rows(data.resolve())
         return root, "manifest", rows
     root = data.resolve()
@@ -356,6 +400,13 @@ def scan_layout(data: str | os.PathLike) -> tuple[Path, str, list[dict]]:
     return root, layout, _class_folder_rows(root, root, "")
 
 
+def scan_layout(data: str | os.PathLike, options: FindingsOptions | None = None) -> tuple[Path, str, list[dict]]:
+    """Detect the layout of ``data`` and list its images (no image is opened): :func:`scan` as
+    ``(root, layout, rows)``, each row a dict with relpath, label, split, patient_id (and more where known)."""
+    found = scan(data, options)
+    return found.root, found.layout, found.rows.to_dict("records")
+
+
 def cache_dir() -> Path:
     """Where indexes are cached: ``$CXRCORE_CACHE`` or ``~/.cache/cxrcore``."""
     return Path(os.environ.get("CXRCORE_CACHE") or Path.home() / ".cache" / "cxrcore")
@@ -388,49 +439,57 @@ def _load_cache(path: Path) -> dict[str, dict]:
     return cache
 
 
-def _save_cache(path: Path, records: list[dict]) -> None:
+def _save_cache(path: Path, relpaths: list[str], records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pd.DataFrame(records, columns=["relpath", "bytes", "mtime_ns", "width", "height", "mode"]).to_csv(tmp, index=False)
+    table = pd.DataFrame.from_records(records, columns=["bytes", "mtime_ns", "width", "height", "mode"])
+    table.insert(0, "relpath", relpaths)
+    table.to_csv(tmp, index=False)
     os.replace(tmp, path)
 
 
-def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache: bool = True) -> pd.DataFrame:
+#: columns a findings index carries beyond :data:`INDEX_COLUMNS` where its CSV has them
+FINDINGS_EXTRA_COLUMNS = ("view", "age", "sex")
+
+
+def build_index(
+    data: str | os.PathLike,
+    *,
+    progress: Progress = None,
+    use_cache: bool = True,
+    options: FindingsOptions | None = None,
+) -> pd.DataFrame:
     """Index a dataset: one row per image with label, split, patient and header facts.
 
     ``progress(done, total)`` is called while headers are read. Unreadable images
     raise :class:`DataError` naming the first bad file and how many there are.
-    ``df.attrs`` holds ``root`` and ``layout``.
+    ``df.attrs`` holds ``root`` and ``layout``; a findings dataset's index (read under ``options``) adds
+    ``view``/``age``/``sex`` where known and one ``finding:<name>`` column per finding, and its ``attrs``
+    say how it was read (``findings``, ``missing`` images, ``views_left_out``, ``official_split``...).
     """
-    root, layout, rows = scan_layout(data)
+    found = scan(data, options)
+    root, rows = found.root, found.rows
     cache_path = _cache_file(root)
     cached = _load_cache(cache_path) if use_cache else {}
     records, bad, changed = [], [], False
-    total = len(rows)
-    for i, row in enumerate(rows):
-        full = root / row["relpath"]
-        st = full.stat()
-        hit = cached.get(row["relpath"])
-        if hit and int(hit["bytes"]) == st.st_size and int(hit["mtime_ns"]) == st.st_mtime_ns:
-            header = {"width": int(hit["width"]), "height": int(hit["height"]), "mode": hit["mode"]}
+    relpaths = rows["relpath"].tolist()
+    total = len(relpaths)
+    base = str(root)
+    for i, relpath in enumerate(relpaths):
+        full = os.path.join(base, relpath)
+        st = os.stat(full)
+        hit = cached.get(relpath)
+        if hit and hit["bytes"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
+            record = hit
         else:
             changed = True
             try:
                 header = read_header(full)
             except ImageDecodeError as exc:
                 bad.append(exc)
-                header = None
-        if header is not None:
-            records.append(
-                {
-                    "relpath": row["relpath"],
-                    "bytes": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
-                    "width": header["width"],
-                    "height": header["height"],
-                    "mode": header["mode"],
-                }
-            )
+                header = {"width": 0, "height": 0, "mode": ""}
+            record = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, **header}
+        records.append(record)
         if progress is not None and (i + 1 == total or (i + 1) % 50 == 0):
             progress(i + 1, total)
     if bad:
@@ -438,46 +497,56 @@ def build_index(data: str | os.PathLike, *, progress: Progress = None, use_cache
         raise DataError(f"{bad[0]}{more}")
     if use_cache and (changed or len(cached) != len(records)):
         try:
-            _save_cache(cache_path, records)
+            _save_cache(cache_path, relpaths, records)
         except OSError:
             pass  # a read-only cache directory only costs speed
-    facts = {r["relpath"]: r for r in records}
+    facts = pd.DataFrame.from_records(records, columns=["width", "height", "mode", "bytes"])
     frame = pd.DataFrame(
-        [
-            {
-                "path": str(root / r["relpath"]),
-                "label": r["label"],
-                "split": r["split"],
-                "patient_id": r["patient_id"],
-                "source": r.get("source", ""),
-                "weight": float(r.get("weight", 1.0)),
-                "width": facts[r["relpath"]]["width"],
-                "height": facts[r["relpath"]]["height"],
-                "mode": facts[r["relpath"]]["mode"],
-                "bytes": facts[r["relpath"]]["bytes"],
-            }
-            for r in rows
-        ],
+        {
+            "path": [os.path.join(base, r) for r in relpaths],
+            "label": rows["label"].to_numpy(),
+            "split": rows["split"].to_numpy(),
+            "patient_id": rows["patient_id"].to_numpy(),
+            "source": rows["source"].fillna("").to_numpy() if "source" in rows else "",
+            "weight": rows["weight"].astype(float).to_numpy() if "weight" in rows else 1.0,
+            "width": facts["width"].astype(int).to_numpy(),
+            "height": facts["height"].astype(int).to_numpy(),
+            "mode": facts["mode"].to_numpy(),
+            "bytes": facts["bytes"].astype(int).to_numpy(),
+        },
         columns=INDEX_COLUMNS,
     )
-    frame.attrs.update(root=str(root), layout=layout)
+    if found.layout in FORMATS:
+        extra = [c for c in FINDINGS_EXTRA_COLUMNS if c in rows]
+        frame = pd.concat([frame, rows[extra + finding_columns(rows)].reset_index(drop=True)], axis=1)
+    frame.attrs.update(root=str(root), layout=found.layout, **found.attrs)
     return frame
 
 
 def summarize(index: pd.DataFrame) -> dict:
-    """Counts per class and split, for the CLI and the dashboard."""
-    counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
-    per_class = index["label"].value_counts()
-    return {
+    """The index in numbers, for the CLI and the dashboard: images, patients, pixel modes and how it was
+    read; per class and split for a class-labelled dataset (``task`` ``classes``); for a findings dataset
+    (``task`` ``findings``) :func:`cxrcore.data.findings.findings_summary` on the index's own splits, the
+    images skipped as absent and the films left out by view."""
+    common = {
         "root": index.attrs.get("root", ""),
         "layout": index.attrs.get("layout", ""),
         "images": int(len(index)),
+        "patients": int(patients(index).loc[lambda p: p != ""].nunique()),
+        "modes": {str(k): int(v) for k, v in index["mode"].value_counts().items()},
+    }
+    if is_findings(index):
+        how = {k: index.attrs[k] for k in FINDINGS_ATTRS if k in index.attrs}
+        return {**common, "task": "findings", **how, **findings_summary(index)}
+    counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
+    per_class = index["label"].value_counts()
+    return {
+        **common,
+        "task": "classes",
         "classes": {str(k): int(v) for k, v in per_class.sort_index().items()},
         "by_split": {
             str(label): {str(s or "unassigned"): int(n) for s, n in row.items() if n}
             for label, row in counts.iterrows()
         },
-        "patients": int(index.loc[index["patient_id"] != "", "patient_id"].nunique()),
         "imbalance_ratio": float(per_class.max() / per_class.min()) if len(per_class) else 0.0,
-        "modes": {str(k): int(v) for k, v in index["mode"].value_counts().items()},
     }

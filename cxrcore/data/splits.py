@@ -17,6 +17,8 @@ import pandas as pd
 
 from ..config import LabelScheme
 from ..errors import ConfigError, DataError
+from .findings import finding_columns
+from .patients import patient_key, patients
 
 
 def apply_label_scheme(index: pd.DataFrame, scheme: LabelScheme, *, strict: bool = True) -> pd.DataFrame:
@@ -53,11 +55,14 @@ def apply_label_scheme(index: pd.DataFrame, scheme: LabelScheme, *, strict: bool
 
 
 def _groups(frame: pd.DataFrame) -> pd.Series:
-    return frame["patient_id"].where(frame["patient_id"] != "", "img:" + frame["path"])
+    known = patients(frame)
+    return known.where(known != "", "img:" + frame["path"])
 
 
 def _grouped_split(frame: pd.DataFrame, fractions: dict[str, float], rng: np.random.Generator) -> pd.Series:
     """Assign each row of ``frame`` to a key of ``fractions`` (in order), by class, by patient group."""
+    if finding_columns(frame):
+        return _findings_grouped_split(frame, fractions, rng)
     groups = _groups(frame)
     # A patient with images of several classes is stratified by its most common class.
     group_label = frame.groupby(groups)["label"].agg(lambda s: s.value_counts().idxmax())
@@ -77,6 +82,51 @@ def _grouped_split(frame: pd.DataFrame, fractions: dict[str, float], rng: np.ran
             assignment[g] = names[min(k, len(names) - 1)]
             seen += group_size[g]
     return groups.map(assignment)
+
+
+def _findings_grouped_split(frame: pd.DataFrame, fractions: dict[str, float], rng: np.random.Generator) -> pd.Series:
+    """Patient groups assigned to splits so that each finding's positives are shared as ``fractions`` says
+    (iterative stratification, Sechidis et al. 2011, over patients instead of images): the rarest finding
+    first, each of its patients to the split that most lacks that finding's positives; a finding with at
+    least three positive patients gets one in every split besides ``train`` before that. Patients with no
+    positive finding then fill each split up to its share of the images."""
+    groups = _groups(frame)
+    codes, names = pd.factorize(groups, sort=True)
+    positive = (np.nan_to_num(frame[finding_columns(frame)].to_numpy(dtype=np.float32), nan=0.0) > 0.5).astype(float)
+    per_group = np.zeros((len(names), positive.shape[1]))
+    np.add.at(per_group, codes, positive)
+    size = np.bincount(codes, minlength=len(names)).astype(float)
+    splits = list(fractions)
+    share = np.array([fractions[s] for s in splits], dtype=float)
+    want = share[:, None] * per_group.sum(axis=0)[None, :]  # positives wanted per split and finding
+    want_images = share * size.sum()
+    have = np.zeros_like(want)
+    have_images = np.zeros(len(splits))
+    chosen = np.full(len(names), -1)
+    others = [k for k, s in enumerate(splits) if s != "train" and share[k] > 0]
+
+    def place(g: int, k: int) -> None:
+        chosen[g] = k
+        have[k] += per_group[g]
+        have_images[k] += size[g]
+
+    holders = (per_group > 0).sum(axis=0)
+    for f in np.argsort(holders, kind="stable"):
+        members = [int(g) for g in rng.permutation(np.flatnonzero(per_group[:, f] > 0)) if chosen[g] < 0]
+        if holders[f] >= 3:
+            for k in others:
+                if have[k, f] == 0 and members:  # the smallest patient, so the split's share stays near its own
+                    smallest = min(members, key=lambda g: (per_group[g, f], size[g]))
+                    members.remove(smallest)
+                    place(smallest, k)
+        for g in members:
+            room = want_images - have_images
+            fits = room >= size[g]
+            need = np.where(fits if fits.any() else True, want[:, f] - have[:, f], -np.inf)
+            place(g, int(np.lexsort((-room, -need))[0]))
+    for g in rng.permutation(np.flatnonzero(chosen < 0)):
+        place(int(g), int(np.argmax(want_images - have_images)))
+    return pd.Series(np.asarray(splits, dtype=object)[chosen[codes]], index=frame.index)
 
 
 def assign_splits(
@@ -111,6 +161,12 @@ def assign_splits(
 
 def check_trainable(index: pd.DataFrame) -> list[str]:
     """Classes in label order, after checking every split can be used for training."""
+    if finding_columns(index):
+        raise DataError(
+            f"{index.attrs.get('root', 'this dataset')} is a findings dataset ({index.attrs.get('layout', '')}, "
+            f"{len(finding_columns(index))} findings, several per image): this version trains class-labelled "
+            "datasets only; browse the findings on the Data page or with `index`"
+        )
     classes = sorted(index["label"].unique())
     if len(classes) < 2:
         raise DataError(f"need at least two classes to train, found {len(classes)}: {', '.join(classes)}")
@@ -292,13 +348,23 @@ def training_class_weights(
 
 
 def leakage_report(index: pd.DataFrame) -> pd.DataFrame:
-    """Patients whose images fall in more than one split: ``patient_id, splits, images``."""
-    known = index[index["patient_id"] != ""]
+    """Patients whose images fall in more than one split: ``patient_id, splits, images`` (one patient however
+    its id is spelled: :func:`patients`)."""
+    known = index.assign(patient_id=patients(index))
+    known = known[known["patient_id"] != ""]
     per = known.groupby("patient_id").agg(
         splits=("split", lambda s: ",".join(sorted(set(s)))), n_splits=("split", "nunique"), images=("path", "size")
     )
     leaked = per[per["n_splits"] > 1].drop(columns="n_splits").reset_index()
     return leaked.sort_values("patient_id").reset_index(drop=True)
+
+
+def shared_patients(first: pd.DataFrame, second: pd.DataFrame) -> list[str]:
+    """Patients with images in both indexes (two datasets, or a run's training split and an external set),
+    matched by :func:`patient_key`: NIH's ``231`` in one and ``00000231`` in the other are one patient.
+    Returns the first index's spellings, sorted."""
+    theirs = {patient_key(p) for p in second["patient_id"].astype(str) if p}
+    return sorted({p for p in first["patient_id"].astype(str) if p and patient_key(p) in theirs})
 
 
 def duplicate_report(index: pd.DataFrame, progress=None, hashes: dict[str, str] | None = None) -> pd.DataFrame:
