@@ -1,9 +1,18 @@
-"""Data: pick a dataset; its classes, splits, image formats, samples, augmentation, leakage, shortcuts and sources."""
+"""Data: pick a dataset; its classes or findings, splits, image formats, samples, augmentation, leakage, shortcuts
+and sources."""
 
 import pandas as pd
 import streamlit as st
 
-from cxrcore.config import AugmentConfig
+from cxrcore.config import BLANK_POLICIES, UNCERTAIN_POLICIES, VIEWS, AugmentConfig, FindingsOptions
+from cxrcore.data.findings import (
+    FINDING_PREFIX,
+    MIN_POSITIVES,
+    NO_FINDING,
+    findings_summary,
+    positives,
+    split_table,
+)
 from cxrcore.data.io import prepare_image
 from cxrcore.data.pixels import PixelRules
 from cxrcore.data.sources import NO_TRANSFER
@@ -14,10 +23,14 @@ from pages.shared import (
     dataset_audit,
     dataset_list_builder,
     demo_dir,
+    findings_demo,
+    findings_demo_dir,
     load_index,
+    reading_options,
     recent_datasets,
     require_app,
     set_dataset,
+    set_reading_options,
     show_error,
     split_preview,
     synthetic_banner,
@@ -30,16 +43,23 @@ st.title("Data")
 with st.expander("Open a dataset", expanded=False):
     st.caption(
         "A local folder in any supported layout: class folders, train/val/test folders, the COVID-19 "
-        "Radiography Database, a CSV manifest (path,label[,patient_id][,split]) or a JSON dataset list."
+        "Radiography Database, a CSV manifest (path,label[,patient_id][,split]) or a JSON dataset list; or a "
+        "findings dataset as distributed: NIH ChestX-ray14 (Data_Entry_2017.csv and its images_0NN folders), "
+        "CheXpert (train.csv, valid.csv) or a path,labels manifest (findings separated by |)."
     )
-    demo = str(demo_dir())
-    choices = [demo] + [p for p in recent_datasets() if p != demo]
+    demo, findings_demo_path = str(demo_dir()), str(findings_demo_dir())
+    demos = {demo: "synthetic demo", findings_demo_path: "synthetic findings demo"}
+    choices = [demo, findings_demo_path] + [p for p in recent_datasets() if p not in demos]
     recent = st.selectbox(
-        "Recently used", choices, key="data_recent", format_func=lambda p: f"{p} (synthetic demo)" if p == demo else p
+        "Recently used",
+        choices,
+        key="data_recent",
+        format_func=lambda p: f"{p} ({demos[p]})" if p in demos else p,
     )
     typed = st.text_input("...or a folder / CSV path", key="data_path", placeholder="/data/chest_xray")
     if st.button("Open", key="data_open", type="primary"):
-        set_dataset(typed.strip() or recent)
+        chosen = typed.strip() or recent
+        set_dataset(findings_demo(chosen) if chosen == findings_demo_path else chosen)
         st.rerun()
 
 with st.expander("Combine datasets (a dataset list)", expanded=False):
@@ -58,26 +78,115 @@ except CXRError as exc:  # a missing folder, an empty class, an unreadable image
 
 st.subheader(path)
 synthetic_banner(path)
+findings = info["task"] == "findings"
+options = reading_options(path)
+if findings:
+    st.markdown("**How the findings are read**")
+    c = st.columns([1, 1, 1, 3])
+    chosen = FindingsOptions(
+        uncertain=c[0].selectbox(
+            "Uncertain labels (-1)",
+            UNCERTAIN_POLICIES,
+            index=UNCERTAIN_POLICIES.index(options.uncertain),
+            key="data_uncertain",
+            help="ignore: left out of the loss and the metrics for that finding; ones: positive; zeros: "
+            "negative (the CheXpert paper's U-Ignore, U-Ones, U-Zeros). NIH has no uncertain labels.",
+        ),
+        blank=c[1].selectbox(
+            "Blank labels",
+            BLANK_POLICIES,
+            index=BLANK_POLICIES.index(options.blank),
+            key="data_blank",
+            help="CheXpert leaves most labels blank: negative (as most CheXpert work) or ignore.",
+        ),
+        views=c[2].selectbox(
+            "Views", VIEWS, index=VIEWS.index(options.views), key="data_views", help="needs a view column"
+        ),
+        findings=tuple(
+            c[3].multiselect(
+                "Findings kept (none chosen: all)",
+                info["available_findings"],
+                default=list(options.findings),
+                key="data_findings",
+            )
+        ),
+    )
+    if chosen != options:
+        set_reading_options(path, chosen)
+        st.rerun()
+    if not options.is_default:
+        try:
+            index, info = load_index(path, options)
+        except CXRError as exc:  # --views on a dataset without a view column
+            show_error(exc)
+            st.stop()
+
 cols = st.columns(5)
 cols[0].metric("Images", f"{info['images']:,}")
-cols[1].metric("Classes", len(info["classes"]))
 cols[2].metric("Patients known", f"{info['patients']:,}")
-cols[3].metric("Imbalance (largest / smallest)", f"{info['imbalance_ratio']:.2f}")
 cols[4].metric("Layout", info["layout"])
+split = split_preview(path, options=options if findings else None)
+if findings:
+    cols[1].metric("Findings", len(info["findings"]))
+    cols[3].metric(f"{NO_FINDING} (all negative)", f"{info['all_negative_share']:.0%}")
+    st.caption(
+        f"Read from `{info['csv']}`. Test split: {info['official_split'] or 'none of its own; carved out by patient'}."
+    )
+    if info["missing"]:
+        st.warning(
+            f"{info['missing']:,} listed image(s) are not on disk and were skipped (a partial download?), e.g. "
+            f"{', '.join(info['missing_examples'])}."
+        )
+    if info["views_left_out"]:
+        st.info(f"{info['views_left_out']:,} film(s) left out by the views chosen ({options.views}).")
+    if info["ignored_csvs"]:
+        st.info(f"Also found {', '.join(info['ignored_csvs'])}: not read. Open a CSV itself to choose it.")
+else:
+    cols[1].metric("Classes", len(info["classes"]))
+    cols[3].metric("Imbalance (largest / smallest)", f"{info['imbalance_ratio']:.2f}")
 
-# -- classes and splits ----------------------------------------------------------------------
-split = split_preview(path)
-left, right = st.columns([3, 2])
-left.plotly_chart(
-    plots.class_distribution(split, title="Images per class and split (as training would split)"), width="stretch"
-)
-table = split.groupby(["label", "split"]).size().unstack(fill_value=0)
-table["total"] = table.sum(axis=1)
-right.dataframe(table, width="stretch")
-right.caption(
-    "Splits: stratified per class, seed 42, 80/10/10 unless the layout has its own; grouped by "
-    "patient where patient ids are known."
-)
+
+def show_findings(split) -> None:
+    """Per finding: positives per split and prevalence, the rare ones named; findings per image; co-occurrence."""
+    table = positives(split)
+    st.plotly_chart(
+        plots.findings_positives(table, title="Positive images per finding and split (as training would split)"),
+        width="stretch",
+    )
+    wide = split_table(split)
+    if not wide["left out"].any():
+        wide = wide.drop(columns="left out")
+    st.dataframe(wide, width="stretch", column_config={"prevalence": st.column_config.NumberColumn(format="percent")})
+    st.caption(
+        "Splits: by patient, each finding kept in validation and test where the data allows, seed 42, 80/10/10 "
+        "unless the dataset has its own test split. Prevalence among the images where the finding is labelled."
+    )
+    summary = findings_summary(split)
+    if summary["too_few"]:
+        st.warning(
+            f"Too few positive images to train or measure (fewer than {MIN_POSITIVES} in a split): "
+            + "; ".join(f"{name} ({', '.join(where)})" for name, where in summary["too_few"].items())
+        )
+    left, right = st.columns(2)
+    left.plotly_chart(plots.findings_per_image(summary["findings_per_image"]), width="stretch")
+    right.plotly_chart(plots.co_occurrence(pd.DataFrame(summary["co_occurrence"])), width="stretch")
+
+
+# -- classes (or findings) and splits --------------------------------------------------------
+if findings:
+    show_findings(split)
+else:
+    left, right = st.columns([3, 2])
+    left.plotly_chart(
+        plots.class_distribution(split, title="Images per class and split (as training would split)"), width="stretch"
+    )
+    table = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+    table["total"] = table.sum(axis=1)
+    right.dataframe(table, width="stretch")
+    right.caption(
+        "Splits: stratified per class, seed 42, 80/10/10 unless the layout has its own; grouped by "
+        "patient where patient ids are known."
+    )
 
 left, right = st.columns(2)
 left.plotly_chart(plots.image_sizes(index), width="stretch")
@@ -85,17 +194,25 @@ right.plotly_chart(plots.image_modes(index), width="stretch")
 
 # -- sample grid -----------------------------------------------------------------------------
 st.subheader("Samples")
-classes = sorted(index["label"].unique())
 per_page = 12
 c1, c2 = st.columns([2, 1])
-label = c1.selectbox("Class", classes, key="data_class")
-paths = index.loc[index["label"] == label, "path"].tolist()
+if findings:
+    shown = c1.selectbox("Finding", [*info["findings"], NO_FINDING], key="data_finding")
+    held = index["label"] == NO_FINDING if shown == NO_FINDING else index[FINDING_PREFIX + shown] > 0.5
+    paths = index.loc[held, "path"].tolist()
+    sets = dict(zip(index["path"], index["label"]))
+else:
+    label = c1.selectbox("Class", sorted(index["label"].unique()), key="data_class")
+    paths = index.loc[index["label"] == label, "path"].tolist()
+    sets = {}
 pages = max(1, (len(paths) + per_page - 1) // per_page)
 page = c2.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="data_page")
 grid = st.columns(6)
 for i, image_path in enumerate(paths[(page - 1) * per_page : page * per_page]):
     try:
-        grid[i % 6].image(prepare_image(image_path, 160), caption=image_path.rsplit("/", 1)[-1], width="stretch")
+        name = image_path.rsplit("/", 1)[-1]
+        caption = f"{name}: {sets[image_path]}" if sets else name
+        grid[i % 6].image(prepare_image(image_path, 160), caption=caption, width="stretch")
     except CXRError as exc:
         grid[i % 6].error(str(exc))
 
@@ -265,7 +382,7 @@ def show_sources(result: dict) -> None:
 def shortcut_section() -> None:
     try:
         with st.spinner("Checking for shortcuts: reads every image once (about 10 s per 1,000 images)..."):
-            result = dataset_audit(path)
+            result = dataset_audit(path, options if findings else None)
     except CXRError as exc:
         show_error(exc)
         return

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrcore import runs as run_files  # noqa: E402  (after the environment is set)
-from cxrcore.data.demo import is_synthetic, make_demo_dataset  # noqa: E402
+from cxrcore.config import FindingsOptions  # noqa: E402
+from cxrcore.data.demo import is_synthetic, make_demo_dataset, make_findings_demo  # noqa: E402
 from cxrcore.data.index import build_index, cache_dir, labels_of, save_dataset_list, summarize  # noqa: E402
 from cxrcore.errors import CXRError  # noqa: E402
 
@@ -44,6 +45,21 @@ def require_app() -> None:
 def demo_dir() -> Path:
     """Where the built-in demo data lives (``CXRLAB_DEMO_DATA`` moves it)."""
     return Path(os.environ.get("CXRLAB_DEMO_DATA") or REPO / "data" / "demo")
+
+
+def findings_demo_dir() -> Path:
+    """Where the built-in findings demo lives: beside the demo data (``<demo>-findings``)."""
+    base = demo_dir()
+    return base.with_name(f"{base.name}-findings")
+
+
+@st.cache_resource(show_spinner="Making the synthetic findings demo (first use only)...")
+def findings_demo(path: str) -> str:
+    """The built-in findings demo (several drawn findings per image, clearly marked), made on first use."""
+    folder = Path(path)
+    if not (is_synthetic(folder) and (folder / "manifest.csv").is_file()):
+        make_findings_demo(folder)
+    return str(folder)
 
 
 NOTICE = (
@@ -100,27 +116,46 @@ def remember_dataset(path: str | os.PathLike, limit: int = 8) -> list[str]:
     return items[:limit]
 
 
+def reading_options(path: str) -> FindingsOptions:
+    """How the Data page reads this dataset's findings (its widgets' choice for this dataset; default
+    otherwise): uncertain and blank labels, the findings and views kept."""
+    chosen = st.session_state.get("findings_options") or {}
+    if chosen.get("path") != path:
+        return FindingsOptions()
+    return FindingsOptions.from_dict({k: v for k, v in chosen.items() if k != "path"})
+
+
+def set_reading_options(path: str, options: FindingsOptions) -> None:
+    st.session_state["findings_options"] = {"path": path, **options.to_dict()}
+
+
 @st.cache_data(show_spinner="Reading the dataset...", ttl=300, max_entries=16)
-def load_index(path: str) -> tuple[pd.DataFrame, dict]:
+def load_index(path: str, options: FindingsOptions | None = None) -> tuple[pd.DataFrame, dict]:
     """The index and its summary (raises CXRError for data that cannot be read)."""
-    index = build_index(path)
+    index = build_index(path, options=options)
     return index, summarize(index)
 
 
 @st.cache_data(show_spinner=False, ttl=300, max_entries=16)
-def dataset_audit(path: str) -> dict:
+def dataset_audit(path: str, options: FindingsOptions | None = None) -> dict:
     """The data audit (cxrcore.data.audit; cached on disk per dataset too)."""
     from cxrcore.data.audit import audit
 
-    return audit(path)
+    return audit(path, options=options)
 
 
 @st.cache_data(show_spinner=False, ttl=300, max_entries=16)
-def split_preview(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
+def split_preview(
+    path: str,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    options: FindingsOptions | None = None,
+) -> pd.DataFrame:
     """The split training would use with these settings."""
     from cxrcore.data.splits import assign_splits
 
-    index, _ = load_index(path)
+    index, _ = load_index(path, options)
     return assign_splits(index, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
@@ -224,6 +259,10 @@ __all__ = [
     "current_dataset",
     "set_dataset",
     "load_index",
+    "reading_options",
+    "set_reading_options",
+    "findings_demo",
+    "findings_demo_dir",
     "split_preview",
     "dataset_audit",
     "predictor",

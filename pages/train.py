@@ -68,10 +68,17 @@ st.info(f"Training runs on: **{hw['text']}**", icon=":material/memory:")
 
 try:
     index, info = load_index(path)
-    classes = list(info["classes"])
 except CXRError as exc:  # a missing folder, an empty class, an unreadable image
     show_error(exc)
     st.stop()
+
+if info["task"] == "findings":
+    st.warning(
+        f"{path} is a findings dataset ({len(info['findings'])} findings, several per image). This version trains "
+        "class-labelled datasets only; browse its findings on the Data page, or pick another dataset there."
+    )
+    st.stop()
+classes = list(info["classes"])
 
 # -- the settings ----------------------------------------------------------------------------
 # Not an st.form: every change reruns the page, so "What will run" below the backbone picker

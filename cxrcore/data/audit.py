@@ -445,7 +445,7 @@ def audit(
     result = {
         "data": where,
         "task": "findings" if findings else "classes",
-        "checked_on": SUMMARY_NOTE if findings else "the classes",
+        "checked_on": SUMMARY_NOTE if findings else "checked on the classes",
         "images": int(len(index)),
         "classes": {str(k): int(v) for k, v in checked["label"].value_counts().sort_index().items()},
         "patients_known": int((index["patient_id"] != "").sum()),
@@ -463,7 +463,7 @@ def audit(
     if findings:
         for part in (result["shortcut"], result["shortcut"].get("outside_lungs") or {}, result["source_check"] or {}):
             if part.get("message"):
-                part["message"] = f"Checked {SUMMARY_NOTE}: {part['message']}"
+                part["message"] = f"{SUMMARY_NOTE[0].upper()}{SUMMARY_NOTE[1:]}. {part['message']}"
     result["sources"] = source_table(checked)
     result["source_only_auc"] = source_only_auc(checked)
     result["verdict"] = source_verdict(result["sources"], result["source_only_auc"], result["source_check"])

@@ -86,7 +86,16 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "v
 _SPLIT_NAMES.update({"test": "test", "testing": "test"})
 NIH_SPLIT_FILES = ("train_val_list.txt", "test_list.txt")
 #: what a findings index's ``attrs`` say about how it was read (:meth:`FindingsTable.attrs`)
-FINDINGS_ATTRS = ("findings", "csv", "missing", "missing_examples", "views_left_out", "ignored_csvs", "official_split")
+FINDINGS_ATTRS = (
+    "findings",
+    "available_findings",
+    "csv",
+    "missing",
+    "missing_examples",
+    "views_left_out",
+    "ignored_csvs",
+    "official_split",
+)
 
 
 def equivalents(name: str) -> tuple[str, ...]:
@@ -115,12 +124,18 @@ def is_findings(frame: pd.DataFrame) -> bool:
     return bool(finding_columns(frame))
 
 
+def _columns(path: Path) -> set[str] | None:
+    try:
+        return set(pd.read_csv(path, nrows=0).columns.str.strip())
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        return None
+
+
 def csv_format(path: Path) -> str | None:
     """Which findings format a CSV is in, from its header alone: ``nih``, ``chexpert``, ``findings-manifest``,
     or None (a class-labelled manifest, or anything else)."""
-    try:
-        columns = set(pd.read_csv(path, nrows=0).columns.str.strip())
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+    columns = _columns(path)
+    if columns is None:
         return None
     if set(NIH_REQUIRED) <= columns:
         return "nih"
@@ -128,6 +143,25 @@ def csv_format(path: Path) -> str | None:
         return "chexpert"
     if {"path", "labels"} <= columns and "label" not in columns:
         return "findings-manifest"
+    return None
+
+
+def incomplete(path: Path) -> str | None:
+    """What a CSV that looks like a findings format lacks, in words (None when it is complete or looks like
+    none): NIH's ``Image Index`` without ``Finding Labels`` or the reverse, CheXpert's ``Path`` and view
+    columns without an observation column, a ``labels`` column without ``path``."""
+    columns = _columns(path) or set()
+    if csv_format(path):
+        return None
+    nih = [c for c in NIH_REQUIRED if c in columns]
+    if nih:
+        lacks = [c for c in NIH_REQUIRED if c not in columns]
+        return f"{path} looks like NIH's Data_Entry CSV ({', '.join(nih)}) but lacks the column {lacks[0]}"
+    if "Path" in columns and columns & {"Frontal/Lateral", "AP/PA"}:
+        observations = ", ".join(CHEXPERT_OBSERVATIONS)
+        return f"{path} looks like CheXpert's CSV (Path) but has none of its observation columns ({observations})"
+    if "labels" in columns and "path" not in columns and "label" not in columns:
+        return f"{path} looks like a findings manifest (labels) but lacks the column path"
     return None
 
 
@@ -142,6 +176,8 @@ class FindingsTable:
     csv: Path
     rows: pd.DataFrame
     findings: tuple[str, ...]
+    #: every finding the dataset names (``findings`` is those kept)
+    available: tuple[str, ...] = ()
     #: rows whose image is not on disk (a partial download), with a few of their names
     missing: int = 0
     missing_examples: list[str] = field(default_factory=list)
@@ -156,6 +192,7 @@ class FindingsTable:
         """What the index carries in ``attrs`` about how it was read."""
         return {
             "findings": list(self.findings),
+            "available_findings": list(self.available),
             "csv": str(self.csv),
             "missing": int(self.missing),
             "missing_examples": list(self.missing_examples),
@@ -178,6 +215,28 @@ def findings_csv(folder: Path) -> tuple[Path, str, list[str]] | None:
     companion = _chexpert_companion(chosen[0]) if chosen[1] == "chexpert" else None
     others = [p.name for p, _ in found if p != chosen[0] and p != companion]
     return chosen[0], chosen[1], others
+
+
+def locate(data: Path) -> tuple[Path, str, list[str]] | None:
+    """The findings CSV that ``data`` (a CSV, or a folder) holds, its format and the recognised CSVs left
+    aside; None when ``data`` is not a findings dataset. Reads CSV headers only. A CSV that looks like a
+    findings format but lacks a column it needs (passed directly, or the only such CSV in the folder) raises
+    :class:`DataError` naming the column."""
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            return None
+        fmt = csv_format(data)
+        if fmt is None and incomplete(data):
+            raise DataError(incomplete(data))
+        return (data.resolve(), fmt, []) if fmt else None
+    if not data.is_dir():
+        return None
+    found = findings_csv(data.resolve())
+    if found is None:
+        for csv in sorted(data.glob("*.csv")):
+            if incomplete(csv):
+                raise DataError(incomplete(csv))
+    return found
 
 
 def _chexpert_companion(csv: Path) -> Path | None:
@@ -440,6 +499,7 @@ def read_findings(csv: Path, fmt: str, options: FindingsOptions | None = None, o
         csv=csv,
         rows=rows,
         findings=kept,
+        available=findings,
         missing=missing,
         missing_examples=examples,
         views_left_out=views_left_out,
@@ -482,6 +542,24 @@ def positives(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["finding", "split", "positives", "labelled", "left_out", "prevalence", "too_few"]
     )
+
+
+def split_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per finding: its positive images per split, in all, its prevalence among the images where it is
+    labelled, the labels left out (uncertain or blank under ``ignore``) and the splits where it has too few
+    positives (fewer than :data:`MIN_POSITIVES`), as text; the Data page's table."""
+    table = positives(frame)
+    order = list(dict.fromkeys(table["finding"]))
+    wide = table.pivot(index="finding", columns="split", values="positives").reindex(order)
+    wide = wide[[s for s in ("train", "val", "test", "unassigned") if s in wide.columns]]
+    wide.columns.name = None
+    sums = table.groupby("finding", sort=False)[["positives", "labelled", "left_out"]].sum().reindex(order)
+    wide["total"] = sums["positives"]
+    wide["prevalence"] = sums["positives"] / sums["labelled"].where(sums["labelled"] > 0)
+    wide["left out"] = sums["left_out"]
+    rare = table[table["too_few"]].groupby("finding", sort=False)["split"].agg(", ".join)
+    wide["too few positives in"] = rare.reindex(order).fillna("")
+    return wide
 
 
 def co_occurrence(frame: pd.DataFrame) -> pd.DataFrame:
@@ -534,4 +612,4 @@ def summary_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 ANY_FINDING = "Any finding"
-SUMMARY_NOTE = f"on a stated summary of the findings: {ANY_FINDING.lower()} against {NO_FINDING}"
+SUMMARY_NOTE = f"checked on a stated summary of the findings, {ANY_FINDING.lower()} against {NO_FINDING}"

@@ -33,11 +33,10 @@ from ..errors import DataError, ImageDecodeError
 from .findings import (
     FINDINGS_ATTRS,
     FORMATS,
-    csv_format,
     finding_columns,
-    findings_csv,
     findings_summary,
     is_findings,
+    locate,
     read_findings,
     require_view_column,
     view_kept,
@@ -353,8 +352,8 @@ def scan(data: str | os.PathLike, options: FindingsOptions | None = None) -> Sca
         return Scan(root, "dataset-list", pd.DataFrame(_class_options(options, rows, data, False)), {})
     if data.is_file() and data.suffix.lower() != ".csv":
         raise DataError(f"{data} is a file; give a dataset folder, a CSV manifest or a JSON dataset list")
-    found = (data, csv_format(data), []) if data.is_file() else findings_csv(data.resolve())
-    if found and found[1]:
+    found = locate(data)
+    if found:
         table = read_findings(found[0], found[1], options, found[2])
         return Scan(table.root, table.layout, table.rows, table.attrs())
     root, layout, rows = _class_layout(data)

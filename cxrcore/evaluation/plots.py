@@ -35,6 +35,51 @@ def class_distribution(index: pd.DataFrame, title: str = "Images per class") -> 
     return fig
 
 
+def findings_positives(table: pd.DataFrame, title: str = "Positive images per finding and split") -> go.Figure:
+    """Grouped bars: each finding's positive images per split, from :func:`cxrcore.data.findings.positives`
+    (its rows: finding, split, positives, prevalence...); the hover gives the prevalence."""
+    fig = go.Figure()
+    order = list(dict.fromkeys(table["finding"]))
+    for split in [s for s in ("train", "val", "test", "unassigned") if s in set(table["split"])]:
+        part = table[table["split"] == split].set_index("finding").reindex(order)
+        fig.add_bar(
+            x=order,
+            y=part["positives"].tolist(),
+            name=split,
+            customdata=part["prevalence"].tolist(),
+            hovertemplate="%{x}<br>%{y} positive images (%{customdata:.1%})<extra>" + split + "</extra>",
+        )
+    fig.update_layout(title=title, barmode="group", xaxis_title="finding", yaxis_title="positive images", **_LAYOUT)
+    return fig
+
+
+def co_occurrence(matrix: pd.DataFrame, title: str = "Findings together (images holding both)") -> go.Figure:
+    """Heatmap of images holding both findings (the diagonal: images holding the finding)."""
+    names = list(matrix.index)
+    z = matrix.to_numpy()
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=names,
+            y=names,
+            text=[[str(int(v)) for v in row] for row in z],
+            texttemplate="%{text}" if len(names) <= 16 else None,
+            colorscale="Blues",
+            hovertemplate="%{y} and %{x}<br>%{text} images<extra></extra>",
+        )
+    )
+    fig.update_layout(title=title, yaxis_autorange="reversed", **_LAYOUT)
+    return fig
+
+
+def findings_per_image(counts: Mapping[str, int], title: str = "Findings per image") -> go.Figure:
+    """Bars: how many images hold 0, 1, 2... findings (0: the all-negative images, "No Finding")."""
+    keys = sorted(counts, key=int)
+    fig = go.Figure(go.Bar(x=[int(k) for k in keys], y=[counts[k] for k in keys], text=[counts[k] for k in keys]))
+    fig.update_layout(title=title, xaxis_title="positive findings", yaxis_title="images", xaxis_dtick=1, **_LAYOUT)
+    return fig
+
+
 def confusion_matrix(metrics: Mapping, normalized: bool = False, title: str | None = None) -> go.Figure:
     """Heatmap of true (rows) vs predicted (columns); counts or row-normalised fractions."""
     classes = list(metrics["classes"])
