@@ -189,6 +189,15 @@ def test_external_validation_is_kept_apart_from_the_test_split(trained, tmp_path
     assert saved.folder.parent == run.path / "external" and "-hospital_b-" in saved.folder.name
     assert saved.metrics["n"] == 8 and len(saved.predictions()) == 8
     assert run.file(runs.METRICS).read_text() == before
+    assert saved.source["shared_patients"] == {"patients": 0, "examples": []}
+    # a patient the run trained on, spelled as NIH's file names spell it in the external set: the same patient
+    split = pd.read_csv(run.file(runs.SPLIT), dtype=str, keep_default_na=False)
+    split.loc[split["split"] == "train", "patient_id"] = "231"
+    split.to_csv(run.file(runs.SPLIT), index=False)
+    manifest = tmp_path / "hospital_b" / "listed.csv"
+    manifest.write_text("path,label,patient_id\ndark/img_000.png,dark,00000231\nbright/img_000.png,bright,00000300\n")
+    again = evaluate_run(run.path, manifest)
+    assert again["shared_patients"] == {"patients": 1, "examples": ["00000231"]}
 
 
 def test_test_metrics_written_before_intervals_get_them_added_beside_the_values(trained, tmp_path):

@@ -89,6 +89,13 @@ def cmd_evaluate(args) -> int:
     )
     for line in report_lines(result):
         print(line, file=sys.stderr)
+    shared = result.get("shared_patients") or {}
+    if shared.get("patients"):
+        print(
+            f"WARNING: {shared['patients']} patient(s) of this set are in the run's training or validation split "
+            f"(e.g. {', '.join(shared['examples'])}): its results are not independent",
+            file=sys.stderr,
+        )
     print(f"results written to {result['out_dir']}", file=sys.stderr)
     print(json.dumps(summary(result)))
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import runs
+from ..data.splits import shared_patients
 from ..errors import CXRError, DataError
 from ..stats import ood
 from ..stats.intervals import bootstrap_intervals
@@ -244,11 +245,15 @@ def evaluate_run(
     started = time.time()
     result = evaluate_frame(run, model, frame, out_dir)
     if data is not None:
+        trained_on = run.split()
+        shared = shared_patients(frame, trained_on[trained_on["split"] != "test"])
+        result["shared_patients"] = {"patients": len(shared), "examples": shared[:5]}
         runs.write_json(
             out_dir / runs.SOURCE,
             {
                 "data": str(Path(data).resolve()),
                 "n": result["n"],
+                "shared_patients": result["shared_patients"],
                 "dropped_unknown": bool(drop_unknown),
                 "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "seconds": round(time.time() - started, 2),
