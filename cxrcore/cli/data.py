@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..data.audit import audit
-from ..data.demo import make_demo_dataset
+from ..data.demo import make_demo_dataset, make_findings_demo
 from ..data.index import build_index, summarize
 from ..data.io import decode_image
 from ..data.sources import NO_TRANSFER
@@ -96,8 +96,12 @@ def cmd_audit(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
-    path = make_demo_dataset(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
-    print("synthetic demo dataset (not real radiographs) written to:", file=sys.stderr)
+    if args.findings:
+        path = make_findings_demo(args.out_dir, n_images=args.n_images, image_size=args.image_size, seed=args.seed)
+    else:
+        path = make_demo_dataset(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
+    kind = "findings demo (several findings per image)" if args.findings else "demo dataset"
+    print(f"synthetic {kind} (not real radiographs) written to:", file=sys.stderr)
     print(path)
     return 0
 
@@ -123,7 +127,13 @@ def add_audit_parser(sub) -> None:
 def add_demo_data_parser(sub) -> None:
     p = sub.add_parser("demo-data", help="write the synthetic demo dataset")
     p.add_argument("out_dir")
-    p.add_argument("--n-per-class", type=int, default=150)
+    p.add_argument(
+        "--findings",
+        action="store_true",
+        help="the findings demo instead: several drawn findings per image, in a path,labels manifest",
+    )
+    p.add_argument("--n-per-class", type=int, default=150, help="images per class (the class demo)")
+    p.add_argument("--n-images", type=int, default=400, help="images (the findings demo)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)

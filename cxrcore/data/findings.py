@@ -263,26 +263,24 @@ def _line(i: int) -> int:
     return int(i) + 2
 
 
-def _split_findings(text: pd.Series, csv: Path, paths: pd.Series) -> list[list[str]]:
-    parts = []
-    for i, (value, path) in enumerate(zip(text, paths)):
-        names = [n.strip() for n in str(value).split("|") if n.strip()]
-        if not names and csv is not None:
-            raise DataError(f"{csv}, line {_line(i)} ({path}): no findings given (write '{NO_FINDING}' for none)")
-        parts.append([n for n in names if n != NO_FINDING])
-    return parts
-
-
-def _one_hot(parts: list[list[str]], order: tuple[str, ...] = ()) -> tuple[tuple[str, ...], np.ndarray]:
-    """Findings lists -> (names, 0/1 matrix): ``order``'s names first (those present), then the rest sorted."""
-    seen = sorted({n for names in parts for n in names})
+def _findings_matrix(text: pd.Series, csv: Path, paths: pd.Series, order: tuple[str, ...] = ()):
+    """``|``-separated findings per row -> (names, 0/1 matrix): ``order``'s names first (those present), then
+    the rest sorted; "No Finding" is no column. Each distinct text is parsed once (NIH: 112,120 rows, about 800
+    distinct texts). A row with no text at all raises :class:`DataError` naming its line."""
+    codes, texts = pd.factorize(text.astype(str), sort=False)
+    parsed = [[n.strip() for n in t.split("|") if n.strip()] for t in texts]
+    empty = [k for k, names in enumerate(parsed) if not names]
+    if empty:
+        i = int(np.flatnonzero(codes == empty[0])[0])
+        raise DataError(f"{csv}, line {_line(i)} ({paths.iloc[i]}): no findings given (write '{NO_FINDING}' for none)")
+    parsed = [[n for n in names if n != NO_FINDING] for names in parsed]
+    seen = sorted({n for names in parsed for n in names})
     names = tuple([n for n in order if n in seen] + [n for n in seen if n not in order])
     column = {n: j for j, n in enumerate(names)}
-    values = np.zeros((len(parts), len(names)), dtype=np.float32)
-    for i, found in enumerate(parts):
-        for n in found:
-            values[i, column[n]] = 1.0
-    return names, values
+    distinct = np.zeros((len(parsed), len(names)), dtype=np.float32)
+    for k, found in enumerate(parsed):
+        distinct[k, [column[n] for n in found]] = 1.0
+    return names, distinct[codes]
 
 
 def _image_files(folder: Path) -> dict[str, str]:
@@ -319,8 +317,7 @@ def _read_nih(csv: Path) -> tuple[pd.DataFrame, tuple[str, ...], str]:
     bad = names == ""
     if bad.any():
         raise DataError(f"{csv}, line {_line(np.flatnonzero(bad)[0])}: empty Image Index")
-    parts = _split_findings(table["Finding Labels"], csv, names)
-    findings, values = _one_hot(parts, NIH_FINDINGS)
+    findings, values = _findings_matrix(table["Finding Labels"], csv, names, NIH_FINDINGS)
     patients = table["Patient ID"].str.strip() if "Patient ID" in table else names.map(patient_from_filename)
     split, official = _nih_splits(csv, names)
     rows = pd.DataFrame({"name": names, "split": split, "patient_id": patients, "source": ""})
@@ -380,8 +377,8 @@ def _read_chexpert(csv: Path) -> tuple[pd.DataFrame, tuple[str, ...], str]:
 def _read_manifest(csv: Path) -> tuple[pd.DataFrame, tuple[str, ...], str]:
     table = _read(csv)
     paths = table["path"].str.strip()
-    parts = _split_findings(table["labels"].where(table["labels"].str.strip() != "", NO_FINDING), csv, paths)
-    findings, values = _one_hot(parts)
+    labels = table["labels"].where(table["labels"].str.strip() != "", NO_FINDING)
+    findings, values = _findings_matrix(labels, csv, paths)
     if not findings:
         raise DataError(f"{csv}: no image has a finding (every row is '{NO_FINDING}'): nothing to learn")
     split = table.get("split", pd.Series("", index=table.index)).str.strip().str.lower()

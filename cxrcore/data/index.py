@@ -423,19 +423,20 @@ def _load_cache(path: Path) -> dict[str, dict]:
         return {}
     if not {"relpath", "bytes", "mtime_ns", "width", "height", "mode"} <= set(table.columns):
         return {}  # foreign or damaged cache file: read every header again
-    cache = {}
-    for r in table.to_dict("records"):
-        try:
-            cache[r["relpath"]] = {
-                "bytes": int(r["bytes"]),
-                "mtime_ns": int(r["mtime_ns"]),
-                "width": int(r["width"]),
-                "height": int(r["height"]),
-                "mode": r["mode"],
-            }
-        except (TypeError, ValueError):
-            continue  # a damaged row: that file's header is read again
-    return cache
+    numbers = table[["bytes", "mtime_ns", "width", "height"]].apply(pd.to_numeric, errors="coerce")
+    good = numbers.notna().all(axis=1).to_numpy()  # a damaged row: that file's header is read again
+    numbers = numbers[good].astype("int64")
+    return {
+        relpath: {"bytes": int(b), "mtime_ns": int(m), "width": int(w), "height": int(h), "mode": mode}
+        for relpath, b, m, w, h, mode in zip(
+            table["relpath"][good],
+            numbers["bytes"],
+            numbers["mtime_ns"],
+            numbers["width"],
+            numbers["height"],
+            table["mode"][good],
+        )
+    }
 
 
 def _save_cache(path: Path, relpaths: list[str], records: list[dict]) -> None:
