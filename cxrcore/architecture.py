@@ -34,7 +34,6 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         (
             "data.pixels",
             "data.patients",
-            "data.demo",
             "stats.intervals",
             "stats.ood",
             "evaluation.calibration",
@@ -62,9 +61,9 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lung segmenter", "the shipped lung model, on decoded arrays", ("lungs.segment",)),
     (
         "data",
-        "decoding and the model's view of an image (lung rules included), findings datasets, dataset layouts, "
-        "splits, the audit",
-        ("data.io", "data.findings", "data.index", "data.splits", "data.sources", "data.audit"),
+        "decoding and the model's view of an image (lung rules included), findings datasets, the synthetic demos, "
+        "dataset layouts, splits, the audit",
+        ("data.io", "data.findings", "data.demo", "data.index", "data.splits", "data.sources", "data.audit"),
     ),
     (
         "runs and stores",

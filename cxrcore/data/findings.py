@@ -40,6 +40,7 @@ from .patients import CHEXPERT_PATIENT, patient_from_filename
 
 FINDING_PREFIX = "finding:"
 NO_FINDING = "No Finding"
+SEPARATOR = "|"  # between an image's findings, in NIH's CSV, a findings manifest and the index's label
 #: a finding needs at least this many positive images in a split to be trained or measured there
 MIN_POSITIVES = 10
 FORMATS = ("nih", "chexpert", "findings-manifest")
@@ -268,7 +269,7 @@ def _findings_matrix(text: pd.Series, csv: Path, paths: pd.Series, order: tuple[
     the rest sorted; "No Finding" is no column. Each distinct text is parsed once (NIH: 112,120 rows, about 800
     distinct texts). A row with no text at all raises :class:`DataError` naming its line."""
     codes, texts = pd.factorize(text.astype(str), sort=False)
-    parsed = [[n.strip() for n in t.split("|") if n.strip()] for t in texts]
+    parsed = [[n.strip() for n in t.split(SEPARATOR) if n.strip()] for t in texts]
     empty = [k for k, names in enumerate(parsed) if not names]
     if empty:
         i = int(np.flatnonzero(codes == empty[0])[0])
@@ -510,7 +511,7 @@ def findings_sets(values: np.ndarray, findings) -> list[str]:
     :data:`NO_FINDING` when none is positive (its ``label`` in the index)."""
     positive = np.nan_to_num(values, nan=0.0) > 0.5
     names = np.asarray(findings, dtype=object)
-    return ["|".join(names[row]) if row.any() else NO_FINDING for row in positive]
+    return [SEPARATOR.join(names[row]) if row.any() else NO_FINDING for row in positive]
 
 
 # -- what the Data page and ``index`` show ---------------------------------------------------------------
