@@ -401,3 +401,11 @@ def test_nih_findings_64_counts_match_its_source():
     counts = {name: row["positives"] for name, row in info["findings"].items()}
     assert counts["Infiltration"] == 143 and counts["Effusion"] == 140 and counts["Hernia"] == 9
     assert counts["Pneumonia"] == 5 and len(counts) == 14
+
+
+def test_training_refuses_a_findings_dataset_with_a_reason(tmp_path):
+    from cxrcore.data.splits import check_trainable
+
+    index = assign_splits(build_index(nih_folder(tmp_path / "nih")))
+    with pytest.raises(DataError, match=r"is a findings dataset \(nih, 4 findings.*class-labelled datasets only"):
+        check_trainable(index)
