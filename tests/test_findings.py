@@ -409,3 +409,14 @@ def test_training_refuses_a_findings_dataset_with_a_reason(tmp_path):
     index = assign_splits(build_index(nih_folder(tmp_path / "nih")))
     with pytest.raises(DataError, match=r"is a findings dataset \(nih, 4 findings.*class-labelled datasets only"):
         check_trainable(index)
+
+
+def test_a_dataset_list_refuses_a_findings_dataset(tmp_path):
+    from cxrcore.data.index import labels_of, save_dataset_list
+
+    nih = nih_folder(tmp_path / "nih")
+    with pytest.raises(DataError, match="is a findings dataset \\(nih\\); a dataset list combines class-labelled"):
+        labels_of(nih)
+    with pytest.raises(DataError, match=r"datasets\[0\]: nih is a findings dataset"):
+        save_dataset_list(tmp_path / "list.json", [{"path": str(nih), "name": "nih"}])
+    assert not (tmp_path / "list.json").exists()

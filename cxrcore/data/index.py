@@ -235,8 +235,16 @@ def read_dataset_list(path: str | os.PathLike) -> list[ListedDataset]:
 
 
 def labels_of(data: str | os.PathLike) -> list[str]:
-    """The labels a dataset's layout gives its images (no image is opened), sorted."""
-    return sorted({row["label"] for row in scan_layout(data)[2]})
+    """The labels a dataset's layout gives its images (no image is opened), sorted; a findings dataset (which
+    a dataset list cannot hold) raises :class:`DataError`."""
+    found = scan(data)
+    if found.layout in FORMATS:
+        raise DataError(_findings_in_list(str(data), found.layout))
+    return sorted(set(found.rows["label"]))
+
+
+def _findings_in_list(name: str, layout: str) -> str:
+    return f"{name} is a findings dataset ({layout}); a dataset list combines class-labelled datasets"
 
 
 def save_dataset_list(path: str | os.PathLike, datasets: list[dict]) -> Path:
@@ -273,10 +281,7 @@ def _dataset_list_rows(path: Path) -> tuple[Path, list[dict]]:
     for i, listed in enumerate(read_dataset_list(path)):
         root, layout, found = scan_layout(listed.path)
         if layout in FORMATS:
-            raise DataError(
-                f"dataset list {path}, datasets[{i}] ({listed.name}) is a findings dataset ({layout}); a dataset "
-                "list combines class-labelled datasets"
-            )
+            raise DataError(f"dataset list {path}, datasets[{i}]: {_findings_in_list(listed.name, layout)}")
         present = {r["label"] for r in found}
         unknown = sorted(set(listed.labels) - present)
         if unknown:
