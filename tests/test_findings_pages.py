@@ -60,6 +60,10 @@ def test_data_page_shows_a_findings_dataset_and_its_reading_options(data_page, n
     at.multiselect(key="data_findings").set_value(["Effusion"]).run()
     assert metric(at, "Findings") == "1"
     assert at.selectbox(key="data_finding").options == ["Effusion", "No Finding"]
+    # the Train page refuses a findings dataset, saying why
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert any("findings dataset" in w.value and "class-labelled datasets only" in w.value for w in at.warning)
 
 
 def test_views_on_a_dataset_without_a_view_column_is_an_error_the_page_survives(data_page, tmp_path):
@@ -90,10 +94,3 @@ def test_the_built_in_findings_demo_opens_from_the_data_page(data_page, nih, tmp
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["dataset"] == str(made.resolve())
     assert metric(at, "Findings") == "5" and metric(at, "Layout") == "findings-manifest"
-
-
-def test_train_page_refuses_a_findings_dataset_with_a_reason(data_page, nih):
-    at = data_page(str(nih))
-    at.switch_page("pages/train.py").run()
-    assert not at.exception
-    assert any("findings dataset" in w.value and "class-labelled datasets only" in w.value for w in at.warning)
