@@ -373,3 +373,39 @@ def test_evaluate_shows_external_validation_and_the_model_card(server, tmp_path)
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     assert errors == []
+
+
+NIH64 = CXR_DEV.parent / "nih-findings-64"
+
+
+@pytest.mark.skipif(not (NIH64 / "Data_Entry.csv").is_file(), reason=f"the NIH findings set not found at {NIH64}")
+def test_nih_findings_are_read_and_shown_on_the_data_page(server):
+    """NIH's CSV format opened as a user would (a folder path typed on the Data page): 14 findings, not one
+    class named after the images folder; the counts, the rare findings, the heatmap and samples per finding."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{server.url}/")
+        page.get_by_role("heading", name="Data", exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_text("Open a dataset").click()
+        page.get_by_label("...or a folder / CSV path").fill(str(NIH64))
+        page.keyboard.press("Tab")
+        page.locator(".st-key-data_open button").click()
+        page.get_by_text("How the findings are read").wait_for(timeout=120_000)
+        wait_idle(page)
+        metrics = page.locator('[data-testid="stMetric"]')
+        assert "14" in metrics.filter(has_text="Findings").first.inner_text()
+        assert "50%" in metrics.filter(has_text="No Finding (all negative)").first.inner_text()
+        assert "920" in metrics.filter(has_text="Images").first.inner_text()
+        page.get_by_text("Too few positive images to train or measure").wait_for(timeout=30_000)
+        assert "Hernia" in page.get_by_text("Too few positive images to train or measure").inner_text()
+        page.get_by_text("Findings together (images holding both)").wait_for(timeout=30_000)
+        page.get_by_text(re.compile(r"^\d{8}_\d{3}\.png: Atelectasis")).first.wait_for(timeout=30_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "data-nih-findings.png"), full_page=True)
+        browser.close()
+    assert errors == []

@@ -420,3 +420,18 @@ def test_a_dataset_list_refuses_a_findings_dataset(tmp_path):
     with pytest.raises(DataError, match=r"datasets\[0\]: nih is a findings dataset"):
         save_dataset_list(tmp_path / "list.json", [{"path": str(nih), "name": "nih"}])
     assert not (tmp_path / "list.json").exists()
+
+
+def test_the_audit_checks_findings_sets_and_says_what_the_shortcut_check_looked_at(tmp_path):
+    from cxrcore.data.audit import audit
+
+    root = nih_folder(tmp_path / "nih")
+    png(root / "images_001" / "images" / "00000236_000.png", 0)  # a byte-identical copy of 00000231_000.png
+    with open(root / "Data_Entry_2017.csv", "a") as fh:
+        fh.write("00000236_000.png,Mass,0,236,050Y,M,PA,2500,2048,0.143,0.143,\n")
+    (root / "test_list.txt").write_text("00000232_000.png\n00000236_000.png\n")
+    result = audit(root, use_cache=False, options=FindingsOptions(views="pa"))
+    assert result["task"] == "findings"
+    assert result["classes"] == {"Any finding": 3, NO_FINDING: 1}  # the PA films: 231_000, 232, 233, 236
+    assert result["duplicates"] == {"groups": 1, "across_splits": 1, "conflicting_labels": 1}
+    assert result["shortcut"]["message"].startswith("Checked on a stated summary of the findings, any finding")
