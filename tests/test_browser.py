@@ -10,6 +10,7 @@ missing, except under CI, where their absence is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,6 +131,22 @@ def launch(p):
         executable_path=CHROMIUM,
         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
     )
+
+
+@contextlib.contextmanager
+def app_page(url: str, heading: str):
+    """A chromium page opened on ``url`` once its heading shows and the app is idle, with the page errors it
+    collects; the browser is closed after."""
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=90_000)
+        wait_idle(page)
+        yield page, errors
+        browser.close()
 
 
 def set_number(page, label: str, value) -> None:
@@ -344,14 +361,7 @@ def test_evaluate_shows_external_validation_and_the_model_card(server, tmp_path)
     )
     (external,) = run.external_evaluations()
     assert external.metrics["n"] == 80 and run.model_card() is not None
-    with sync_playwright() as p:
-        browser = launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{server.url}/evaluate")
-        page.get_by_role("heading", name="Evaluate", exact=True).wait_for(timeout=90_000)
-        wait_idle(page)
+    with app_page(f"{server.url}/evaluate", "Evaluate") as (page, errors):
         page.get_by_role("combobox").first.click()  # the run picker: choose this run
         page.get_by_role("option").filter(has_text=run.run_id).first.click()
         wait_idle(page)
@@ -371,7 +381,6 @@ def test_evaluate_shows_external_validation_and_the_model_card(server, tmp_path)
         assert page.get_by_text("not a medical device", exact=False).count() >= 1
         page.screenshot(path=str(ARTIFACTS / "evaluate-model-card.png"), full_page=True)
         assert page.locator('[data-testid="stException"]').count() == 0
-        browser.close()
     assert errors == []
 
 
@@ -383,14 +392,7 @@ def test_nih_findings_are_read_and_shown_on_the_data_page(server):
     """NIH's CSV format opened as a user would (a folder path typed on the Data page): 14 findings, not one
     class named after the images folder; the counts, the rare findings, the heatmap and samples per finding."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{server.url}/")
-        page.get_by_role("heading", name="Data", exact=True).wait_for(timeout=90_000)
-        wait_idle(page)
+    with app_page(f"{server.url}/", "Data") as (page, errors):
         page.get_by_text("Open a dataset").click()
         page.get_by_label("...or a folder / CSV path").fill(str(NIH64))
         page.keyboard.press("Tab")
@@ -407,5 +409,4 @@ def test_nih_findings_are_read_and_shown_on_the_data_page(server):
         page.get_by_text(re.compile(r"^\d{8}_\d{3}\.png: Atelectasis")).first.wait_for(timeout=30_000)
         assert page.locator('[data-testid="stException"]').count() == 0
         page.screenshot(path=str(ARTIFACTS / "data-nih-findings.png"), full_page=True)
-        browser.close()
     assert errors == []
