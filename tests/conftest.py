@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -203,13 +205,36 @@ def tiny_config(data, **changes):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Runs trained once per worker and shared by the tests that read them.
+# Runs trained once per test session and shared by the tests that read them.
 #
 # Each kind of run the suite needs is trained by one session fixture below, the first time a test asks
-# for it. Shared runs are read-only: the session checks at its end that none of their files changed
-# (file modes alone cannot say so: CI runs as root). A test that changes a run (an external
-# evaluation, an annotation, a rewritten card) works on `copy_run(run, tmp_path)`.
+# for it: under pytest-xdist by the first worker that asks, the others waiting for it and reading the
+# same folder (`once_per_session`). Shared runs are read-only: each worker checks at its end that none
+# of their files changed (file modes alone cannot say so: CI runs as root). A test that changes a run (an
+# external evaluation, an annotation, a rewritten card) works on `copy_run(run, tmp_path)`.
 # ---------------------------------------------------------------------------------------------------
+
+
+def once_per_session(tmp_path_factory, name: str, make):
+    """``make()`` called once for the whole test session, its (picklable) result returned to every caller.
+
+    Without xdist this is ``make()``. Under xdist the first worker to ask makes it, holding a lock in the
+    session's common temporary folder, and writes its result there; a worker that asks later (or at the same
+    time) waits for the lock and reads that result instead of making its own. ``make`` writes under
+    ``tmp_path_factory`` (folders every worker can read) and takes no lock of this kind itself (no cycle)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make()
+    common = tmp_path_factory.getbasetemp().parent  # the controller's basetemp: one per session
+    record = common / f"once-{name}.pickle"
+    with open(common / f"once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a worker dies holding it
+        if record.is_file():
+            return pickle.loads(record.read_bytes())
+        made = make()
+        partial = record.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(made))
+        partial.replace(record)
+        return made
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -315,9 +340,14 @@ def separable_data(tmp_path_factory) -> Path:
 def separable_run(separable_data, tmp_path_factory, shared_runs) -> Trained:
     """A simple_cnn trained 2 + 1 epochs on ``separable_data`` with 18 validation and 18 test images
     (enough for each class to get its operating points), its progress events kept."""
-    out = tmp_path_factory.mktemp("separable-run")
-    trained = train_shared(tiny_config(separable_data, val_fraction=0.3, test_fraction=0.3, fine_tune_epochs=1), out)
-    shared_runs.freeze(out)
+
+    def make():
+        out = tmp_path_factory.mktemp("separable-run")
+        config = tiny_config(separable_data, val_fraction=0.3, test_fraction=0.3, fine_tune_epochs=1)
+        return train_shared(config, out)
+
+    trained = once_per_session(tmp_path_factory, "separable_run", make)
+    shared_runs.freeze(trained.models)
     return trained
 
 
@@ -332,10 +362,14 @@ def demo_config(data, **changes):
 @pytest.fixture(scope="session")
 def demo_runs(demo_data, tmp_path_factory, shared_runs) -> Path:
     """A models folder with two finished runs on the demo set, seeds 1 and 2 (two different splits)."""
-    out = tmp_path_factory.mktemp("demo-runs")
-    for seed in (1, 2):
-        train_shared(demo_config(demo_data, seed=seed), out)
-    return shared_runs.freeze(out)
+
+    def make():
+        out = tmp_path_factory.mktemp("demo-runs")
+        for seed in (1, 2):
+            train_shared(demo_config(demo_data, seed=seed), out)
+        return out
+
+    return shared_runs.freeze(once_per_session(tmp_path_factory, "demo_runs", make))
 
 
 @pytest.fixture(scope="session")
@@ -343,10 +377,13 @@ def same_split_runs(demo_data, tmp_path_factory, shared_runs) -> Path:
     """Two finished runs on one split of the demo set (seed 5), different heads, one from a recipe."""
     from cxrcore.config import HeadConfig
 
-    out = tmp_path_factory.mktemp("same-split")
-    train_shared(demo_config(demo_data, seed=5, recipe="vgg16-binary"), out)
-    train_shared(demo_config(demo_data, seed=5, head=HeadConfig(dense_units=[16])), out)
-    return shared_runs.freeze(out)
+    def make():
+        out = tmp_path_factory.mktemp("same-split")
+        train_shared(demo_config(demo_data, seed=5, recipe="vgg16-binary"), out)
+        train_shared(demo_config(demo_data, seed=5, head=HeadConfig(dense_units=[16])), out)
+        return out
+
+    return shared_runs.freeze(once_per_session(tmp_path_factory, "same_split_runs", make))
 
 
 #: the pixel rules of ``rules_run``: every rule at once
@@ -362,12 +399,15 @@ def rules_run(tmp_path_factory, shared_runs) -> Trained:
     from cxrcore.data.pixels import PixelRules
     from cxrcore.stats import ood
 
-    data = make_class_folders(tmp_path_factory.mktemp("rules") / "d", classes=("dark", "bright"), per_class=12)
-    (data / "bright" / "img_000.png").unlink()
-    out = tmp_path_factory.mktemp("rules-run")
-    config = tiny_config(data, pixels=PixelRules(**ALL_PIXEL_RULES), focal_loss=True, epochs=1, fine_tune_epochs=0)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ood, "MAX_TRAIN_IMAGES", 10)
-        trained = train_shared(config, out)
-    shared_runs.freeze(out)
+    def make():
+        data = make_class_folders(tmp_path_factory.mktemp("rules") / "d", classes=("dark", "bright"), per_class=12)
+        (data / "bright" / "img_000.png").unlink()
+        out = tmp_path_factory.mktemp("rules-run")
+        config = tiny_config(data, pixels=PixelRules(**ALL_PIXEL_RULES), focal_loss=True, epochs=1, fine_tune_epochs=0)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ood, "MAX_TRAIN_IMAGES", 10)
+            return train_shared(config, out)
+
+    trained = once_per_session(tmp_path_factory, "rules_run", make)
+    shared_runs.freeze(trained.models)
     return trained

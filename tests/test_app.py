@@ -39,12 +39,15 @@ def app(monkeypatch, demo):
     monkeypatch.setenv("CXRLAB_DEMO_DATA", str(demo))
     monkeypatch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "2")
 
-    def open_page(page: str) -> AppTest:
+    def open_page(page: str, from_root: bool = False) -> AppTest:
+        """A new session on ``page``: opened at its own address (a bookmark to it), or ``from_root`` as a user
+        who opens the app (the Data page first) and then goes to it in the same session."""
         at = AppTest.from_file(APP, default_timeout=120)
-        at.run()
-        if page != "pages/data.py":
-            at.switch_page(page)
+        if from_root and page != "pages/data.py":
             at.run()
+            assert not at.exception, [e.value for e in at.exception]
+        at.switch_page(page)
+        at.run()
         assert not at.exception, [e.value for e in at.exception]
         return at
 
@@ -199,7 +202,7 @@ def test_train_page_weights_follow_a_switch_to_a_pretrained_backbone(app, monkey
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_with_finished_runs_present(app, models, monkeypatch, page):
     monkeypatch.setenv("CXRCORE_MODELS", str(models))
-    at = app(page)  # asserts no exception
+    at = app(page, from_root=True)  # the Data page, then this one in the same session; asserts no exception
     assert at.title[0].value == page.split("/")[1].removesuffix(".py").capitalize()
     assert "No trained model yet" not in texts(at)
 

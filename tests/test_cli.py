@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, cli, make_class_folders, python_m_cxrcore
+from conftest import REPO, cli, copy_run, make_class_folders, once_per_session, python_m_cxrcore
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,15 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_dir(demo, tmp_path_factory):
+def run_dir(demo, tmp_path_factory, shared_runs):
+    """Trained once per session (conftest.once_per_session: under xdist this module's tests may run on two
+    workers) and read-only: a test that writes into the run works on ``copy_run``."""
+    path = once_per_session(tmp_path_factory, "test_cli.run_dir", lambda: _train_run_dir(demo, tmp_path_factory))
+    shared_runs.freeze(path.parent)
+    return path
+
+
+def _train_run_dir(demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     with cli_env():
         proc = cli(
@@ -107,7 +115,8 @@ def test_train_writes_a_complete_run(run_dir):
     assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
 
 
-def test_evaluate_prints_the_summary_last(run_dir, demo):
+def test_evaluate_prints_the_summary_last(run_dir, demo, tmp_path):
+    run_dir = copy_run(run_dir, tmp_path).path  # evaluations are written into the run
     proc = cli("evaluate", run_dir)
     summary = json.loads(last_line(proc.stdout))
     assert set(summary) == {"accuracy", "macro_f1", "macro_auc", "n", "ci", "bootstrap"}

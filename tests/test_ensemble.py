@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, make_class_folders, tiny_config
+from conftest import REPO, copy_run, make_class_folders, once_per_session, tiny_config
 from cxrcore import runs
 from cxrcore.config import HeadConfig
 from cxrcore.ensemble import check_members, create, report
@@ -24,17 +24,25 @@ TRAINING_FIXTURES = {"members"}
 
 
 @pytest.fixture(scope="module")
-def members(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ens")
-    data = make_class_folders(root / "d", per_class=20)
-    out = root / "m"
-    a = train(tiny_config(data), out_dir=out)
-    b = train(tiny_config(data, head=HeadConfig(dense_units=[16], dropout=0.0)), out_dir=out)
-    c = train(tiny_config(data, image_size=48), out_dir=out)  # another input size: resized inside the ensemble
-    other_split = train(tiny_config(data, seed=4), out_dir=out)
-    three = make_class_folders(root / "three", classes=("A", "B", "C"), per_class=10)
-    other_classes = train(tiny_config(three), out_dir=out)
-    return {"data": data, "out": out, "a": a, "b": b, "c": c, "split": other_split, "classes": other_classes}
+def members(tmp_path_factory, shared_runs):
+    """Trained once per session (conftest.once_per_session: under xdist this module's tests may run on two
+    workers) and read-only: a test that writes into a member works on ``copy_run``."""
+
+    def make():
+        root = tmp_path_factory.mktemp("ens")
+        data = make_class_folders(root / "d", per_class=20)
+        out = root / "m"
+        a = train(tiny_config(data), out_dir=out)
+        b = train(tiny_config(data, head=HeadConfig(dense_units=[16], dropout=0.0)), out_dir=out)
+        c = train(tiny_config(data, image_size=48), out_dir=out)  # another input size: resized inside the ensemble
+        other_split = train(tiny_config(data, seed=4), out_dir=out)
+        three = make_class_folders(root / "three", classes=("A", "B", "C"), per_class=10)
+        other_classes = train(tiny_config(three), out_dir=out)
+        return {"data": data, "out": out, "a": a, "b": b, "c": c, "split": other_split, "classes": other_classes}
+
+    made = once_per_session(tmp_path_factory, "test_ensemble.members", make)
+    shared_runs.freeze(made["out"])
+    return made
 
 
 def test_an_ensemble_averages_its_members_calibrated_probabilities_and_is_a_run_like_any_other(members, tmp_path):
@@ -157,7 +165,8 @@ def test_ensemble_cli_prints_the_new_run_last(members, tmp_path, capsys):
 def test_comparability_names_what_keeps_runs_apart_and_what_they_can_still_be_ranked_on(members, tmp_path):
     from cxrcore.evaluation.evaluate import comparability, compare_runs, evaluate_runs, rankable
 
-    a, b, split, three = members["a"], members["b"], members["split"], members["classes"]
+    # copies: the common external set below is evaluated into each run
+    a, b, split, three = (copy_run(members[k], tmp_path / "runs") for k in ("a", "b", "split", "classes"))
     same = comparability([a.path, b.path])
     assert same["comparable"] and same["differences"] == [] and rankable("accuracy", same)
     apart = comparability([a.path, split.path])
@@ -185,10 +194,10 @@ def test_comparability_names_what_keeps_runs_apart_and_what_they_can_still_be_ra
     assert "elsewhere: AUC A" not in compare_runs([a.path, split.path]).index  # same classes: not needed
 
 
-def test_a_run_takes_a_name_and_a_note_without_touching_its_record(members):
+def test_a_run_takes_a_name_and_a_note_without_touching_its_record(members, tmp_path):
     import hashlib
 
-    run = members["b"]
+    run = copy_run(members["b"], tmp_path)  # a copy: the name and the note are written into the run
     before = {n: hashlib.sha256(run.file(n).read_bytes()).hexdigest() for n in (runs.INFO, runs.METRICS, runs.MODEL)}
     assert run.annotation() == {"name": "", "note": ""}
     run.annotate(name="  wider head ", note="16 units instead of 8")

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_class_folders, tiny_config
+from conftest import copy_run, make_class_folders, once_per_session, tiny_config
 from cxrcore import workflows
 from cxrcore.errors import ConfigError, ImageDecodeError
 from cxrcore.explain import faithfulness, sampled
@@ -201,12 +201,20 @@ TRAINING_FIXTURES = {"run_dir"}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from cxrcore.workflows import train
+def run_dir(tmp_path_factory, shared_runs):
+    """Trained once per session (conftest.once_per_session: under xdist this module's tests may run on two
+    workers) and read-only: a test that writes into a run works on ``copied_run``."""
 
-    data = make_class_folders(tmp_path_factory.mktemp("data"), classes=("Dark", "Bright"), per_class=20, size=32)
-    out = tmp_path_factory.mktemp("models")
-    return train(tiny_config(data, epochs=3), out_dir=out).path
+    def make():
+        from cxrcore.workflows import train
+
+        data = make_class_folders(tmp_path_factory.mktemp("data"), classes=("Dark", "Bright"), per_class=20, size=32)
+        out = tmp_path_factory.mktemp("models")
+        return train(tiny_config(data, epochs=3), out_dir=out).path
+
+    path = once_per_session(tmp_path_factory, "test_faithfulness.run_dir", make)
+    shared_runs.freeze(path.parent)
+    return path
 
 
 def data_images(run_dir, pattern: str) -> list:
@@ -332,10 +340,13 @@ def test_explain_command_writes_overlays_and_one_json_line_each(run_dir, tmp_pat
     assert "--class 'Nope' is not one of the model's classes: Bright, Dark" in capsys.readouterr().err
 
 
-def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, predictor, capsys):
+def test_scores_over_the_test_split_are_kept_in_the_run(run_dir, tmp_path, capsys):
     from cxrcore import runs
     from cxrcore.cli import main
+    from cxrcore.predict import Predictor
 
+    run_dir = copied_run(run_dir, tmp_path)  # the scores are written into the run
+    predictor = Predictor(run_dir)
     calls = []
     original = faithfulness.scores
 
@@ -405,9 +416,8 @@ def test_verdict_names_the_best_method_one_no_better_than_random_and_the_border(
 
 
 def copied_run(run_dir, tmp_path):
-    import shutil
-
-    return shutil.copytree(run_dir, tmp_path / "run")
+    """A writable copy of the module's (read-only) run: its path."""
+    return copy_run(run_dir, tmp_path).path
 
 
 def test_scores_over_the_test_split_give_each_methods_lung_share(run_dir, tmp_path, hand_segmenter, monkeypatch):

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_class_folders
+from conftest import make_class_folders, once_per_session
 from cxrcore import runs
 from cxrcore.config import AugmentConfig, HeadConfig, TrainConfig
 from cxrcore.training import activation_store, features
@@ -55,10 +55,18 @@ def config(data, weights, **changes) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def pair(data, weights, tmp_path_factory):
-    """The same run trained on cached activations and on full passes."""
-    fast = train(config(data, weights), out_dir=tmp_path_factory.mktemp("fast"))
-    slow = train(config(data, weights, feature_cache=False), out_dir=tmp_path_factory.mktemp("slow"))
+def pair(data, weights, tmp_path_factory, shared_runs):
+    """The same run trained on cached activations and on full passes: once per session (conftest.once_per_session:
+    under xdist this module's tests may run on two workers), read-only."""
+
+    def make():
+        fast = train(config(data, weights), out_dir=tmp_path_factory.mktemp("fast"))
+        slow = train(config(data, weights, feature_cache=False), out_dir=tmp_path_factory.mktemp("slow"))
+        return fast, slow
+
+    fast, slow = once_per_session(tmp_path_factory, "test_features.pair", make)
+    for run in (fast, slow):
+        shared_runs.freeze(run.path.parent)
     return fast, slow
 
 

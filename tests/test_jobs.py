@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import conftest
-from conftest import REPO, cli, make_class_folders, python_m_cxrcore
+from conftest import REPO, cli, make_class_folders, once_per_session, python_m_cxrcore
 from cxrcore import runs
 from cxrcore.config import TrainConfig
 from cxrcore.errors import RunError
@@ -80,41 +80,48 @@ def fingerprint(run: runs.RunDir) -> dict:
 def two_jobs(tmp_path_factory):
     """Two jobs submitted at once to one store and run to the end by the scheduler's worker processes,
     eight threads reading the queue and the runs' histories while the first one trains: what was seen on
-    the way and at the end.
+    the way and at the end. Made once per session (conftest.once_per_session: under xdist this module's tests
+    may run on two workers).
     Tests read it; one that changes the queue works on a copy of its database."""
-    root = tmp_path_factory.mktemp("two-jobs")
-    data = make_class_folders(root / "data", per_class=16, size=24)
-    store = JobStore(root / "models" / "jobs.sqlite")
-    seen = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "3")
-        first = job_queue.submit(config(data), store=store, out_dir=root / "models")
-        seen["first_at_submission"] = job_queue.get(first, store=store)["status"]
-        second = job_queue.submit(config(data, seed=2), store=store, out_dir=root / "models")
-        errors, reads = [], [0]
 
-        def reader():
-            mine = JobStore(store.path)
-            while store.get(first)["state"] in ("queued", "running"):  # while the first job writes
-                try:
-                    job_queue.list_jobs(store=mine)
-                    for job_id in (first, second):
-                        job = job_queue.get(job_id, store=mine)
-                        if job["run_dir"]:
-                            runs.RunDir(job["run_dir"]).history()
-                    reads[0] += 1
-                except Exception as exc:  # noqa: BLE001 - any error is a failure here
-                    errors.append(repr(exc))
+    def make():
+        root = tmp_path_factory.mktemp("two-jobs")
+        data = make_class_folders(root / "data", per_class=16, size=24)
+        store = JobStore(root / "models" / "jobs.sqlite")
+        seen = {}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "3")
+            first = job_queue.submit(config(data), store=store, out_dir=root / "models")
+            seen["first_at_submission"] = job_queue.get(first, store=store)["status"]
+            # the second job's own training is not under test here: one stage
+            second = job_queue.submit(config(data, seed=2, fine_tune_epochs=0), store=store, out_dir=root / "models")
+            errors, reads = [], [0]
 
-        threads = [threading.Thread(target=reader) for _ in range(8)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: store.get(first)["state"] == "running", what="the first job to start")
-        seen["second_while_first_runs"] = store.get(second)["state"]
-        done = {job_id: job_queue.wait(job_id, store=store, timeout=240) for job_id in (first, second)}
-        for t in threads:
-            t.join(timeout=240)
-    return SimpleNamespace(store=store, first=first, second=second, jobs=done, errors=errors, reads=reads[0], **seen)
+            def reader():
+                mine = JobStore(store.path)
+                while store.get(first)["state"] in ("queued", "running"):  # while the first job writes
+                    try:
+                        job_queue.list_jobs(store=mine)
+                        for job_id in (first, second):
+                            job = job_queue.get(job_id, store=mine)
+                            if job["run_dir"]:
+                                runs.RunDir(job["run_dir"]).history()
+                        reads[0] += 1
+                    except Exception as exc:  # noqa: BLE001 - any error is a failure here
+                        errors.append(repr(exc))
+
+            threads = [threading.Thread(target=reader) for _ in range(8)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: store.get(first)["state"] == "running", what="the first job to start")
+            seen["second_while_first_runs"] = store.get(second)["state"]
+            done = {job_id: job_queue.wait(job_id, store=store, timeout=240) for job_id in (first, second)}
+            for t in threads:
+                t.join(timeout=240)
+        seen.update(jobs=done, errors=errors, reads=reads[0])
+        return SimpleNamespace(store=store, first=first, second=second, **seen)
+
+    return once_per_session(tmp_path_factory, "test_jobs.two_jobs", make)
 
 
 def test_a_submitted_job_runs_to_succeeded_in_its_own_process(two_jobs):
@@ -138,16 +145,20 @@ def test_a_submitted_job_runs_to_succeeded_in_its_own_process(two_jobs):
 @pytest.fixture(scope="module")
 def cancelled_job(tmp_path_factory):
     """A 300-epoch job cancelled gracefully once its first epoch is done: the store, the job's id and
-    what the cancel returned."""
-    root = tmp_path_factory.mktemp("cancelled")
-    data = make_class_folders(root / "data", per_class=16, size=24)
-    store = JobStore(root / "models" / "jobs.sqlite")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "3")
-        job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=root / "models")
-        wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
-        job = job_queue.cancel(job_id, store=store, wait=60)
-    return SimpleNamespace(store=store, job_id=job_id, job=job, root=root)
+    what the cancel returned. Made once per session (conftest.once_per_session)."""
+
+    def make():
+        root = tmp_path_factory.mktemp("cancelled")
+        data = make_class_folders(root / "data", per_class=16, size=24)
+        store = JobStore(root / "models" / "jobs.sqlite")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "3")
+            job_id = job_queue.submit(config(data, epochs=300, batch_size=2), store=store, out_dir=root / "models")
+            wait_for(lambda: epochs_done(store, job_id) >= 1, what="a first epoch")
+            job = job_queue.cancel(job_id, store=store, wait=60)
+        return SimpleNamespace(store=store, job_id=job_id, job=job, root=root)
+
+    return once_per_session(tmp_path_factory, "test_jobs.cancelled_job", make)
 
 
 def test_graceful_cancel_keeps_a_loadable_checkpoint_and_counts_only_whole_epochs(cancelled_job):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import conftest
-from conftest import cli, tiny_config
+from conftest import cli, once_per_session, tiny_config
 from cxrcore import runs
 from cxrcore.data.sources import fold_split, loso_folds
 from cxrcore.errors import DataError
@@ -47,7 +47,13 @@ def test_folds_are_the_sources_that_hold_both_classes():
 
 @pytest.fixture(scope="module")
 def three_sources(tmp_path_factory):
-    """Sources north and south hold both classes (B brighter than A), east holds A only."""
+    """Sources north and south hold both classes (B brighter than A), east holds A only: the study's folder
+    and what the command wrote to stderr. Made once per session (conftest.once_per_session: under xdist this
+    module's tests may run on two workers); the tests only read it."""
+    return once_per_session(tmp_path_factory, "test_loso.three_sources", lambda: _study(tmp_path_factory))
+
+
+def _study(tmp_path_factory):
     root = tmp_path_factory.mktemp("three-sources")
     rng = np.random.default_rng(0)
     lines = ["path,label,patient_id,source"]
@@ -102,7 +108,7 @@ def test_evaluate_and_compare_show_the_study(three_sources, monkeypatch):
     monkeypatch.setenv("CXRCORE_MODELS", str(folder.parent))
     monkeypatch.setenv("CXRCORE_SCHEDULER_IDLE_EXIT", "2")
     at = AppTest.from_file(str(conftest.REPO / "app.py"), default_timeout=120)
-    at.run()
+    # straight to the Evaluate page: the app's root (the Data page) would audit the built-in demo data first
     for page in ("pages/evaluate.py", "pages/compare.py"):
         at.switch_page(page)
         at.run()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import conftest
-from conftest import copy_run, make_class_folders
+from conftest import copy_run, make_class_folders, once_per_session
 from cxrcore import runs
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.errors import ConfigError, DataError, WeightsError
@@ -273,18 +273,34 @@ def test_cancel_stops_at_the_next_batch_and_keeps_a_loadable_checkpoint(tmp_path
     assert Predictor(run.path).predict([str(next(root.rglob("*.png")))])[0]["label"] in ("A", "B")
 
 
+#: this module's fixtures that train: tests that use them are slow (conftest)
+TRAINING_FIXTURES = {"stopped_in_epoch_3"}
+
+
+@pytest.fixture(scope="module")
+def stopped_in_epoch_3(tmp_path_factory, shared_runs) -> runs.RunDir:
+    """5 epochs of 8 batches, cancelled at the third batch of epoch 3: two whole epochs. Trained once per session
+    (conftest.once_per_session) and read-only: each test that resumes it works on ``copy_run``."""
+
+    def make():
+        root = make_class_folders(tmp_path_factory.mktemp("stopped") / "d", per_class=20)  # 32 training images
+        calls = []
+
+        def should_stop():
+            calls.append(1)
+            return len(calls) >= 8 * 2 + 3  # the third batch of epoch 3
+
+        config = tiny_config(root, batch_size=4, epochs=5, fine_tune_epochs=0)
+        return train(config, out_dir=tmp_path_factory.mktemp("stopped-run"), should_stop=should_stop)
+
+    run = once_per_session(tmp_path_factory, "test_train.stopped_in_epoch_3", make)
+    shared_runs.freeze(run.path.parent)
+    return run
+
+
 @pytest.mark.slow
-def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(tmp_path):
-    root = make_class_folders(tmp_path / "d", per_class=20)  # 32 training images: 8 batches of 4
-    calls = []
-
-    def should_stop():
-        calls.append(1)
-        return len(calls) >= 8 * 2 + 3  # the third batch of epoch 3
-
-    run = train(
-        tiny_config(root, batch_size=4, epochs=5, fine_tune_epochs=0), out_dir=tmp_path / "m", should_stop=should_stop
-    )
+def test_a_cancel_mid_epoch_counts_only_whole_epochs_and_resumes_from_them(stopped_in_epoch_3, tmp_path):
+    run = copy_run(stopped_in_epoch_3, tmp_path)  # cancelled at the third batch of epoch 3
     assert run.status() == "cancelled"
     assert run.info()["epochs_completed"] == 2 == run.resume_state()["epochs_done"]
     assert run.history()["epoch"].tolist() == [1, 2]
@@ -324,18 +340,14 @@ def _val_loss_of_saved_model(run: runs.RunDir) -> float:
 
 
 @pytest.mark.slow
-def test_a_kill_between_checkpoint_and_resume_state_cannot_split_best_epoch_from_the_model(tmp_path):
+def test_a_kill_between_checkpoint_and_resume_state_cannot_split_best_epoch_from_the_model(
+    stopped_in_epoch_3, tmp_path
+):
     """Failure 11: a process killed after writing a better model.keras but before that epoch's resume
     state left, after resuming, a best_epoch that disagreed with the saved model."""
     from cxrcore.training.model import build_model
 
-    root = make_class_folders(tmp_path / "d", per_class=20)
-    calls = []
-    run = train(
-        tiny_config(root, batch_size=4, epochs=4, fine_tune_epochs=0),
-        out_dir=tmp_path / "m",
-        should_stop=lambda: calls.append(1) or len(calls) > 8 * 2,
-    )  # stops in epoch 3
+    run = copy_run(stopped_in_epoch_3, tmp_path / "m")  # stopped in epoch 3
     assert run.resume_state()["epochs_done"] == 2
     # what a kill after epoch 3's checkpoint write and before its resume state leaves behind
     stranger = build_model("simple_cnn", 2, image_size=32, weights="none", head=HeadConfig(dense_units=[8]))
@@ -490,11 +502,12 @@ def test_external_sets_are_checked_before_training_and_evaluated_after(tmp_path)
     with pytest.raises(DataError, match=r"not trained on: light .*--external-map"):
         train(tiny_config(root, external=[str(other)]), out_dir=models)
     assert not models.exists() or not any(models.iterdir())
-    run = train(tiny_config(root, external=[str(other)], external_map={"light": "bright"}), out_dir=models)
+    one_stage = {"fine_tune_epochs": 0}  # the external sets are evaluated after either stage: one is enough here
+    run = train(tiny_config(root, external=[str(other)], external_map={"light": "bright"}, **one_stage), out_dir=models)
     (evaluation,) = run.external_evaluations()
     assert evaluation.source["data"] == str(other.resolve()) and evaluation.metrics["n"] == 8
     assert evaluation.metrics["classes"] == run.labels() and "ci" in evaluation.metrics
-    skipped = train(tiny_config(root, external=[str(other)], external_skip_unknown=True), out_dir=models)
+    skipped = train(tiny_config(root, external=[str(other)], external_skip_unknown=True, **one_stage), out_dir=models)
     assert skipped.external_evaluations()[0].metrics["n"] == 4  # only "dark"
 
 
