@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import cli
+from conftest import SHARED, cli
 from cxrcore.config import FindingsOptions
 from cxrcore.data.findings import (
     FINDING_PREFIX,
@@ -27,7 +27,7 @@ from cxrcore.data.patients import patient_key
 from cxrcore.data.splits import assign_splits, leakage_report, shared_patients
 from cxrcore.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+NIH64 = SHARED / "data" / "nih-findings-64"
 
 
 def png(path: Path, value: int = 100, size: int = 8) -> None:
@@ -392,9 +392,9 @@ def test_index_cli_prints_findings_and_writes_nothing_on_a_bad_name(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
-@pytest.mark.skipif(not (SHARED / "nih-findings-64").is_dir(), reason="needs ../shared/data/nih-findings-64")
+@pytest.mark.skipif(not NIH64.is_dir(), reason=f"needs the NIH findings set at {NIH64}")
 def test_nih_findings_64_counts_match_its_source():
-    index = build_index(SHARED / "nih-findings-64")
+    index = build_index(NIH64)
     info = summarize(index)
     # SOURCE.md: 920 images, 259 patients; No Finding 464, Infiltration 143, Effusion 140, ..., Pneumonia 5
     assert info["images"] == 920 and info["patients"] == 259 and info["all_negative"] == 464
