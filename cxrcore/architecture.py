@@ -67,14 +67,16 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "runs and stores",
-        "the one reader and writer of a run's files, the activation cache, external sets, the job queue's store",
-        ("runs", "training.activation_store", "evaluation.external", "jobs.store"),
+        "the one reader and writer of a run's files, per-finding measures, the activation cache, external sets, "
+        "the job queue's store",
+        ("runs", "evaluation.multilabel", "training.activation_store", "evaluation.external", "jobs.store"),
     ),
     (
         "models",
-        "Keras models, their input pipeline and training machinery, class activation maps",
+        "Keras models, their losses, input pipeline and training machinery, class activation maps",
         (
             "training.layers",
+            "training.losses",
             "training.model",
             "training.pipeline",
             "training.callbacks",

@@ -99,12 +99,16 @@ class FindingsOptions:
     manifest; :mod:`cxrcore.data.findings`). ``uncertain`` (CheXpert's -1) and ``blank`` say what becomes of
     those labels: ``ignore`` leaves the label out of the loss and the metrics for that finding only.
     ``findings`` keeps a subset, by name as the dataset spells it or its exact equivalent in the other
-    dataset (empty: all); ``views`` keeps frontal films, or PA or AP ones (``all``: every film)."""
+    dataset (empty: all); ``views`` keeps frontal films, or PA or AP ones (``all``: every film).
+    ``labels_column`` reads a manifest (``path`` and that column, findings separated by ``|``, "No Finding" for
+    none) as a findings dataset, whatever its other columns: ``nih_labels`` of a class-labelled manifest that
+    also records NIH's findings."""
 
     uncertain: str = "ignore"
     blank: str = "negative"
     findings: tuple[str, ...] = ()
     views: str = "all"
+    labels_column: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "findings", tuple(self.findings))
@@ -120,6 +124,8 @@ class FindingsOptions:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not all(isinstance(f, str) and f.strip() for f in self.findings):
             raise ConfigError(f"findings must be a list of finding names, got {list(self.findings)!r}")
+        if not isinstance(self.labels_column, str):
+            raise ConfigError(f"labels_column must be a column name, got {self.labels_column!r}")
         return self
 
     @property
@@ -136,7 +142,8 @@ class FindingsOptions:
     def describe(self) -> str:
         """The options in words, e.g. ``"uncertain: ignore; blank: negative; views: all"``."""
         kept = f"; findings: {', '.join(self.findings)}" if self.findings else ""
-        return f"uncertain: {self.uncertain}; blank: {self.blank}; views: {self.views}{kept}"
+        column = f"; labels from column {self.labels_column}" if self.labels_column else ""
+        return f"uncertain: {self.uncertain}; blank: {self.blank}; views: {self.views}{kept}{column}"
 
 
 def parse_findings(text: str | None) -> tuple[str, ...]:
@@ -203,7 +210,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     fine_tune_lr_factor: float = 0.1  # stage 2 learning rate = learning_rate * factor
     patience: int = 5  # early stopping on val_loss; 0 = off
-    reduce_lr_patience: int = 2  # reduce-on-plateau (x0.5) on val_loss; 0 = off
+    reduce_lr_patience: int = 2  # reduce-on-plateau on val_loss; 0 = off
+    reduce_lr_factor: float = 0.5  # the learning rate is multiplied by this on a plateau (CheXNet: 0.1)
     class_weights: str = "balanced"  # none | balanced
     focal_loss: bool = False
     focal_gamma: float = 2.0
@@ -212,6 +220,8 @@ class TrainConfig:
     pixels: PixelRules = field(default_factory=PixelRules)  # crop, equalise: training, evaluation and prediction
     head: HeadConfig = field(default_factory=HeadConfig)
     labels: LabelScheme = field(default_factory=LabelScheme)
+    # a findings dataset (NIH, CheXpert, a path,labels manifest): how its labels and views are read
+    findings: FindingsOptions = field(default_factory=FindingsOptions)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     # sources (the index's ``source`` column: a hospital, a site, a public set)
@@ -230,9 +240,10 @@ class TrainConfig:
     external: list[str] = field(default_factory=list)
     external_map: dict[str, str] = field(default_factory=dict)  # an external class -> a model class
     external_skip_unknown: bool = False  # skip external images of classes the model does not know
+    external_labels_column: str = ""  # a findings run: the external manifests' column of findings (e.g. nih_labels)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "findings": self.findings.to_dict()}
 
     def resolved(self) -> TrainConfig:
         """This configuration as it will run: a validated copy with the settings left to the
@@ -303,6 +314,7 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (self.fine_tune_lr_factor > 0, "fine_tune_lr_factor must be positive"),
             (self.patience >= 0 and self.reduce_lr_patience >= 0, "patience must be 0 or more"),
+            (0 < self.reduce_lr_factor < 1, "reduce_lr_factor must be between 0 and 1 (e.g. 0.5, or 0.1 for CheXNet)"),
             (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}"),
             (
                 isinstance(self.balance, str) and self.balance in BALANCE_MODES,
@@ -332,6 +344,7 @@ class TrainConfig:
                 isinstance(self.external, list) and all(isinstance(d, str) and d.strip() for d in self.external),
                 "external must be a list of dataset paths",
             ),
+            (isinstance(self.external_labels_column, str), "external_labels_column must be a column name"),
             (
                 isinstance(self.external_map, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in self.external_map.items()),
@@ -352,6 +365,9 @@ class TrainConfig:
         spec = get_backbone(self.backbone)  # ConfigError naming the valid backbones
         if self.weights == "imagenet" and not spec.pretrained:
             raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none")
+        if not isinstance(self.findings, FindingsOptions):
+            raise ConfigError("findings must be an object of findings options")
+        self.findings.validate()
         return self
 
 
@@ -364,7 +380,13 @@ def _build(cls, data: Any, where: str):
         raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        sub = {"augment": AugmentConfig, "pixels": PixelRules, "head": HeadConfig, "labels": LabelScheme}.get(name)
+        sub = {
+            "augment": AugmentConfig,
+            "pixels": PixelRules,
+            "head": HeadConfig,
+            "labels": LabelScheme,
+            "findings": FindingsOptions,
+        }.get(name)
         kwargs[name] = _build(sub, value, f"{where}.{name}") if sub and cls is TrainConfig else value
     try:
         return cls(**kwargs)

@@ -37,7 +37,7 @@ class WriteupData:
 class Published:
     """One figure a write-up published, on its test split."""
 
-    metric: str  # a key of metrics.json: accuracy, macro_f1, macro_auc, ...
+    metric: str  # a key of metrics.json (accuracy, macro_f1, macro_auc, mean_auc...), or auc:<finding>
     value: float
     note: str = ""
 
@@ -85,6 +85,24 @@ _ONE_STAGE = (
     "The write-up trains once, with its chosen layers trainable from the first epoch: no frozen stage "
     "(epochs 0), one stage at the stated learning rate (fine_tune_lr_factor 1)."
 )
+
+#: CheXNet's published test AUC per finding, as the paper names them (Rajpurkar et al. 2017, table 1)
+_CHEXNET_AUC = {
+    "Atelectasis": 0.8094,
+    "Cardiomegaly": 0.9248,
+    "Effusion": 0.8638,
+    "Infiltration": 0.7345,
+    "Mass": 0.8676,
+    "Nodule": 0.7802,
+    "Pneumonia": 0.7680,
+    "Pneumothorax": 0.8887,
+    "Consolidation": 0.7901,
+    "Edema": 0.8878,
+    "Emphysema": 0.9371,
+    "Fibrosis": 0.8047,
+    "Pleural Thickening": 0.8062,
+    "Hernia": 0.9164,
+}
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -352,6 +370,66 @@ RECIPES: dict[str, Recipe] = {
             ),
             mapping="The write-up's two steps are the project's two stages.",
         ),
+        Recipe(
+            name="chexnet",
+            description="CheXNet: DenseNet121 at 224 px on NIH ChestX-ray14's 14 findings, Adam 0.001, batch 16, "
+            "learning rate / 10 on a plateau",
+            writeup="CheXNet (Rajpurkar et al. 2017, arXiv:1711.05225): DenseNet121 fine-tuned end to end on NIH "
+            "ChestX-ray14, one sigmoid output per finding; 0.841 mean AUC over the 14 findings, 0.768 for pneumonia "
+            "(not one of the five seed write-ups: the field's reference result for findings)",
+            config={
+                "backbone": "densenet121",
+                "weights": "auto",
+                "image_size": 224,
+                "batch_size": 16,
+                "epochs": 0,
+                "fine_tune_epochs": 30,
+                "unfreeze": -1,
+                "optimizer": "adam",
+                "learning_rate": 1e-3,
+                "fine_tune_lr_factor": 1.0,
+                "patience": 5,
+                "reduce_lr_patience": 1,
+                "reduce_lr_factor": 0.1,
+                "class_weights": "balanced",
+                "augment": {"flip": True},
+                "head": {"pooling": "avg", "dense_units": [], "dropout": 0.0, "batch_norm": False},
+                "val_fraction": 0.1,
+                "test_fraction": 0.2,
+            },
+            stated=(
+                "DenseNet121 with ImageNet weights, every layer trained; the final layer replaced by one "
+                "sigmoid output per finding",
+                "images downscaled to 224 x 224 and normalised by ImageNet's mean and standard deviation",
+                "random horizontal flips in training",
+                "Adam (beta1 0.9, beta2 0.999), initial learning rate 0.001, divided by 10 each time the "
+                "validation loss plateaus after an epoch; mini-batches of 16",
+                "weighted binary cross-entropy: positives weighted by the share of negatives, negatives by the "
+                "share of positives (per finding)",
+                "NIH ChestX-ray14: 112,120 frontal films of 30,805 patients, split 70/10/20 with no patient in "
+                "two splits",
+            ),
+            chosen=(
+                "the weighted loss as 'balanced' positive weights, negatives / positives per finding on the "
+                "training split: the paper's |N|/(|P|+|N|) and |P|/(|P|+|N|) scaled so a negative weighs 1 "
+                "(the same ratio)",
+                "30 epochs at most, early stopping after 5 without a better validation loss: the paper states neither",
+                "the split: NIH's official test list where the download has it (test_list.txt), else 70/10/20 "
+                "by patient; CheXNet's own random split was not published",
+            ),
+            data=WriteupData(
+                "NIH ChestX-ray14 (Wang et al. 2017)",
+                tuple(_CHEXNET_AUC),
+                112120,
+                "70/10/20 by patient",
+            ),
+            published=(
+                Published("mean_auc", 0.8414, "mean over the 14 findings, CheXNet's test split"),
+                *(Published(f"auc:{name}", value, "CheXNet's test split") for name, value in _CHEXNET_AUC.items()),
+            ),
+            mapping=_ONE_STAGE,
+            tags=("findings",),
+        ),
     ]
 }
 
@@ -412,19 +490,29 @@ def data_match(recipe: Recipe, classes: list[str], images: int) -> tuple[bool, s
     return True, f"the write-up's classes and size ({recipe.data.name}); that it is the same data is not checked"
 
 
+def figure_of(metrics: dict, metric: str) -> tuple[float | None, dict]:
+    """``(value, its interval)`` of a published figure's ``metric`` in a run's metrics.json: a key
+    (``accuracy``, ``mean_auc``...) or ``auc:<finding>``, a finding's AUC (a findings run's ``findings``)."""
+    if metric.startswith("auc:"):  # names compared without case, spaces or punctuation (Pleural_Thickening)
+        findings = metrics.get("findings") or {}
+        found = next((v for k, v in findings.items() if _norm(k) == _norm(metric[4:])), None) or {}
+        return found.get("auc"), (found.get("ci") or {}).get("auc") or {}
+    return metrics.get(metric), (metrics.get("ci") or {}).get(metric) or {}
+
+
 def published_comparison(recipe: Recipe, metrics: dict, classes: list[str], images: int) -> list[dict]:
     """One row per published figure: the write-up's value and this run's with its interval, and
     whether the data matches (:func:`data_match`)."""
     matches, why = data_match(recipe, classes, images)
     rows = []
     for figure in recipe.published:
-        ci = (metrics.get("ci") or {}).get(figure.metric) or {}
+        value, ci = figure_of(metrics, figure.metric)
         rows.append(
             {
                 "metric": figure.metric,
                 "published": figure.value,
                 "published_note": figure.note,
-                "this_run": metrics.get(figure.metric),
+                "this_run": value,
                 "ci_low": ci.get("ci_low"),
                 "ci_high": ci.get("ci_high"),
                 "within_interval": (ci.get("ci_low") is not None and ci["ci_low"] <= figure.value <= ci["ci_high"]),

@@ -173,6 +173,11 @@ class RunDir:
         """``run.json`` as written (status there is not checked for liveness: use :meth:`status`)."""
         return self.read_json(INFO) if self.file(INFO).exists() else {}
 
+    def task(self) -> str:
+        """``"findings"`` for a multi-label run (one sigmoid output per finding, ``labels.json`` its findings),
+        ``"classes"`` otherwise (runs from before findings existed included)."""
+        return self.info().get("task") or "classes"
+
     def update_info(self, **fields) -> dict:
         info = {**self.info(), **fields}
         write_json(self.file(INFO), info)
@@ -338,21 +343,33 @@ class RunDir:
         return self.file(MODEL)
 
     def calibration(self) -> dict | None:
-        """``calibration.json``: ``{"temperature", "fitted_on", ...}``; None for a run without one
-        (trained before calibration existed, or with no validation images)."""
+        """``calibration.json``: ``{"temperature", "fitted_on", ...}``, or for a findings run
+        ``{"temperatures": {finding: T}, "fitted_on", ...}`` (one per finding); None for a run without one
+        (trained before calibration existed, or with no validation images) or with a temperature that is not a
+        positive number."""
         try:
             found = json.loads(self.file(CALIBRATION).read_text())
         except (OSError, ValueError):
             return None
-        temperature = found.get("temperature") if isinstance(found, dict) else None
-        if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        if not isinstance(found, dict):
+            return None
+        many = found.get("temperatures")
+        values = list(many.values()) if isinstance(many, dict) else [found.get("temperature")]
+        if not values or not all(isinstance(t, (int, float)) and 0 < t < float("inf") for t in values):
             return None
         return found
 
     def temperature(self) -> float:
-        """The temperature its probabilities are divided by (in log space); 1.0 when it has none."""
+        """The temperature its probabilities are divided by (in log space); 1.0 when it has none (and for a
+        findings run, whose temperatures are per finding: :meth:`temperatures`)."""
         found = self.calibration()
-        return float(found["temperature"]) if found else 1.0
+        return float(found["temperature"]) if found and "temperature" in found else 1.0
+
+    def temperatures(self) -> list[float]:
+        """A findings run's temperature per finding, in the order of :meth:`labels` (each finding's logit is
+        divided by its own); 1.0 for each when it has none."""
+        found = (self.calibration() or {}).get("temperatures") or {}
+        return [float(found.get(name, 1.0)) for name in self.labels()]
 
     def write_calibration(self, calibration: dict) -> None:
         write_json(self.file(CALIBRATION), calibration)
@@ -458,8 +475,11 @@ class RunDir:
         return sorted(found, key=lambda e: e.source.get("evaluated_at", ""), reverse=True)
 
     def summary(self) -> dict:
-        """What run pickers and lists show: id, path, backbone, status and headline metrics."""
+        """What run pickers and lists show: id, path, backbone, status, task and headline metrics. A findings
+        run (``task`` ``"findings"``) has no accuracy nor macro F1 (None): its headline is ``mean_auc`` (with
+        ``mean_auc_ci``), the mean AUC over the findings evaluated, which ``macro_auc`` holds too."""
         info, metrics = self.info(), self.metrics() or {}
+        ci = metrics.get("ci") or {}
         return {
             "run_id": self.run_id,
             "name": self.annotation()["name"],
@@ -470,10 +490,13 @@ class RunDir:
             "error": self.error(),
             "epochs_completed": self.epochs_completed(),
             "image_size": info.get("image_size"),
+            "task": self.task(),
             "accuracy": metrics.get("accuracy"),
-            "accuracy_ci": metrics.get("ci", {}).get("accuracy"),
+            "accuracy_ci": ci.get("accuracy"),
             "macro_f1": metrics.get("macro_f1"),
             "macro_auc": metrics.get("macro_auc"),
+            "mean_auc": metrics.get("mean_auc"),
+            "mean_auc_ci": ci.get("mean_auc"),
         }
 
 

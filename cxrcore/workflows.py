@@ -68,9 +68,12 @@ def finish_training(run: runs.RunDir, model, frame) -> dict:
     fields = {"inference_ms_per_image": _inference_ms(best.forward, best.image_size)}
     if (frame["split"] == "val").any():
         calibration = fit_on_validation(run, best, frame)
+        temperatures = calibration.get("temperatures")
         log.info(
-            "calibration: temperature %.3f fitted on %d validation image(s), mean ECE %.4f -> %.4f",
-            calibration["temperature"],
+            "calibration: %s fitted on %d validation image(s), mean ECE %.4f -> %.4f",
+            f"temperature {calibration['temperature']:.3f}"
+            if not temperatures
+            else f"temperatures {min(temperatures.values()):.3f}-{max(temperatures.values()):.3f} (one per finding)",
             calibration["n"],
             calibration["ece_mean_before"],
             calibration["ece_mean_after"],
@@ -78,13 +81,18 @@ def finish_training(run: runs.RunDir, model, frame) -> dict:
     test = frame[frame["split"] == "test"]
     if len(test):
         result = evaluate_frame(run, best, test.reset_index(drop=True), run.path)
-        log.info(
-            "test: accuracy %.4f, macro F1 %.4f, macro AUC %s",
-            result["accuracy"],
-            result["macro_f1"],
-            result["macro_auc"],
-        )
+        log.info("test: %s", headline(result))
     return fields
+
+
+def headline(result: dict) -> str:
+    """An evaluation in one line for the log: accuracy, macro F1 and macro AUC, or for a findings run the mean
+    AUC over the findings evaluated and how many were not."""
+    if result.get("task") == "findings":
+        left = len(result.get("not_evaluated") or {})
+        auc = "n/a" if result.get("mean_auc") is None else f"{result['mean_auc']:.4f}"
+        return f"mean AUC {auc} over {len(result.get('evaluated') or [])} finding(s), {left} not evaluated"
+    return f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, macro AUC {result['macro_auc']}"
 
 
 def audit_data(data: str) -> dict | None:
@@ -106,13 +114,7 @@ def evaluate_external(run: runs.RunDir, config: TrainConfig) -> None:
         except CXRError as exc:
             log.error("external validation on %s failed: %s", data, exc)
             continue
-        log.info(
-            "external %s: accuracy %.4f, macro AUC %s (%d images)",
-            data,
-            result["accuracy"],
-            result["macro_auc"],
-            result["n"],
-        )
+        log.info("external %s: %s (%d images)", data, headline(result), result["n"])
 
 
 def training_hooks() -> dict:

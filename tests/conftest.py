@@ -32,7 +32,7 @@ needs_cxr_dev = pytest.mark.skipif(
     not (CXR_DEV / "manifest.csv").is_file(), reason=f"real chest X-ray dev set not found at {CXR_DEV} (set CXR_SHARED)"
 )
 #: conftest's fixtures that train a model (or hold trained ones): a test that asks for one is slow
-TRAINING_FIXTURES = {"separable_run", "demo_runs", "same_split_runs", "rules_run"}
+TRAINING_FIXTURES = {"separable_run", "demo_runs", "same_split_runs", "rules_run", "findings_run"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -409,5 +409,27 @@ def rules_run(tmp_path_factory, shared_runs) -> Trained:
             return train_shared(config, out)
 
     trained = once_per_session(tmp_path_factory, "rules_run", make)
+    shared_runs.freeze(trained.models)
+    return trained
+
+
+@pytest.fixture(scope="session")
+def findings_data(tmp_path_factory) -> Path:
+    """The synthetic findings demo, small: 480 images at 48 px, five findings, several per image."""
+    from cxrcore.data.demo import make_findings_demo
+
+    return make_findings_demo(tmp_path_factory.mktemp("findings") / "demo", n_images=480, image_size=48)
+
+
+@pytest.fixture(scope="session")
+def findings_run(findings_data, tmp_path_factory, shared_runs) -> Trained:
+    """A findings (multi-label) simple_cnn trained 4 + 0 epochs on ``findings_data`` at 48 px: sigmoid
+    outputs, calibrated per finding, evaluated per finding, its card written."""
+
+    def make():
+        out = tmp_path_factory.mktemp("findings-run")
+        return train_shared(tiny_config(findings_data, image_size=48, epochs=4, batch_size=16), out)
+
+    trained = once_per_session(tmp_path_factory, "findings_run", make)
     shared_runs.freeze(trained.models)
     return trained

@@ -15,7 +15,8 @@ from cxrcore.recipes import RECIPES, data_match, get_recipe, published_compariso
 
 
 def test_there_is_a_recipe_for_each_write_up_and_every_one_is_a_valid_config_that_round_trips():
-    assert len(RECIPES) == 6  # five write-ups; the custom CNN + ResNet152V2 one is two recipes
+    # five write-ups (the custom CNN + ResNet152V2 one is two recipes), and CheXNet, the findings reference
+    assert len(RECIPES) == 7
     for name, recipe in RECIPES.items():
         config = recipe_config(name, "some/data")
         assert config.recipe == name and config.data == "some/data"

@@ -150,7 +150,7 @@ def test_cached_activations_are_drawn_by_the_same_groups_by_row(frame, views):
     labels = frame["label"].map({"A": 0, "B": 1}).to_numpy()
 
     def drawn(groups, epochs=60):
-        ds = dataset(acts, labels, 2, batch_size=8, training=True, seed=5, groups=groups)
+        ds = dataset(acts, np.eye(2, dtype=np.float32)[labels], batch_size=8, training=True, seed=5, groups=groups)
         assert int(ds.cardinality()) == math.ceil(n / 8)
         out = []
         for _ in range(epochs):
@@ -168,7 +168,7 @@ def test_cached_activations_are_drawn_by_the_same_groups_by_row(frame, views):
     expected = {("S1", "A"): 0.25, ("S1", "B"): 0.25, ("S2", "A"): 0.5}
     assert_shares(shares(groups.names, drawn(weighted)), expected)
     # validation: every row once, in order, whatever the groups
-    val = dataset(acts, labels, 2, batch_size=64, training=False, seed=5, groups=groups)
+    val = dataset(acts, np.eye(2, dtype=np.float32)[labels], batch_size=64, training=False, seed=5, groups=groups)
     assert (next(iter(val))[0].numpy()[:, 0].astype(int) % 1000).tolist() == [*range(n)]
 
 

@@ -40,34 +40,46 @@ def parse_augment(text: str):
     return AugmentConfig(**values)
 
 
-def add_findings_options(p: argparse.ArgumentParser) -> None:
-    """How a findings dataset (NIH ChestX-ray14, CheXpert, a path,labels manifest) is read."""
+def add_findings_options(p: argparse.ArgumentParser, *, for_training: bool = False) -> None:
+    """How a findings dataset (NIH ChestX-ray14, CheXpert, a path,labels manifest) is read. ``for_training``:
+    each option is None unless given, so ``--config`` and ``--recipe`` keep theirs (:func:`config_from_args`)."""
+    default = (lambda value: None) if for_training else (lambda value: value)
     g = p.add_argument_group("findings datasets (NIH ChestX-ray14, CheXpert, a path,labels manifest)")
     g.add_argument(
         "--uncertain",
         choices=UNCERTAIN_POLICIES,
-        default="ignore",
+        default=default("ignore"),
         help="CheXpert's uncertain labels (-1): ignore (left out of the loss and metrics for that finding; "
         "default), ones (positive) or zeros (negative), as named in the CheXpert paper",
     )
     g.add_argument(
         "--blank",
         choices=BLANK_POLICIES,
-        default="negative",
+        default=default("negative"),
         help="CheXpert's blank labels: negative (default, as most CheXpert work) or ignore",
     )
     g.add_argument("--findings", help="keep these findings only, comma-separated (e.g. Effusion,Cardiomegaly)")
     g.add_argument(
+        "--labels-column",
+        default=default(""),
+        metavar="NAME",
+        help="read a manifest's column NAME as its findings (|-separated, 'No Finding' for none), e.g. nih_labels",
+    )
+    g.add_argument(
         "--views",
         choices=VIEWS,
-        default="all",
+        default=default("all"),
         help="keep frontal films, or PA or AP ones (needs a view column); default all",
     )
 
 
 def findings_options(args: argparse.Namespace) -> FindingsOptions:
     return FindingsOptions(
-        uncertain=args.uncertain, blank=args.blank, findings=parse_findings(args.findings), views=args.views
+        uncertain=args.uncertain,
+        blank=args.blank,
+        findings=parse_findings(args.findings),
+        views=args.views,
+        labels_column=args.labels_column,
     ).validate()
 
 
@@ -89,7 +101,17 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-tune-lr-factor", type=float, help="stage 2 learning rate = lr x factor")
     p.add_argument("--patience", type=int, help="early-stopping patience (0 = off)")
     p.add_argument("--reduce-lr-patience", type=int, help="reduce-on-plateau patience (0 = off)")
-    p.add_argument("--class-weights", choices=["none", "balanced"])
+    p.add_argument(
+        "--reduce-lr-factor",
+        type=float,
+        help="on a plateau the learning rate is multiplied by this (default 0.5; CheXNet: 0.1)",
+    )
+    p.add_argument(
+        "--class-weights",
+        choices=["none", "balanced"],
+        help="balanced (default): classes weighted n / (k x their count); for a findings dataset, per finding, "
+        "a positive label weighs its negatives / positives on the training split (negatives weigh 1)",
+    )
     p.add_argument("--focal-loss", action="store_true", default=None)
     p.add_argument("--focal-gamma", type=float)
     p.add_argument("--label-smoothing", type=float)
@@ -174,6 +196,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="skip external images of classes the model does not know (default: refuse)",
     )
+    p.add_argument(
+        "--external-labels-column",
+        metavar="NAME",
+        help="a findings run: the --external manifests' column of findings (e.g. nih_labels)",
+    )
+    add_findings_options(p, for_training=True)
 
 
 def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
@@ -206,6 +234,7 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
         "fine_tune_lr_factor",
         "patience",
         "reduce_lr_patience",
+        "reduce_lr_factor",
         "class_weights",
         "focal_loss",
         "focal_gamma",
@@ -239,6 +268,8 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
         config.external_map = {**config.external_map, **parse_pairs(args.external_map, "--external-map")}
     if args.external_skip_unknown is not None:
         config.external_skip_unknown = True
+    if args.external_labels_column is not None:
+        config.external_labels_column = args.external_labels_column
     head = {
         k: getattr(args, a)
         for k, a in (("pooling", "pooling"), ("dropout", "dropout"), ("batch_norm", "head_batch_norm"))
@@ -260,6 +291,15 @@ def config_from_args(args: argparse.Namespace, *, resolve: bool = True):
             merge=args.merge or (),
             drop=args.drop or (),
         )
+    given = {
+        name: getattr(args, name)
+        for name in ("uncertain", "blank", "views", "labels_column")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "findings", None) is not None:
+        given["findings"] = parse_findings(args.findings)
+    if given:
+        config.findings = replace(config.findings, **given)
     if not config.data:
         raise CXRError("--data is required (a dataset folder or CSV manifest)")
     return config.resolved() if resolve else config.validate()
@@ -271,7 +311,9 @@ def print_epoch(event: dict) -> None:
         return
     logs = event["logs"]
     shown = "  ".join(
-        f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc") if k in logs
+        f"{k} {logs[k]:.4f}"
+        for k in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc")
+        if k in logs and (k != "auc" or "accuracy" not in logs)  # auc: a findings model's mean AUC
     )
     print(f"[{event['stage']}] epoch {event['epoch']}/{event['epochs']}  {shown}", file=sys.stderr, flush=True)
 

@@ -23,7 +23,7 @@ def cmd_train(args) -> int:
         run = resume(args.resume, progress=print_epoch)
     elif args.loso:
         config = config_from_args(args)
-        scan_layout(config.data)
+        scan_layout(config.data, config.findings)
         from ..workflows import leave_one_source_out  # lazy: TensorFlow
 
         folder = leave_one_source_out(config, out_dir=args.out, progress=print_epoch)
@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
         return 0
     else:
         config = config_from_args(args)
-        scan_layout(config.data)
+        scan_layout(config.data, config.findings)
         from ..workflows import train  # lazy: TensorFlow
 
         run = train(config, out_dir=args.out, progress=print_epoch)

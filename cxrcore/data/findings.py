@@ -43,7 +43,8 @@ NO_FINDING = "No Finding"
 SEPARATOR = "|"  # between an image's findings, in NIH's CSV, a findings manifest and the index's label
 #: a finding needs at least this many positive images in a split to be trained or measured there
 MIN_POSITIVES = 10
-FORMATS = ("nih", "chexpert", "findings-manifest")
+FINDINGS_MANIFEST = "findings-manifest"
+FORMATS = ("nih", "chexpert", FINDINGS_MANIFEST)
 NIH_REQUIRED = ("Image Index", "Finding Labels")
 NIH_FINDINGS = (
     "Atelectasis",
@@ -125,6 +126,17 @@ def is_findings(frame: pd.DataFrame) -> bool:
     return bool(finding_columns(frame))
 
 
+def targets(frame: pd.DataFrame, findings) -> np.ndarray:
+    """(n, k) float32 training targets of ``findings`` (in that order): 1 positive, 0 negative, NaN left out
+    (uncertain or blank under ``ignore``: out of the loss and the metrics for that finding only)."""
+    missing = [f for f in findings if FINDING_PREFIX + f not in frame]
+    if missing:
+        raise DataError(
+            f"finding(s) {', '.join(missing)} are not in this dataset (it has {', '.join(findings_of(frame))})"
+        )
+    return frame[[FINDING_PREFIX + f for f in findings]].to_numpy(dtype=np.float32)
+
+
 def _columns(path: Path) -> set[str] | None:
     try:
         return set(pd.read_csv(path, nrows=0).columns.str.strip())
@@ -143,7 +155,7 @@ def csv_format(path: Path) -> str | None:
     if "Path" in columns and columns & set(CHEXPERT_OBSERVATIONS):
         return "chexpert"
     if {"path", "labels"} <= columns and "label" not in columns:
-        return "findings-manifest"
+        return FINDINGS_MANIFEST
     return None
 
 
@@ -218,11 +230,14 @@ def findings_csv(folder: Path) -> tuple[Path, str, list[str]] | None:
     return chosen[0], chosen[1], others
 
 
-def locate(data: Path) -> tuple[Path, str, list[str]] | None:
+def locate(data: Path, labels_column: str = "") -> tuple[Path, str, list[str]] | None:
     """The findings CSV that ``data`` (a CSV, or a folder) holds, its format and the recognised CSVs left
     aside; None when ``data`` is not a findings dataset. Reads CSV headers only. A CSV that looks like a
     findings format but lacks a column it needs (passed directly, or the only such CSV in the folder) raises
-    :class:`DataError` naming the column."""
+    :class:`DataError` naming the column. With ``labels_column`` the manifest (``data``, or its
+    ``manifest.csv``) is read as a findings manifest with its findings in that column."""
+    if labels_column:
+        return _labels_column_manifest(data, labels_column)
     if data.is_file():
         if data.suffix.lower() != ".csv":
             return None
@@ -238,6 +253,17 @@ def locate(data: Path) -> tuple[Path, str, list[str]] | None:
             if incomplete(csv):
                 raise DataError(incomplete(csv))
     return found
+
+
+def _labels_column_manifest(data: Path, column: str) -> tuple[Path, str, list[str]]:
+    csv = data if data.is_file() else data / "manifest.csv"
+    if not csv.is_file() or csv.suffix.lower() != ".csv":
+        raise DataError(f"--labels-column {column} reads a CSV manifest; {data} is not one and holds no manifest.csv")
+    columns = _columns(csv) or set()
+    lacks = [c for c in ("path", column) if c not in columns]
+    if lacks:
+        raise DataError(f"{csv} has no column {lacks[0]} (its columns: {', '.join(sorted(columns))})")
+    return csv.resolve(), FINDINGS_MANIFEST, []
 
 
 def _chexpert_companion(csv: Path) -> Path | None:
@@ -375,10 +401,10 @@ def _read_chexpert(csv: Path) -> tuple[pd.DataFrame, tuple[str, ...], str]:
     return frame, findings, official
 
 
-def _read_manifest(csv: Path) -> tuple[pd.DataFrame, tuple[str, ...], str]:
+def _read_manifest(csv: Path, column: str = "labels") -> tuple[pd.DataFrame, tuple[str, ...], str]:
     table = _read(csv)
     paths = table["path"].str.strip()
-    labels = table["labels"].where(table["labels"].str.strip() != "", NO_FINDING)
+    labels = table[column].where(table[column].str.strip() != "", NO_FINDING)
     findings, values = _findings_matrix(labels, csv, paths)
     if not findings:
         raise DataError(f"{csv}: no image has a finding (every row is '{NO_FINDING}'): nothing to learn")
@@ -458,8 +484,10 @@ def read_findings(csv: Path, fmt: str, options: FindingsOptions | None = None, o
     options = (options or FindingsOptions()).validate()
     csv = csv.resolve()
     root = csv.parent
-    reader = {"nih": _read_nih, "chexpert": _read_chexpert, "findings-manifest": _read_manifest}[fmt]
-    rows, findings, official = reader(csv)
+    if fmt == FINDINGS_MANIFEST:
+        rows, findings, official = _read_manifest(csv, options.labels_column or "labels")
+    else:
+        rows, findings, official = {"nih": _read_nih, "chexpert": _read_chexpert}[fmt](csv)
     kept = _keep_findings(findings, options.findings, csv)
     columns = [FINDING_PREFIX + f for f in kept]
     values = rows[columns].to_numpy(dtype=np.float32)
@@ -479,7 +507,7 @@ def read_findings(csv: Path, fmt: str, options: FindingsOptions | None = None, o
     else:
         full = rows.pop("full")
         absent = ~full.map(os.path.isfile)
-        if fmt == "findings-manifest" and absent.any():
+        if fmt == FINDINGS_MANIFEST and absent.any():
             raise DataError(
                 f"manifest {csv}: {int(absent.sum())} listed file(s) do not exist, first: {full[absent].iloc[0]}"
             )

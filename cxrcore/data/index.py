@@ -357,7 +357,7 @@ def scan(data: str | os.PathLike, options: FindingsOptions | None = None) -> Sca
         return Scan(root, "dataset-list", pd.DataFrame(_class_options(options, rows, data, False)), {})
     if data.is_file() and data.suffix.lower() != ".csv":
         raise DataError(f"{data} is a file; give a dataset folder, a CSV manifest or a JSON dataset list")
-    found = locate(data)
+    found = locate(data, options.labels_column)
     if found:
         table = read_findings(found[0], found[1], options, found[2])
         return Scan(table.root, table.layout, table.rows, table.attrs())

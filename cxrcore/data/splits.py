@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import LabelScheme
 from ..errors import ConfigError, DataError
-from .findings import finding_columns
+from .findings import MIN_POSITIVES, finding_columns, findings_of, is_findings, targets
 from .patients import patient_key, patients
 
 
@@ -160,13 +160,10 @@ def assign_splits(
 
 
 def check_trainable(index: pd.DataFrame) -> list[str]:
-    """Classes in label order, after checking every split can be used for training."""
-    if finding_columns(index):
-        raise DataError(
-            f"{index.attrs.get('root', 'this dataset')} is a findings dataset ({index.attrs.get('layout', '')}, "
-            f"{len(finding_columns(index))} findings, several per image): this version trains class-labelled "
-            "datasets only; browse the findings on the Data page or with `index`"
-        )
+    """The model's outputs, after checking every split can be used for training: the classes in label order,
+    or for a findings dataset its findings in the dataset's order (:func:`check_findings_trainable`)."""
+    if is_findings(index):
+        return check_findings_trainable(index)
     classes = sorted(index["label"].unique())
     if len(classes) < 2:
         raise DataError(f"need at least two classes to train, found {len(classes)}: {', '.join(classes)}")
@@ -177,6 +174,37 @@ def check_trainable(index: pd.DataFrame) -> list[str]:
     if not (index["split"] == "val").any():
         raise DataError("the validation split is empty; the dataset is too small to split")
     return classes
+
+
+def check_findings_trainable(index: pd.DataFrame) -> list[str]:
+    """The findings of a findings index, after checking it can train a multi-label model: a validation split,
+    and at least one finding with :data:`MIN_POSITIVES` positive training images. A rarer finding is still an
+    output; evaluation reports it as not evaluated, with the reason."""
+    findings = findings_of(index)
+    if not (index["split"] == "val").any():
+        raise DataError("the validation split is empty; the dataset is too small to split")
+    train = index[index["split"] == "train"]
+    counts = np.nansum(targets(train, findings) > 0.5, axis=0) if len(train) else np.zeros(len(findings))
+    if not len(train) or counts.max() < MIN_POSITIVES:
+        best = ", ".join(f"{f} {int(n)}" for f, n in zip(findings, counts))
+        raise DataError(
+            f"no finding has {MIN_POSITIVES} positive training images (positives per finding: {best}); "
+            "a findings model needs at least one"
+        )
+    return findings
+
+
+def positive_weights(train: pd.DataFrame, findings: list[str], mode: str = "balanced") -> list[float] | None:
+    """Per finding, the weight of a positive label in the masked binary cross-entropy, from the training
+    rows ``train``: with "balanced" its negatives / positives among the images where it is labelled (a
+    finding labelled 1 in 10 of 100 images weighs each positive 90 / 10 = 9; negatives weigh 1), 1.0 for a
+    finding with no positives or no negatives; None for "none"."""
+    if mode == "none":
+        return None
+    values = targets(train, findings)
+    positive = np.nansum(values > 0.5, axis=0)
+    negative = np.nansum(values < 0.5, axis=0)  # NaN compares False: left-out labels count as neither
+    return [float(n / p) if p and n else 1.0 for p, n in zip(positive, negative)]
 
 
 def class_weights(labels: pd.Series, classes: list[str], mode: str = "balanced") -> dict[int, float] | None:

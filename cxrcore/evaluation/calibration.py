@@ -134,7 +134,9 @@ def reliability(probs, y: Sequence[int], bins: int = DEFAULT_BINS, classes: Sequ
     return {name: reliability_bins(p[:, c], onehot[:, c], bins) for c, name in enumerate(names)}
 
 
-def _per_class(values: np.ndarray, classes: Sequence[str]) -> dict:
+def per_class_values(values: np.ndarray, classes: Sequence[str]) -> dict:
+    """One number per class, keyed by name (None where not finite), and ``mean``: the mean of the finite
+    ones (None when there are none): how ECE and Brier are written in metrics.json."""
     out = {name: (float(v) if math.isfinite(v) else None) for name, v in zip(classes, values)}
     finite = [float(v) for v in values if math.isfinite(v)]
     out["mean"] = float(np.mean(finite)) if finite else None
@@ -157,12 +159,12 @@ def calibration_report(
         "fitted_on": fitted_on,
         "bins": int(bins),
         "ece": {
-            "before": _per_class(expected_calibration_error(raw_probs, y, bins), classes),
-            "after": _per_class(expected_calibration_error(calibrated, y, bins), classes),
+            "before": per_class_values(expected_calibration_error(raw_probs, y, bins), classes),
+            "after": per_class_values(expected_calibration_error(calibrated, y, bins), classes),
         },
         "brier": {
-            "before": _per_class(brier_score(raw_probs, y), classes),
-            "after": _per_class(brier_score(calibrated, y), classes),
+            "before": per_class_values(brier_score(raw_probs, y), classes),
+            "after": per_class_values(brier_score(calibrated, y), classes),
         },
         "reliability": reliability(calibrated, y, bins, classes),
     }

@@ -8,19 +8,21 @@ dataset can fall to chance on another hospital's images and the two must not mix
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import runs
+from ..data.findings import targets
 from ..data.splits import shared_patients
 from ..errors import CXRError, DataError
 from ..stats import ood
 from ..stats.intervals import bootstrap_intervals
 from . import calibration as calib
-from . import metrics, operating_points
-from .external import external_frame
+from . import metrics, multilabel, operating_points
+from .external import external_findings_frame, external_frame, external_options
 
 
 class CompiledModel:
@@ -126,6 +128,31 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
     if found is None:
         found = predict_frame(model, val, classes, size, config.batch_size, config.pixels, features=with_features)
     raw, val_features = found if with_features else (found, None)
+    findings = run.task() == multilabel.TASK
+    fit = _fit_findings if findings else _fit_classes
+    calibration, points = fit(raw, val, classes, config.target_sensitivity)
+    run.write_calibration(calibration)
+    run.write_operating_points(points)
+    if len(train) >= 2 and with_features:
+        cached = None if cached is None else cached[1]  # the training images' features
+        if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
+            train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed)
+        if cached is not None:
+            train_features = cached[train.index.to_numpy()]
+        else:
+            train = train.reset_index(drop=True)
+            _, train_features = predict_frame(
+                model, train, classes, size, config.batch_size, config.pixels, features=True
+            )
+        # a findings image holds several findings: its features are measured against the training images' one
+        # mean (one Gaussian), not against class means
+        centres = np.zeros(len(train), dtype=int) if findings else labels_of(train, classes)
+        run.write_feature_stats(ood.fit(train_features, centres, val_features))
+    return calibration
+
+
+def _fit_classes(raw: np.ndarray, val: pd.DataFrame, classes: list[str], target: float) -> tuple[dict, dict]:
+    """One temperature over the classes, then the operating points on the calibrated probabilities."""
     y = labels_of(val, classes)
     temperature = calib.fit_temperature(raw, y)
     scaled = calib.apply_temperature(raw, temperature)
@@ -138,21 +165,26 @@ def fit_on_validation(run: runs.RunDir, model, frame: pd.DataFrame) -> dict:
         "ece_mean_before": float(np.nanmean(calib.expected_calibration_error(raw, y))),
         "ece_mean_after": float(np.nanmean(calib.expected_calibration_error(scaled, y))),
     }
-    run.write_calibration(calibration)
-    run.write_operating_points(operating_points.choose(scaled, y, classes, config.target_sensitivity))
-    if len(train) >= 2 and with_features:
-        cached = None if cached is None else cached[1]  # the training images' features
-        if len(train) > ood.MAX_TRAIN_IMAGES:  # enough for the statistics; a large set would cost a whole epoch
-            train = train.sample(ood.MAX_TRAIN_IMAGES, random_state=config.seed)
-        if cached is not None:
-            train_features = cached[train.index.to_numpy()]
-        else:
-            train = train.reset_index(drop=True)
-            _, train_features = predict_frame(
-                model, train, classes, size, config.batch_size, config.pixels, features=True
-            )
-        run.write_feature_stats(ood.fit(train_features, labels_of(train, classes), val_features))
-    return calibration
+    return calibration, operating_points.choose(scaled, y, classes, target)
+
+
+def _fit_findings(raw: np.ndarray, val: pd.DataFrame, findings: list[str], target: float) -> tuple[dict, dict]:
+    """One temperature per finding, then each finding's operating points on its calibrated probabilities."""
+    y = targets(val, findings)
+    temperatures = multilabel.fit_temperatures(raw, y)
+    scaled = multilabel.apply_temperatures(raw, temperatures)
+    report = multilabel.calibration_report(raw, y, findings, temperatures)
+    calibration = {
+        "task": multilabel.TASK,
+        "temperatures": dict(zip(findings, temperatures)),
+        "fitted_on": "val",
+        "n": int(len(y)),
+        "nll_before": multilabel.binary_nll(raw, y),
+        "nll_after": multilabel.binary_nll(scaled, y),
+        "ece_mean_before": report["ece"]["before"]["mean"],
+        "ece_mean_after": report["ece"]["after"]["mean"],
+    }
+    return calibration, multilabel.choose_points(scaled, y, findings, target)
 
 
 def _last_cut(run: runs.RunDir) -> str | None:
@@ -182,17 +214,20 @@ def evaluate_frame(run: runs.RunDir, model, frame: pd.DataFrame, out_dir: Path) 
         model, frame, classes, run.image_size(), config.batch_size, config.pixels, features=stats is not None
     )
     raw, features = found if stats is not None else (found, None)
-    y = labels_of(frame, classes)
-    probs = calib.apply_temperature(raw, float(calibration["temperature"])) if calibration else raw
     patients = frame["patient_id"].tolist() if "patient_id" in frame else None
-    result = metrics.classification_metrics(y, probs, classes, patient_ids=patients)
-    if calibration:
-        result["calibration"] = calib.calibration_report(
-            raw, y, classes, float(calibration["temperature"]), fitted_on=calibration.get("fitted_on", "val")
-        )
-    if points:
-        result["operating_points"] = operating_points.evaluate(probs, y, classes, points, patients)
-    table = predictions_table(frame, probs, classes)
+    if run.task() == multilabel.TASK:
+        result, table, rows = _findings_results(run, raw, frame, patients)
+    else:
+        y = labels_of(frame, classes)
+        probs = calib.apply_temperature(raw, float(calibration["temperature"])) if calibration else raw
+        result = metrics.classification_metrics(y, probs, classes, patient_ids=patients)
+        if calibration:
+            result["calibration"] = calib.calibration_report(
+                raw, y, classes, float(calibration["temperature"]), fitted_on=calibration.get("fitted_on", "val")
+            )
+        if points:
+            result["operating_points"] = operating_points.evaluate(probs, y, classes, points, patients)
+        table, rows = predictions_table(frame, probs, classes), metrics.per_class_table(result)
     if stats is not None:
         scores = stats.scores(features)
         result["ood"] = ood.summary(stats, scores)
@@ -200,9 +235,34 @@ def evaluate_frame(run: runs.RunDir, model, frame: pd.DataFrame, out_dir: Path) 
         table["unlike_training"] = scores > stats.threshold
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / runs.METRICS, result)
-    runs.write_csv(out_dir / runs.PER_CLASS, pd.DataFrame(metrics.per_class_table(result)))
+    runs.write_csv(out_dir / runs.PER_CLASS, pd.DataFrame(rows))
     runs.write_csv(out_dir / runs.PREDICTIONS, table)
     return result
+
+
+def _findings_results(run: runs.RunDir, raw: np.ndarray, frame: pd.DataFrame, patients) -> tuple:
+    """A findings run's results on ``frame``: metrics.json's dict (per finding, :mod:`.multilabel`), the
+    per-image table and the per-finding rows (per_class.csv). Probabilities are calibrated per finding; the
+    findings with too few positives in the run's training split, or absent from ``frame``'s dataset
+    (``frame.attrs["absent_findings"]``: an external set), are listed as not evaluated with the reason."""
+    findings, calibration, points = run.labels(), run.calibration(), run.operating_points()
+    y = targets(frame, findings)
+    probs = multilabel.apply_temperatures(raw, run.temperatures())
+    trained = run.split()
+    trained_y = targets(trained[trained["split"] == "train"], findings)
+    train_positives = dict(zip(findings, np.nansum(trained_y > 0.5, axis=0).astype(int).tolist()))
+    result = multilabel.findings_metrics(
+        y, probs, findings, patient_ids=patients, train_positives=train_positives, points=points
+    )
+    for name, why in (frame.attrs.get("absent_findings") or {}).items():
+        result["not_evaluated"][name] = why
+    if calibration:
+        result["calibration"] = multilabel.calibration_report(
+            raw, y, findings, run.temperatures(), fitted_on=calibration.get("fitted_on", "val")
+        )
+    decisions = operating_points.decide(probs, points, findings, operating_points.KINDS[0]) if points else None
+    table = multilabel.predictions_table(frame["path"].tolist(), y, probs, findings, decisions)
+    return result, table, multilabel.per_finding_table(result)
 
 
 def evaluate_run(
@@ -211,9 +271,14 @@ def evaluate_run(
     *,
     drop_unknown: bool = False,
     label_map: dict[str, str] | None = None,
+    labels_column: str = "",
     progress=None,
 ) -> dict:
     """Evaluate a run's best model on its test split (``data=None``) or on a labelled folder.
+
+    A findings run is evaluated on a findings dataset (NIH, CheXpert, a ``path,labels`` manifest) or on a
+    manifest whose ``labels_column`` holds the findings; its findings are matched by name and by the alias table
+    (:func:`cxrcore.data.findings.match_finding`), and those the dataset lacks are reported as not evaluated.
 
     A finished run's test metrics are read back, never recomputed or rewritten.
     The folder is read with the same layouts, the run's own label scheme and its external class
@@ -235,7 +300,13 @@ def evaluate_run(
         if frame.empty:
             raise DataError(f"{run.path} has no test split to evaluate; pass --data FOLDER")
         out_dir = run.path
+    elif run.task() == multilabel.TASK:
+        options = replace(external_options(config), labels_column=labels_column or config.external_labels_column)
+        frame = external_findings_frame(data, classes, options, progress=progress)
+        out_dir = run.external_dir(data)
     else:
+        if labels_column:
+            raise DataError("--labels-column reads findings: this run is class-labelled (use --map for its classes)")
         label_map = {**config.external_map, **(label_map or {})}
         frame = external_frame(
             data, classes, config.labels, label_map=label_map, skip_unknown=drop_unknown, progress=progress
@@ -252,6 +323,7 @@ def evaluate_run(
             out_dir / runs.SOURCE,
             {
                 "data": str(Path(data).resolve()),
+                "labels_column": labels_column or None,
                 "n": result["n"],
                 "shared_patients": result["shared_patients"],
                 "dropped_unknown": bool(drop_unknown),
@@ -322,6 +394,13 @@ def external_results(run_dirs: list[str | Path]) -> dict[str, dict[str, dict]]:
     }
 
 
+def _auc_of(metrics: dict, name: str) -> float | None:
+    """The one-vs-rest AUC of class ``name`` (``per_class``), or a findings run's AUC of finding ``name``
+    (``findings``; None where it was not evaluated)."""
+    values = (metrics.get("per_class") or {}).get(name) or (metrics.get("findings") or {}).get(name) or {}
+    return values.get("auc")
+
+
 def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     """Metrics of several runs side by side: one row per metric, one column per run.
 
@@ -330,14 +409,21 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     any of the runs was evaluated on, ``<dataset>: accuracy`` and ``<dataset>: macro AUC``;
     missing values where a run has no such result. :func:`better` says which rows are better
     high or low.
+
+    A findings run's macro AUC is its mean AUC over the findings evaluated (``macro_auc`` holds it), its
+    ``AUC <finding>`` rows are its findings' (None where one was not evaluated), and it has no accuracy nor
+    macro F1 (None).
     """
     external = external_results(run_dirs)
     datasets = sorted({name for found in external.values() for name in found})
-    labels = [runs.RunDir(p).labels() for p in run_dirs]
-    shared = [] if all(v == labels[0] for v in labels) else [c for c in labels[0] if all(c in v for v in labels)]
+    found_runs = [runs.RunDir(p) for p in run_dirs]
+    labels = [run.labels() for run in found_runs]
+    tasks = {run.task() for run in found_runs}
+    same = all(v == labels[0] for v in labels)
+    # one-vs-rest AUC of a class (or a finding) every run has: comparable across label sets of one task
+    shared = [] if same or len(tasks) > 1 else [c for c in labels[0] if all(c in v for v in labels)]
     columns = {}
-    for path in run_dirs:
-        run = runs.RunDir(path)
+    for run in found_runs:
         info = run.info()
         metrics = run.metrics() or {}
         column = {
@@ -348,6 +434,9 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
         }
         for name, values in metrics.get("per_class", {}).items():
             column[f"AUC {name}"] = values.get("auc")
+        if run.task() == multilabel.TASK:
+            for name in run.labels():
+                column[f"AUC {name}"] = _auc_of(metrics, name)
         column.update(
             {
                 "parameters": info.get("params"),
@@ -360,10 +449,20 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
             found = external[run.run_id].get(dataset) or {}
             for row, key in EXTERNAL_ROWS.items():
                 column[f"{dataset}: {row}"] = found.get(key)
-            for name in shared:  # one-vs-rest AUC of a class every run has: comparable across label sets
-                column[f"{dataset}: AUC {name}"] = ((found.get("per_class") or {}).get(name) or {}).get("auc")
+            for name in shared:
+                column[f"{dataset}: AUC {name}"] = _auc_of(found, name)
         columns[run.run_id] = column
     return pd.DataFrame(columns)
+
+
+def _task_difference(tasks: dict[str, str]) -> str:
+    """Why runs of both tasks cannot be ranked, naming which run predicts what."""
+    findings = [r for r, t in tasks.items() if t == multilabel.TASK]
+    classes = [r for r, t in tasks.items() if t != multilabel.TASK]
+    lead = (
+        "one predicts findings, the other classes" if len(tasks) == 2 else "some predict findings, the others classes"
+    )
+    return f"{lead} (findings: {', '.join(findings)}; classes: {', '.join(classes)})"
 
 
 def comparability(run_dirs: list[str | Path]) -> dict:
@@ -373,12 +472,22 @@ def comparability(run_dirs: list[str | Path]) -> dict:
     with the same test split. Returns ``comparable`` (bool), ``differences`` (what keeps them apart, in
     words), ``shared_classes`` (classes every run has, in the first run's order), ``same_classes``, and
     ``common_external`` (external datasets, as :func:`external_results` names them, every run was
-    evaluated on). :func:`rankable` says which rows of :func:`compare_runs` may name a best."""
+    evaluated on). :func:`rankable` says which rows of :func:`compare_runs` may name a best.
+
+    Findings runs rank only against findings runs with the same findings (``"findings differ: ..."``
+    otherwise; ``shared_classes`` then holds the findings they share); a findings run and a class run never
+    rank against each other (``"one predicts findings, the other classes"``: no shared class, not on
+    external data either). ``tasks`` holds each run's task (:meth:`cxrcore.runs.RunDir.task`)."""
     found = [runs.RunDir(p) for p in run_dirs]
     labels = {run.run_id: run.labels() for run in found}
+    tasks = {run.run_id: run.task() for run in found}
+    mixed = len(set(tasks.values())) > 1
     differences = []
-    if len({tuple(sorted(v)) for v in labels.values()}) > 1:
-        differences.append("classes differ: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in labels.items()))
+    if mixed:
+        differences.append(_task_difference(tasks))
+    elif len({tuple(sorted(v)) for v in labels.values()}) > 1:
+        what = "findings" if multilabel.TASK in tasks.values() else "classes"
+        differences.append(f"{what} differ: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in labels.items()))
     data = {run.run_id: str(run.info().get("data") or run.config().data) for run in found}
     if len(set(data.values())) > 1:
         differences.append("trained on different data: " + "; ".join(f"{r}: {d}" for r, d in data.items()))
@@ -393,7 +502,7 @@ def comparability(run_dirs: list[str | Path]) -> dict:
                 + "; ".join(f"{r}: {len(t)} test images" for r, t in tests.items())
             )
     first = next(iter(labels.values()), [])
-    shared = [c for c in first if all(c in v for v in labels.values())]
+    shared = [] if mixed else [c for c in first if all(c in v for v in labels.values())]
     external = external_results(run_dirs)
     names = [set(found_sets) for found_sets in external.values()]
     common = sorted(set.intersection(*names)) if names else []
@@ -401,15 +510,17 @@ def comparability(run_dirs: list[str | Path]) -> dict:
         "comparable": not differences,
         "differences": differences,
         "shared_classes": shared,
-        "same_classes": not any(d.startswith("classes differ") for d in differences),
+        "same_classes": not mixed and len({tuple(sorted(v)) for v in labels.values()}) <= 1,
         "common_external": common,
+        "tasks": tasks,
     }
 
 
 def rankable(row: str, found: dict) -> bool:
     """Whether row ``row`` of :func:`compare_runs` may name a best among runs of :func:`comparability`
     ``found``: test-split rows only between comparable runs; external rows on a dataset every run was
-    evaluated on, and, where the classes differ, only a class's one-vs-rest AUC that every run has."""
+    evaluated on, and, where the classes (or findings) differ, only a class's one-vs-rest AUC (a finding's
+    AUC) that every run has; never between findings runs and class runs but for the model's own properties."""
     if better(row) is None:
         return False
     if row in ("parameters", "inference (ms / image)"):
@@ -417,22 +528,26 @@ def rankable(row: str, found: dict) -> bool:
     dataset, sep, metric = row.rpartition(": ")
     if not sep:
         return found["comparable"]
-    if dataset not in found["common_external"]:
+    if dataset not in found["common_external"] or len(set((found.get("tasks") or {}).values())) > 1:
         return False
     if metric.startswith("AUC "):
         return metric[4:] in found["shared_classes"]
     return found["same_classes"]
 
 
-def evaluate_runs(run_dirs: list[str | Path], data: str | Path, *, drop_unknown: bool = False) -> dict[str, str | None]:
+def evaluate_runs(
+    run_dirs: list[str | Path], data: str | Path, *, drop_unknown: bool = False, labels_column: str = ""
+) -> dict[str, str | None]:
     """Evaluate each run on the labelled folder ``data`` (:func:`evaluate_run`, each with its own label
     scheme and class map), so runs can be compared on one external set: ``{run_id: None when done, or
-    why it could not be}``. One run's failure (a class it cannot name) does not stop the others."""
+    why it could not be}``. One run's failure (a class it cannot name) does not stop the others.
+    ``labels_column`` (a manifest's column of findings) is passed to the findings runs only."""
     outcome: dict[str, str | None] = {}
     for path in run_dirs:
         run = runs.RunDir(path)
+        options = {"labels_column": labels_column} if run.task() == multilabel.TASK else {}
         try:
-            evaluate_run(run.path, data, drop_unknown=drop_unknown)
+            evaluate_run(run.path, data, drop_unknown=drop_unknown, **options)
             outcome[run.run_id] = None
         except CXRError as exc:
             outcome[run.run_id] = str(exc)

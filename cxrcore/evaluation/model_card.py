@@ -6,6 +6,11 @@ Written at the end of training and rewritten after each evaluation, from the run
 data audit is the one recorded in the run, ``audit.json``). The limitations are
 stated from the measured facts: a shortcut the data audit found, an external set where the model
 fell, a small test split, images without patient ids, a run that learned nothing.
+
+A findings run (several findings per image, one sigmoid probability each; :mod:`.multilabel`) gets its own
+Model line, data table (positive images per finding and split), results (the mean AUC and one row per
+finding), calibration (one temperature per finding), operating points per finding, external validation by
+mean AUC, its write-up's figures per finding, and a limitation naming every finding left unmeasured.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import runs
+from ..data.findings import NO_FINDING
+from ..data.findings import positives as finding_positives
 from ..errors import CXRError
 from ..explain import faithfulness, sampled
 from ..lungs.geometry import LUNG_SHARE_WARN
@@ -24,13 +31,17 @@ from ..recipes import writeup_comparison
 from . import sanity
 from .compare import (
     bootstrap_caption,
+    findings_side_by_side,
+    findings_table,
     format_value,
     has_intervals,
     interval,
+    is_findings,
     loso_sentence,
     loso_table,
     operating_points_table,
 )
+from .multilabel import TASK as FINDINGS
 
 log = logging.getLogger("cxrcore")
 
@@ -62,11 +73,14 @@ def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[st
         split = run.split()
     except CXRError:
         return [*lines, "- The split is not recorded."]
-    counts = split.groupby(["label", "split"]).size().unstack(fill_value=0)
-    order = [s for s in ("train", "val", "test") if s in counts.columns]
-    rows = [[label, *(int(counts.at[label, s]) for s in order)] for label in counts.index]
-    rows.append(["**all**", *(int(counts[s].sum()) for s in order)])
-    lines += ["", *_table(["class", *order], rows)]
+    if run.task() == FINDINGS:
+        lines += _findings_data_lines(split, run.labels())
+    else:
+        counts = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+        order = [s for s in ("train", "val", "test") if s in counts.columns]
+        rows = [[label, *(int(counts.at[label, s]) for s in order)] for label in counts.index]
+        rows.append(["**all**", *(int(counts[s].sum()) for s in order)])
+        lines += ["", *_table(["class", *order], rows)]
     patients = split["patient_id"].astype(str)
     known = int((patients != "").sum())
     lines += [
@@ -76,9 +90,10 @@ def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[st
     ]
     if found_audit:
         shortcut = found_audit.get("shortcut") or {}
+        what = "any finding against No Finding" if found_audit.get("task") == FINDINGS else "the label"
         if shortcut.get("accuracy") is not None:
             lines.append(
-                f"- Data audit, shortcut check: image statistics without anatomy predict the label with "
+                f"- Data audit, shortcut check: image statistics without anatomy predict {what} with "
                 f"{shortcut['accuracy']:.2f} accuracy ({shortcut['ci_low']:.2f}–{shortcut['ci_high']:.2f}) against "
                 f"{shortcut['chance']:.2f} chance" + (" — **flagged**." if shortcut.get("flagged") else ".")
             )
@@ -90,6 +105,34 @@ def _data_section(run: runs.RunDir, config, found_audit: dict | None) -> list[st
         )
         lines += _sources_lines(found_audit)
     return lines
+
+
+def _findings_data_lines(split: pd.DataFrame, findings: list[str]) -> list[str]:
+    """A findings run's split: positive images per finding and split (an image can hold several), the
+    images per split, those holding no finding, and the labels left out (uncertain or blank, ignored)."""
+    table = finding_positives(split)
+    table = table[table["finding"].isin(findings)]
+    if table.empty:
+        return ["- The split records no findings."]
+    order = [s for s in ("train", "val", "test") if s in set(table["split"])]
+    wide = table.pivot(index="finding", columns="split", values="positives").reindex(findings).fillna(0)
+    rows = [[name, *(int(wide.at[name, s]) for s in order)] for name in findings]
+    sizes = split["split"].value_counts()
+    rows.append(["**images**", *(int(sizes.get(s, 0)) for s in order)])
+    none = int((split["label"] == NO_FINDING).sum())
+    lines = [
+        f"- Multi-label: an image can hold several findings; {none:,} of {len(split):,} images hold none "
+        f"({NO_FINDING})."
+    ]
+    left_out = table.groupby("finding", sort=False)["left_out"].sum()
+    left_out = left_out[left_out > 0]
+    if len(left_out):
+        lines.append(
+            "- Labels left out (uncertain or blank, ignored for that finding only): "
+            + ", ".join(f"{name} {int(n):,}" for name, n in left_out.items())
+            + "."
+        )
+    return [*lines, "", *_table(["finding (positive images)", *order], rows)]
 
 
 def _sources_lines(found_audit: dict) -> list[str]:
@@ -108,6 +151,7 @@ def _sources_lines(found_audit: dict) -> list[str]:
 
 
 def _ensemble_section(run: runs.RunDir, found: dict) -> list[str]:
+    findings = run.task() == FINDINGS
     rows = []
     for member in run.members():
         metrics = member.metrics() or {}
@@ -117,7 +161,7 @@ def _ensemble_section(run: runs.RunDir, found: dict) -> list[str]:
                 member.run_id,
                 member.info().get("backbone"),
                 f"{member.image_size()} px",
-                f"{member.temperature():.3f}",
+                "one per finding" if findings else f"{member.temperature():.3f}",
                 "n/a" if auc is None else f"{auc:.3f}",
             ]
         )
@@ -132,7 +176,7 @@ def _ensemble_section(run: runs.RunDir, found: dict) -> list[str]:
         ),
         "- Members share the classes and one split of the same data; their training is in their own model cards.",
         "",
-        *_table(["member", "backbone", "input", "temperature", "test macro AUC"], rows),
+        *_table(["member", "backbone", "input", "temperature", f"test {'mean' if findings else 'macro'} AUC"], rows),
     ]
 
 
@@ -158,7 +202,44 @@ def _training_section(run: runs.RunDir, config) -> list[str]:
     return ["## Training", "", *_table(["setting", "value"], rows)]
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _findings_results_section(metrics: dict) -> list[str]:
+    """A findings run's test results: the mean AUC and AP over the findings evaluated, one table row per
+    evaluated finding (:func:`.compare.findings_table`), then every finding not evaluated with its reason."""
+    evaluated, left_out = metrics.get("evaluated") or [], metrics.get("not_evaluated") or {}
+    lines = ["## Results on the test split", ""]
+    if evaluated:
+        lines.append(
+            f"- Mean AUC {_v(metrics, 'mean_auc')} over {len(evaluated)} of "
+            f"{_count(len(evaluated) + len(left_out), 'finding')} evaluated (mean AP {_v(metrics, 'mean_ap')}), "
+            f"on {metrics.get('n', 0):,} images."
+        )
+    else:
+        lines.append(f"- No finding could be evaluated on the {metrics.get('n', 0):,} test images (see below).")
+    caption = bootstrap_caption(metrics)
+    if caption:
+        lines.append(f"- {caption}")
+    target = (metrics.get("operating_points") or {}).get("target_sensitivity")
+    if evaluated and target is not None:
+        lines.append(
+            f"- Threshold and what follows it: the operating point chosen on the validation split for sensitivity "
+            f"{target:.2f} (calibrated probabilities), applied unchanged; TP, FP, FN, TN are its test images."
+        )
+    if evaluated:
+        table = findings_table(metrics)
+        lines += ["", *_table(list(table.columns), table.to_numpy().tolist())]
+    if left_out:
+        lines += ["", f"- Not evaluated ({_count(len(left_out), 'finding')}; no figure is given for them):"]
+        lines += [f"  - {name}: {why}." for name, why in left_out.items()]
+    return lines
+
+
 def _results_section(metrics: dict) -> list[str]:
+    if is_findings(metrics):
+        return _findings_results_section(metrics)
     lines = ["## Results on the test split", ""]
     lines += [
         f"- Accuracy {_v(metrics, 'accuracy')}, macro F1 {_v(metrics, 'macro_f1')}, "
@@ -179,6 +260,8 @@ def _calibration_section(metrics: dict) -> list[str]:
     if not found:
         return ["## Calibration", "", "- Not calibrated: probabilities are the network's own (trained before it)."]
     ece, brier = found["ece"], found["brier"]
+    if "temperatures" in found:
+        return _findings_calibration(found)
     return [
         "## Calibration",
         "",
@@ -189,11 +272,49 @@ def _calibration_section(metrics: dict) -> list[str]:
     ]
 
 
+def _number(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _findings_calibration(found: dict) -> list[str]:
+    """A findings run's calibration: one temperature per finding (``sigmoid(logit(p) / T)``) and its test ECE
+    before and after, per finding and on average."""
+    ece, brier = found.get("ece") or {}, found.get("brier") or {}
+    before, after = ece.get("before") or {}, ece.get("after") or {}
+    rows = [
+        [name, f"{t:.3f}", _number(before.get(name)), _number(after.get(name))]
+        for name, t in found["temperatures"].items()
+    ]
+    return [
+        "## Calibration",
+        "",
+        f"- One temperature per finding, fitted on the {found.get('fitted_on', 'val')} split on the images where "
+        "that finding is labelled: each finding's probability is `sigmoid(logit(p) / T)` with its own T.",
+        f"- Test ECE ({found.get('bins', 'equal-width')} bins) before and after, per finding:",
+        "",
+        *_table(["finding", "temperature", "ECE before", "ECE after"], rows),
+        "",
+        f"- Test mean ECE {_number(before.get('mean'))} before, {_number(after.get('mean'))} after; mean Brier "
+        f"{_number((brier.get('before') or {}).get('mean'))} before, "
+        f"{_number((brier.get('after') or {}).get('mean'))} after.",
+    ]
+
+
 def _points_section(metrics: dict) -> list[str]:
     found = metrics.get("operating_points")
     if not found:
         return []
     table = operating_points_table(metrics)
+    if is_findings(metrics):
+        return [
+            "## Operating points",
+            "",
+            f"- Per finding, thresholds on its calibrated probability, chosen on the validation split (target "
+            f"sensitivity {found['target_sensitivity']:.2f}, and Youden's J), applied unchanged here; an image is "
+            "called positive for a finding at or above its threshold. Test split results (evaluated findings):",
+            "",
+            *_table(list(table.columns), table.to_numpy().tolist()),
+        ]
     return [
         "## Operating points",
         "",
@@ -204,10 +325,55 @@ def _points_section(metrics: dict) -> list[str]:
     ]
 
 
+def _findings_external(metrics: dict, evaluations: list) -> list[str]:
+    """A findings run's external evaluations: per dataset the mean AUC, its change against the test split,
+    the findings evaluated there; then each finding's AUC on the test split and on each dataset, and the
+    findings each dataset could not evaluate, with the reason."""
+    header = ["data", "images", "mean AUC", "change against the test split", "findings evaluated", "unlike training"]
+    inside = metrics.get("mean_auc")
+    rows, notes = [], []
+    columns = {"test split": metrics}
+    for found in evaluations:
+        outside = found.metrics
+        name = f"`{found.source.get('data', found.name)}`"
+        mean = outside.get("mean_auc")
+        change = "n/a" if inside is None or mean is None else f"{mean - inside:+.3f}".replace("-", "−", 1)
+        flagged = (outside.get("ood") or {}).get("fraction_flagged")
+        evaluated, missing = outside.get("evaluated") or [], outside.get("not_evaluated") or {}
+        rows.append(
+            [
+                name,
+                f"{outside.get('n', 0):,}",
+                _v(outside, "mean_auc"),
+                change,
+                f"{len(evaluated)} of {len(evaluated) + len(missing)}",
+                "n/a" if flagged is None else f"{flagged:.0%}",
+            ]
+        )
+        columns.setdefault(name, outside)
+        if missing:
+            notes.append(f"- Not evaluated on {name}: " + "; ".join(f"{k} ({why})" for k, why in missing.items()) + ".")
+    lines = [*_table(header, rows), ""]
+    table = findings_side_by_side(
+        columns, list(metrics.get("evaluated") or []) + list(metrics.get("not_evaluated") or {})
+    )
+    if not table.empty:
+        table = table.map(lambda c: "not evaluated" if c.startswith("not evaluated") else c)
+        lines += [
+            "- AUC per finding (95% CI):",
+            "",
+            *_table(["finding", *table.columns], [[i, *r] for i, r in zip(table.index, table.to_numpy().tolist())]),
+            "",
+        ]
+    return lines + notes
+
+
 def _external_section(metrics: dict, evaluations: list) -> list[str]:
     lines = ["## External validation", ""]
     if not evaluations:
         return [*lines, "- None yet: the model has only been tested on images from the sources it was trained on."]
+    if is_findings(metrics) or any(is_findings(found.metrics) for found in evaluations):
+        return [*lines, *_findings_external(metrics, evaluations)]
     header = ["data", "images", "accuracy", "macro AUC", "AUC drop", "unlike training"]
     rows = []
     for found in evaluations:
@@ -253,6 +419,14 @@ def limitations(run: runs.RunDir, metrics: dict, evaluations: list, found_audit:
             "No external validation: the test split comes from the same sources as the training data, so its "
             "figures say nothing about other hospitals, scanners or populations."
         )
+    missing = (metrics or {}).get("not_evaluated") or {}
+    if is_findings(metrics) and missing:
+        total = len(missing) + len(metrics.get("evaluated") or [])
+        out.append(
+            f"{len(missing)} of {_count(total, 'finding')} not evaluated on the test split ("
+            + "; ".join(f"{name}: {why}" for name, why in missing.items())
+            + "): the mean AUC leaves them out, and how well the model finds them is unmeasured."
+        )
     if metrics and metrics.get("n", 0) < SMALL_TEST:
         out.append(f"The test split is small ({metrics.get('n', 0)} images): read the intervals, not the point values.")
     orphans = int((metrics.get("bootstrap") or {}).get("images_without_patient_id") or 0)
@@ -275,6 +449,8 @@ def _writeup_section(run: runs.RunDir) -> list[str]:
         return []
     recipe = found["recipe"]
     lines = ["## Against its write-up", "", f"- Recipe `{recipe.name}`: {recipe.writeup}.", f"- Data: {found['data']}."]
+    if run.task() == FINDINGS:
+        return [*lines, *_findings_writeup(run, found["rows"]), ""]
     for row in found["rows"]:
         interval = "" if row["ci_low"] is None else f" (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f})"
         this = "n/a" if row["this_run"] is None else f"{row['this_run']:.3f}"
@@ -284,6 +460,42 @@ def _writeup_section(run: runs.RunDir) -> list[str]:
     if not found["rows"]:
         lines.append("- The write-up published no figure to compare with.")
     return [*lines, ""]
+
+
+def _plain(name: str) -> str:
+    """A finding's name without case, spaces or punctuation (``Pleural_Thickening`` is ``Pleural Thickening``)."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _findings_writeup(run: runs.RunDir, rows: list[dict]) -> list[str]:
+    """A findings run against its write-up's figures (:func:`cxrcore.recipes.writeup_comparison`): the mean AUC
+    and each finding's AUC, published and this run's with its interval; a finding this run does not predict,
+    or did not evaluate (with the reason), is said so."""
+    if not rows:
+        return ["- The write-up published no figure to compare with."]
+    metrics = run.metrics() or {}
+    predicted = {_plain(name): name for name in run.labels()}
+    missing = {_plain(name): why for name, why in (metrics.get("not_evaluated") or {}).items()}
+    table = []
+    for row in rows:
+        metric = row["metric"]
+        label = "mean AUC" if metric == "mean_auc" else f"AUC {metric[4:]}" if metric.startswith("auc:") else metric
+        bounds = None if row["ci_low"] is None and row["ci_high"] is None else (row["ci_low"], row["ci_high"])
+        key = _plain(metric[4:]) if metric.startswith("auc:") else None
+        if row["this_run"] is not None:
+            this = format_value(row["this_run"], bounds)
+            within = "yes" if row["within_interval"] else "no" if bounds else ""
+        elif key is not None and key not in predicted:
+            this, within = "not predicted by this run", ""
+        elif key is not None and key in missing:
+            this, within = f"not evaluated: {missing[key]}", ""
+        else:
+            this, within = "n/a", ""
+        table.append([label, f"{row['published']:.3f}", row["published_note"], this, within])
+    return [
+        "",
+        *_table(["figure", "published", "published on", "this run (95% CI)", "published value inside the CI"], table),
+    ]
 
 
 def _explanations_section(run: runs.RunDir) -> list[str]:
@@ -343,6 +555,10 @@ def render(run: runs.RunDir) -> str:
     metrics = run.metrics() or {}
     evaluations = run.external_evaluations()
     found_audit = run.audit()
+    if run.task() == FINDINGS:
+        what = f"predicting findings {', '.join(run.labels())} (multi-label: one sigmoid probability per finding)"
+    else:
+        what = f"classifying {', '.join(run.labels())} (output order)"
     lines = [
         f"# Model card: {run.run_id}",
         "",
@@ -354,8 +570,7 @@ def render(run: runs.RunDir) -> str:
         "",
         "## Model",
         "",
-        f"- {config.backbone} classifying {', '.join(run.labels())} (output order), input {run.image_size()} px, "
-        f"pixel rules: {config.pixels.describe()}.",
+        f"- {config.backbone} {what}, input {run.image_size()} px, pixel rules: {config.pixels.describe()}.",
         "",
         *_data_section(run, config, found_audit),
         "",

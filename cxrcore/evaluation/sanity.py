@@ -20,6 +20,8 @@ COLLAPSE_SHARE = 0.95
 MAJORITY_MARGIN = 0.01
 #: epochs a run needs before its validation accuracy is judged
 MIN_EPOCHS = 3
+#: a findings model "never left" chance when its best mean validation AUC is at most this far above 0.5
+CHANCE_MARGIN = 0.02
 
 
 def _causes(run: RunDir) -> list[str]:
@@ -44,7 +46,8 @@ def _causes(run: RunDir) -> list[str]:
 def learned_nothing(run: RunDir) -> str | None:
     """A plain sentence when the run's test predictions collapse to one class or its validation
     accuracy never left the majority-class rate; None otherwise (or when there is too little to
-    judge). Works on a run still training (history only)."""
+    judge). A findings run is judged on its mean validation AUC over findings (``val_auc``): it learned
+    nothing when that never left chance (0.5). Works on a run still training (history only)."""
     findings = []
     metrics = run.metrics()
     if metrics and len(metrics.get("classes", [])) > 1:
@@ -66,12 +69,21 @@ def learned_nothing(run: RunDir) -> str | None:
                     f"its validation accuracy never rose above {best:.2f}, the share of the largest class "
                     f"({majority:.2f}) in {len(history)} epochs"
                 )
+    if len(history) >= MIN_EPOCHS and run.task() == "findings" and "val_auc" in history:
+        best = float(history["val_auc"].max())
+        if best <= 0.5 + CHANCE_MARGIN:
+            findings.append(
+                f"its mean validation AUC over findings never rose above {best:.2f} (0.50 is chance) "
+                f"in {len(history)} epochs"
+            )
     if not findings:
         return None
+    ranks = run.task() == "findings"
+    guess = "that ranks images at random" if ranks else "that guesses one class"
     return (
         "This run learned nothing: "
         + "; ".join(findings)
-        + ". Its metrics are those of a model that guesses one class, not a result. Likely causes: "
+        + f". Its metrics are those of a model {guess}, not a result. Likely causes: "
         + "; ".join(_causes(run))
         + "."
     )
@@ -79,9 +91,14 @@ def learned_nothing(run: RunDir) -> str | None:
 
 def transfer_drop(internal: dict, external: dict) -> str | None:
     """A plain sentence when a metric on external data falls below the internal test split's by
-    more than their 95% intervals explain (the intervals do not overlap); None otherwise."""
+    more than their 95% intervals explain (the intervals do not overlap); None otherwise. Class runs:
+    accuracy and macro AUC; findings runs (``task`` ``"findings"``): the mean AUC over the findings each
+    evaluation measured."""
+    findings = "findings" in (internal.get("task"), external.get("task"))
     drops = []
-    for key, name in (("accuracy", "accuracy"), ("macro_auc", "macro AUC")):
+    for key, name in (
+        (("mean_auc", "mean AUC"),) if findings else (("accuracy", "accuracy"), ("macro_auc", "macro AUC"))
+    ):
         inside, outside = internal.get("ci", {}).get(key) or {}, external.get("ci", {}).get(key) or {}
         if outside.get("ci_high") is not None and inside.get("ci_low") is not None:
             if outside["ci_high"] < inside["ci_low"]:

@@ -138,7 +138,7 @@ def _check_data(config: TrainConfig) -> None:
     """Fail at submission, not an hour later, when the data cannot be read at all."""
     if not config.data:
         raise JobError("the job has no dataset (config.data is empty)")
-    scan_layout(config.data)
+    scan_layout(config.data, config.findings)
     if config.balance == "source" or config.drop_single_class_sources:  # the sources they need are there
         frame = apply_label_scheme(build_index(config.data), config.labels)
         if config.drop_single_class_sources:

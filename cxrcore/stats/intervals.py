@@ -53,6 +53,19 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def finite_or_none(value) -> float | None:
+    """``float(value)``, or None where it is not finite (NaN, infinite): a number as it goes into JSON."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def mean_over_defined(values: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (R, k): the mean over the columns that row defines (finite ones); NaN where
+    it defines none. A macro average per resample, over the classes that resample could measure."""
+    defined = np.isfinite(values)
+    return _ratio(np.where(defined, values, 0.0).sum(axis=1), defined.sum(axis=1))
+
+
 def weighted_auc_ap(weights: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted one-vs-rest ROC-AUC and average precision for each row of ``weights`` (R, n)."""
     order = np.argsort(scores, kind="stable")  # ascending; ties grouped into one level each
@@ -136,15 +149,11 @@ def bootstrap_distribution(
     aucs, aps = zip(*(weighted_auc_ap(weights, y == c, probs[:, c]) for c in range(k)))
     per_class["auc"], per_class["ap"] = np.stack(aucs, axis=1), np.stack(aps, axis=1)
 
-    def macro(values: np.ndarray) -> np.ndarray:  # the mean over the classes a resample defines
-        defined = np.isfinite(values)
-        return _ratio(np.where(defined, values, 0.0).sum(axis=1), defined.sum(axis=1))
-
     overall = {
         "accuracy": _ratio(weights @ (pred == y).astype(float), weights.sum(axis=1)),
         "macro_f1": f1.mean(axis=1),
-        "macro_auc": macro(per_class["auc"]),
-        "macro_ap": macro(per_class["ap"]),
+        "macro_auc": mean_over_defined(per_class["auc"]),
+        "macro_ap": mean_over_defined(per_class["ap"]),
     }
     return overall, per_class
 

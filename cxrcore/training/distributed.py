@@ -21,7 +21,8 @@ is the loop TensorFlow's own multi-worker guide describes, written for this proj
   progress work as on one machine.
 
 ``auc`` here is the exact area over all one-hot outputs (what Keras's ``AUC`` estimates with 200
-thresholds), so the two differ in the third decimal.
+thresholds), so the two differ in the third decimal; for a findings model it is the mean over findings of
+each one's exact AUC on its labelled images (:func:`mean_auc`), and there is no ``accuracy``.
 """
 
 from __future__ import annotations
@@ -32,16 +33,39 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from .callbacks import Cancel
+from .losses import MaskedBinaryCrossentropy
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def _epoch_logs(loss_sum: float, n: int, labels: list[np.ndarray], probs: list[np.ndarray], prefix: str = "") -> dict:
+def mean_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """A findings model's ``auc``: the mean over findings of each one's exact ROC-AUC on the images where it is
+    labelled (NaN targets left out); findings with one label value only are skipped (NaN when all are)."""
+    found = []
+    for j in range(y.shape[1]):
+        labelled = ~np.isnan(y[:, j])
+        truth = y[labelled, j] > 0.5
+        if 0 < truth.sum() < truth.size:
+            found.append(roc_auc_score(truth, p[labelled, j]))
+    return float(np.mean(found)) if found else float("nan")
+
+
+def _epoch_logs(
+    loss_sum: float,
+    n: int,
+    labels: list[np.ndarray],
+    probs: list[np.ndarray],
+    prefix: str = "",
+    multi_label: bool = False,
+) -> dict:
     y = np.concatenate(labels) if labels else np.zeros((0, 1))
     p = np.concatenate(probs) if probs else np.zeros((0, 1))
     logs = {f"{prefix}loss": loss_sum / max(n, 1)}
+    if multi_label:  # no accuracy: an image holds several findings
+        logs[f"{prefix}auc"] = mean_auc(y, p) if len(y) else float("nan")
+        return logs
     logs[f"{prefix}accuracy"] = float(np.mean(y.argmax(1) == p.argmax(1))) if len(y) else float("nan")
     try:
         logs[f"{prefix}auc"] = float(roc_auc_score(y.ravel(), p.ravel()))
@@ -87,6 +111,7 @@ def fit_distributed(
     k = int(model.outputs[0].shape[-1])
     weights = _class_weight_table(class_weight, k)
     per_example = (keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss).call  # unreduced
+    multi_label = isinstance(model.loss, MaskedBinaryCrossentropy)  # positives weighted in the loss itself
     optimizer = model.optimizer
     moving = _moving_statistics(model)
     dist = strategy.experimental_distribute_dataset(_sharded(train_ds))
@@ -149,7 +174,7 @@ def fit_distributed(
                     cancel.cancelled = True
                 model.stop_training = True
                 break
-        logs = _epoch_logs(loss_sum, n, labels, probs)
+        logs = _epoch_logs(loss_sum, n, labels, probs, multi_label=multi_label)
         val_loss, val_n, val_labels, val_probs = 0.0, 0, [], []
         for x, y in val_ds:
             p = predict_step(x)
@@ -158,7 +183,7 @@ def fit_distributed(
             val_labels.append(y.numpy())
             val_probs.append(p.numpy())
         if val_n:
-            logs.update(_epoch_logs(val_loss, val_n, val_labels, val_probs, prefix="val_"))
+            logs.update(_epoch_logs(val_loss, val_n, val_labels, val_probs, prefix="val_", multi_label=multi_label))
         callback_list.on_epoch_end(epoch, logs)
         ran.append(epoch)
         if model.stop_training:

@@ -43,7 +43,7 @@ from ..data.splits import SourceGroups, source_groups
 from ..lungs.segment import shipped_fingerprint
 from .activation_store import ENTRY_LIMIT_BYTES, Entry, cache_root, evict
 from .model import backbone_layers, finetune_layers
-from .pipeline import balanced, build_augmenter, make_dataset
+from .pipeline import balanced, build_augmenter, make_dataset, training_targets
 
 log = logging.getLogger("cxrcore.training.features")
 
@@ -210,8 +210,7 @@ def compute_all(
 
 def dataset(
     activations: np.ndarray,
-    labels: np.ndarray,
-    k: int,
+    targets: np.ndarray,
     *,
     batch_size: int,
     training: bool,
@@ -219,16 +218,17 @@ def dataset(
     max_steps: int | None = None,
     groups: SourceGroups | None = None,
 ):
-    """Batches of ``(activations, one-hot labels)``; with views (activations of shape (views, n, ...)), each
-    image's view is drawn at random every epoch (seeded).
+    """Batches of ``(activations, targets)`` (``targets``: (n, k) float32, one-hot labels or a findings
+    model's 1 / 0 / NaN: :func:`cxrcore.training.pipeline.training_targets`); with views (activations of
+    shape (views, n, ...)), each image's view is drawn at random every epoch (seeded).
 
     ``groups`` (training only; :func:`cxrcore.data.splits.source_groups` of the same rows, in the same order)
     balances the draw over (source, class) groups as the image pipeline does (:func:`balanced`, by row
     index): ``n`` examples an epoch, as many batches as without it."""
     import tensorflow as tf
 
-    onehot = tf.one_hot(np.asarray(labels, dtype=np.int32), k)
-    n = int(onehot.shape[0])
+    target = tf.constant(np.asarray(targets, dtype=np.float32))
+    n = int(target.shape[0])
     with_views = activations.ndim >= 2 and activations.shape[0] != n  # (views, n, ...)
     by_group = training and groups is not None
     if by_group and len(groups.codes) != n:
@@ -247,13 +247,13 @@ def dataset(
 
             def pick(i):
                 view = rng.uniform((), 0, views, dtype=tf.int64)
-                return tf.gather(tf.gather(table, view), i), tf.gather(onehot, i)
+                return tf.gather(tf.gather(table, view), i), tf.gather(target, i)
 
             ds = ds.map(pick)
         else:
-            ds = ds.map(lambda i: (tf.gather(table, i), tf.gather(onehot, i)), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(lambda i: (tf.gather(table, i), tf.gather(target, i)), num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((np.asarray(activations), onehot))
+        ds = tf.data.Dataset.from_tensor_slices((np.asarray(activations), target))
         if training:
             ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
@@ -316,7 +316,7 @@ def plan_stage(
         cut, note = later
     lower, upper = split_at(model, cut)
     lowers = [lower] + ([split_at(model, later[0])[0]] if stage == "frozen" and later and later[0] != cut else [])
-    labels = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labels = training_targets(frame, classes)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
     views = config.augment_views if config.augment.enabled else 0
@@ -326,7 +326,6 @@ def plan_stage(
     except MemoryError as exc:
         log.info("stage %s: full pass (%s)", stage, exc)
         return None
-    k = len(classes)
     train_labels = labels[(frame["split"] == "train").to_numpy()]
     val_labels = labels[(frame["split"] == "val").to_numpy()]
     groups = source_groups(train) if config.balance == "source" else None  # by row of train_acts
@@ -342,14 +341,13 @@ def plan_stage(
         train=dataset(
             train_acts,
             train_labels,
-            k,
             batch_size=config.batch_size,
             training=True,
             seed=config.seed,
             max_steps=max_steps,
             groups=groups,
         ),
-        val=dataset(val_acts, val_labels, k, batch_size=config.batch_size, training=False, seed=config.seed),
+        val=dataset(val_acts, val_labels, batch_size=config.batch_size, training=False, seed=config.seed),
         cut=cut,
         note=note,
     )

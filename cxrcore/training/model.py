@@ -82,8 +82,10 @@ def build_model(
     image_size: int | None = None,
     weights: str = "imagenet",
     head: HeadConfig | None = None,
+    multi_label: bool = False,
 ) -> keras.Model:
-    """Backbone + head, softmax over ``num_classes``; input is (size, size, 3) RGB in 0..255."""
+    """Backbone + head, softmax over ``num_classes`` (with ``multi_label``, one sigmoid per finding); input is
+    (size, size, 3) RGB in 0..255."""
     spec = get_backbone(backbone)
     head = head or HeadConfig()
     size = image_size or spec.input_size
@@ -95,7 +97,8 @@ def build_model(
     else:
         features = application(spec, source, x).output
     x = _head(features, head)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    activation = "sigmoid" if multi_label else "softmax"
+    outputs = keras.layers.Dense(num_classes, activation=activation, dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"cxr_{spec.name.replace('.', '_')}")
 
 

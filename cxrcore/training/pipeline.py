@@ -26,6 +26,7 @@ import pandas as pd
 import tensorflow as tf
 
 from ..config import AugmentConfig
+from ..data.findings import is_findings, targets
 from ..data.io import prepare_image
 from ..data.pixels import PixelRules
 from ..data.splits import SourceGroups, source_groups
@@ -85,31 +86,28 @@ def make_dataset(
     pixels: PixelRules | None = None,
     balance: str = "none",
 ) -> tf.data.Dataset:
-    """Batches of ``(float32 images in 0..255, one-hot labels)`` in the order of ``classes``,
-    each image prepared with the run's ``pixels`` rules.
+    """Batches of ``(float32 images in 0..255, targets)`` in the order of ``classes`` (one-hot labels, or a
+    findings frame's 1 / 0 / NaN per finding: :func:`training_targets`), each image prepared with the run's
+    ``pixels`` rules.
 
     ``training`` shuffles (reshuffled each epoch, seeded) and applies ``augment``; with ``balance``
     ``"source"`` it draws each example from the (source, class) groups of ``frame`` evenly (times the
     source's weight; see :func:`balanced`), ``len(frame)`` examples an epoch. Outside training
     ``balance`` is ignored: validation and test are never rebalanced.
-    Rows whose label is not in ``classes`` raise :class:`DataError`.
+    Class-labelled rows whose label is not in ``classes`` raise :class:`DataError`.
     """
     if frame.empty:
         raise DataError("no images to load")
-    lookup = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(frame["label"]) - set(lookup))
-    if unknown:
-        raise DataError(f"label(s) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})")
-    labels = frame["label"].map(lookup).to_numpy(np.int32)
+    y = training_targets(frame, classes)
     paths = frame["path"].astype(str).to_numpy()
     load = _loader(image_size, pixels)
 
     def examples(rows: np.ndarray | None = None) -> tf.data.Dataset:
-        """(image, one-hot label) for ``rows`` (positions in ``frame``; None: all, in order), cached."""
-        chosen_paths, chosen_labels = (paths, labels) if rows is None else (paths[rows], labels[rows])
+        """(image, target) for ``rows`` (positions in ``frame``; None: all, in order), cached."""
+        chosen_paths, chosen = (paths, y) if rows is None else (paths[rows], y[rows])
         ds = tf.data.Dataset.from_tensor_slices(chosen_paths)
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(tf.one_hot(chosen_labels, len(classes))))
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(chosen))
         return ds.cache() if cache else ds
 
     if balance not in ("none", "source"):
@@ -133,6 +131,20 @@ def make_dataset(
 
     ds = ds.map(to_float, num_parallel_calls=None if augmenter is not None else AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def training_targets(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """(n, k) float32 targets in the order of ``classes``: one-hot rows of a class-labelled frame, or for a
+    findings frame (``classes`` its findings) 1 / 0 / NaN per finding (NaN: left out; see
+    :mod:`cxrcore.training.losses`). A class-labelled row whose label is not in ``classes`` raises
+    :class:`DataError`."""
+    if is_findings(frame):
+        return targets(frame, classes)
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(frame["label"]) - set(lookup))
+    if unknown:
+        raise DataError(f"label(s) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})")
+    return np.eye(len(classes), dtype=np.float32)[frame["label"].map(lookup).to_numpy(np.int64)]
 
 
 def balanced(part: Callable[[np.ndarray], tf.data.Dataset], groups: SourceGroups, seed: int) -> tf.data.Dataset:

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from .. import runs
 from ..config import TrainConfig
+from ..data.findings import is_findings
 from ..data.index import build_index
 from ..data.splits import (
     apply_label_scheme,
@@ -30,10 +31,11 @@ from ..data.splits import (
     describe_drop,
     drop_single_class_sources,
     leakage_report,
+    positive_weights,
     source_groups,
     training_class_weights,
 )
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..evaluation.external import check_external
 from ..lungs.segment import shipped_fingerprint
 from ..runs import write_csv
@@ -42,6 +44,7 @@ from .callbacks import AtomicCheckpoint, Cancel, HistoryLog, Progress, ResumeSta
 from .devices import configure_devices
 from .distributed import fit_distributed, is_multi_worker
 from .features import plan_stage
+from .losses import MaskedBinaryCrossentropy, MaskedMeanAUC
 from .model import build_model, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
 
@@ -65,8 +68,11 @@ def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list
     dataset; returns the frame (with ``split``) and the classes. What was left out is in
     ``frame.attrs["sources"]`` (:func:`cxrcore.data.splits.drop_single_class_sources`; the run records it
     in run.json). With ``balance`` "source", a training split whose images have no known source is refused
-    here, before anything is written."""
-    index = build_index(config.data, progress=progress)
+    here, before anything is written. A findings dataset (read under ``config.findings``) trains a multi-label
+    model: its outputs are its findings (:func:`check_findings_options` says what it refuses)."""
+    index = build_index(config.data, progress=progress, options=config.findings)
+    if is_findings(index):
+        check_findings_options(config)
     frame = apply_label_scheme(index, config.labels) if not config.labels.is_identity else index
     dropped = None
     if config.drop_single_class_sources:  # on the whole dataset, before splitting
@@ -80,6 +86,30 @@ def prepare_data(config: TrainConfig, progress=None) -> tuple[pd.DataFrame, list
     return frame, classes
 
 
+#: settings that apply to class-labelled runs only, and why a findings run refuses them
+CLASS_ONLY = {
+    "labels": "a label scheme relabels classes; keep findings with --findings",
+    "balance": "batches are balanced over (source, class) groups, and a findings image has no one class",
+    "drop_single_class_sources": "a source holds a class or not; findings images hold several",
+    "focal_loss": "the focal loss here is categorical; a findings model trains on the masked binary cross-entropy",
+    "label_smoothing": "label smoothing here is categorical",
+}
+
+
+def check_findings_options(config: TrainConfig) -> None:
+    """:class:`ConfigError` naming the setting when ``config`` asks a findings run for a class-only one."""
+    asked = {
+        "labels": not config.labels.is_identity,
+        "balance": config.balance != "none",
+        "drop_single_class_sources": config.drop_single_class_sources,
+        "focal_loss": config.focal_loss,
+        "label_smoothing": config.label_smoothing > 0,
+    }
+    for name, on in asked.items():
+        if on:
+            raise ConfigError(f"{name} does not apply to a findings dataset: {CLASS_ONLY[name]}")
+
+
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     return {
         "adam": keras.optimizers.Adam,
@@ -89,7 +119,11 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     }[name](learning_rate=learning_rate)
 
 
-def make_loss(config: TrainConfig) -> keras.losses.Loss:
+def make_loss(config: TrainConfig, pos_weight: list[float] | None = None, multi_label: bool = False):
+    """The training loss: for a findings model (``multi_label``) the masked binary cross-entropy with
+    ``pos_weight`` per finding; otherwise categorical cross-entropy (focal with ``focal_loss``)."""
+    if multi_label:
+        return MaskedBinaryCrossentropy(pos_weight=pos_weight)
     if config.focal_loss:
         return keras.losses.CategoricalFocalCrossentropy(
             gamma=config.focal_gamma, label_smoothing=config.label_smoothing
@@ -97,15 +131,16 @@ def make_loss(config: TrainConfig) -> keras.losses.Loss:
     return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
 
 
-def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretrained: bool) -> int:
-    """Freeze for ``stage`` and compile (required after changing ``trainable``)."""
+def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretrained: bool, loss=None) -> int:
+    """Freeze for ``stage`` and compile (required after changing ``trainable``) with ``loss`` (default:
+    :func:`make_loss` of ``config``)."""
     unfreeze = config.unfreeze if config.unfreeze is not None else get_backbone(config.backbone).unfreeze
     n = set_stage(model, stage, unfreeze=unfreeze, pretrained=pretrained)
     lr = config.learning_rate * (config.fine_tune_lr_factor if stage == "finetune" else 1.0)
     model.compile(
         optimizer=make_optimizer(config.optimizer, lr),
-        loss=make_loss(config),
-        metrics=compile_metrics(),
+        loss=loss or make_loss(config),
+        metrics=compile_metrics(model),
         jit_compile=jit_compile(config),
     )
     return n
@@ -116,7 +151,16 @@ def jit_compile(config: TrainConfig) -> bool | str:
     return {"auto": "auto", "on": True, "off": False}[config.xla]
 
 
-def compile_metrics() -> list:
+def is_multi_label(model: keras.Model) -> bool:
+    """Whether ``model`` is a findings model: sigmoid outputs, one per finding."""
+    return getattr(model.get_layer("predictions"), "activation", None) is keras.activations.sigmoid
+
+
+def compile_metrics(model: keras.Model) -> list:
+    """What the curves and ``history.csv`` show: accuracy and AUC of a classifier; for a findings model the
+    mean AUC over findings (``auc``, :class:`MaskedMeanAUC`)."""
+    if is_multi_label(model):
+        return [MaskedMeanAUC(num_labels=int(model.outputs[0].shape[-1]), name="auc")]
     return ["accuracy", keras.metrics.AUC(name="auc")]
 
 
@@ -130,7 +174,7 @@ def run_stage(
     if config.reduce_lr_patience:
         stage_callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-7
+                monitor="val_loss", factor=config.reduce_lr_factor, patience=config.reduce_lr_patience, min_lr=1e-7
             )
         )
     strategy = tf.distribute.get_strategy()
@@ -220,7 +264,9 @@ def train(
             raise RunError(f"{run.path} already holds a run; train into a new directory or resume it")
         resolve_weights(spec, config.weights)  # a missing weights file fails before anything is written
         frame, classes = prepare_data(config, progress=data_progress)
-        check_external(config, classes)  # an external set that could not be evaluated fails now, not after
+        check_external(
+            config, classes, is_findings(frame)
+        )  # an external set that could not be evaluated fails now, not after
     if prepared is not None:
         prepared(config, frame)
     strategy, devices = configure_devices(config.mixed_precision)
@@ -316,6 +362,7 @@ def _train(
         backbone=spec.name,
         image_size=image_size,
         classes=classes,
+        task="findings" if is_findings(frame) else "classes",
         data=frame.attrs.get("root", config.data),
         layout=frame.attrs.get("layout", ""),
         n_train=int(counts.get("train", 0)),
@@ -371,7 +418,17 @@ def _train(
     )
     train_ds = make_dataset(train_frame, training=True, augment=config.augment, balance=config.balance, **make)
     val_ds = make_dataset(frame[frame["split"] == "val"], **make)  # never rebalanced
-    weights = training_class_weights(train_frame, classes, config.class_weights, groups)
+    multi_label = is_findings(frame)
+    pos_weight = positive_weights(train_frame, classes, config.class_weights) if multi_label else None
+    weights = None if multi_label else training_class_weights(train_frame, classes, config.class_weights, groups)
+    loss = make_loss(config, pos_weight, multi_label)
+    if multi_label:
+        run.update_info(positive_weights=dict(zip(classes, pos_weight)) if pos_weight else None)
+        if pos_weight:
+            log.info(
+                "positive weights (negatives / positives): %s",
+                ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, pos_weight)),
+            )
     if groups is not None and weights is not None:
         log.info(
             "class weights on the balanced draw: %s",
@@ -386,7 +443,14 @@ def _train(
     else:
         if resume:
             log.info("no completed epoch to resume from; starting %s again from epoch 1", run.run_id)
-        model = build_model(spec.name, len(classes), image_size=image_size, weights=config.weights, head=config.head)
+        model = build_model(
+            spec.name,
+            len(classes),
+            image_size=image_size,
+            weights=config.weights,
+            head=config.head,
+            multi_label=multi_label,
+        )
     callbacks = [
         cancel,
         checkpoint,
@@ -435,7 +499,7 @@ def _train(
             start = int(state["stage_start"])  # continue this stage, optimizer state intact
         else:
             start = done
-            trainable = compile_for_stage(model, config, stage, pretrained)
+            trainable = compile_for_stage(model, config, stage, pretrained, loss)
             if pretrained:
                 log.info("stage %s: %d epoch(s), %d trainable backbone layer(s)", stage, epochs, trainable)
             else:
@@ -453,7 +517,7 @@ def _train(
             fitted.compile(
                 optimizer=model.optimizer,
                 loss=model.loss,
-                metrics=compile_metrics(),
+                metrics=compile_metrics(model),
                 steps_per_execution=STEPS_PER_EXECUTION,  # small steps: the per-step overhead dominated
                 jit_compile=jit_compile(config),
             )
