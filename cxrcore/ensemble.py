@@ -1,16 +1,20 @@
 """Ensembles: several finished runs averaged into one run that evaluates, predicts, explains and compares
 like any other.
 
-:func:`create` checks that the members can be averaged fairly (the same classes in the same order, the
+:func:`create` checks that the members can be averaged fairly (one task: all class runs or all findings runs;
+the same classes, or findings, in the same order, the
 same split of the same data, so no member was trained on an image the ensemble is tested on, and the
 same pixel rules, since they see one prepared image), then writes a new run directory:
 
 - ``model.keras``: one Keras model taking the prepared image; each member (resized to its own input size
-  where they differ) followed by its own temperature (:class:`cxrcore.training.layers.Calibrate`), so the
-  members' *calibrated* probabilities are averaged; with ``tta="flip"`` each member also sees the
+  where they differ) followed by its own temperature (:class:`cxrcore.training.layers.Calibrate`; for
+  findings runs, its temperature per finding, :class:`cxrcore.training.layers.CalibrateSigmoid`), so the
+  members' *calibrated* probabilities are averaged (for findings runs, each finding's sigmoid probability on
+  its own: the mean stays one probability per finding); with ``tta="flip"`` each member also sees the
   mirrored image and its two outputs are averaged first;
-- ``ensemble.json``: the members, in order, with their temperatures and image sizes (the one owner of
-  what the ensemble is made of: :meth:`cxrcore.runs.RunDir.ensemble`);
+- ``ensemble.json``: the members, in order, with their temperatures (for findings runs, one
+  ``{finding: T}`` per member) and image sizes (the one owner of what the ensemble is made of:
+  :meth:`cxrcore.runs.RunDir.ensemble`);
 - everything a trained run has after training: ``config.json`` (the members' shared settings, backbone
   ``ensemble``), ``labels.json``, ``split.csv``, ``run.json``, calibration and operating points fitted
   on the validation split (:func:`cxrcore.evaluation.evaluate.fit_on_validation`), the test evaluation,
@@ -28,12 +32,22 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import runs
 from .errors import ConfigError, CXRError, RunError
 from .evaluation.evaluate import CompiledModel, evaluate_frame, evaluate_run, fit_on_validation
-from .stats.intervals import paired_differences
+from .evaluation.multilabel import TASK as FINDINGS
+from .stats.intervals import (
+    DEFAULT_RESAMPLES,
+    mean_over_defined,
+    paired_differences,
+    patient_groups,
+    percentile_interval,
+    resample_weights,
+    weighted_auc_ap,
+)
 
 log = logging.getLogger("cxrcore.ensemble")
 
@@ -63,6 +77,17 @@ def check_members(run_dirs) -> list[runs.RunDir]:
         member.require_model()
     first = members[0]
     for other in members[1:]:
+        if other.task() != first.task():
+            findings, classes = (first, other) if first.task() == FINDINGS else (other, first)
+            raise ConfigError(
+                f"cannot average a findings run ({findings.run_id}: a sigmoid probability per finding) with a class "
+                f"run ({classes.run_id}: softmax over its classes): ensemble runs of one kind"
+            )
+        if other.labels() != first.labels() and first.task() == FINDINGS:
+            raise ConfigError(
+                "findings runs must predict the same findings in the same order to be averaged: "
+                f"{first.run_id} {first.labels()}, {other.run_id} {other.labels()}"
+            )
         if other.labels() != first.labels():
             raise ConfigError(
                 f"members predict different classes: {first.run_id} {first.labels()}, {other.run_id} {other.labels()}"
@@ -83,10 +108,11 @@ def check_members(run_dirs) -> list[runs.RunDir]:
 
 def build_model(members: list[runs.RunDir], image_size: int, tta: str = "none"):
     """The ensemble as one Keras model: prepared image (0..255, ``image_size``) in, the mean of the
-    members' calibrated probabilities out."""
+    members' calibrated probabilities out (findings runs: each member's per-finding calibrated sigmoid
+    probabilities, averaged finding by finding)."""
     import keras
 
-    from .training.layers import Calibrate, FlipLeftRight  # lazy: TensorFlow
+    from .training.layers import Calibrate, CalibrateSigmoid, FlipLeftRight  # lazy: TensorFlow
     from .training.model import load_model  # lazy: TensorFlow
 
     if tta not in TTA_MODES:
@@ -101,7 +127,11 @@ def build_model(members: list[runs.RunDir], image_size: int, tta: str = "none"):
         views = [x, FlipLeftRight(name=f"member{i}_flip")(x)] if tta == "flip" else [x]
         probs = [model(view) for view in views]
         probs = probs[0] if len(probs) == 1 else keras.layers.Average(name=f"member{i}_tta")(probs)
-        outputs.append(Calibrate(member.temperature(), name=f"member{i}_calibrated")(probs))
+        if member.task() == FINDINGS:
+            calibrate = CalibrateSigmoid(member.temperatures(), name=f"member{i}_calibrated")
+        else:
+            calibrate = Calibrate(member.temperature(), name=f"member{i}_calibrated")
+        outputs.append(calibrate(probs))
     mean = keras.layers.Average(name="ensemble_mean")(outputs)
     return keras.Model(image, mean, name="cxr_ensemble")
 
@@ -127,7 +157,9 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
         {
             "members": [str(m.path) for m in members],
             "tta": tta,
-            "temperatures": [m.temperature() for m in members],
+            "temperatures": [
+                dict(zip(m.labels(), m.temperatures())) if m.task() == FINDINGS else m.temperature() for m in members
+            ],
             "image_sizes": [m.image_size() for m in members],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
@@ -139,6 +171,7 @@ def create(run_dirs, *, tta: str = "none", out_dir: str | Path | None = None) ->
         backbone=BACKBONE,
         image_size=image_size,
         classes=first.labels(),
+        task=first.task(),
         data=first.info().get("data", config.data),
         n_train=int(counts.get("train", 0)),
         n_val=int(counts.get("val", 0)),
@@ -191,15 +224,22 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
     intervals, the best member (by macro AUC), and the paired bootstrap difference ensemble minus best
     member (the same resampled patients for both), with a verdict: ``better``, ``worse`` or ``no clear
     difference`` (the interval of the macro-AUC difference excludes 0, or not). None for a run that is
-    not an ensemble or has no test results."""
+    not an ensemble or has no test results.
+
+    An ensemble of findings runs has no accuracy (its rows' ``accuracy`` is None): its ``macro_auc`` is the
+    mean AUC over the findings evaluated, and the difference is that of the mean AUC over the findings the
+    ensemble's test results evaluate (``difference``: ``{"macro_auc", "mean_auc"}``, the same numbers).
+    ``task`` says which kind it is."""
     found = run.ensemble()
     if found is None or run.metrics() is None:
         return None
     members = [runs.RunDir(p) for p in found["members"]]
+    task = run.task()
     rows = []
     for who in [run, *members]:
         metrics = who.metrics() or {}
         ci = metrics.get("ci") or {}
+        auc = metrics.get("macro_auc", metrics.get("mean_auc"))
         rows.append(
             {
                 "run": who.run_id,
@@ -207,25 +247,45 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
                 "backbone": who.info().get("backbone"),
                 "accuracy": metrics.get("accuracy"),
                 "accuracy_ci": ci.get("accuracy"),
-                "macro_auc": metrics.get("macro_auc"),
-                "macro_auc_ci": ci.get("macro_auc"),
+                "macro_auc": auc,
+                "macro_auc_ci": ci.get("macro_auc") or ci.get("mean_auc"),
             }
         )
     scored = [r for r in rows[1:] if r["macro_auc"] is not None]
     if not scored:
-        return {"rows": rows, "best_member": None, "difference": None, "verdict": "members have no test results"}
+        return {
+            "task": task,
+            "rows": rows,
+            "best_member": None,
+            "difference": None,
+            "verdict": "members have no test results",
+        }
     best = max(scored, key=lambda r: r["macro_auc"])
     classes = run.labels()
-    mine, theirs = _test_probabilities(run, classes), _test_probabilities(runs.RunDir(_path_of(best, members)), classes)
-    table = mine.merge(theirs, on=["path", "y", "patient_id"], suffixes=("", "_member"))
-    difference = paired_differences(
-        table["y"].to_numpy(),
-        table[[f"prob_{c}" for c in classes]].to_numpy(),
-        table[[f"prob_{c}_member" for c in classes]].to_numpy(),
-        table["patient_id"].tolist(),
-        resamples=resamples,
-        seed=seed,
-    )
+    member = runs.RunDir(_path_of(best, members))
+    if task == FINDINGS:
+        evaluated = list((run.metrics() or {}).get("findings") or {})
+        if not evaluated:
+            return {
+                "task": task,
+                "rows": rows,
+                "best_member": None,
+                "difference": None,
+                "verdict": "the ensemble's test results evaluate no finding",
+            }
+        table = _test_findings(run).merge(_test_findings(member), on=["path", "patient_id"], suffixes=("", "_member"))
+        difference = _paired_mean_auc(table, evaluated, resamples=resamples, seed=seed)
+    else:
+        mine, theirs = _test_probabilities(run, classes), _test_probabilities(member, classes)
+        table = mine.merge(theirs, on=["path", "y", "patient_id"], suffixes=("", "_member"))
+        difference = paired_differences(
+            table["y"].to_numpy(),
+            table[[f"prob_{c}" for c in classes]].to_numpy(),
+            table[[f"prob_{c}_member" for c in classes]].to_numpy(),
+            table["patient_id"].tolist(),
+            resamples=resamples,
+            seed=seed,
+        )
     auc = difference["macro_auc"]
     if auc["ci_low"] is not None and auc["ci_low"] > 0:
         verdict = "better"
@@ -233,7 +293,14 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
         verdict = "worse"
     else:
         verdict = "no clear difference"
-    return {"rows": rows, "best_member": best["run"], "difference": difference, "verdict": verdict, "n": len(table)}
+    return {
+        "task": task,
+        "rows": rows,
+        "best_member": best["run"],
+        "difference": difference,
+        "verdict": verdict,
+        "n": len(table),
+    }
 
 
 def _path_of(row: dict, members: list[runs.RunDir]) -> Path:
@@ -248,3 +315,44 @@ def _test_probabilities(run: runs.RunDir, classes: list[str]) -> pd.DataFrame:
     table["y"] = table["true_label"].map({c: i for i, c in enumerate(classes)})
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
     return table[["path", "y", "patient_id", *[f"prob_{c}" for c in classes]]]
+
+
+def _test_findings(run: runs.RunDir) -> pd.DataFrame:
+    """A findings run's test predictions (its predictions.csv: ``prob_<finding>``, ``true_<finding>``) with
+    patients."""
+    predictions = pd.read_csv(run.file(runs.PREDICTIONS))
+    split = run.split()[["path", "patient_id"]]
+    table = predictions.merge(split, on="path", how="left")
+    table["patient_id"] = table["patient_id"].fillna("").astype(str)
+    return table
+
+
+def _paired_mean_auc(
+    table: pd.DataFrame, findings: list[str], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict:
+    """Mean AUC over ``findings`` of the ensemble (``prob_<f>``) minus that of a member (``prob_<f>_member``)
+    on the same images: ``{"macro_auc": {"difference", "ci_low", "ci_high"}}`` (and the same as ``mean_auc``).
+    Each finding is measured on its labelled images (``true_<f>`` 1 or 0; NaN left out); each resample draws
+    the same patients for both, and its mean is over the findings that resample defines."""
+    groups, _ = patient_groups(table["patient_id"].tolist(), len(table))
+    spread = resample_weights(groups, resamples, seed)
+    ones = np.ones((1, len(table)))
+    per = {"ensemble": ([], []), "member": ([], [])}  # (point, spread) per finding
+    for name in findings:
+        truth = table[f"true_{name}"].to_numpy(dtype=float)
+        mask = ~np.isnan(truth)
+        positive = truth[mask] == 1.0
+        for who, column in (("ensemble", f"prob_{name}"), ("member", f"prob_{name}_member")):
+            scores = table[column].to_numpy(dtype=float)[mask]
+            per[who][0].append(weighted_auc_ap(ones[:, mask], positive, scores)[0])
+            per[who][1].append(weighted_auc_ap(spread[:, mask], positive, scores)[0])
+
+    def mean(values: list[np.ndarray]) -> np.ndarray:
+        return mean_over_defined(np.stack(values, axis=1))
+
+    point = mean(per["ensemble"][0]) - mean(per["member"][0])
+    entry = {
+        "difference": float(point[0]) if np.isfinite(point[0]) else None,
+        **percentile_interval(mean(per["ensemble"][1]) - mean(per["member"][1]), enough=resamples // 2),
+    }
+    return {"macro_auc": entry, "mean_auc": dict(entry)}

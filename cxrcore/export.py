@@ -1,12 +1,15 @@
 """Export a run's model for use outside CXR Lab: a TensorFlow SavedModel or a TFLite (LiteRT) file.
 
 The exported model is the run's best model followed by its calibration temperature
-(:class:`cxrcore.training.layers.Calibrate`), so it outputs the same calibrated probabilities the
+(:class:`cxrcore.training.layers.Calibrate`; for a findings run, its temperature per finding,
+:class:`cxrcore.training.layers.CalibrateSigmoid`), so it outputs the same calibrated probabilities the
 dashboard shows. Its input is what :func:`cxrcore.data.io.prepare_image` returns for the run: one or more
 RGB images, ``float32`` values 0..255, ``size x size``, after the run's pixel rules. Beside each export, a
 JSON file (``<export>.json``, :func:`input_spec`) says exactly that: input shape, type and range, how an
 image becomes that input, the class names in output order, the temperature already applied, and the
-run's operating points, so a program without CXR Lab can use it correctly.
+run's operating points, so a program without CXR Lab can use it correctly. For a findings run the output is one
+calibrated sigmoid probability per finding (multi-label: several may be high; they do not sum to 1) and the
+spec names the findings, their temperatures and their thresholds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from . import runs
 from .errors import ConfigError, RunError
+from .evaluation.multilabel import TASK as FINDINGS
 from .lungs import segment
 
 FORMATS = ("savedmodel", "tflite")
@@ -36,9 +40,12 @@ def input_spec(run: runs.RunDir) -> dict:
     size = run.image_size()
     rules = run.pixel_rules()
     points = run.operating_points()
+    findings = run.task() == FINDINGS
     return {
         "run": run.run_id,
         "backbone": run.info().get("backbone"),
+        "task": run.task(),
+        **({"findings": run.labels()} if findings else {}),
         "input": {
             "name": "image",
             "shape": [None, size, size, 3],
@@ -73,14 +80,9 @@ def input_spec(run: runs.RunDir) -> dict:
                 else {}
             ),
         },
-        "output": {
-            "shape": [None, len(run.labels())],
-            "probabilities": "calibrated: softmax(log p / temperature) is already applied",
-            "classes": run.labels(),
-            "temperature": run.temperature(),
-        },
+        "output": _output(run),
         "operating_points": (
-            {c: points["thresholds"][c] for c in run.labels()} if points and "thresholds" in points else None
+            {c: points["thresholds"].get(c) for c in run.labels()} if points and "thresholds" in points else None
         ),
         "unlike_training_check": (
             "not part of this export: the dashboard and `predict` flag images unlike the training data (feature "
@@ -91,15 +93,41 @@ def input_spec(run: runs.RunDir) -> dict:
     }
 
 
+def _output(run: runs.RunDir) -> dict:
+    """The spec's ``output``: what the exported model gives, and the calibration already applied."""
+    if run.task() != FINDINGS:
+        return {
+            "shape": [None, len(run.labels())],
+            "probabilities": "calibrated: softmax(log p / temperature) is already applied",
+            "classes": run.labels(),
+            "temperature": run.temperature(),
+        }
+    return {
+        "shape": [None, len(run.labels())],
+        "probabilities": (
+            "calibrated sigmoid probabilities, one per finding in the order of findings (multi-label: each is "
+            "that finding's own probability, several may be high and they do not sum to 1); sigmoid(logit(p) / "
+            "T) with the finding's temperature T is already applied"
+        ),
+        "findings": run.labels(),
+        "temperatures": dict(zip(run.labels(), run.temperatures())),
+    }
+
+
 def serving_model(run: runs.RunDir):
-    """The run's model with its temperature applied: prepared image in, calibrated probabilities out."""
+    """The run's model with its temperature applied (a findings run's, per finding): prepared image in,
+    calibrated probabilities out."""
     import keras
 
-    from .training.layers import Calibrate  # lazy: TensorFlow
+    from .training.layers import Calibrate, CalibrateSigmoid  # lazy: TensorFlow
     from .training.model import load_model  # lazy: TensorFlow
 
     model = load_model(run.require_model())
-    probs = Calibrate(run.temperature(), name="calibrated")(model.outputs[0])
+    if run.task() == FINDINGS:
+        calibrate = CalibrateSigmoid(run.temperatures(), name="calibrated")
+    else:
+        calibrate = Calibrate(run.temperature(), name="calibrated")
+    probs = calibrate(model.outputs[0])
     return keras.Model(model.inputs, probs, name=f"{model.name}_calibrated")
 
 

@@ -1,4 +1,4 @@
-"""The prediction path: files or uploaded bytes in, class probabilities out, in label order.
+"""The prediction path: files or uploaded bytes in, class (or finding) probabilities out, in label order.
 
 Every consumer (the CLI, the dashboard, Grad-CAM, comparisons) predicts through
 :class:`Predictor`, which prepares pixels with :func:`cxrcore.data.io.prepare_image`
@@ -6,6 +6,11 @@ Every consumer (the CLI, the dashboard, Grad-CAM, comparisons) predicts through
 call or ``model.predict`` costs 5-10x more per image on a CPU, which a single upload
 should not pay. Its probabilities are calibrated with the run's temperature
 (:meth:`cxrcore.runs.RunDir.temperature`, 1.0 for runs trained before calibration existed).
+
+A findings run (:meth:`cxrcore.runs.RunDir.task` ``"findings"``: one sigmoid output per finding, several may be
+present) is calibrated per finding instead, ``sigmoid(logit(p_j) / T_j)`` with the run's
+:meth:`~cxrcore.runs.RunDir.temperatures` (:func:`cxrcore.evaluation.multilabel.apply_temperatures`), and its
+result lists each finding with its threshold and decision (:meth:`Predictor.result`).
 
 Each result also carries what the run learned from its validation split, where it has it:
 the decision per class at an operating point (:mod:`cxrcore.evaluation.operating_points`;
@@ -34,6 +39,8 @@ from .data.formats import ImageSource
 from .data.io import prepare_image
 from .errors import ImageDecodeError
 from .evaluation.calibration import apply_temperature
+from .evaluation.multilabel import TASK as FINDINGS
+from .evaluation.multilabel import apply_temperatures
 from .evaluation.operating_points import KIND_NAMES, KINDS, decide
 from .explain import faithfulness
 from .explain.cam import Explainer
@@ -45,7 +52,10 @@ WITHHELD = "the image is unlike the training data: its probabilities are not to 
 
 
 class Predictor:
-    """A run's best model, its labels and input size, ready to predict."""
+    """A run's best model, its labels (a findings run's: its findings) and input size, ready to predict.
+
+    ``task`` is ``"classes"`` or ``"findings"``; ``temperature`` calibrates a class run, ``temperatures`` (one
+    per finding, in label order; None for a class run) a findings run."""
 
     def __init__(self, run_dir: str | Path):
         self.run = runs.RunDir(run_dir)
@@ -53,7 +63,9 @@ class Predictor:
         self.labels = self.run.labels()
         self.image_size = self.run.image_size()
         self.pixels = self.run.pixel_rules()
+        self.task = self.run.task()
         self.temperature = self.run.temperature()
+        self.temperatures = self.run.temperatures() if self.multi_label else None
         self.operating_points = self.run.operating_points()
         self.feature_stats = self.run.feature_stats()
         network = feature_model(self.model) if self.feature_stats is not None else self.model
@@ -61,6 +73,11 @@ class Predictor:
         self._explainer = None
         self._memo: OrderedDict = OrderedDict()  # (image digest, what) -> computed; the newest last
         self._lock = threading.RLock()
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether this is a findings run (multi-label: one sigmoid probability per finding)."""
+        return self.task == FINDINGS
 
     def prepare(self, source: ImageSource, name: str | None = None) -> np.ndarray:
         """``uint8`` (size, size, 3): exactly what the model sees."""
@@ -80,7 +97,11 @@ class Predictor:
                 features.append(np.asarray(out[1], dtype=float))
             else:
                 probs.append(np.asarray(out, dtype=float))
-        calibrated = apply_temperature(np.concatenate(probs, axis=0), self.temperature)
+        raw = np.concatenate(probs, axis=0)
+        if self.multi_label:
+            calibrated = apply_temperatures(raw, self.temperatures)
+        else:
+            calibrated = apply_temperature(raw, self.temperature)
         return calibrated, (np.concatenate(features, axis=0) if features else None)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -179,7 +200,8 @@ class Predictor:
         """One image's prediction, explained: :meth:`result`'s fields, plus
 
         - ``input``: the prepared image (what the model sees), ``heatmap``: the map (H, W in [0, 1]);
-        - ``method``, ``class_index`` and ``class``: what is explained (None: the predicted class);
+        - ``method``, ``class_index`` and ``class``: what is explained (None: the predicted class; for a findings
+          run, ``class_index`` is the finding's index in :attr:`labels`, None the most probable finding);
         - ``deletion`` (lower is better), ``insertion`` (higher is better), ``border_share`` (None for an
           empty map) and ``border_flagged``;
         - ``lung_share``: the share of the map's mass inside the lung fields of the prepared image (None when no
@@ -247,13 +269,18 @@ class Predictor:
     ) -> dict:
         """One image's result:
 
-        - ``image``, ``label`` (the most probable class), ``confidence``, ``probabilities`` (calibrated);
+        - ``task``: ``"classes"`` or ``"findings"``;
+        - ``image``, ``label`` (the most probable class, or finding), ``confidence``, ``probabilities``
+          (calibrated);
         - ``decision``: ``{"operating_point", "name", "thresholds", "positive", "withheld"}``: ``positive``, the
           classes whose probability is at or above their threshold at ``operating_point``; for an image
           flagged as unlike the training data no decision is made: ``positive`` is None and ``withheld``
           says why (None otherwise). The whole ``decision`` is None for a run without operating points;
         - ``unlike_training``: ``{"score", "threshold", "percentile", "flagged"}`` (None without feature statistics
-          or ``features``); when flagged, the probabilities are kept but are not to be trusted.
+          or ``features``); when flagged, the probabilities are kept but are not to be trusted;
+        - for a findings run, ``findings``: one ``{"finding", "probability", "threshold", "positive"}`` per
+          finding, the positive ones first, each group by probability, highest first (``threshold`` at
+          ``operating_point``, None where the finding has none; ``positive`` None when no decision is made).
         """
         if operating_point not in KINDS:
             raise ValueError(f"operating_point must be one of {', '.join(KINDS)}, got {operating_point!r}")
@@ -266,7 +293,9 @@ class Predictor:
                 "operating_point": operating_point,
                 "name": KIND_NAMES[operating_point]
                 + (f" {target:.2f}" if operating_point == "sensitivity" and target else ""),
-                "thresholds": {c: self.operating_points["thresholds"][c][operating_point] for c in self.labels},
+                "thresholds": {
+                    c: self.operating_points["thresholds"].get(c, {}).get(operating_point) for c in self.labels
+                },
                 "positive": [c for c, yes in zip(self.labels, called) if yes],
                 "withheld": None,
             }
@@ -281,7 +310,8 @@ class Predictor:
             }
         if decision is not None and unlike is not None and unlike["flagged"]:
             decision.update(positive=None, withheld=WITHHELD)
-        return {
+        found = {
+            "task": self.task,
             "image": name,
             "label": self.labels[top],
             "confidence": float(probs[top]),
@@ -289,6 +319,28 @@ class Predictor:
             "decision": decision,
             "unlike_training": unlike,
         }
+        if self.multi_label:
+            found["findings"] = findings_list(self.labels, probs, decision)
+        return found
+
+
+def findings_list(findings: Sequence[str], probs, decision: dict | None) -> list[dict]:
+    """Each finding's ``{"finding", "probability", "threshold", "positive"}``: those called positive by
+    ``decision`` first, then the others, each group by probability, highest first (ties in label order).
+    Without a decision (none, or withheld) thresholds are kept where known and ``positive`` is None."""
+    called = None if decision is None or decision["positive"] is None else set(decision["positive"])
+    thresholds = (decision or {}).get("thresholds") or {}
+    rows = [
+        {
+            "finding": name,
+            "probability": float(p),
+            "threshold": thresholds.get(name),
+            "positive": None if called is None else name in called,
+        }
+        for name, p in zip(findings, probs)
+    ]
+    order = sorted(range(len(rows)), key=lambda i: (not rows[i]["positive"], -rows[i]["probability"], i))
+    return [rows[i] for i in order]
 
 
 def _name(source: ImageSource) -> str:

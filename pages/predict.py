@@ -1,4 +1,5 @@
-"""Predict: upload X-rays (PNG, JPEG, DICOM), see class probabilities and what the model looked at."""
+"""Predict: upload X-rays (PNG, JPEG, DICOM), see class probabilities (a findings run: a probability and a decision
+per finding) and what the model looked at."""
 
 from pathlib import Path
 
@@ -37,12 +38,17 @@ method = c[0].selectbox(
     help="Grad-CAM is fastest; Score-CAM runs the model many times and is slower.",
 )
 labels = predictor(run["path"]).labels
+multi_label = predictor(run["path"]).multi_label  # a findings run: one sigmoid probability per finding
 explained = c[1].selectbox(
     "Explain",
     [-1, *range(len(labels))],
-    format_func=lambda i: "the predicted class" if i < 0 else labels[i],
+    format_func=lambda i: (
+        labels[i] if i >= 0 else "the most probable finding" if multi_label else "the predicted class"
+    ),
     key="predict_explain_class",
-    help="Which class's evidence the map shows: by default the one the model predicts.",
+    help="Which finding's evidence the map shows: by default the most probable one."
+    if multi_label
+    else "Which class's evidence the map shows: by default the one the model predicts.",
 )
 colormap = c[2].selectbox("Colormap", list(COLORMAPS), key="predict_colormap")
 alpha = c[3].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="predict_alpha")
@@ -105,6 +111,49 @@ def faithfulness_view(result: dict, key: str) -> None:
         )
 
 
+def findings_view(where, result: dict, key: str) -> None:
+    """A findings run's answer: the decision, each finding's probability, threshold and decision (positive ones
+    first), and the probabilities as bars with each finding's threshold marked."""
+    decision = result["decision"]
+    if decision and decision.get("withheld"):
+        where.markdown(f"**No decision at {decision['name']}**: {decision['withheld']}.")
+    elif decision:
+        where.markdown(
+            f"**Positive at {decision['name']}:** {', '.join(decision['positive']) or 'none of the findings'}"
+        )
+        where.caption("Each finding on its own: positive where its calibrated probability reaches its threshold.")
+    else:
+        where.caption("This run has no operating points: no decision, only probabilities.")
+    unlike = result["unlike_training"]
+    if unlike and unlike["flagged"] and not (decision and decision.get("withheld")):  # else the decision says so
+        where.caption("The probabilities below are not to be trusted: unlike the training data.")
+    called = {True: "positive", False: "negative", None: "no decision"}
+    where.dataframe(
+        [
+            {
+                "finding": f["finding"],
+                "probability": f"{f['probability']:.1%}",
+                "threshold": "n/a" if f["threshold"] is None else f"{f['threshold']:.3f}",
+                "decision": called[f["positive"]],
+            }
+            for f in result["findings"]
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+    figure = plots.probability_bars(result["probabilities"], title="Findings (calibrated; each on its own)")
+    marked = [f for f in result["findings"] if f["threshold"] is not None]
+    if marked:
+        figure.add_scatter(
+            x=[f["threshold"] for f in marked],
+            y=[f["finding"] for f in marked],
+            mode="markers",
+            marker=dict(symbol="line-ns-open", size=22, line_width=3, color="black"),
+            name="threshold",
+        )
+    where.plotly_chart(figure, width="stretch", key=key)
+
+
 DELETION_HELP = (
     "the map's most important pixels are removed first, step by step; the score is the area under the class "
     "probability. A faithful map names the pixels whose loss drops the probability first."
@@ -164,26 +213,29 @@ for upload in uploads:
     shown = geometry.draw_outline(result["overlay"], lungs.mask) if outlined else result["overlay"]
     middle.image(shown, caption=f"{METHOD_LABELS[method]} for {result['class']}", width="stretch")
     decision = result["decision"]
-    if decision and decision.get("withheld"):
-        right.markdown(f"**No decision at {decision['name']}**: {decision['withheld']}.")
-    elif decision:
-        positive = ", ".join(decision["positive"]) or "none of the classes"
-        right.markdown(f"**Decision at {decision['name']}:** {positive}")
-        right.caption(
-            "Positive where the calibrated probability reaches the class's threshold: "
-            + ", ".join(f"{c} ≥ {t:.3f}" for c, t in decision["thresholds"].items() if t is not None)
-        )
+    if multi_label:
+        findings_view(right, result, key=f"predict_probs_{upload.file_id}")
     else:
-        right.caption("This run was trained before operating points existed: no decision, only probabilities.")
-    if unlike and unlike["flagged"] and not (decision and decision.get("withheld")):  # else the decision says so
-        right.caption("The probabilities below are not to be trusted: unlike the training data.")
-    right.plotly_chart(
-        plots.probability_bars(
-            result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
-        ),
-        width="stretch",
-        key=f"predict_probs_{upload.file_id}",
-    )
+        if decision and decision.get("withheld"):
+            right.markdown(f"**No decision at {decision['name']}**: {decision['withheld']}.")
+        elif decision:
+            positive = ", ".join(decision["positive"]) or "none of the classes"
+            right.markdown(f"**Decision at {decision['name']}:** {positive}")
+            right.caption(
+                "Positive where the calibrated probability reaches the class's threshold: "
+                + ", ".join(f"{c} ≥ {t:.3f}" for c, t in decision["thresholds"].items() if t is not None)
+            )
+        else:
+            right.caption("This run was trained before operating points existed: no decision, only probabilities.")
+        if unlike and unlike["flagged"] and not (decision and decision.get("withheld")):  # else the decision says so
+            right.caption("The probabilities below are not to be trusted: unlike the training data.")
+        right.plotly_chart(
+            plots.probability_bars(
+                result["probabilities"], title=f"{result['label']} ({result['confidence']:.1%}, calibrated)"
+            ),
+            width="stretch",
+            key=f"predict_probs_{upload.file_id}",
+        )
     right.download_button(
         "Download overlay (PNG)",
         to_png_bytes(shown),

@@ -7,23 +7,42 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.findings import match_finding
 from ..errors import ConfigError, ImageDecodeError
 from ..explain import faithfulness
 from ..explain.cam import COLORMAPS, METHODS, overlay, to_png_bytes
 from ..explain.faithfulness import BASELINES, BORDER_WARN, SAMPLE_SIZE, STEPS, percent
 from ..lungs.geometry import LUNG_SHARE_WARN
 from ..runs import RunDir
-from .options import prediction_line
+from .predict import result_line
+
+
+def finding_index(run: RunDir, name: str) -> int:
+    """The index of the finding ``--finding NAME`` names in a findings run's outputs: the name as the run
+    spells it, or its exact equivalent in the other dataset (:func:`cxrcore.data.findings.match_finding`);
+    ConfigError for a class run or a finding the run does not predict."""
+    labels = run.labels()
+    if run.task() != "findings":
+        raise ConfigError(
+            f"--finding is for findings runs; {run.run_id} predicts classes ({', '.join(labels)}): "
+            f"use --class NAME to explain one of them"
+        )
+    found = match_finding(name, labels)
+    if found is None:
+        raise ConfigError(f"--finding {name!r} is not one of the run's findings: {', '.join(labels)}")
+    return labels.index(found)
 
 
 def cmd_explain(args) -> int:
-    RunDir(args.run_dir).require_model()
+    run = RunDir(args.run_dir)
+    run.require_model()
     if not 0 <= args.alpha <= 1:
         raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    chosen = None if args.finding is None else finding_index(run, args.finding)
     from ..predict import Predictor  # lazy: TensorFlow
 
     predictor = Predictor(args.run_dir)
-    class_index = None
+    class_index = chosen
     if args.class_name is not None:
         if args.class_name not in predictor.labels:
             raise ConfigError(
@@ -71,6 +90,8 @@ def cmd_explain(args) -> int:
                 "class",
             )
         }
+        if "findings" in found:
+            line.update(task=found["task"], findings=found["findings"])
         line.update(
             deletion=found["deletion"],
             insertion=found["insertion"],
@@ -88,7 +109,7 @@ def cmd_explain(args) -> int:
         else:
             inside = "n/a (empty map)" if found["border_share"] is None else "n/a (no lungs found)"
         print(
-            f"{prediction_line(found)}\n  {args.method} for {found['class']}: deletion {found['deletion']:.3f} "
+            f"{result_line(found)}\n  {args.method} for {found['class']}: deletion {found['deletion']:.3f} "
             f"(lower is better), insertion {found['insertion']:.3f} (higher is better), border share {share}"
             + (f" > {BORDER_WARN:.0%}: the map lies mostly on the image's border" if found["border_flagged"] else "")
             + f", lung share {inside}"
@@ -142,7 +163,16 @@ def add_explain_parser(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
     p.add_argument("--method", choices=list(METHODS), default="gradcam")
-    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the predicted one)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--class", dest="class_name", metavar="NAME", help="explain this class (default: the predicted one)"
+    )
+    which.add_argument(
+        "--finding",
+        metavar="NAME",
+        help="a findings run: explain this finding, as the run names it or by its equivalent name in NIH or "
+        "CheXpert (e.g. Pleural Effusion for Effusion; default: the most probable finding)",
+    )
     p.add_argument("--out", default="explanations", help="folder for the overlay PNGs (default: ./explanations)")
     p.add_argument("--colormap", choices=list(COLORMAPS), default="jet")
     p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity, 0-1")

@@ -6,14 +6,21 @@ the backbone registry (``Backbone.gradcam_layer``) is a direct layer of the mode
 
 How tf-keras-vis is used here, and why:
 
-* One clone of the caller's model, with its softmax replaced by a linear output
-  (``model_modifier=ReplaceToLinear()``, ``clone=True``), is made once, lazily,
-  by the first visualizer; the other visualizers reuse that clone. The caller's
-  model keeps its softmax and its weights. The clone is a snapshot: an Explainer
-  made before further training explains the old weights.
-* Gradients are taken on the logits (the class score before softmax), which is what
-  Grad-CAM's paper does; Score-CAM re-applies softmax to the logits itself, so it
-  scores masked images by probability, as in its paper.
+* One clone of the caller's model, with its output activation replaced by a linear one
+  (``model_modifier=ReplaceToLinear()``, ``clone=True``: it sets the activation of every
+  output layer to linear, whatever it was: a classifier's softmax, a findings model's
+  sigmoid), is made once, lazily, by the first visualizer; the other visualizers reuse that
+  clone. The caller's model keeps its activation and its weights. The clone is a snapshot: an
+  Explainer made before further training explains the old weights.
+* Gradients are taken on the logits (the class or finding score before its activation), which
+  is what Grad-CAM's paper does. Score-CAM scores masked images by probability, as in its
+  paper: tf-keras-vis applies softmax to what the clone's ``predict`` returns before scoring,
+  which for a classifier turns the logits back into its probabilities. A findings model's
+  probability is the sigmoid of its own logit, not a softmax over findings, so for it the
+  clone's ``predict`` (ours, :meth:`Explainer._patch_predict`) returns
+  ``[log sigmoid(z), log sigmoid(-z)]`` (2k columns): their softmax is
+  ``[sigmoid(z), 1 - sigmoid(z)] / k`` exactly (each pair sums to 1), and the score is ``k``
+  times column ``j``: finding ``j``'s sigmoid probability.
 * The layer is passed by name with ``seek_penultimate_conv_layer=False``: with the
   library's default it would walk back from a named activation layer (``out_relu``,
   ``cnn_conv4``) to the ``Conv2D`` before it, i.e. to pre-BatchNorm, pre-ReLU
@@ -153,6 +160,14 @@ def _normalise(cam: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- explainer
 
 
+def output_activation(model) -> str:
+    """The name of ``model``'s output activation (``"softmax"`` for a classifier, ``"sigmoid"`` for a
+    findings model), read from the layer that makes its first output; ``"linear"`` when it has none."""
+    layer = model.get_layer(model.output_names[0])
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
 class Explainer:
     """Class activation maps of one model at one conv layer.
 
@@ -185,6 +200,8 @@ class Explainer:
         self.layer_name = layer_name
         self.input_size = (int(in_shape[1]), int(in_shape[2]))
         self.num_classes = int(model.outputs[0].shape[-1])
+        #: a findings model (sigmoid outputs): Score-CAM weighs masked images by each finding's sigmoid
+        self.multi_label = output_activation(model) == "sigmoid"
         self.channels = int(shape[-1])
         self.scorecam_max_n = int(scorecam_max_n)
         self.scorecam_batch_size = int(scorecam_batch_size)
@@ -224,8 +241,11 @@ class Explainer:
             cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
             shared = next(iter(self._visualizers.values()), None)
             if shared is None:
-                # the one clone (softmax -> linear); the caller's model is not modified
+                # the one clone (softmax or sigmoid -> linear); the caller's model is not modified
                 vis = cls(self.model, model_modifier=ReplaceToLinear(), clone=True)
+                left = output_activation(vis.model)
+                if left != "linear":  # maps of probabilities, not logits, would be silently wrong
+                    raise RuntimeError(f"the explainer's clone still ends in {left}, not a linear output")
                 self._patch_predict(vis.model)
             else:
                 vis = cls(shared.model, model_modifier=None, clone=False)
@@ -234,19 +254,27 @@ class Explainer:
 
     def _patch_predict(self, clone) -> None:
         """Score-CAM calls ``model.predict(masked, batch_size=...)``; on the clone (ours
-        only) route that through one compiled forward pass: silent, traced once."""
+        only) route that through one compiled forward pass: silent, traced once. For a
+        findings model it returns ``[log sigmoid(z), log sigmoid(-z)]``, whose softmax (which
+        Score-CAM takes) holds each finding's sigmoid probability over k (module docstring)."""
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, *self.input_size, 3), tf.float32)
         forward = tf.function(lambda x: clone(x, training=False), input_signature=[spec], autograph=False)
         self._forward = forward
+        if self.multi_label:
+            pairs = tf.function(
+                lambda x: _sigmoid_pairs(clone(x, training=False)), input_signature=[spec], autograph=False
+            )
+        else:
+            pairs = forward
 
         def predict(x, batch_size=None, **_ignored):
             if isinstance(x, (list, tuple)):
                 x = x[0]
             x = np.asarray(x, dtype=np.float32)
             step = batch_size or self.scorecam_batch_size
-            return np.concatenate([np.asarray(forward(x[i : i + step])) for i in range(0, len(x), step)])
+            return np.concatenate([np.asarray(pairs(x[i : i + step])) for i in range(0, len(x), step)])
 
         object.__setattr__(clone, "predict", predict)
 
@@ -318,8 +346,9 @@ class Explainer:
             if method == "scorecam":
                 if class_index is None:
                     class_index = self.predicted_class(seed[0])
+                scale = float(self.num_classes) if self.multi_label else 1.0  # undoes the softmax's 1 / k
                 cam = vis(
-                    lambda out: out[:, class_index],
+                    lambda out: out[:, class_index] * scale,
                     seed,
                     penultimate_layer=self.layer_name,
                     seek_penultimate_conv_layer=False,
@@ -348,6 +377,14 @@ class Explainer:
         cam = np.asarray(cam)
         cam = cam.reshape(cam.shape[-2:]) if cam.ndim == 3 else cam
         return _normalise(resize(cam.astype(np.float32), *self.input_size))
+
+
+def _sigmoid_pairs(logits):
+    """``[log sigmoid(z), log sigmoid(-z)]`` along the last axis (2k columns): their softmax is
+    ``[sigmoid(z), 1 - sigmoid(z)] / k``, so Score-CAM's softmax gives each finding's sigmoid over k."""
+    import tensorflow as tf
+
+    return tf.concat([tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)], axis=-1)
 
 
 class EnsembleExplainer:

@@ -10,6 +10,10 @@ to least important (ties broken by a fixed random order). In :data:`STEPS` equal
 - *insertion* starts from the baseline and reveals the pixels in the same order; area under the
   curve. **Higher is better**.
 
+The probability is the explained output's own, taken as given (nothing is renormalised over the outputs): a
+classifier's calibrated softmax probability of the class, or a findings model's calibrated sigmoid
+probability of the finding, which does not depend on the other findings.
+
 The baseline is, by default, a Gaussian blur of the image (radius :data:`BLUR_FRACTION` of its side):
 blurring removes the detail a pixel carries without putting an edge or a black hole into the image,
 which a model may react to by itself. ``"black"`` (zeros) is the other choice. All the images of both
@@ -117,7 +121,8 @@ def scores(
     """Deletion and insertion of one map.
 
     ``image``: uint8 (H, W, 3), what the model sees; ``heat``: (H, W), the map at that size;
-    ``probabilities``: images float32 (n, H, W, 3) -> (n, classes). Returns ``{"deletion",
+    ``probabilities``: images float32 (n, H, W, 3) -> (n, classes or findings), of which column
+    ``class_index`` is read as it is. Returns ``{"deletion",
     "insertion", "deletion_curve", "insertion_curve"}`` (curves of ``steps + 1`` probabilities)."""
     check_settings(steps, baseline)
     image = np.asarray(image)

@@ -81,7 +81,8 @@ def evaluate_run(
     predictor=None,
 ) -> dict:
     """Each method's deletion, insertion, border share and lung share averaged over a random sample of the
-    run's test split (the predicted class explained), beside a random map; kept in the run
+    run's test split (the predicted class explained; for a findings run, the most probable finding), beside a
+    random map; kept in the run
     (``faithfulness.json``) and returned from there when asked again with the same settings, model and lung
     model (the shipped one's fingerprint is part of the settings, so a result from before lung shares, or of
     another lung model, is computed again).

@@ -3,7 +3,8 @@
 Models take RGB pixels in 0..255 (what :func:`cxrcore.data.io.prepare_image` returns) and
 do their backbone's own preprocessing inside the graph, in a :class:`Preprocess`
 layer, so a saved ``model.keras`` needs nothing but its input to predict. Importing this
-module registers the layer for loading (as ``cxrcore>Preprocess``).
+module registers the layers for loading (as ``cxrcore>Preprocess``, ``cxrcore>Calibrate``,
+``cxrcore>CalibrateSigmoid``, ``cxrcore>FlipLeftRight``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,35 @@ class Calibrate(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="cxrcore")
+class CalibrateSigmoid(keras.layers.Layer):
+    """Temperature scaling of a findings model's sigmoid probabilities, one temperature per finding:
+    ``sigmoid(logit(p_j) / T_j)``, the logit taken as ``log p - log(1 - p)`` with both clipped at 1e-12 as
+    :class:`Calibrate` clips. In the graph what :func:`cxrcore.evaluation.multilabel.apply_temperatures` does
+    to a findings run's outputs (an export applies it; an ensemble of findings runs averages its members'
+    calibrated probabilities)."""
+
+    def __init__(self, temperatures=(1.0,), **kwargs):
+        super().__init__(**kwargs)
+        values = [float(t) for t in temperatures]
+        if not values or not all(t > 0 for t in values):
+            raise ValueError(f"temperatures must be positive numbers, one per finding, got {list(temperatures)}")
+        self.temperatures = values
+
+    def build(self, input_shape):
+        if input_shape[-1] is not None and int(input_shape[-1]) != len(self.temperatures):
+            raise ValueError(f"{len(self.temperatures)} temperatures for {input_shape[-1]} findings")
+        super().build(input_shape)
+
+    def call(self, probs):
+        p = ops.cast(probs, "float32")
+        logits = ops.log(ops.clip(p, 1e-12, 1.0)) - ops.log(ops.clip(1.0 - p, 1e-12, 1.0))
+        return ops.sigmoid(logits / ops.convert_to_tensor(self.temperatures, dtype="float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "temperatures": list(self.temperatures)}
 
 
 @keras.saving.register_keras_serializable(package="cxrcore")
