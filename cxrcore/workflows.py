@@ -225,10 +225,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, **options) -> 
     return result
 
 
-def evaluate_many(run_dirs, data: str | Path, *, drop_unknown: bool = False) -> dict[str, str | None]:
+def evaluate_many(
+    run_dirs, data: str | Path, *, drop_unknown: bool = False, labels_column: str = ""
+) -> dict[str, str | None]:
     """Evaluate each run on the labelled folder ``data``, each card rewritten: ``{run_id: None or the
-    error}`` (:func:`cxrcore.evaluation.evaluate.evaluate_runs`)."""
-    outcome = evaluate_runs(run_dirs, data, drop_unknown=drop_unknown)
+    error}`` (:func:`cxrcore.evaluation.evaluate.evaluate_runs`; ``labels_column`` reaches the findings runs)."""
+    outcome = evaluate_runs(run_dirs, data, drop_unknown=drop_unknown, labels_column=labels_column)
     for path in run_dirs:
         write_card(runs.RunDir(path))
     return outcome

@@ -1,4 +1,5 @@
-"""Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices, and one image through each."""
+"""Compare: 2 to 4 runs side by side: metrics, ROC, confusion matrices (findings runs: AUC per finding), and one
+image through each."""
 
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from cxrcore.evaluation import plots
 from cxrcore.evaluation.compare import (
     bootstrap_caption,
     compare_table,
+    findings_side_by_side,
     format_value,
     has_intervals,
+    is_findings,
     level_percent,
     loso_sentence,
     loso_table,
@@ -106,38 +109,72 @@ if len(chosen) < 2:
     st.stop()
 
 paths = [r["path"] for r in chosen]
-table = compare_runs(paths)
+try:
+    table = compare_runs(paths)
+    found = comparability(paths)
+except CXRError as exc:  # a run whose files cannot be read
+    show_error(exc)
+    st.stop()
 run_metrics = {r["run_id"]: run_files.RunDir(r["path"]).metrics() for r in chosen}
-found = comparability(paths)
+tasks = found.get("tasks") or {}
+findings_runs = [run_id for run_id, task in tasks.items() if task == "findings"]
+mixed = bool(findings_runs) and len(findings_runs) < len(tasks)
+if mixed:
+    st.error(
+        "**These runs cannot be ranked against each other**: "
+        + ", ".join(f"`{r}`" for r in findings_runs)
+        + " predict findings (several per image, one probability each), the others classes (one per image). "
+        "Their AUCs measure different things, on their own test splits or on external data.",
+        icon=":material/block:",
+    )
+elif findings_runs and not found["same_classes"]:
+    st.warning(
+        "**These runs cannot be ranked: their findings differ.** A mean AUC over other findings is not the same "
+        "measure; only the AUC of a finding they all predict ("
+        + (", ".join(found["shared_classes"]) or "none")
+        + ") is compared, and only on external data every one was evaluated on.",
+        icon=":material/compare_arrows:",
+    )
 if not found["comparable"]:
     st.warning(
         "**Not comparable as they stand**: no best is named across these runs on their own test splits, "
         "because " + "; and ".join(found["differences"]) + ".",
         icon=":material/compare_arrows:",
     )
-    if found["common_external"]:
+    if found["common_external"] and not mixed:
+        what = "finding's AUC" if findings_runs else "one-vs-rest AUC of a class"
         st.caption(
             "They can be compared on external data every one of them was evaluated on: the rows named "
             + ", ".join(f"`{d}: ...`" for d in found["common_external"])
             + (
                 ""
                 if found["same_classes"]
-                else f" (with different classes, only the one-vs-rest AUC of a class they all have: "
+                else f" (with different {'findings' if findings_runs else 'classes'}, only the {what} they all have: "
                 f"{', '.join(found['shared_classes']) or 'none'})"
             )
             + " name a best."
         )
     with st.expander("Compare them on one labelled dataset from elsewhere", expanded=not found["common_external"]):
         st.caption(
-            "Each run is evaluated on the same images with its own label scheme and class map; its result is "
-            "kept in the run (Evaluate page, External validation) and added to the table below."
+            "Each run is evaluated on the same images with its own label scheme and class map (a findings run: its "
+            "findings matched by name); its result is kept in the run (Evaluate page, External validation) and added "
+            "to the table below."
         )
         c = st.columns([4, 1])
         folder = c[0].text_input("Labelled folder or CSV manifest", key="compare_external_data")
         skip = c[1].checkbox("Skip unknown classes", key="compare_external_skip")
+        labels_column = ""
+        if findings_runs:
+            labels_column = st.text_input(
+                "Labels column (findings runs)",
+                key="compare_external_labels_column",
+                placeholder="e.g. nih_labels",
+                help="A manifest's column of findings (separated by |, 'No Finding' for none), when the dataset is "
+                "not a findings dataset of its own. Empty: read it as one.",
+            ).strip()
         if st.button("Evaluate every run on it", key="compare_external_go", disabled=not folder.strip()):
             with st.spinner("Evaluating each run..."):
-                outcome = workflows.evaluate_many(paths, folder.strip(), drop_unknown=skip)
+                outcome = workflows.evaluate_many(paths, folder.strip(), drop_unknown=skip, labels_column=labels_column)
             failed = {run_id: why for run_id, why in outcome.items() if why}
             for run_id, why in failed.items():
                 st.error(f"`{run_id}`: {why}")
@@ -172,14 +209,16 @@ def ensemble_view(run) -> None:
         st.caption(f"`{run.run_id}` has no test results to compare with its members.")
         return
     st.markdown(f"**`{run.run_id}`** against its members (test split)")
+    findings = found.get("task") == "findings"  # no accuracy; its macro AUC is the mean AUC over findings
+    auc_label = "mean AUC" if findings else "macro AUC"
     st.dataframe(
         [
             {
                 "run": row["run"],
                 "role": row["role"],
                 "backbone": row["backbone"],
-                "accuracy": format_value(row["accuracy"], interval_of(row["accuracy_ci"])),
-                "macro AUC": format_value(row["macro_auc"], interval_of(row["macro_auc_ci"])),
+                **({} if findings else {"accuracy": format_value(row["accuracy"], interval_of(row["accuracy_ci"]))}),
+                auc_label: format_value(row["macro_auc"], interval_of(row["macro_auc_ci"])),
             }
             for row in found["rows"]
         ],
@@ -190,7 +229,7 @@ def ensemble_view(run) -> None:
         auc = found["difference"]["macro_auc"]
         spread = "n/a" if auc["ci_low"] is None else f"{auc['ci_low']:+.3f} to {auc['ci_high']:+.3f}"
         text = (
-            f"Ensemble minus its best member (`{found['best_member']}`): macro AUC {auc['difference']:+.3f}, "
+            f"Ensemble minus its best member (`{found['best_member']}`): {auc_label} {auc['difference']:+.3f}, "
             f"95% CI {spread} (paired bootstrap over patients, {found['n']} test images)."
         )
         if found["verdict"] == "better":
@@ -218,6 +257,11 @@ notes = [
     "Test-split metrics are only comparable between runs trained on the same data and split; rows named "
     "`<dataset>: ...` are external validation (Evaluate page), comparable between runs evaluated on that dataset."
 ]
+if findings_runs:
+    notes.append(
+        "A findings run's macro AUC is its mean AUC over the findings it evaluated, its `AUC <finding>` rows its "
+        "findings'; it has no accuracy nor macro F1 (n/a)."
+    )
 with_ci = [run_id for run_id, m in run_metrics.items() if has_intervals(m)]
 if with_ci:
     notes.append(
@@ -243,14 +287,29 @@ if without:
     )
 
 metrics = {run_id: m for run_id, m in run_metrics.items() if m is not None}
+with_findings = {run_id: m for run_id, m in metrics.items() if is_findings(m)}
+with_classes = {run_id: m for run_id, m in metrics.items() if not is_findings(m)}
 if metrics:
-    classes = sorted({c for m in metrics.values() for c in m["classes"]})
-    cls = st.selectbox("ROC for class", classes, key="compare_class")
+    # a findings run's curves are per evaluated finding (its "roc" keys), a class run's per class
+    names = sorted({c for m in metrics.values() for c in (m.get("classes") or m.get("roc") or [])})
+    cls = st.selectbox("ROC for finding or class" if with_findings else "ROC for class", names, key="compare_class")
     st.plotly_chart(plots.roc_overlay(metrics, cls), width="stretch")
+if with_findings:
+    st.subheader("Findings side by side")
+    st.caption(
+        "AUC per finding on each run's own test split (95% CI). A finding a run could not measure (too few "
+        "positive images) says why; one it does not predict says so."
+        + (" These runs predict different findings: they cannot be ranked." if not found["same_classes"] else "")
+    )
+    st.dataframe(findings_side_by_side(with_findings), width="stretch")
+    cols = st.columns(len(with_findings))
+    for col, (run_id, m) in zip(cols, with_findings.items()):
+        col.plotly_chart(plots.findings_auc(m, title=run_id), width="stretch", key=f"compare_auc_{run_id}")
+if with_classes:
     st.subheader("Confusion matrices")
     normalized = st.toggle("Normalise rows", key="compare_norm")
-    cols = st.columns(len(metrics))
-    for col, (run_id, m) in zip(cols, metrics.items()):
+    cols = st.columns(len(with_classes))
+    for col, (run_id, m) in zip(cols, with_classes.items()):
         col.plotly_chart(
             plots.confusion_matrix(m, normalized=normalized, title=run_id), width="stretch", key=f"compare_cm_{run_id}"
         )
@@ -299,7 +358,15 @@ if upload is not None:
                 show_error(exc)
             continue
         col.image(result["overlay"], caption=r["run_id"], width="stretch")
-        col.markdown(f"**{result['label']}** ({result['confidence']:.1%})")
+        if result.get("task") == "findings":  # several findings per image: those called at the run's thresholds
+            called = [f["finding"] for f in result.get("findings") or [] if f["positive"]]
+            col.markdown(
+                "Findings called: " + (", ".join(f"**{n}**" for n in called) or "none")
+                if any(f["positive"] is not None for f in result.get("findings") or [])
+                else f"Most probable finding: **{result['label']}** ({result['confidence']:.1%})"
+            )
+        else:
+            col.markdown(f"**{result['label']}** ({result['confidence']:.1%})")
         if result["unlike_training"] and result["unlike_training"]["flagged"]:
             col.warning("Unlike this model's training data: its probabilities mean little here.")
         col.plotly_chart(

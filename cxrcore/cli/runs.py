@@ -7,23 +7,29 @@ import sys
 
 def cmd_ensemble(args) -> int:
     """Average finished runs into a new run directory (printed last); its comparison with the best member
-    goes to stderr."""
+    goes to stderr (an ensemble of findings runs: by the mean AUC over the findings evaluated)."""
     from ..ensemble import report  # lazy: scikit-learn (about 0.8 s on --help)
     from ..workflows import make_ensemble  # lazy: TensorFlow
 
     run = make_ensemble(args.runs, tta=args.tta, out_dir=args.out)
     found = report(run)
     if found and found["best_member"]:
-        auc = found["difference"]["macro_auc"]
-        low, high = auc["ci_low"], auc["ci_high"]
-        interval = "n/a" if low is None else f"{low:+.3f} to {high:+.3f}"
-        print(
-            f"ensemble vs its best member {found['best_member']}: macro AUC {auc['difference']:+.3f} "
-            f"(95% CI {interval}, paired bootstrap over patients): {found['verdict']}",
-            file=sys.stderr,
-        )
+        print(ensemble_line(found), file=sys.stderr)
     print(run.path)
     return 0
+
+
+def ensemble_line(found: dict) -> str:
+    """An ensemble against its best member in one line (:func:`cxrcore.ensemble.report`'s result with a best
+    member): the paired difference of the macro AUC (a findings ensemble: the mean AUC) and the verdict."""
+    findings = found.get("task") == "findings"
+    auc = found["difference"]["mean_auc" if findings and "mean_auc" in found["difference"] else "macro_auc"]
+    low, high = auc["ci_low"], auc["ci_high"]
+    interval = "n/a" if low is None else f"{low:+.3f} to {high:+.3f}"
+    return (
+        f"ensemble vs its best member {found['best_member']}: {'mean' if findings else 'macro'} AUC "
+        f"{auc['difference']:+.3f} (95% CI {interval}, paired bootstrap over patients): {found['verdict']}"
+    )
 
 
 def cmd_export(args) -> int:

@@ -1,9 +1,11 @@
 """Metrics with their confidence intervals, as tables and text for people to read.
 
-Pure functions over ``metrics.json`` dicts (:mod:`cxrcore.evaluation.metrics`). An evaluation made
+Pure functions over ``metrics.json`` dicts (:mod:`cxrcore.evaluation.metrics`, and a findings run's,
+:func:`cxrcore.evaluation.multilabel.findings_metrics`: :func:`is_findings`). An evaluation made
 before intervals existed has no ``ci``: its numbers are shown as such (``has_intervals`` is false)
 and never as if they were complete. A bound may be ``None`` (undefined for that resample set,
-e.g. a class with no positives).
+e.g. a class with no positives). A findings run has no accuracy nor macro F1: its tables show its
+mean AUC and AP (over the findings evaluated) and, per finding, what :func:`findings_table` lists.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from .evaluate import EXTERNAL_ROWS
 from .metrics import per_class_table
+from .multilabel import TASK as FINDINGS_TASK
 from .operating_points import KIND_NAMES, KINDS
 
 HEADLINE = {"accuracy": "accuracy", "macro F1": "macro_f1", "macro AUC": "macro_auc"}
@@ -22,6 +25,11 @@ PER_CLASS_INTERVALS = ("sensitivity", "specificity", "ppv", "npv", "auc", "ap")
 # The macro-average row of the classification report: column -> headline metric whose interval it has.
 MACRO_ROW = {"f1": "macro_f1", "auc": "macro_auc", "ap": "macro_ap"}
 NO_INTERVAL = "no CI"
+
+
+def is_findings(metrics: Mapping | None) -> bool:
+    """Whether ``metrics`` are a findings run's (several findings per image, one sigmoid output each)."""
+    return bool(metrics) and metrics.get("task") == FINDINGS_TASK
 
 
 def has_intervals(metrics: Mapping | None) -> bool:
@@ -46,13 +54,13 @@ def _bounds(entry) -> tuple[float | None, float | None] | None:
 
 
 def interval(metrics: Mapping | None, name: str, cls: str | None = None) -> tuple[float | None, float | None] | None:
-    """``(low, high)`` of a headline metric (``cls`` None) or of a class's metric; None when the
-    evaluation recorded no interval for it."""
+    """``(low, high)`` of a headline metric (``cls`` None) or of a class's metric (a findings run: a
+    finding's, ``auc`` or ``ap``); None when the evaluation recorded no interval for it."""
     if not metrics:
         return None
     if cls is None:
         return _bounds((metrics.get("ci") or {}).get(name))
-    values = (metrics.get("per_class") or {}).get(cls) or {}
+    values = (metrics.get("per_class") or {}).get(cls) or (metrics.get("findings") or {}).get(cls) or {}
     return _bounds((values.get("ci") or {}).get(name))
 
 
@@ -186,7 +194,9 @@ def compare_table(
     accuracy, macro F1, macro AUC and ``AUC <class>``, then ``<dataset>: accuracy`` and
     ``<dataset>: macro AUC`` for each external dataset in ``external`` (run id -> dataset -> metrics,
     :func:`cxrcore.evaluation.evaluate.external_results`); one column per run (the row names of
-    :func:`cxrcore.evaluation.evaluate.compare_runs`)."""
+    :func:`cxrcore.evaluation.evaluate.compare_runs`). A findings run's macro AUC is its mean AUC over the
+    findings evaluated, its accuracy and macro F1 are n/a, its ``AUC <finding>`` rows are its findings' (``not
+    evaluated`` for one it could not measure)."""
     external = external or {}
     datasets = sorted({name for found in external.values() for name in found})
     columns = {}
@@ -196,6 +206,10 @@ def compare_table(
         column = {row: _cell(metrics, key) for row, key in HEADLINE.items()}
         for cls, values in (metrics.get("per_class") or {}).items():
             column[f"AUC {cls}"] = format_value(values.get("auc"), interval(metrics, "auc", cls) if with_ci else None)
+        for name, values in (metrics.get("findings") or {}).items():
+            column[f"AUC {name}"] = format_value(values.get("auc"), interval(metrics, "auc", name) if with_ci else None)
+        for name in metrics.get("not_evaluated") or {}:
+            column[f"AUC {name}"] = "not evaluated"
         for dataset in datasets:
             found = (external.get(run_id) or {}).get(dataset)
             for row, key in EXTERNAL_ROWS.items():
@@ -209,34 +223,128 @@ def _point_cell(point: Mapping, name: str) -> str:
     return format_value(point.get(name), (ci.get("ci_low"), ci.get("ci_high")) if ci else None)
 
 
+NO_POINT = "none (the validation split could not choose one)"
+
+
+def _point_row(point: Mapping | None, counts: bool = False) -> dict:
+    """One operating point's cells: threshold, the four rates with intervals (and the 2x2 counts)."""
+    if point is None:
+        return {"threshold": NO_POINT}
+    row = {"threshold": f"{point['threshold']:.4g}"}
+    row.update({label: _point_cell(point, name) for label, name in _RATES.items()})
+    if counts:
+        row.update({label: _count(point.get(name)) for label, name in _COUNTS.items()})
+    return row
+
+
+def _count(value) -> str:
+    return "" if value is None else f"{int(value):,}"
+
+
 def operating_points_table(metrics: Mapping) -> pd.DataFrame:
     """The operating points of an evaluation as text cells: one row per class and operating point, with
     the threshold (chosen on validation) and the sensitivity, specificity, PPV and NPV it gives on these
-    images with their intervals. Empty for an evaluation without operating points."""
+    images with their intervals. A findings run: one row per evaluated finding and operating point (column
+    ``finding``), with its 2x2 counts (TP, FP, FN, TN) too. Empty for an evaluation without operating points."""
+    if is_findings(metrics):
+        rows = []
+        for name in metrics.get("evaluated") or []:
+            kinds = (metrics.get("findings") or {}).get(name, {}).get("operating_points")
+            if not kinds:
+                continue
+            for kind in KINDS:
+                rows.append({"finding": name, "operating point": KIND_NAMES[kind], **_point_row(kinds.get(kind), True)})
+        columns = ["finding", "operating point", "threshold", *_RATES, *_COUNTS]
+        return pd.DataFrame(rows, columns=columns).fillna("")
     found = metrics.get("operating_points") or {}
     rows = []
     for cls, kinds in (found.get("classes") or {}).items():
         for kind in KINDS:
-            point = kinds.get(kind)
-            row = {"class": cls, "operating point": KIND_NAMES[kind]}
-            if point is None:
-                row["threshold"] = "none (the validation split could not choose one)"
-            else:
-                row["threshold"] = f"{point['threshold']:.4g}"
-                row.update({label: _point_cell(point, name) for label, name in _RATES.items()})
-            rows.append(row)
+            rows.append({"class": cls, "operating point": KIND_NAMES[kind], **_point_row(kinds.get(kind))})
     return pd.DataFrame(rows, columns=["class", "operating point", "threshold", *_RATES]).fillna("")
 
 
 _RATES = {"sensitivity": "sensitivity", "specificity": "specificity", "PPV": "ppv", "NPV": "npv"}
+_COUNTS = {"TP": "tp", "FP": "fp", "FN": "fn", "TN": "tn"}
 SIDE_BY_SIDE = {"accuracy": "accuracy", "macro F1": "macro_f1", "macro AUC": "macro_auc", "macro AP": "macro_ap"}
+#: a findings run's headline rows (it has no accuracy nor macro F1)
+FINDINGS_SIDE_BY_SIDE = {"mean AUC": "mean_auc", "mean AP": "mean_ap"}
+
+
+def findings_table(metrics: Mapping) -> pd.DataFrame:
+    """A findings run's evaluation as text cells, one row per evaluated finding: ``finding``, ``positives /
+    labelled`` (its positive images among those where it is labelled), ``prevalence``, ``AUC (95% CI)``, ``AP
+    (95% CI)``, then at the target-sensitivity operating point (chosen on validation): ``threshold``,
+    ``sensitivity``, ``specificity``, ``PPV``, ``NPV`` (each with its interval) and the 2x2 counts ``TP``, ``FP``,
+    ``FN``, ``TN``. The findings not evaluated are in :func:`not_evaluated_table`."""
+    with_ci = has_intervals(metrics)
+    level = level_percent(metrics)
+    auc_label, ap_label = f"AUC ({level} CI)", f"AP ({level} CI)"
+    columns = ["finding", "positives / labelled", "prevalence", auc_label, ap_label, "threshold", *_RATES, *_COUNTS]
+    rows = []
+    for name in metrics.get("evaluated") or []:
+        values = (metrics.get("findings") or {}).get(name) or {}
+        prevalence = _number(values.get("prevalence"))
+        row = {
+            "finding": name,
+            "positives / labelled": f"{_count(values.get('positives'))} / {_count(values.get('n'))}",
+            "prevalence": "n/a" if prevalence is None else f"{prevalence:.1%}",
+            auc_label: format_value(values.get("auc"), interval(metrics, "auc", name) if with_ci else None),
+            ap_label: format_value(values.get("ap"), interval(metrics, "ap", name) if with_ci else None),
+        }
+        kinds = values.get("operating_points")
+        if kinds is None:
+            row["threshold"] = "not chosen"
+        else:
+            row.update(_point_row(kinds.get(KINDS[0]), counts=True))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns).fillna("")
+
+
+def not_evaluated_table(metrics: Mapping) -> pd.DataFrame:
+    """The findings an evaluation could not measure, and why: columns ``finding`` and ``reason``."""
+    found = (metrics or {}).get("not_evaluated") or {}
+    return pd.DataFrame(
+        [{"finding": name, "reason": why} for name, why in found.items()], columns=["finding", "reason"]
+    )
+
+
+def findings_side_by_side(runs: Mapping[str, Mapping | None], findings: list[str] | None = None) -> pd.DataFrame:
+    """Findings runs side by side, one row per finding (``findings``, or every finding any run predicts, in
+    first-seen order) and one column per run: the finding's AUC with its interval, ``not evaluated: <reason>``
+    where the run could not measure it, ``not predicted`` where the run has no such output (or ``n/a`` where
+    the run has no results)."""
+    if findings is None:
+        seen = {}
+        for metrics in runs.values():
+            for name in [*((metrics or {}).get("findings") or {}), *((metrics or {}).get("not_evaluated") or {})]:
+                seen.setdefault(name, None)
+        findings = list(seen)
+    columns = {}
+    for run_id, metrics in runs.items():
+        metrics = metrics or {}
+        measured, missing = metrics.get("findings") or {}, metrics.get("not_evaluated") or {}
+        with_ci = has_intervals(metrics)
+        column = []
+        for name in findings:
+            if name in measured:
+                auc = measured[name].get("auc")
+                column.append(format_value(auc, interval(metrics, "auc", name) if with_ci else None))
+            elif name in missing:
+                column.append(f"not evaluated: {missing[name]}")
+            else:
+                column.append("not predicted" if metrics else "n/a")
+        columns[run_id] = column
+    return pd.DataFrame(columns, index=pd.Index(findings, name="finding"))
 
 
 def side_by_side(internal: Mapping, external: Mapping) -> pd.DataFrame:
     """Internal (the run's test split) and external results of the same metrics, with the change:
-    rows accuracy, macro F1, macro AUC, macro AP, images and the share unlike the training data."""
+    rows accuracy, macro F1, macro AUC, macro AP, images and the share unlike the training data. For a
+    findings run: mean AUC and mean AP (over the findings each one evaluated) instead of the first four."""
     rows = []
-    for label, key in SIDE_BY_SIDE.items():
+    headline = FINDINGS_SIDE_BY_SIDE if is_findings(internal) or is_findings(external) else SIDE_BY_SIDE
+    for label, key in headline.items():
         inside, outside = _number(internal.get(key)), _number(external.get(key))
         rows.append(
             {
