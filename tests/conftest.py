@@ -433,3 +433,23 @@ def findings_run(findings_data, tmp_path_factory, shared_runs) -> Trained:
     trained = once_per_session(tmp_path_factory, "findings_run", make)
     shared_runs.freeze(trained.models)
     return trained
+
+
+def litert_runner(path):
+    """A TFLite (LiteRT) file as a function: a batch of prepared images in, its outputs out."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for image in batch:  # one image per call: the file's batch size is whatever the caller resizes to
+            detail = interpreter.get_input_details()[0]
+            interpreter.resize_tensor_input(detail["index"], [1, *image.shape])
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(detail["index"], image[None].astype(np.float32))
+            interpreter.invoke()
+            out.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+        return np.stack(out)
+
+    return run

@@ -10,31 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ALL_PIXEL_RULES, CXR_DEV, REPO, copy_run, needs_cxr_dev, tiny_config
+from conftest import ALL_PIXEL_RULES, CXR_DEV, REPO, copy_run, litert_runner, needs_cxr_dev, tiny_config
 from cxrcore import runs
 from cxrcore.errors import ConfigError, RunError
 from cxrcore.export import download_bytes, export
 from cxrcore.predict import Predictor
 from cxrcore.workflows import train
-
-
-def _litert(path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        out = []
-        for image in batch:  # one image per call: the file's batch size is whatever the caller resizes to
-            detail = interpreter.get_input_details()[0]
-            interpreter.resize_tensor_input(detail["index"], [1, *image.shape])
-            interpreter.allocate_tensors()
-            interpreter.set_tensor(detail["index"], image[None].astype(np.float32))
-            interpreter.invoke()
-            out.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
-        return np.stack(out)
-
-    return run
 
 
 def _check_exports_match_the_run(run: runs.RunDir, images: list[str], tmp_path) -> None:
@@ -48,7 +29,7 @@ def _check_exports_match_the_run(run: runs.RunDir, images: list[str], tmp_path) 
     np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(batch))), expected, atol=1e-5)
     lite = export(run.path, "tflite", tmp_path / "out")
     assert lite.suffix == ".tflite" and lite.stat().st_size > 0
-    np.testing.assert_allclose(_litert(lite)(batch), expected, atol=1e-4)
+    np.testing.assert_allclose(litert_runner(lite)(batch), expected, atol=1e-4)
     spec = json.loads((tmp_path / "out" / f"{lite.name}.json").read_text())
     assert spec["output"]["classes"] == run.labels()
     assert spec["output"]["temperature"] == pytest.approx(run.temperature())

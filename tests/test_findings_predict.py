@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, copy_run, tiny_config
+from conftest import REPO, copy_run, litert_runner, tiny_config
 from cxrcore import runs
 from cxrcore.cli import main
 from cxrcore.errors import ConfigError
@@ -392,25 +392,6 @@ def test_ensemble_report_of_findings_runs_compares_mean_auc_over_the_evaluated_f
 # ------------------------------------------------------------------------------------------- export
 
 
-def _litert(path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        out = []
-        for image in batch:
-            detail = interpreter.get_input_details()[0]
-            interpreter.resize_tensor_input(detail["index"], [1, *image.shape])
-            interpreter.allocate_tensors()
-            interpreter.set_tensor(detail["index"], image[None].astype(np.float32))
-            interpreter.invoke()
-            out.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
-        return np.stack(out)
-
-    return run
-
-
 def test_savedmodel_and_tflite_give_the_findings_runs_calibrated_probabilities(findings_runs, tmp_path):
     import tensorflow as tf
 
@@ -425,7 +406,7 @@ def test_savedmodel_and_tflite_give_the_findings_runs_calibrated_probabilities(f
     loaded = tf.saved_model.load(str(saved))  # kept: its functions need its variables alive
     np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(batch))), expected, atol=1e-5)
     lite = export(run.path, "tflite", tmp_path / "out")
-    np.testing.assert_allclose(_litert(lite)(batch), expected, atol=1e-5)
+    np.testing.assert_allclose(litert_runner(lite)(batch), expected, atol=1e-5)
     spec = json.loads(lite.with_name(lite.name + ".json").read_text())
     assert spec["task"] == "findings" and spec["findings"] == FINDINGS
     assert spec["output"]["findings"] == FINDINGS and "classes" not in spec["output"]

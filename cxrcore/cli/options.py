@@ -328,10 +328,15 @@ def prediction_line(result: dict) -> str:
     elif decision:
         positive = ", ".join(decision["positive"]) or "none"
         line += f"; positive at {decision['name']}: {positive}"
+    return line + unlike_note(result)
+
+
+def unlike_note(result: dict) -> str:
+    """The end of a prediction line for an image flagged as unlike the training data ("" otherwise)."""
     unlike = result.get("unlike_training")
-    if unlike and unlike["flagged"]:
-        line += (
-            f"; UNLIKE THE TRAINING DATA (feature distance {unlike['score']:.1f} > {unlike['threshold']:.1f}): "
-            "the probabilities above mean little for this image"
-        )
-    return line
+    if not (unlike and unlike["flagged"]):
+        return ""
+    return (
+        f"; UNLIKE THE TRAINING DATA (feature distance {unlike['score']:.1f} > {unlike['threshold']:.1f}): "
+        "the probabilities above mean little for this image"
+    )

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..runs import RunDir
-from .options import prediction_line
+from .options import prediction_line, unlike_note
 
 
 def cmd_predict(args) -> int:
@@ -55,13 +55,7 @@ def findings_line(result: dict) -> str:
         line += f"no decision at {decision['name']}; " if decision else ""
         line += ", ".join(shown(f, "") for f in findings)
     line += " (calibrated, one probability per finding)"
-    unlike = result.get("unlike_training")
-    if unlike and unlike["flagged"]:
-        line += (
-            f"; UNLIKE THE TRAINING DATA (feature distance {unlike['score']:.1f} > {unlike['threshold']:.1f}): "
-            "the probabilities above mean little for this image"
-        )
-    return line
+    return line + unlike_note(result)
 
 
 def add_predict_parser(sub) -> None:

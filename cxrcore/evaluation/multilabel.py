@@ -34,6 +34,7 @@ from ..data.findings import MIN_POSITIVES, findings_sets
 from ..stats.intervals import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
+    bootstrap_record,
     decision_rates,
     finite_or_none,
     mean_over_defined,
@@ -112,14 +113,7 @@ def _resampling(patient_ids, n: int, resamples: int, seed: int, level: float) ->
     """(resamples, n) bootstrap weights over patients and the ``bootstrap`` entry saying how they were made
     (the keys :func:`cxrcore.stats.intervals.bootstrap_intervals` writes)."""
     groups, without_id = patient_groups(None if patient_ids is None else list(patient_ids), n)
-    return resample_weights(groups, resamples, seed), {
-        "resamples": int(resamples),
-        "level": float(level),
-        "seed": int(seed),
-        "unit": "patient",
-        "patients": int(groups.max()) + 1,
-        "images_without_patient_id": int(without_id),
-    }
+    return resample_weights(groups, resamples, seed), bootstrap_record(groups, without_id, resamples, level, seed)
 
 
 def choose_points(probs, y, findings: Sequence[str], target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> dict:

@@ -183,14 +183,20 @@ def bootstrap_intervals(
         "per_class": {
             name: {metric: interval(per_class[metric][:, c]) for metric in PER_CLASS} for c, name in enumerate(classes)
         },
-        "bootstrap": {
-            "resamples": int(resamples),
-            "level": float(level),
-            "seed": int(seed),
-            "unit": "patient",
-            "patients": int(groups.max()) + 1,
-            "images_without_patient_id": int(without_id),
-        },
+        "bootstrap": bootstrap_record(groups, without_id, resamples, level, seed),
+    }
+
+
+def bootstrap_record(groups: np.ndarray, without_id: int, resamples: int, level: float, seed: int) -> dict:
+    """The ``bootstrap`` entry of metrics.json: how the intervals were made (over which patients, how many
+    resamples, at which level, from which seed), for ``groups`` and ``without_id`` of :func:`patient_groups`."""
+    return {
+        "resamples": int(resamples),
+        "level": float(level),
+        "seed": int(seed),
+        "unit": "patient",
+        "patients": int(groups.max()) + 1,
+        "images_without_patient_id": int(without_id),
     }
 
 
