@@ -4,7 +4,7 @@ and sources."""
 import pandas as pd
 import streamlit as st
 
-from cxrcore.config import BLANK_POLICIES, UNCERTAIN_POLICIES, VIEWS, AugmentConfig, FindingsOptions
+from cxrcore.config import AugmentConfig
 from cxrcore.data.findings import (
     FINDING_PREFIX,
     MIN_POSITIVES,
@@ -23,6 +23,7 @@ from pages.shared import (
     dataset_audit,
     dataset_list_builder,
     demo_dir,
+    findings_as_chosen,
     findings_demo,
     findings_demo_dir,
     load_index,
@@ -30,7 +31,6 @@ from pages.shared import (
     recent_datasets,
     require_app,
     set_dataset,
-    set_reading_options,
     show_error,
     split_preview,
     synthetic_banner,
@@ -81,45 +81,8 @@ synthetic_banner(path)
 findings = info["task"] == "findings"
 options = reading_options(path)
 if findings:
-    st.markdown("**How the findings are read**")
-    c = st.columns([1, 1, 1, 3])
-    chosen = FindingsOptions(
-        uncertain=c[0].selectbox(
-            "Uncertain labels (-1)",
-            UNCERTAIN_POLICIES,
-            index=UNCERTAIN_POLICIES.index(options.uncertain),
-            key="data_uncertain",
-            help="ignore: left out of the loss and the metrics for that finding; ones: positive; zeros: "
-            "negative (the CheXpert paper's U-Ignore, U-Ones, U-Zeros). NIH has no uncertain labels.",
-        ),
-        blank=c[1].selectbox(
-            "Blank labels",
-            BLANK_POLICIES,
-            index=BLANK_POLICIES.index(options.blank),
-            key="data_blank",
-            help="CheXpert leaves most labels blank: negative (as most CheXpert work) or ignore.",
-        ),
-        views=c[2].selectbox(
-            "Views", VIEWS, index=VIEWS.index(options.views), key="data_views", help="needs a view column"
-        ),
-        findings=tuple(
-            c[3].multiselect(
-                "Findings kept (none chosen: all)",
-                info["available_findings"],
-                default=list(options.findings),
-                key="data_findings",
-            )
-        ),
-    )
-    if chosen != options:
-        set_reading_options(path, chosen)
-        st.rerun()
-    if not options.is_default:
-        try:
-            index, info = load_index(path, options)
-        except CXRError as exc:  # --views on a dataset without a view column
-            show_error(exc)
-            st.stop()
+    st.markdown("**How the findings are read** (the Train page trains on the same choice)")
+    options, index, info = findings_as_chosen(path, index, info, "data")
 
 cols = st.columns(5)
 cols[0].metric("Images", f"{info['images']:,}")

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrcore import runs as run_files  # noqa: E402  (after the environment is set)
-from cxrcore.config import FindingsOptions  # noqa: E402
+from cxrcore.config import BLANK_POLICIES, UNCERTAIN_POLICIES, VIEWS, FindingsOptions  # noqa: E402
 from cxrcore.data.demo import is_synthetic, make_demo_dataset, make_findings_demo  # noqa: E402
 from cxrcore.data.index import build_index, cache_dir, labels_of, save_dataset_list, summarize  # noqa: E402
 from cxrcore.errors import CXRError  # noqa: E402
@@ -129,6 +129,65 @@ def set_reading_options(path: str, options: FindingsOptions) -> None:
     st.session_state["findings_options"] = {"path": path, **options.to_dict()}
 
 
+def reading_options_widgets(path: str, available: list[str], prefix: str) -> FindingsOptions:
+    """The widgets that choose how a findings dataset is read (uncertain and blank labels, views, the findings
+    kept), keyed ``<prefix>_uncertain``... The choice is the dashboard's for this dataset (:func:`reading_options`):
+    the Data and Train pages show and change the same one. A change is remembered and the page reruns; returns
+    the options in force."""
+    options = reading_options(path)
+    c = st.columns([1, 1, 1, 3])
+    chosen = FindingsOptions(
+        uncertain=c[0].selectbox(
+            "Uncertain labels (-1)",
+            UNCERTAIN_POLICIES,
+            index=UNCERTAIN_POLICIES.index(options.uncertain),
+            key=f"{prefix}_uncertain",
+            help="ignore: left out of the loss and the metrics for that finding; ones: positive; zeros: "
+            "negative (the CheXpert paper's U-Ignore, U-Ones, U-Zeros). NIH has no uncertain labels.",
+        ),
+        blank=c[1].selectbox(
+            "Blank labels",
+            BLANK_POLICIES,
+            index=BLANK_POLICIES.index(options.blank),
+            key=f"{prefix}_blank",
+            help="CheXpert leaves most labels blank: negative (as most CheXpert work) or ignore.",
+        ),
+        views=c[2].selectbox(
+            "Views", VIEWS, index=VIEWS.index(options.views), key=f"{prefix}_views", help="needs a view column"
+        ),
+        findings=tuple(
+            c[3].multiselect(
+                "Findings kept (none chosen: all)",
+                available,
+                default=[f for f in options.findings if f in available],
+                key=f"{prefix}_findings",
+            )
+        ),
+        labels_column=options.labels_column,  # not a widget here: kept as chosen
+    )
+    if chosen != options:
+        set_reading_options(path, chosen)
+        st.rerun()
+    return options
+
+
+def findings_as_chosen(
+    path: str, index: pd.DataFrame, info: dict, prefix: str
+) -> tuple[FindingsOptions, pd.DataFrame, dict]:
+    """The reading widgets (:func:`reading_options_widgets`), then ``(options, index, info)`` of the dataset read
+    under the options chosen (``index`` and ``info`` as they are for the default ones). An error (``--views`` on
+    a dataset without a view column) is shown and the page stops."""
+    options = reading_options_widgets(path, info["available_findings"], prefix)
+    if options.is_default:
+        return options, index, info
+    try:
+        index, info = load_index(path, options)
+    except CXRError as exc:
+        show_error(exc)
+        st.stop()
+    return options, index, info
+
+
 @st.cache_data(show_spinner="Reading the dataset...", ttl=300, max_entries=16)
 def load_index(path: str, options: FindingsOptions | None = None) -> tuple[pd.DataFrame, dict]:
     """The index and its summary (raises CXRError for data that cannot be read)."""
@@ -193,15 +252,21 @@ def trained_runs() -> list[dict]:
 
 
 def run_label(run: dict) -> str:
-    acc, ci = run.get("accuracy"), run.get("accuracy_ci") or {}
-    acc = (
+    """A run in a picker: its name, id, backbone and headline (accuracy; a findings run's mean AUC), with the
+    headline's 95% interval."""
+    findings = run.get("task") == "findings"
+    value, ci = (
+        (run.get("mean_auc"), run.get("mean_auc_ci")) if findings else (run.get("accuracy"), run.get("accuracy_ci"))
+    )
+    ci = ci or {}
+    shown = (
         ""
-        if acc is None
-        else f" · acc {acc:.3f}"
+        if value is None
+        else f" · {'mean AUC' if findings else 'acc'} {value:.3f}"
         + (f" ({ci['ci_low']:.2f}–{ci['ci_high']:.2f})" if ci.get("ci_low") is not None else " (no CI)")
     )
     name = f"{run['name']} · " if run.get("name") else ""
-    return f"{name}{run['run_id']} · {run['backbone']}{acc}"
+    return f"{name}{run['run_id']} · {run['backbone']}{' · findings' if findings else ''}{shown}"
 
 
 def pick_run(key: str, label: str = "Model (run)") -> dict | None:
@@ -261,6 +326,7 @@ __all__ = [
     "load_index",
     "reading_options",
     "set_reading_options",
+    "reading_options_widgets",
     "findings_demo",
     "findings_demo_dir",
     "split_preview",

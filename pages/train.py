@@ -1,4 +1,6 @@
-"""Train: every training option and what will run with them, background jobs with live progress, and their history."""
+"""Train: every training option and what will run with them, background jobs with live progress, and their history.
+A findings dataset (several findings per image) trains a multi-label model: its reading options are the Data page's,
+and the settings that apply to class-labelled runs only are not offered."""
 
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from cxrcore.config import (
     LABEL_PRESETS,
     XLA_MODES,
     AugmentConfig,
+    FindingsOptions,
     HeadConfig,
     LabelScheme,
     TrainConfig,
@@ -31,6 +34,7 @@ from cxrcore.training.backbones import REGISTRY
 from pages.shared import (
     current_dataset,
     dataset_list_builder,
+    findings_as_chosen,
     jobs,
     load_index,
     require_app,
@@ -38,7 +42,7 @@ from pages.shared import (
     show_error,
     synthetic_banner,
 )
-from pages.train_recipe import recipe_picker
+from pages.train_recipe import CLASS_ONLY_OFF, recipe_picker
 
 require_app()
 st.title("Train")
@@ -72,13 +76,20 @@ except CXRError as exc:  # a missing folder, an empty class, an unreadable image
     show_error(exc)
     st.stop()
 
-if info["task"] == "findings":
-    st.warning(
-        f"{path} is a findings dataset ({len(info['findings'])} findings, several per image). This version trains "
-        "class-labelled datasets only; browse its findings on the Data page, or pick another dataset there."
-    )
-    st.stop()
-classes = list(info["classes"])
+findings = info["task"] == "findings"  # several findings per image: a multi-label model, one sigmoid output each
+reading = FindingsOptions()
+if findings:
+    with st.container(border=True):
+        st.markdown("**How the findings are read** (the same choice as on the Data page)")
+        reading, index, info = findings_as_chosen(path, index, info, "train")
+        st.success(
+            f"**Findings dataset**: {len(info['findings'])} finding{'' if len(info['findings']) == 1 else 's'} "
+            f"({', '.join(info['findings'])}), an image may hold several. It trains a multi-label model: one sigmoid "
+            "output per finding, the loss left out where a label is (uncertain or blank under *ignore*); it is "
+            "measured per finding (AUC, AP, operating points) and by the mean AUC over findings.",
+            icon=":material/checklist:",
+        )
+classes = [] if findings else list(info["classes"])
 
 # -- the settings ----------------------------------------------------------------------------
 # Not an st.form: every change reruns the page, so "What will run" below the backbone picker
@@ -92,7 +103,7 @@ WEIGHTS = {
 }
 
 st.subheader("What to train")
-recipe_name = recipe_picker(path, set(WEIGHTS))
+recipe_name = recipe_picker(path, set(WEIGHTS), findings)
 chosen = st.multiselect(
     "Backbone(s): pick several to queue a comparison (one job each, same settings)",
     list(REGISTRY),
@@ -134,29 +145,62 @@ unfreeze = c[2].number_input(
     "Layers unfrozen in stage 2 (0 = backbone default, -1 = all)", -1, 2000, 0, key="train_unfreeze"
 )
 ft_factor = c[3].number_input("Stage 2 learning-rate factor", 0.0001, 1.0, 0.1, format="%.4f", key="train_ft_factor")
-c = st.columns(4)
+c = st.columns(5)
 optimizer = c[0].selectbox("Optimizer", ["adam", "rmsprop", "adamax", "sgd"], key="train_optimizer")
 lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f", key="train_lr")
 patience = c[2].number_input("Early-stopping patience (0 = off)", 0, 100, 5, key="train_patience")
 plateau = c[3].number_input("Reduce-on-plateau patience (0 = off)", 0, 100, 2, key="train_plateau")
-
-st.subheader("Loss, classes and splits")
-c = st.columns(4)
-weighting = c[0].selectbox("Class weights", ["balanced", "none"], key="train_class_weights")
-focal = c[1].checkbox("Focal loss", key="train_focal")
-gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
-smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
-c = st.columns(4)
-preset = c[0].selectbox(
-    "Label scheme",
-    ["as in the folders", *LABEL_PRESETS],
-    key="train_preset",
-    help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
-    "abnormal-vs-normal: COVID and pneumonia classes merged",
+plateau_factor = c[4].number_input(
+    "Reduce-on-plateau factor",
+    0.01,
+    0.99,
+    0.5,
+    0.05,
+    format="%.2f",
+    key="train_plateau_factor",
+    disabled=not plateau,
+    help="On a plateau of the validation loss the learning rate is multiplied by this (CheXNet: 0.1).",
 )
-drop = c[1].multiselect("Drop classes", classes, key="train_drop")
-rename = c[2].text_input("Rename (OLD=NEW; ...)", key="train_rename", placeholder="NORMAL=Normal")
-merge = c[3].text_input("Merge (NEW=OLD1,OLD2; ...)", key="train_merge", placeholder="Abnormal=COVID,Viral Pneumonia")
+
+# the settings of class-labelled runs only (cxrcore.training.train.CLASS_ONLY): not offered for a findings dataset
+focal, gamma, smoothing = False, TrainConfig.focal_gamma, 0.0
+preset, drop, rename, merge = "as in the folders", [], "", ""
+balance, drop_single_sources = "none", False
+if findings:
+    st.subheader("Loss and splits")
+    c = st.columns([1, 3])
+    weighting = c[0].selectbox(
+        "Positive weights",
+        ["balanced", "none"],
+        key="train_class_weights",
+        help="balanced: in the binary cross-entropy each finding's positive labels weigh its negatives / positives "
+        "in training (a finding in 1 of 10 images: 9); none: every label weighs 1.",
+    )
+    c[1].caption(
+        "Not offered for a findings dataset (class-labelled runs only): the label scheme, balancing batches by "
+        "source, dropping single-class sources, focal loss and label smoothing. Keep a subset of the findings "
+        "above instead."
+    )
+else:
+    st.subheader("Loss, classes and splits")
+    c = st.columns(4)
+    weighting = c[0].selectbox("Class weights", ["balanced", "none"], key="train_class_weights")
+    focal = c[1].checkbox("Focal loss", key="train_focal")
+    gamma = c[2].number_input("Focal gamma", 0.0, 10.0, 2.0, key="train_gamma")
+    smoothing = c[3].number_input("Label smoothing", 0.0, 0.5, 0.0, key="train_smoothing")
+    c = st.columns(4)
+    preset = c[0].selectbox(
+        "Label scheme",
+        ["as in the folders", *LABEL_PRESETS],
+        key="train_preset",
+        help="pneumonia-subtype: PNEUMONIA split into bacterial / viral by file name; "
+        "abnormal-vs-normal: COVID and pneumonia classes merged",
+    )
+    drop = c[1].multiselect("Drop classes", classes, key="train_drop")
+    rename = c[2].text_input("Rename (OLD=NEW; ...)", key="train_rename", placeholder="NORMAL=Normal")
+    merge = c[3].text_input(
+        "Merge (NEW=OLD1,OLD2; ...)", key="train_merge", placeholder="Abnormal=COVID,Viral Pneumonia"
+    )
 c = st.columns(4)
 val_fraction = c[0].number_input("Validation fraction", 0.01, 0.5, 0.1, key="train_val")
 test_fraction = c[1].number_input("Test fraction", 0.0, 0.5, 0.1, key="train_test")
@@ -173,33 +217,34 @@ feature_cache = c[3].checkbox(
     help="A frozen backbone (stage 1) or its frozen lower part (stage 2) runs once per image, not once per "
     "epoch: its activations are kept on disk and reused by later runs. Off: the whole network every epoch.",
 )
-c = st.columns(4)
-BALANCE = {"none": "none", "source": "by source and class"}
-balance = c[0].selectbox(
-    "Balance batches",
-    list(BALANCE),
-    key="train_balance",
-    format_func=BALANCE.get,
-    help="by source and class: every training batch is drawn evenly from each (source, class) group (a hospital's "
-    "normal images, its pneumonia images, ...), times a source's weight, so the largest source does not set what the "
-    "model learns. An epoch keeps its number of batches; validation and test are never rebalanced. Class weights "
-    "then weigh the classes as the balanced draw gives them (all 1 when every source holds every class). Needs a "
-    "source (or hospital, site) column in the manifest.",
-)
-drop_single_sources = c[1].checkbox(
-    "Drop single-class sources",
-    key="train_drop_single_class_sources",
-    help="Leave out the images of every source that holds one class only, before splitting: there the source "
-    "alone tells the class, a shortcut the model would learn. The run's log and run.json say which sources and "
-    "how many images. Images without a source are kept.",
-)
-named = sorted({str(s) for s in index["source"] if str(s).strip()}) if "source" in index else []
-c[2].caption(
-    f"Sources in this dataset: {', '.join(named[:8])}{' ...' if len(named) > 8 else ''}"
-    if named
-    else "This dataset names no sources: balancing by source and dropping single-class sources need a source "
-    "column in its manifest."
-)
+if not findings:
+    c = st.columns(4)
+    BALANCE = {"none": "none", "source": "by source and class"}
+    balance = c[0].selectbox(
+        "Balance batches",
+        list(BALANCE),
+        key="train_balance",
+        format_func=BALANCE.get,
+        help="by source and class: every training batch is drawn evenly from each (source, class) group (a "
+        "hospital's normal images, its pneumonia images, ...), times a source's weight, so the largest source does "
+        "not set what the model learns. An epoch keeps its number of batches; validation and test are never "
+        "rebalanced. Class weights then weigh the classes as the balanced draw gives them (all 1 when every source "
+        "holds every class). Needs a source (or hospital, site) column in the manifest.",
+    )
+    drop_single_sources = c[1].checkbox(
+        "Drop single-class sources",
+        key="train_drop_single_class_sources",
+        help="Leave out the images of every source that holds one class only, before splitting: there the "
+        "source alone tells the class, a shortcut the model would learn. The run's log and run.json say which "
+        "sources and how many images. Images without a source are kept.",
+    )
+    named = sorted({str(s) for s in index["source"] if str(s).strip()}) if "source" in index else []
+    c[2].caption(
+        f"Sources in this dataset: {', '.join(named[:8])}{' ...' if len(named) > 8 else ''}"
+        if named
+        else "This dataset names no sources: balancing by source and dropping single-class sources need a "
+        "source column in its manifest."
+    )
 with st.expander("Activation cache", icon=":material/storage:"):
     found = activation_store.usage()
     st.caption(
@@ -298,22 +343,40 @@ target_sensitivity = c[3].number_input(
     0.95,
     0.01,
     key="train_target_sensitivity",
-    help="Per class, the decision threshold chosen on the validation split to reach this sensitivity "
-    "(Youden's J is chosen too). Evaluate and Predict show both.",
+    help=f"Per {'finding' if findings else 'class'}, the decision threshold chosen on the validation split to reach "
+    "this sensitivity (Youden's J is chosen too). Evaluate and Predict show both.",
 )
 
 st.subheader("External validation")
-st.caption(
-    "Labelled data from elsewhere (another hospital, another public set), evaluated once the model is trained "
-    "and kept apart from the test split: a model that scores well inside one dataset can fall to chance on "
-    "another's. Its classes must map to the model's; that is checked before training starts."
-)
-c = st.columns([3, 2, 1])
-external = c[0].text_area("Datasets (one folder or CSV manifest per line)", key="train_external", height=80)
-external_map = c[1].text_input(
-    "Map their class names (NAME=CLASS; ...)", key="train_external_map", placeholder="Pneumonia=Abnormal"
-)
-external_skip = c[2].checkbox("Skip unknown classes", key="train_external_skip")
+external_map, external_skip, external_column = "", False, ""
+if findings:
+    st.caption(
+        "Labelled data from elsewhere (another hospital, another public set), evaluated once the model is trained "
+        "and kept apart from the test split: a model that scores well inside one dataset can fall to chance on "
+        "another's. Findings datasets (NIH, CheXpert, a path,labels manifest), or manifests with a column of "
+        "findings; their findings are matched to the model's by name, and those they lack are not evaluated."
+    )
+    c = st.columns([3, 2])
+    external = c[0].text_area("Datasets (one folder or CSV manifest per line)", key="train_external", height=80)
+    external_column = c[1].text_input(
+        "Labels column",
+        key="train_external_labels_column",
+        placeholder="e.g. nih_labels",
+        help="The manifests' column of findings (separated by |, 'No Finding' for none), when they are not findings "
+        "datasets of their own. Empty: read each as one.",
+    )
+else:
+    st.caption(
+        "Labelled data from elsewhere (another hospital, another public set), evaluated once the model is trained "
+        "and kept apart from the test split: a model that scores well inside one dataset can fall to chance on "
+        "another's. Its classes must map to the model's; that is checked before training starts."
+    )
+    c = st.columns([3, 2, 1])
+    external = c[0].text_area("Datasets (one folder or CSV manifest per line)", key="train_external", height=80)
+    external_map = c[1].text_input(
+        "Map their class names (NAME=CLASS; ...)", key="train_external_map", placeholder="Pneumonia=Abnormal"
+    )
+    external_skip = c[2].checkbox("Skip unknown classes", key="train_external_skip")
 
 
 def build_config(backbone: str) -> TrainConfig:
@@ -345,6 +408,7 @@ def build_config(backbone: str) -> TrainConfig:
         fine_tune_lr_factor=float(ft_factor),
         patience=int(patience),
         reduce_lr_patience=int(plateau),
+        reduce_lr_factor=float(plateau_factor),
         class_weights=weighting,
         focal_loss=focal,
         focal_gamma=float(gamma),
@@ -353,6 +417,7 @@ def build_config(backbone: str) -> TrainConfig:
         pixels=pixels,
         head=HeadConfig(pooling=pooling, dense_units=dense, dropout=float(dropout), batch_norm=head_bn),
         labels=labels,
+        findings=reading,
         val_fraction=float(val_fraction),
         test_fraction=float(test_fraction),
         balance=balance,
@@ -368,6 +433,7 @@ def build_config(backbone: str) -> TrainConfig:
         external=[line.strip() for line in external.splitlines() if line.strip()],
         external_map=parse_pairs([m for m in external_map.split(";") if m.strip()], "external class map"),
         external_skip_unknown=external_skip,
+        external_labels_column=external_column.strip(),
         recipe=recipe_name,
     ).validate()
 
@@ -418,6 +484,11 @@ with plan_box:
                         "stage 2 unfreezes": _unfrozen(cfg),
                         "pixels": cfg.pixels.describe(),
                         "Grad-CAM layer": REGISTRY[cfg.backbone].gradcam_layer,
+                        **(
+                            {"outputs": f"{len(info['findings'])} findings (sigmoid)", "read": cfg.findings.describe()}
+                            if findings
+                            else {}
+                        ),
                     }
                     for cfg in planned
                 ]
@@ -430,6 +501,12 @@ with plan_box:
                 )
             },
         )
+        with st.expander("The configuration (config.json)", icon=":material/data_object:"):
+            st.caption(
+                "What the first job saves as its config.json"
+                + (" (each job of the comparison has its backbone's)." if len(planned) > 1 else ".")
+            )
+            st.json(planned[0].to_dict(), expanded=True)
 
 st.caption(
     "Start queues "
@@ -445,10 +522,18 @@ with st.expander("Queue several recipes as one comparison", icon=":material/play
     st.caption(
         "Each runs with its own full configuration on this dataset (the form above is not applied); "
         "they appear together on the Compare page."
+        + (
+            " On this findings dataset each reads the findings as chosen above, without the settings of "
+            "class-labelled runs (label scheme, focal loss, label smoothing, balancing by source)."
+            if findings
+            else ""
+        )
     )
     if st.button("Queue these recipes", key="train_recipes_start", disabled=not several):
+        extra = {"findings": reading, **CLASS_ONLY_OFF} if findings else {}
         try:
-            group, ids = job_queue.submit_group([recipe_config(name, path) for name in several], store=jobs())
+            configs = [recipe_config(name, path, **extra) for name in several]
+            group, ids = job_queue.submit_group(configs, store=jobs())
             st.session_state["train_notice"] = (
                 f"Comparison `{group}` submitted: {len(ids)} recipes, one job each, run in the background.",
                 ids,
@@ -533,8 +618,12 @@ def live_jobs() -> None:
                     width="stretch",
                     key=f"train_loss_{job['id']}_{len(history)}",
                 )
+                # a findings run records its mean AUC over findings (auc), no accuracy
+                mean_auc = run.task() == "findings" or ("auc" in history and "accuracy" not in history)
                 right.plotly_chart(
-                    plots.training_curves(history, ("accuracy",), title="Accuracy"),
+                    plots.training_curves(history, ("auc",), title="Mean AUC over findings")
+                    if mean_auc
+                    else plots.training_curves(history, ("accuracy",), title="Accuracy"),
                     width="stretch",
                     key=f"train_acc_{job['id']}_{len(history)}",
                 )

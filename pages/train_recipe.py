@@ -6,10 +6,20 @@ before it draws the form, so the widgets it fills (by their keys) take the recip
 
 import streamlit as st
 
-from cxrcore.config import LABEL_PRESETS, recipe_config
+from cxrcore.config import LABEL_PRESETS, LabelScheme, recipe_config
 from cxrcore.recipes import RECIPES, describe
 
 NO_RECIPE = "(none: set everything below)"
+#: the settings of class-labelled runs only (cxrcore.training.train.CLASS_ONLY) turned off: a recipe's
+#: configuration on a findings dataset, which refuses them
+CLASS_ONLY_OFF = dict(
+    labels=LabelScheme(), balance="none", drop_single_class_sources=False, focal_loss=False, label_smoothing=0.0
+)
+
+
+def for_findings(name: str) -> bool:
+    """Whether the recipe reproduces a findings write-up (several findings per image, e.g. CheXNet)."""
+    return "findings" in RECIPES[name].tags
 
 
 def _fill_from_recipe(path: str, weight_choices: set[str]) -> None:
@@ -34,6 +44,7 @@ def _fill_from_recipe(path: str, weight_choices: set[str]) -> None:
             "train_lr": cfg.learning_rate,
             "train_patience": cfg.patience,
             "train_plateau": cfg.reduce_lr_patience,
+            "train_plateau_factor": cfg.reduce_lr_factor,
             "train_class_weights": cfg.class_weights,
             "train_focal": cfg.focal_loss,
             "train_gamma": cfg.focal_gamma,
@@ -57,9 +68,10 @@ def _fill_from_recipe(path: str, weight_choices: set[str]) -> None:
     )
 
 
-def recipe_picker(path: str, weight_choices: set[str]) -> str:
+def recipe_picker(path: str, weight_choices: set[str], findings: bool = False) -> str:
     """The recipe selector and what the chosen recipe reproduces; returns its name ("" for none).
-    ``weight_choices``: the weights the form's selector offers (anything else is a weights file)."""
+    ``weight_choices``: the weights the form's selector offers (anything else is a weights file); ``findings``:
+    whether the dataset is a findings dataset (a recipe written for the other kind of data says so)."""
     c = st.columns([2, 3])
     recipe_name = c[0].selectbox(
         "Start from a recipe",
@@ -67,11 +79,19 @@ def recipe_picker(path: str, weight_choices: set[str]) -> str:
         key="train_recipe",
         on_change=_fill_from_recipe,
         args=(path, weight_choices),
-        format_func=lambda n: n if n == NO_RECIPE else f"{n}: {RECIPES[n].description}",
+        format_func=lambda n: (
+            n if n == NO_RECIPE else f"{n}{' (findings)' if for_findings(n) else ''}: {RECIPES[n].description}"
+        ),
         help="A reference write-up's configuration (`python -m cxrcore recipes`): choosing one fills the form below; "
         "change anything before starting. The run records the recipe, and Evaluate puts the write-up's published "
         "figure beside the run's.",
     )
+    if recipe_name != NO_RECIPE and for_findings(recipe_name) != findings:
+        c[0].caption(
+            f"{recipe_name} was written for {'findings' if for_findings(recipe_name) else 'class-labelled'} data, and "
+            f"this dataset is {'a findings dataset' if findings else 'class-labelled'}: its settings still apply"
+            + (", but the class-only ones (label scheme, focal loss...) are not offered." if findings else ".")
+        )
     if recipe_name != NO_RECIPE:
         with c[1].expander(f"What {recipe_name} reproduces, and what it had to choose", icon=":material/menu_book:"):
             st.markdown(describe(RECIPES[recipe_name]))

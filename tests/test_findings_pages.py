@@ -1,5 +1,5 @@
 """Findings datasets on the dashboard (AppTest): the Data page's reading options, counts and warnings, the
-built-in findings demo, and the Train page's refusal."""
+built-in findings demo, and the Train page reading a findings dataset as the Data page chose."""
 
 from __future__ import annotations
 
@@ -60,10 +60,13 @@ def test_data_page_shows_a_findings_dataset_and_its_reading_options(data_page, n
     at.multiselect(key="data_findings").set_value(["Effusion"]).run()
     assert metric(at, "Findings") == "1"
     assert at.selectbox(key="data_finding").options == ["Effusion", "No Finding"]
-    # the Train page refuses a findings dataset, saying why
+    # the Train page trains a findings dataset, read as chosen on the Data page
     at.switch_page("pages/train.py").run()
     assert not at.exception
-    assert any("findings dataset" in w.value and "class-labelled datasets only" in w.value for w in at.warning)
+    assert not any("class-labelled datasets only" in w.value for w in at.warning)
+    assert any(s.value.startswith("**Findings dataset**: 1 finding (Effusion)") for s in at.success)
+    assert at.multiselect(key="train_findings").value == ["Effusion"]
+    assert at.selectbox(key="train_views").value == "pa"
 
 
 def test_views_on_a_dataset_without_a_view_column_is_an_error_the_page_survives(data_page, tmp_path):
