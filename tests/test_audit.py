@@ -165,6 +165,9 @@ class FixedLungs:
         mask[size // 5 : size * 4 // 5, size * 5 // 8 : size * 7 // 8] = True
         return lungs_from_mask(mask)
 
+    def lungs_of_many(self, images):
+        return [self.lungs(image) for image in images]
+
 
 def lungs_and_frame(inside_differs: bool):
     """Noise everywhere; class B is brighter inside the lung rectangles (``inside_differs``) or outside them."""

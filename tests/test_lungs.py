@@ -81,6 +81,29 @@ def test_two_lungs_are_found_on_a_real_film_in_every_format(tmp_path):
         assert abs(y0 - 1.5 * ref[1]) <= 8 and abs(y1 - 1.5 * ref[3]) <= 8
 
 
+def test_lungs_of_many_images_are_each_images_own_lungs():
+    """The audit finds the lungs of hundreds of images in batched forward passes: the same masks as one call per
+    image (images of different sizes, a blank one, a repeated one)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    lung_like = np.where(
+        ((xx - 30) ** 2 / 200 + (yy - 48) ** 2 / 900 < 1) | ((xx - 66) ** 2 / 200 + (yy - 48) ** 2 / 900 < 1), 40, 200
+    )
+    images = [
+        lung_like.astype(np.uint8),
+        (lung_like + rng.integers(0, 30, lung_like.shape)).astype(np.uint8)[:80, :90],
+        np.zeros((64, 64), np.uint8),
+        rng.integers(0, 255, (70, 70, 3)).astype(np.uint8),
+        lung_like.astype(np.uint8),
+    ]
+    one_by_one = [LungSegmenter().lungs(image) for image in images]
+    together = LungSegmenter().lungs_of_many(images, batch_size=2)
+    assert [lungs.mask.shape for lungs in together] == [image.shape[:2] for image in images]
+    for alone, batched in zip(one_by_one, together):
+        assert alone.found == batched.found
+        np.testing.assert_array_equal(alone.mask, batched.mask)
+
+
 def test_a_blank_image_finds_no_lungs_and_says_so():
     lungs = get_segmenter().lungs(np.zeros((64, 64, 3), dtype=np.uint8))
     assert lungs.found == 0 and lungs.status == "no lungs found"

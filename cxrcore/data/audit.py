@@ -103,11 +103,11 @@ def _statistics(gray: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     )
 
 
-def outside_lung_statistics(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+def outside_lung_statistics(gray: np.ndarray, lungs=None) -> tuple[np.ndarray, bool]:
     """The same statistics over the pixels outside the lung fields only (the shipped lung model's mask, grown
     by :data:`cxrcore.lungs.geometry.MASK_GROW`), and whether two lungs were found (when not, whatever was
-    found is left out, or nothing)."""
-    lungs = segment.get_segmenter().lungs(gray.astype(np.uint8))
+    found is left out, or nothing). ``lungs``: the image's lungs when the caller has found them already."""
+    lungs = lungs if lungs is not None else segment.get_segmenter().lungs(gray.astype(np.uint8))
     outside = ~grow(lungs.mask) if lungs.found else np.ones(gray.shape, dtype=bool)
     return _statistics(gray.astype(np.float32), outside), lungs.found == 2
 
@@ -183,19 +183,26 @@ def _message(scores: dict, chance: float, outside_lungs: bool) -> tuple[bool, st
     return flagged, f"No shortcut found: image statistics alone predict the class with {figures}."
 
 
+#: images read (and segmented) together by the statistics checks; progress is reported after each batch
+_STATS_BATCH = 50
+
+
 def _read_statistics(index: pd.DataFrame, progress: Progress, outside_lungs: bool) -> tuple[list, list, int]:
     """Each image's :func:`_statistics` (whole image), with ``outside_lungs`` also those outside the lung fields,
     and how many images the lung model found no two lungs in; ``progress`` every 50 images."""
     whole, outside, missed = [], [], 0
-    for i, path in enumerate(index["path"]):
-        gray = prepare_image(path, STATS_SIZE)[..., 0]
-        whole.append(_statistics(gray.astype(np.float32)))
+    paths = index["path"].tolist()
+    for start in range(0, len(paths), _STATS_BATCH):  # the lungs of a batch found in batched forward passes
+        grays = [prepare_image(path, STATS_SIZE)[..., 0] for path in paths[start : start + _STATS_BATCH]]
+        whole += [_statistics(gray.astype(np.float32)) for gray in grays]
         if outside_lungs:
-            stats, found = outside_lung_statistics(gray)
-            outside.append(stats)
-            missed += not found
-        if progress is not None and (i + 1 == len(index) or (i + 1) % 50 == 0):
-            progress(i + 1, len(index))
+            found = segment.get_segmenter().lungs_of_many([gray.astype(np.uint8) for gray in grays])
+            for gray, lungs in zip(grays, found):
+                stats, two = outside_lung_statistics(gray, lungs)
+                outside.append(stats)
+                missed += not two
+        if progress is not None:
+            progress(len(whole), len(paths))
     return whole, outside, missed
 
 

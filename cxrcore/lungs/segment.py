@@ -94,6 +94,26 @@ class LungSegmenter:
             self._memo.popitem(last=False)
         return found
 
+    def lungs_of_many(self, images: list[np.ndarray], batch_size: int = 64) -> list[geometry.Lungs]:
+        """:meth:`lungs` of each of ``images`` (decoded pixels, ``uint8`` RGB or gray, at their own size), the
+        model's forward passes made ``batch_size`` images at a time: the same lungs, several times faster on a
+        CPU than one call per image (the data audit reads hundreds)."""
+        arrays = [np.ascontiguousarray(a) for a in images]
+        keys = [hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest() + str(a.shape) + "None" for a in arrays]
+        todo = [i for i, key in enumerate(keys) if key not in self._memo]
+        grays = {i: _gray(arrays[i]) for i in todo}
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            small = np.stack([resize(np.clip(grays[i] * 255, 0, 255).astype(np.uint8), self.size) for i in chunk])
+            probs = np.asarray(self._forward(small.astype(np.float32)[..., None]))[..., 0]
+            for i, prob in zip(chunk, probs):
+                height, width = grays[i].shape
+                self._memo[keys[i]] = geometry.lungs_from_mask(resize(prob.astype(np.float32), height, width) >= 0.5)
+        found = [self._memo[key] for key in keys]
+        while len(self._memo) > _MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return found
+
     def crop_to_lungs(self, arr: np.ndarray, margin: float = geometry.CROP_MARGIN) -> np.ndarray:
         """``arr`` (gray or RGB) cut to the box around both lungs with ``margin``; unchanged without two lungs."""
         grid = min(CROP_GRID, max(arr.shape[:2]))
