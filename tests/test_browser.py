@@ -25,7 +25,16 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from conftest import CXR_DEV, CXR_NIH, MNV2_035, REPO, copy_weights_to_keras_home, needs_cxr_dev, needs_weights
+from conftest import (
+    CXR_DEV,
+    CXR_NIH,
+    MNV2_035,
+    REPO,
+    copy_run,
+    copy_weights_to_keras_home,
+    needs_cxr_dev,
+    needs_weights,
+)
 from cxrcore.config import HeadConfig, TrainConfig
 from cxrcore.data.demo import make_demo_dataset
 from cxrcore.workflows import train
@@ -423,4 +432,49 @@ def test_nih_findings_are_read_and_shown_on_the_data_page(server, page):
     page.get_by_text(re.compile(r"^\d{8}_\d{3}\.png: Atelectasis")).first.wait_for(timeout=30_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(ARTIFACTS / "data-nih-findings.png"), full_page=True)
+    assert errors == []
+
+
+def test_a_findings_run_on_the_evaluate_and_predict_pages(server, page, findings_run):
+    """The session's findings run (copied into the server's models folder) as a user meets it: Evaluate per
+    finding (the mean AUC, each finding with its interval), then Predict on one of its images, each finding with
+    its probability and decision, and the map of a chosen finding."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    run = copy_run(findings_run.run, server.models)
+    findings = run.labels()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/evaluate")
+    page.get_by_role("heading", name="Evaluate", exact=True).wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_role("combobox").first.click()  # the run picker: choose the findings run
+    page.get_by_role("option").filter(has_text=run.run_id).first.click()
+    wait_idle(page)
+    mean = page.locator('[data-testid="stMetric"]').filter(has_text="Mean AUC").first
+    mean.wait_for(timeout=60_000)
+    assert f"{run.metrics()['mean_auc']:.3f}" in mean.inner_text()
+    table = page.get_by_text("AUC per finding (95% CI)").first
+    table.wait_for(timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "evaluate-findings.png"), full_page=True)
+
+    page.goto(f"{server.url}/predict")
+    page.get_by_role("heading", name="Predict", exact=True).wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_role("combobox").first.click()
+    page.get_by_role("option").filter(has_text=run.run_id).first.click()
+    wait_idle(page)
+    page.get_by_role("combobox").nth(2).click()  # Explain: a chosen finding rather than the most probable one
+    page.get_by_role("option", name=findings[-1], exact=True).click()
+    wait_idle(page)
+    image = sorted((findings_run.data / "images").glob("*.png"))[0]
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(image))
+    page.get_by_text(f"Grad-CAM for {findings[-1]}").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    page.get_by_text("Positive at target sensitivity", exact=False).first.wait_for(timeout=30_000)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for(timeout=30_000)
+    page.locator('[data-testid="stMetricLabel"]').filter(has_text="Deletion").first.wait_for(timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "predict-findings.png"), full_page=True)
     assert errors == []
