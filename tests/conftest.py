@@ -415,20 +415,24 @@ def rules_run(tmp_path_factory, shared_runs) -> Trained:
 
 @pytest.fixture(scope="session")
 def findings_data(tmp_path_factory) -> Path:
-    """The synthetic findings demo, small: 480 images at 48 px, five findings, several per image."""
+    """The synthetic findings demo, small: 360 images at 40 px, five findings, several per image."""
     from cxrcore.data.demo import make_findings_demo
 
-    return make_findings_demo(tmp_path_factory.mktemp("findings") / "demo", n_images=480, image_size=48)
+    return make_findings_demo(tmp_path_factory.mktemp("findings") / "demo", n_images=360, image_size=40)
 
 
 @pytest.fixture(scope="session")
 def findings_run(findings_data, tmp_path_factory, shared_runs) -> Trained:
-    """A findings (multi-label) simple_cnn trained 4 + 0 epochs on ``findings_data`` at 48 px: sigmoid
-    outputs, calibrated per finding, evaluated per finding, its card written."""
+    """A findings (multi-label) simple_cnn trained 4 + 0 epochs on ``findings_data`` at 40 px: sigmoid
+    outputs, calibrated per finding, evaluated per finding (a test split of 20%, so each finding has its 10
+    positive test images), its card written."""
 
     def make():
         out = tmp_path_factory.mktemp("findings-run")
-        return train_shared(tiny_config(findings_data, image_size=48, epochs=4, batch_size=16), out)
+        config = tiny_config(
+            findings_data, image_size=40, epochs=4, batch_size=16, val_fraction=0.15, test_fraction=0.2
+        )
+        return train_shared(config, out)
 
     trained = once_per_session(tmp_path_factory, "findings_run", make)
     shared_runs.freeze(trained.models)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, copy_run, litert_runner, tiny_config
+from conftest import REPO, copy_run, litert_runner, once_per_session, tiny_config
 from cxrcore import runs
 from cxrcore.cli import main
 from cxrcore.errors import ConfigError
@@ -57,24 +57,34 @@ def write_points(run: runs.RunDir, sensitivity: dict, youden: dict | None = None
 
 
 @pytest.fixture(scope="module")
-def findings_runs(tmp_path_factory) -> FindingsRuns:
-    from cxrcore.config import HeadConfig
-    from cxrcore.data.demo import make_findings_demo
-    from cxrcore.training.train import train
+def findings_runs(tmp_path_factory, shared_runs) -> FindingsRuns:
+    """Two tiny findings runs (the training stage alone) with calibration and operating points written here by
+    hand; trained once per session (:func:`once_per_session`: not once per xdist worker), read-only."""
 
-    base = tmp_path_factory.mktemp("findings-predict")
-    data = make_findings_demo(base / "data", n_images=160, image_size=64, seed=0)
-    made = {}
-    for name, head in (("first", [8]), ("second", [16])):  # one seed: one split, so they make an ensemble
-        run = train(tiny_config(data, epochs=1, head=HeadConfig(dense_units=head, dropout=0.0)), out_dir=base / name)
-        assert run.task() == "findings" and run.labels() == FINDINGS
-        runs.write_json(
-            run.file(runs.CALIBRATION),
-            {"temperatures": dict(zip(FINDINGS, TEMPERATURES[name])), "fitted_on": "val", "n": 40},
-        )
-        made[name] = run
-    write_points(made["first"], THRESHOLDS)
-    return FindingsRuns(made["first"], made["second"], data)
+    def make() -> FindingsRuns:
+        from cxrcore.config import HeadConfig
+        from cxrcore.data.demo import make_findings_demo
+        from cxrcore.training.train import train
+
+        base = tmp_path_factory.mktemp("findings-predict")
+        data = make_findings_demo(base / "data", n_images=160, image_size=64, seed=0)
+        made = {}
+        for name, head in (("first", [8]), ("second", [16])):  # one seed: one split, so they make an ensemble
+            config = tiny_config(data, epochs=1, head=HeadConfig(dense_units=head, dropout=0.0))
+            run = train(config, out_dir=base / "runs" / name)
+            assert run.task() == "findings" and run.labels() == FINDINGS
+            runs.write_json(
+                run.file(runs.CALIBRATION),
+                {"temperatures": dict(zip(FINDINGS, TEMPERATURES[name])), "fitted_on": "val", "n": 40},
+            )
+            made[name] = run
+        write_points(made["first"], THRESHOLDS)
+        return FindingsRuns(made["first"], made["second"], data)
+
+    found = once_per_session(tmp_path_factory, "findings_predict_runs", make)
+    for run in (found.first, found.second):
+        shared_runs.freeze(run.path.parent)
+    return found
 
 
 def fake_class_run(folder: Path) -> runs.RunDir:
