@@ -66,6 +66,7 @@ class Predictor:
         self.task = self.run.task()
         self.temperature = self.run.temperature()
         self.temperatures = self.run.temperatures() if self.multi_label else None
+        self.tested = (self.run.metrics() or {}) if self.multi_label else {}  # each finding's test result
         self.operating_points = self.run.operating_points()
         self.feature_stats = self.run.feature_stats()
         network = feature_model(self.model) if self.feature_stats is not None else self.model
@@ -320,22 +321,29 @@ class Predictor:
             "unlike_training": unlike,
         }
         if self.multi_label:
-            found["findings"] = findings_list(self.labels, probs, decision)
+            found["findings"] = findings_list(self.labels, probs, decision, self.tested)
         return found
 
 
-def findings_list(findings: Sequence[str], probs, decision: dict | None) -> list[dict]:
-    """Each finding's ``{"finding", "probability", "threshold", "positive"}``: those called positive by
-    ``decision`` first, then the others, each group by probability, highest first (ties in label order).
-    Without a decision (none, or withheld) thresholds are kept where known and ``positive`` is None."""
+def findings_list(findings: Sequence[str], probs, decision: dict | None, tested: dict | None = None) -> list[dict]:
+    """Each finding's ``{"finding", "probability", "threshold", "positive", "test_auc", "test_auc_ci",
+    "not_evaluated"}``: those called positive by ``decision`` first, then the others, each group by probability,
+    highest first (ties in label order). Without a decision (none, or withheld) thresholds are kept where known
+    and ``positive`` is None. ``tested`` (the run's test metrics) says how far each probability was measured:
+    its test AUC and interval, or why the finding was not evaluated (too few positive images)."""
     called = None if decision is None or decision["positive"] is None else set(decision["positive"])
     thresholds = (decision or {}).get("thresholds") or {}
+    measured = (tested or {}).get("findings") or {}
+    missing = (tested or {}).get("not_evaluated") or {}
     rows = [
         {
             "finding": name,
             "probability": float(p),
             "threshold": thresholds.get(name),
             "positive": None if called is None else name in called,
+            "test_auc": (measured.get(name) or {}).get("auc"),
+            "test_auc_ci": ((measured.get(name) or {}).get("ci") or {}).get("auc"),
+            "not_evaluated": missing.get(name),
         }
         for name, p in zip(findings, probs)
     ]

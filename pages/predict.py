@@ -111,6 +111,15 @@ def faithfulness_view(result: dict, key: str) -> None:
         )
 
 
+def tested_cell(finding: dict) -> str:
+    """How well the run did on a finding on its test split: its AUC (95% CI), or that it was not evaluated."""
+    if finding["test_auc"] is None:
+        return "not evaluated" if finding["not_evaluated"] else "n/a"
+    ci = finding["test_auc_ci"] or {}
+    bounds = f" ({ci['ci_low']:.2f}–{ci['ci_high']:.2f})" if ci.get("ci_low") is not None else ""
+    return f"{finding['test_auc']:.3f}{bounds}"
+
+
 def findings_view(where, result: dict, key: str) -> None:
     """A findings run's answer: the decision, each finding's probability, threshold and decision (positive ones
     first), and the probabilities as bars with each finding's threshold marked."""
@@ -135,12 +144,19 @@ def findings_view(where, result: dict, key: str) -> None:
                 "probability": f"{f['probability']:.1%}",
                 "threshold": "n/a" if f["threshold"] is None else f"{f['threshold']:.3f}",
                 "decision": called[f["positive"]],
+                "test AUC": tested_cell(f),
             }
             for f in result["findings"]
         ],
         hide_index=True,
         width="stretch",
     )
+    unmeasured = [f["finding"] for f in result["findings"] if f["not_evaluated"]]
+    if unmeasured:
+        where.caption(
+            f"Not evaluated on the test split (too few positive images to measure): {', '.join(unmeasured)}. "
+            "Their probabilities and decisions rest on no measured accuracy."
+        )
     figure = plots.probability_bars(result["probabilities"], title="Findings (calibrated; each on its own)")
     marked = [f for f in result["findings"] if f["threshold"] is not None]
     if marked:

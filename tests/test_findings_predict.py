@@ -147,7 +147,15 @@ def test_result_lists_positive_findings_first_then_the_rest_by_probability(findi
         ("Nodule", False),
     ]
     rows = {f["finding"]: f for f in result["findings"]}
-    assert rows["Effusion"] == {"finding": "Effusion", "probability": 0.60, "threshold": 0.5, "positive": True}
+    assert rows["Effusion"] == {
+        "finding": "Effusion",
+        "probability": 0.60,
+        "threshold": 0.5,
+        "positive": True,
+        "test_auc": None,  # this run has no test results: nothing measured, nothing claimed
+        "test_auc_ci": None,
+        "not_evaluated": None,
+    }
     assert rows["Nodule"]["threshold"] is None
     youden = predictor.result("x.png", probs, operating_point="youden")
     assert youden["decision"]["positive"] == ["Nodule"]
@@ -463,3 +471,21 @@ def test_predict_page_shows_each_finding_with_its_decision_and_explains_any_find
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Grad-CAM for Nodule" in image_captions(at)
+
+
+def test_each_finding_says_how_well_it_did_on_the_test_split(findings_runs, tmp_path):
+    from cxrcore.predict import Predictor
+
+    run = copy_run(findings_runs.first, tmp_path)
+    runs.write_json(
+        run.file(runs.METRICS),
+        {
+            "task": "findings",
+            "findings": {"Effusion": {"auc": 0.81, "ci": {"auc": {"ci_low": 0.7, "ci_high": 0.9}}}},
+            "not_evaluated": {"Nodule": "4 positive images in the evaluated split (fewer than 10)"},
+        },
+    )
+    rows = {f["finding"]: f for f in Predictor(run.path).result("x.png", np.full(5, 0.5))["findings"]}
+    assert (rows["Effusion"]["test_auc"], rows["Effusion"]["test_auc_ci"]) == (0.81, {"ci_low": 0.7, "ci_high": 0.9})
+    assert rows["Nodule"]["test_auc"] is None and rows["Nodule"]["not_evaluated"].startswith("4 positive images")
+    assert rows["Cardiomegaly"]["not_evaluated"] is None and rows["Cardiomegaly"]["test_auc"] is None
