@@ -281,6 +281,8 @@ def findings_calibration_view(metrics: dict, key: str) -> None:
         f"{calibration.get('bins', 15)} equal-width bins; before = raw model output, after = calibrated. Lower is "
         "better for both."
     )
+    for name, why in (calibration.get("not_fitted") or {}).items():
+        right.caption(f"{name}: {why} (temperature 1).")
 
 
 def unlike_view(metrics: dict) -> None:

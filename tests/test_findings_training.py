@@ -261,6 +261,9 @@ def test_a_findings_run_is_calibrated_and_thresholded_per_finding(findings_run):
     run = findings_run.run
     calibration, points = run.calibration(), run.operating_points()
     assert set(calibration["temperatures"]) == set(run.labels()) and "temperature" not in calibration
+    for name, why in calibration["not_fitted"].items():  # too few validation images of a kind: left at 1
+        assert calibration["temperatures"][name] == 1.0 and "left uncalibrated" in why
+    assert run.metrics()["calibration"]["not_fitted"] == calibration["not_fitted"]
     assert run.temperatures() == [calibration["temperatures"][f] for f in run.labels()]
     assert set(points["thresholds"]) == set(run.labels())
     assert run.feature_stats().means.shape[0] == 1  # one Gaussian: the training images' mean, not class means

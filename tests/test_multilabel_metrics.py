@@ -315,13 +315,25 @@ OVERCONFIDENT_T = math.log(99) / math.log(4)
 
 def test_overconfident_finding_gets_a_temperature_above_one():
     probs, y = overconfident()
-    temperatures = ml.fit_temperatures(probs, y)
+    temperatures = ml.fit_temperatures(probs, y, min_positives=5)  # 5 positives and 5 negatives: fitted
     assert temperatures[0] == pytest.approx(OVERCONFIDENT_T, abs=1e-3)
     assert temperatures[1] == 1.0  # Nodule: no negatives, nothing to fit
     calibrated = ml.apply_temperatures(probs, temperatures)
     assert calibrated[0, 0] == pytest.approx(0.8, abs=1e-4)
     assert calibrated[5, 0] == pytest.approx(0.2, abs=1e-4)
     assert np.array_equal(calibrated[:, 1], probs[:, 1])
+
+
+def test_a_finding_with_too_few_validation_images_of_either_kind_is_left_uncalibrated():
+    probs, y = overconfident()  # Effusion: 5 positives, 5 negatives (and a left-out one); Nodule: 11 positives
+    assert ml.fit_temperatures(probs, y) == [1.0, 1.0]  # fewer than 10 of each: nothing fitted
+    assert ml.unfitted(y, ["Effusion", "Nodule"]) == {
+        "Effusion": "5 positive images and 5 negative images on validation (fewer than 10): left uncalibrated",
+        "Nodule": "0 negative images on validation (fewer than 10): left uncalibrated",
+    }
+    assert ml.unfitted(y, ["Effusion", "Nodule"], min_positives=5) == {
+        "Nodule": "0 negative images on validation (fewer than 5): left uncalibrated"
+    }
 
 
 def test_temperature_one_is_the_identity():

@@ -177,6 +177,7 @@ def _fit_findings(raw: np.ndarray, val: pd.DataFrame, findings: list[str], targe
     calibration = {
         "task": multilabel.TASK,
         "temperatures": dict(zip(findings, temperatures)),
+        "not_fitted": multilabel.unfitted(y, findings),
         "fitted_on": "val",
         "n": int(len(y)),
         "nll_before": multilabel.binary_nll(raw, y),
@@ -260,6 +261,7 @@ def _findings_results(run: runs.RunDir, raw: np.ndarray, frame: pd.DataFrame, pa
         result["calibration"] = multilabel.calibration_report(
             raw, y, findings, run.temperatures(), fitted_on=calibration.get("fitted_on", "val")
         )
+        result["calibration"]["not_fitted"] = calibration.get("not_fitted") or {}
     decisions = operating_points.decide(probs, points, findings, operating_points.KINDS[0]) if points else None
     table = multilabel.predictions_table(frame["path"].tolist(), y, probs, findings, decisions)
     return result, table, multilabel.per_finding_table(result)

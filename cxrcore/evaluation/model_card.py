@@ -297,6 +297,7 @@ def _findings_calibration(found: dict) -> list[str]:
         f"- Test mean ECE {_number(before.get('mean'))} before, {_number(after.get('mean'))} after; mean Brier "
         f"{_number((brier.get('before') or {}).get('mean'))} before, "
         f"{_number((brier.get('after') or {}).get('mean'))} after.",
+        *(f"- {name}: {why} (temperature 1)." for name, why in (found.get("not_fitted") or {}).items()),
     ]
 
 

@@ -300,18 +300,35 @@ def findings_metrics(
     return result
 
 
-def fit_temperatures(probs, y, bounds: tuple[float, float] = T_BOUNDS) -> list[float]:
+def fit_temperatures(
+    probs, y, bounds: tuple[float, float] = T_BOUNDS, min_positives: int = MIN_POSITIVES
+) -> list[float]:
     """One temperature per finding, in ``bounds``, minimising the binary NLL of ``sigmoid(logit(p) / T)`` on
-    the finding's labelled images (:func:`.calibration.fit_temperature` on :func:`binary_form`); 1.0 for a
-    finding without positives or without negatives there (nothing to fit)."""
+    the finding's labelled images (:func:`.calibration.fit_temperature` on :func:`binary_form`); 1.0 (left as
+    the network gives it) for a finding with fewer than ``min_positives`` positive or negative images there
+    (:func:`unfitted` says which): a temperature fitted on a handful of images lands on a bound of its range,
+    and 20 turns every probability of the finding into about 0.5."""
     p, labels = _check(probs, y)
     out = []
     for j in range(p.shape[1]):
         mask, positive = _labelled(labels, j)
-        if positive.all() or not positive.any():
+        if min(int(positive.sum()), int((~positive).sum())) < max(1, min_positives):
             out.append(1.0)
             continue
         out.append(fit_temperature(binary_form(p[mask, j]), positive.astype(int), bounds))
+    return out
+
+
+def unfitted(y, findings: Sequence[str], min_positives: int = MIN_POSITIVES) -> dict[str, str]:
+    """The findings :func:`fit_temperatures` leaves at 1.0, with the reason: ``{finding: reason}``."""
+    labels = np.asarray(y, dtype=float)
+    out = {}
+    for j, name in enumerate(findings):
+        mask, positive = _labelled(labels, j)
+        counts = {"positive": int(positive.sum()), "negative": int((~positive).sum())}
+        short = [f"{n} {kind} image{'s' if n != 1 else ''}" for kind, n in counts.items() if n < min_positives]
+        if short:
+            out[name] = f"{' and '.join(short)} on validation (fewer than {min_positives}): left uncalibrated"
     return out
 
 
