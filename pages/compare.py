@@ -34,6 +34,7 @@ from pages.shared import (
     analyse,
     current_dataset,
     jobs,
+    labels_column_input,
     no_models,
     require_app,
     run_label,
@@ -165,13 +166,7 @@ if not found["comparable"]:
         skip = c[1].checkbox("Skip unknown classes", key="compare_external_skip")
         labels_column = ""
         if findings_runs:
-            labels_column = st.text_input(
-                "Labels column (findings runs)",
-                key="compare_external_labels_column",
-                placeholder="e.g. nih_labels",
-                help="A manifest's column of findings (separated by |, 'No Finding' for none), when the dataset is "
-                "not a findings dataset of its own. Empty: read it as one.",
-            ).strip()
+            labels_column = labels_column_input(st, "compare_external_labels_column", "Labels column (findings runs)")
         if st.button("Evaluate every run on it", key="compare_external_go", disabled=not folder.strip()):
             with st.spinner("Evaluating each run..."):
                 outcome = workflows.evaluate_many(paths, folder.strip(), drop_unknown=skip, labels_column=labels_column)

@@ -30,7 +30,7 @@ from cxrcore.explain import faithfulness, sampled
 from cxrcore.explain.cam import METHOD_LABELS
 from cxrcore.jobs import queue as job_queue
 from cxrcore.recipes import writeup_comparison
-from pages.shared import CXRError, jobs, pick_run, require_app, show_error
+from pages.shared import CXRError, jobs, labels_column_input, pick_run, require_app, show_error
 
 require_app()
 st.title("Evaluate")
@@ -587,14 +587,7 @@ with tabs[2]:
         )
         c = st.columns([4, 1])
         folder = c[0].text_input("Labelled folder or CSV manifest", key="evaluate_external_path")
-        labels_column = c[1].text_input(
-            "Labels column",
-            key="evaluate_labels_column",
-            placeholder="e.g. nih_labels",
-            help="A manifest's column of findings (separated by |, 'No Finding' for none), when the dataset is not a "
-            "findings dataset of its own. Empty: read it as one.",
-        )
-        options = {"labels_column": labels_column.strip()}
+        options = {"labels_column": labels_column_input(c[1], "evaluate_labels_column")}
     else:
         st.caption(
             "A model that scores well inside one dataset can fall to chance on another hospital's images. "

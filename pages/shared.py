@@ -423,3 +423,15 @@ def dataset_list_builder(key: str) -> str | None:
 def list_labels(path: str) -> list[str]:
     """The labels of a dataset (its layout only, no image read)."""
     return labels_of(path)
+
+
+def labels_column_input(where, key: str, label: str = "Labels column") -> str:
+    """The text box naming a manifest's column of findings (``--labels-column``), stripped; "" reads the
+    dataset as a findings dataset of its own. ``where``: ``st`` or a column."""
+    return where.text_input(
+        label,
+        key=key,
+        placeholder="e.g. nih_labels",
+        help="A manifest's column of findings (separated by |, 'No Finding' for none), when the dataset is not a "
+        "findings dataset of its own. Empty: read it as one.",
+    ).strip()

@@ -36,6 +36,7 @@ from pages.shared import (
     dataset_list_builder,
     findings_as_chosen,
     jobs,
+    labels_column_input,
     load_index,
     require_app,
     set_dataset,
@@ -358,13 +359,7 @@ if findings:
     )
     c = st.columns([3, 2])
     external = c[0].text_area("Datasets (one folder or CSV manifest per line)", key="train_external", height=80)
-    external_column = c[1].text_input(
-        "Labels column",
-        key="train_external_labels_column",
-        placeholder="e.g. nih_labels",
-        help="The manifests' column of findings (separated by |, 'No Finding' for none), when they are not findings "
-        "datasets of their own. Empty: read each as one.",
-    )
+    external_column = labels_column_input(c[1], "train_external_labels_column")
 else:
     st.caption(
         "Labelled data from elsewhere (another hospital, another public set), evaluated once the model is trained "

@@ -116,6 +116,11 @@ def roc_curves(metrics: Mapping, title: str = "ROC (one-vs-rest)", name_prefix: 
     fig = go.Figure()
     add_roc_traces(fig, metrics, name_prefix)
     add_operating_points(fig, metrics)
+    return _roc_frame(fig, title)
+
+
+def _roc_frame(fig: go.Figure, title: str) -> go.Figure:
+    """The chance diagonal, the axes and the title of a ROC figure."""
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
     fig.update_layout(
         title=title,
@@ -375,14 +380,7 @@ def findings_roc(metrics: Mapping, kind: str | None = "sensitivity", title: str 
                 hovertemplate="%{text}<br>1 - specificity %{x:.2f}<br>sensitivity %{y:.2f}<extra></extra>",
                 name=f"at {KIND_NAMES.get(kind, kind)}",
             )
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="chance")
-    fig.update_layout(
-        title=title,
-        xaxis_title="false positive rate (1 - specificity)",
-        yaxis_title="true positive rate (sensitivity)",
-        **_LAYOUT,
-    )
-    return fig
+    return _roc_frame(fig, title)
 
 
 def findings_pr(metrics: Mapping, title: str = "Precision-recall per finding") -> go.Figure:
