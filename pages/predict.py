@@ -127,9 +127,8 @@ def findings_view(where, result: dict, key: str) -> None:
     if decision and decision.get("withheld"):
         where.markdown(f"**No decision at {decision['name']}**: {decision['withheld']}.")
     elif decision:
-        where.markdown(
-            f"**Positive at {decision['name']}:** {', '.join(decision['positive']) or 'none of the findings'}"
-        )
+        positive = [f["finding"] for f in result["findings"] if f["positive"]]  # the most probable first
+        where.markdown(f"**Positive at {decision['name']}:** {', '.join(positive) or 'none of the findings'}")
         where.caption("Each finding on its own: positive where its calibrated probability reaches its threshold.")
     else:
         where.caption("This run has no operating points: no decision, only probabilities.")
