@@ -219,3 +219,21 @@ def test_a_stage_on_cached_activations_draws_its_batches_by_source_and_class(dat
     drawn = np.concatenate([y.numpy().argmax(1) for _ in range(25) for _, y in plan.train])
     assert len(drawn) == 25 * len(train_rows)
     assert abs((drawn == 0).mean() - 2 / 3) < 0.06  # two of the three groups are bright
+
+
+def test_two_processes_saving_the_same_activations_keep_one_readable_entry(fresh_cache, monkeypatch):
+    """Two jobs on the same images compute the same entry; the second to finish finds the first's folder in
+    place (it was made between its removal and its rename): it keeps that one, readable, and raises nothing."""
+    entry = activation_store.Entry(activation_store.cache_root() / "same-key")
+    first = np.arange(6, dtype=np.float32).reshape(2, 3)
+    entry.save(first, {"cut": "head_pool"})
+    real_rmtree = activation_store.shutil.rmtree
+
+    def keeps_the_other_processes_folder(path, ignore_errors=False):  # the other process's save lands here
+        if path != entry.folder:
+            real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(activation_store.shutil, "rmtree", keeps_the_other_processes_folder)
+    entry.save(first + 0, {"cut": "head_pool"})
+    np.testing.assert_array_equal(entry.load(), first)
+    assert [p.name for p in entry.folder.parent.iterdir()] == ["same-key"]  # no temporary folder left behind

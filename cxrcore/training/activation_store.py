@@ -52,7 +52,12 @@ class Entry:
         np.save(tmp / "activations.npy", activations)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(self.folder, ignore_errors=True)
-        os.replace(tmp, self.folder)
+        try:
+            os.replace(tmp, self.folder)
+        except OSError:  # another process (a second job on the same images) saved this entry in between
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self.load() is None:
+                raise
 
 
 def usage() -> dict:
