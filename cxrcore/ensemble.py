@@ -83,14 +83,13 @@ def check_members(run_dirs) -> list[runs.RunDir]:
                 f"cannot average a findings run ({findings.run_id}: a sigmoid probability per finding) with a class "
                 f"run ({classes.run_id}: softmax over its classes): ensemble runs of one kind"
             )
-        if other.labels() != first.labels() and first.task() == FINDINGS:
+        if other.labels() != first.labels():
             raise ConfigError(
                 "findings runs must predict the same findings in the same order to be averaged: "
                 f"{first.run_id} {first.labels()}, {other.run_id} {other.labels()}"
-            )
-        if other.labels() != first.labels():
-            raise ConfigError(
-                f"members predict different classes: {first.run_id} {first.labels()}, {other.run_id} {other.labels()}"
+                if first.task() == FINDINGS
+                else f"members predict different classes: {first.run_id} {first.labels()}, "
+                f"{other.run_id} {other.labels()}"
             )
         if not _split_key(other).equals(_split_key(first)):
             raise ConfigError(
@@ -112,7 +111,7 @@ def build_model(members: list[runs.RunDir], image_size: int, tta: str = "none"):
     probabilities, averaged finding by finding)."""
     import keras
 
-    from .training.layers import Calibrate, CalibrateSigmoid, FlipLeftRight  # lazy: TensorFlow
+    from .training.layers import FlipLeftRight, calibration_of  # lazy: TensorFlow
     from .training.model import load_model  # lazy: TensorFlow
 
     if tta not in TTA_MODES:
@@ -127,11 +126,7 @@ def build_model(members: list[runs.RunDir], image_size: int, tta: str = "none"):
         views = [x, FlipLeftRight(name=f"member{i}_flip")(x)] if tta == "flip" else [x]
         probs = [model(view) for view in views]
         probs = probs[0] if len(probs) == 1 else keras.layers.Average(name=f"member{i}_tta")(probs)
-        if member.task() == FINDINGS:
-            calibrate = CalibrateSigmoid(member.temperatures(), name=f"member{i}_calibrated")
-        else:
-            calibrate = Calibrate(member.temperature(), name=f"member{i}_calibrated")
-        outputs.append(calibrate(probs))
+        outputs.append(calibration_of(member, f"member{i}_calibrated")(probs))
     mean = keras.layers.Average(name="ensemble_mean")(outputs)
     return keras.Model(image, mean, name="cxr_ensemble")
 
@@ -239,7 +234,6 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
     for who in [run, *members]:
         metrics = who.metrics() or {}
         ci = metrics.get("ci") or {}
-        auc = metrics.get("macro_auc", metrics.get("mean_auc"))
         rows.append(
             {
                 "run": who.run_id,
@@ -247,7 +241,7 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
                 "backbone": who.info().get("backbone"),
                 "accuracy": metrics.get("accuracy"),
                 "accuracy_ci": ci.get("accuracy"),
-                "macro_auc": auc,
+                "macro_auc": metrics.get("macro_auc", metrics.get("mean_auc")),
                 "macro_auc_ci": ci.get("macro_auc") or ci.get("mean_auc"),
             }
         )
@@ -273,7 +267,7 @@ def report(run: runs.RunDir, *, resamples: int = 1000, seed: int = 0) -> dict | 
                 "difference": None,
                 "verdict": "the ensemble's test results evaluate no finding",
             }
-        table = _test_findings(run).merge(_test_findings(member), on=["path", "patient_id"], suffixes=("", "_member"))
+        table = _test_table(run).merge(_test_table(member), on=["path", "patient_id"], suffixes=("", "_member"))
         difference = _paired_mean_auc(table, evaluated, resamples=resamples, seed=seed)
     else:
         mine, theirs = _test_probabilities(run, classes), _test_probabilities(member, classes)
@@ -307,24 +301,20 @@ def _path_of(row: dict, members: list[runs.RunDir]) -> Path:
     return next(m.path for m in members if m.run_id == row["run"])
 
 
-def _test_probabilities(run: runs.RunDir, classes: list[str]) -> pd.DataFrame:
-    """The test split's calibrated probabilities of ``run`` (its predictions.csv), with labels and patients."""
-    predictions = pd.read_csv(run.file(runs.PREDICTIONS))
-    split = run.split()[["path", "patient_id"]]
-    table = predictions.merge(split, on="path", how="left")
-    table["y"] = table["true_label"].map({c: i for i, c in enumerate(classes)})
-    table["patient_id"] = table["patient_id"].fillna("").astype(str)
-    return table[["path", "y", "patient_id", *[f"prob_{c}" for c in classes]]]
-
-
-def _test_findings(run: runs.RunDir) -> pd.DataFrame:
-    """A findings run's test predictions (its predictions.csv: ``prob_<finding>``, ``true_<finding>``) with
-    patients."""
-    predictions = pd.read_csv(run.file(runs.PREDICTIONS))
-    split = run.split()[["path", "patient_id"]]
-    table = predictions.merge(split, on="path", how="left")
+def _test_table(run: runs.RunDir) -> pd.DataFrame:
+    """The run's test predictions (its predictions.csv: calibrated ``prob_<class>``, or a findings run's
+    ``prob_<finding>`` and ``true_<finding>``), each image with its patient."""
+    predictions = run.test_evaluation().predictions()
+    table = predictions.merge(run.split()[["path", "patient_id"]], on="path", how="left")
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
     return table
+
+
+def _test_probabilities(run: runs.RunDir, classes: list[str]) -> pd.DataFrame:
+    """The test split's calibrated probabilities of ``run``, with labels and patients."""
+    table = _test_table(run)
+    table["y"] = table["true_label"].map({c: i for i, c in enumerate(classes)})
+    return table[["path", "y", "patient_id", *[f"prob_{c}" for c in classes]]]
 
 
 def _paired_mean_auc(

@@ -119,15 +119,11 @@ def serving_model(run: runs.RunDir):
     calibrated probabilities out."""
     import keras
 
-    from .training.layers import Calibrate, CalibrateSigmoid  # lazy: TensorFlow
+    from .training.layers import calibration_of  # lazy: TensorFlow
     from .training.model import load_model  # lazy: TensorFlow
 
     model = load_model(run.require_model())
-    if run.task() == FINDINGS:
-        calibrate = CalibrateSigmoid(run.temperatures(), name="calibrated")
-    else:
-        calibrate = Calibrate(run.temperature(), name="calibrated")
-    probs = calibrate(model.outputs[0])
+    probs = calibration_of(run, "calibrated")(model.outputs[0])
     return keras.Model(model.inputs, probs, name=f"{model.name}_calibrated")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ..evaluation.multilabel import TASK as FINDINGS
 from .backbones import PREPROCESS_MODES
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -99,6 +100,14 @@ class CalibrateSigmoid(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperatures": list(self.temperatures)}
+
+
+def calibration_of(run, name: str) -> keras.layers.Layer:
+    """The layer applying a run's calibration (a :class:`cxrcore.runs.RunDir`): :class:`CalibrateSigmoid` with
+    its temperature per finding for a findings run, :class:`Calibrate` with its one temperature otherwise."""
+    if run.task() == FINDINGS:
+        return CalibrateSigmoid(run.temperatures(), name=name)
+    return Calibrate(run.temperature(), name=name)
 
 
 @keras.saving.register_keras_serializable(package="cxrcore")
