@@ -160,14 +160,6 @@ def _normalise(cam: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- explainer
 
 
-def output_activation(model) -> str:
-    """The name of ``model``'s output activation (``"softmax"`` for a classifier, ``"sigmoid"`` for a
-    findings model), read from the layer that makes its first output; ``"linear"`` when it has none."""
-    layer = model.get_layer(model.output_names[0])
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
-
-
 class Explainer:
     """Class activation maps of one model at one conv layer.
 
@@ -201,7 +193,9 @@ class Explainer:
         self.input_size = (int(in_shape[1]), int(in_shape[2]))
         self.num_classes = int(model.outputs[0].shape[-1])
         #: a findings model (sigmoid outputs): Score-CAM weighs masked images by each finding's sigmoid
-        self.multi_label = output_activation(model) == "sigmoid"
+        from ..training.model import is_multi_label  # lazy: TensorFlow
+
+        self.multi_label = is_multi_label(model)
         self.channels = int(shape[-1])
         self.scorecam_max_n = int(scorecam_max_n)
         self.scorecam_batch_size = int(scorecam_batch_size)
@@ -237,6 +231,8 @@ class Explainer:
             from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
             from tf_keras_vis.scorecam import Scorecam
             from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+            from ..training.model import output_activation  # lazy: TensorFlow
 
             cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
             shared = next(iter(self._visualizers.values()), None)

@@ -120,6 +120,19 @@ def _head(x, head: HeadConfig):
     return x
 
 
+def output_activation(model) -> str:
+    """The name of ``model``'s output activation (``"softmax"`` for a classifier, ``"sigmoid"`` for a
+    findings model), read from the layer that makes its first output; ``"linear"`` when it has none."""
+    layer = model.get_layer(model.output_names[0])
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def is_multi_label(model: keras.Model) -> bool:
+    """Whether ``model`` is a findings model: sigmoid outputs, one per finding."""
+    return output_activation(model) == "sigmoid"
+
+
 def backbone_layers(model: keras.Model) -> list:
     """The backbone's layers, in graph order (input, preprocessing and head excluded)."""
     return [

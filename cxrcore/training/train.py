@@ -45,7 +45,7 @@ from .devices import configure_devices
 from .distributed import fit_distributed, is_multi_worker
 from .features import plan_stage
 from .losses import MaskedBinaryCrossentropy, MaskedMeanAUC
-from .model import build_model, resolve_weights, set_stage
+from .model import build_model, is_multi_label, resolve_weights, set_stage
 from .pipeline import decode_error_from, make_dataset, max_steps_from_env
 
 log = logging.getLogger("cxrcore.training.train")
@@ -149,11 +149,6 @@ def compile_for_stage(model: keras.Model, config: TrainConfig, stage: str, pretr
 def jit_compile(config: TrainConfig) -> bool | str:
     """``compile``'s ``jit_compile`` for ``config.xla``."""
     return {"auto": "auto", "on": True, "off": False}[config.xla]
-
-
-def is_multi_label(model: keras.Model) -> bool:
-    """Whether ``model`` is a findings model: sigmoid outputs, one per finding."""
-    return getattr(model.get_layer("predictions"), "activation", None) is keras.activations.sigmoid
 
 
 def compile_metrics(model: keras.Model) -> list:
