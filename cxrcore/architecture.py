@@ -63,7 +63,16 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "data",
         "decoding and the model's view of an image (lung rules included), findings datasets, the synthetic demos, "
         "dataset layouts, splits, the audit",
-        ("data.io", "data.findings", "data.demo", "data.index", "data.splits", "data.sources", "data.audit"),
+        (
+            "data.io",
+            "data.findings",
+            "data.findings_summary",
+            "data.demo",
+            "data.index",
+            "data.splits",
+            "data.sources",
+            "data.audit",
+        ),
     ),
     (
         "runs and stores",

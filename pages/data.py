@@ -5,14 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.config import AugmentConfig
-from cxrcore.data.findings import (
-    FINDING_PREFIX,
-    MIN_POSITIVES,
-    NO_FINDING,
-    findings_summary,
-    positives,
-    split_table,
-)
+from cxrcore.data.findings import FINDING_PREFIX, MIN_POSITIVES, NO_FINDING
+from cxrcore.data.findings_summary import findings_summary, positives, split_table
 from cxrcore.data.io import prepare_image
 from cxrcore.data.pixels import PixelRules
 from cxrcore.data.sources import NO_TRANSFER

@@ -14,14 +14,8 @@ from PIL import Image
 
 from conftest import SHARED, cli
 from cxrcore.config import FindingsOptions
-from cxrcore.data.findings import (
-    FINDING_PREFIX,
-    NO_FINDING,
-    equivalents,
-    findings_summary,
-    match_finding,
-    split_table,
-)
+from cxrcore.data.findings import FINDING_PREFIX, NO_FINDING, equivalents, match_finding
+from cxrcore.data.findings_summary import findings_summary, split_table
 from cxrcore.data.index import INDEX_COLUMNS, build_index, summarize
 from cxrcore.data.patients import patient_key
 from cxrcore.data.splits import assign_splits, leakage_report, shared_patients

@@ -42,7 +42,8 @@ from ..config import FindingsOptions
 from ..lungs import segment
 from ..lungs.geometry import grow
 from ..stats.intervals import patient_groups, resample_weights
-from .findings import SUMMARY_NOTE, is_findings, summary_labels
+from .findings import is_findings
+from .findings_summary import SUMMARY_NOTE, summary_labels
 from .index import build_index, cache_dir
 from .io import prepare_image
 from .sources import (

@@ -34,13 +34,13 @@ from .findings import (
     FINDINGS_ATTRS,
     FORMATS,
     finding_columns,
-    findings_summary,
     is_findings,
     locate,
     read_findings,
     require_view_column,
     view_kept,
 )
+from .findings_summary import findings_summary
 from .formats import IMAGE_EXTENSIONS
 from .io import read_header
 from .patients import patient_from_filename, patients
@@ -531,7 +531,7 @@ def build_index(
 def summarize(index: pd.DataFrame) -> dict:
     """The index in numbers, for the CLI and the dashboard: images, patients, pixel modes and how it was
     read; per class and split for a class-labelled dataset (``task`` ``classes``); for a findings dataset
-    (``task`` ``findings``) :func:`cxrcore.data.findings.findings_summary` on the index's own splits, the
+    (``task`` ``findings``) :func:`cxrcore.data.findings_summary.findings_summary` on the index's own splits, the
     images skipped as absent and the films left out by view."""
     common = {
         "root": index.attrs.get("root", ""),

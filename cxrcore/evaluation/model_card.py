@@ -23,7 +23,7 @@ import pandas as pd
 
 from .. import runs
 from ..data.findings import NO_FINDING
-from ..data.findings import positives as finding_positives
+from ..data.findings_summary import positives as finding_positives
 from ..errors import CXRError
 from ..explain import faithfulness, sampled
 from ..lungs.geometry import LUNG_SHARE_WARN

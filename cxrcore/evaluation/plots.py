@@ -38,7 +38,7 @@ def class_distribution(index: pd.DataFrame, title: str = "Images per class") -> 
 
 
 def findings_positives(table: pd.DataFrame, title: str = "Positive images per finding and split") -> go.Figure:
-    """Grouped bars: each finding's positive images per split, from :func:`cxrcore.data.findings.positives`
+    """Grouped bars: each finding's positive images per split, from :func:`cxrcore.data.findings_summary.positives`
     (its rows: finding, split, positives, prevalence...); the hover gives the prevalence."""
     fig = go.Figure()
     order = list(dict.fromkeys(table["finding"]))
